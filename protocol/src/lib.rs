@@ -1,0 +1,44 @@
+//! Outpost's wire protocol and trust rules, shared by the hub and the edge agent.
+//!
+//! Everything that crosses MQTT is defined here, together with the rules an agent
+//! applies before it acts on a manifest. This crate does no I/O and spawns nothing:
+//! it turns bytes into verified values (or a precise reason for refusing them) and
+//! values into signed bytes.
+//!
+//! # Layout
+//! - [`envelope`]: the versioned, signed container every message travels in
+//!   (magic prefix, format version, message kind, key id, signature, body).
+//! - [`keys`]: ed25519 signing keys and key ids (ring).
+//! - [`manifest`]: the desired state of one device (`Manifest`, `AppSpec`, …) and
+//!   its validation rules.
+//! - [`image`]: image references pinned by sha256 digest.
+//! - [`status`]: device-signed `StatusReport`s and `Event`s.
+//! - [`keyset`]: rotation of manifest-signing keys under an offline root key.
+//! - [`verify`]: the agent-side `Verifier` (accept / duplicate / reject with reason).
+//! - [`topics`]: MQTT topic names and device-id validation.
+//! - [`bounded`]: decoding helpers that cap collection sizes so hostile input
+//!   cannot make the decoder allocate more than the message size limit.
+
+pub mod bounded;
+pub mod envelope;
+pub mod image;
+pub mod keys;
+pub mod keyset;
+pub mod manifest;
+pub mod status;
+pub mod topics;
+pub mod verify;
+
+pub use envelope::{Kind, OpenError, Opened, FORMAT_VERSION, MAGIC, MAX_MESSAGE_BYTES};
+pub use image::{Digest, ImageRef};
+pub use keys::{KeyError, KeyId, PublicKey, SigningKey};
+pub use keyset::{KeySet, KeySetError, SignedKeySet};
+pub use manifest::{
+    AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, Probe, Protocol,
+    Resources, RestartPolicy, UpdateStrategy, ValidationError, VolumeMount,
+};
+pub use status::{
+    AppState, AppStatus, DeviceMessageError, Event, EventKind, RejectCounters, StatusReport,
+};
+pub use topics::{DeviceId, DeviceIdError};
+pub use verify::{Accepted, LastAccepted, RejectReason, TrustState, Verdict, Verifier};

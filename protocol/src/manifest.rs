@@ -1,0 +1,521 @@
+//! The desired state of one device: a `Manifest` listing `AppSpec`s.
+//!
+//! The hub renders one manifest per device; the agent reconciles towards it. Both
+//! sides call [`Manifest::validate`], so a rule added here protects the hub's API
+//! and the agent alike.
+
+use crate::image::ImageRef;
+use crate::keys::KeyId;
+use crate::topics::DeviceId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most apps one manifest may carry.
+pub const MAX_APPS: usize = 64;
+const MAX_LIST: usize = 256;
+
+/// Everything one device should be running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub device_id: DeviceId,
+    /// Key epoch: the key-set version this manifest was issued under. Ordering is
+    /// `(epoch, generation)`, so rotating keys after a compromise can restart
+    /// generations without being stuck behind a huge forged one.
+    pub epoch: u64,
+    /// Monotonic per device within an epoch; bumped only when content changes.
+    pub generation: u64,
+    /// Unix seconds at the hub when signed. Informational: a Pi has no RTC.
+    pub issued_at: u64,
+    pub key_id: KeyId,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_APPS>")]
+    pub apps: Vec<AppSpec>,
+}
+
+/// One containerised application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// DNS-label style; unique within the manifest; also the container's hostname.
+    pub name: String,
+    pub image: ImageRef,
+    /// Replaces the image's ENTRYPOINT when non-empty.
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    pub command: Vec<String>,
+    /// Replaces the image's CMD when non-empty.
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    pub args: Vec<String>,
+    /// Merged over the image's environment.
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    /// `uid[:gid]`; numeric so no passwd lookup inside an untrusted rootfs.
+    pub user: Option<String>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    pub volumes: Vec<VolumeMount>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    pub devices: Vec<DeviceNode>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    pub ports: Vec<PortMapping>,
+    pub resources: Resources,
+    pub restart: RestartPolicy,
+    pub health: Option<HealthCheck>,
+    pub update: UpdateStrategy,
+    pub read_only_rootfs: bool,
+    /// Capabilities added to the default set, e.g. `CAP_NET_ADMIN`.
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    pub capabilities: Vec<String>,
+    pub network: NetworkMode,
+}
+
+/// A named volume living in the agent's data dir, surviving container replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub name: String,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// A host device node made visible inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceNode {
+    pub host_path: String,
+    pub container_path: String,
+    /// cgroup access string: any of `r`, `w`, `m`.
+    pub permissions: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// Informational with host networking; forwarded with an isolated network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub container_port: u16,
+    pub host_port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    /// Thousandths of a CPU (1000 = one core).
+    pub cpu_millis: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure {
+        max_retries: u32,
+    },
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    Exec {
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+        command: Vec<String>,
+    },
+    Http {
+        port: u16,
+        path: String,
+    },
+    Tcp {
+        port: u16,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    /// Consecutive failures before the app is reported unhealthy.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateStrategy {
+    /// Stop the old container, then start the new one (the safe default for apps
+    /// that hold a device node or a port).
+    #[default]
+    Recreate,
+    /// Start the new container first, stop the old once the new is ready.
+    StartFirst,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    #[default]
+    Host,
+    Isolated,
+}
+
+/// A rule a manifest or app spec breaks; names the app and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("manifest has {0} apps; the limit is {MAX_APPS}")]
+    TooManyApps(usize),
+    #[error("app name {0:?} appears more than once")]
+    DuplicateApp(String),
+    #[error("app {app:?}: field `{field}` {problem}")]
+    Field {
+        app: String,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// Capabilities an app may add on top of the default set.
+pub const KNOWN_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+    "CAP_NET_ADMIN",
+    "CAP_SYS_TIME",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_PTRACE",
+    "CAP_IPC_LOCK",
+    "CAP_SYS_RESOURCE",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_SYSLOG",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_BOOT",
+    "CAP_LEASE",
+    "CAP_IPC_OWNER",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_NET_BROADCAST",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_DAC_READ_SEARCH",
+];
+
+fn is_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Absolute, normalised, no `..`: safe to join under a rootfs.
+pub fn is_safe_abs_path(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() <= 4096
+        && !p.contains('\0')
+        && p.split('/').all(|seg| seg != ".." && seg != ".")
+}
+
+impl Manifest {
+    /// Check every app and the cross-app rules (count, unique names).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.apps.len() > MAX_APPS {
+            return Err(ValidationError::TooManyApps(self.apps.len()));
+        }
+        let mut seen = BTreeSet::new();
+        for app in &self.apps {
+            if !seen.insert(app.name.as_str()) {
+                return Err(ValidationError::DuplicateApp(app.name.clone()));
+            }
+            app.validate()?;
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, name: &str) -> Option<&AppSpec> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+impl AppSpec {
+    /// A spec with defaults everywhere but name and image.
+    pub fn new(name: impl Into<String>, image: ImageRef) -> Self {
+        AppSpec {
+            name: name.into(),
+            image,
+            command: vec![],
+            args: vec![],
+            env: BTreeMap::new(),
+            working_dir: None,
+            user: None,
+            volumes: vec![],
+            devices: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            restart: RestartPolicy::default(),
+            health: None,
+            update: UpdateStrategy::default(),
+            read_only_rootfs: false,
+            capabilities: vec![],
+            network: NetworkMode::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let app = &self.name;
+        let bad = |field: &'static str, problem: String| ValidationError::Field {
+            app: app.clone(),
+            field,
+            problem,
+        };
+        if !is_label(app, 63) {
+            return Err(bad(
+                "name",
+                "must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+                    .into(),
+            ));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(bad(
+                    "env",
+                    format!("variable {k:?} must be non-empty and contain no '=' or NUL"),
+                ));
+            }
+        }
+        if let Some(wd) = &self.working_dir {
+            if !is_safe_abs_path(wd) {
+                return Err(bad(
+                    "working_dir",
+                    format!("{wd:?} must be an absolute path without '..'"),
+                ));
+            }
+        }
+        if let Some(user) = &self.user {
+            let numeric = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 10
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && s.parse::<u32>().is_ok()
+            };
+            let ok = match user.split_once(':') {
+                Some((u, g)) => numeric(u) && numeric(g),
+                None => numeric(user),
+            };
+            if !ok {
+                return Err(bad(
+                    "user",
+                    format!("{user:?} must be numeric uid or uid:gid"),
+                ));
+            }
+        }
+        let mut vol_paths = BTreeSet::new();
+        for v in &self.volumes {
+            if !v
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || v.name.is_empty()
+                || v.name.len() > 63
+            {
+                return Err(bad(
+                    "volumes",
+                    format!(
+                        "volume name {:?} must be 1-63 letters, digits, '-' or '_'",
+                        v.name
+                    ),
+                ));
+            }
+            if !is_safe_abs_path(&v.container_path) || v.container_path == "/" {
+                return Err(bad(
+                    "volumes",
+                    format!(
+                        "mount path {:?} must be an absolute path without '..' and not '/'",
+                        v.container_path
+                    ),
+                ));
+            }
+            if !vol_paths.insert(v.container_path.as_str()) {
+                return Err(bad(
+                    "volumes",
+                    format!("mount path {:?} is used twice", v.container_path),
+                ));
+            }
+        }
+        for d in &self.devices {
+            if !d.host_path.starts_with("/dev/") || !is_safe_abs_path(&d.host_path) {
+                return Err(bad(
+                    "devices",
+                    format!(
+                        "host path {:?} must be under /dev/ without '..'",
+                        d.host_path
+                    ),
+                ));
+            }
+            if !is_safe_abs_path(&d.container_path) {
+                return Err(bad(
+                    "devices",
+                    format!(
+                        "container path {:?} must be absolute without '..'",
+                        d.container_path
+                    ),
+                ));
+            }
+            if d.permissions.is_empty() || !d.permissions.chars().all(|c| "rwm".contains(c)) {
+                return Err(bad(
+                    "devices",
+                    format!(
+                        "permissions {:?} must be a combination of r, w, m",
+                        d.permissions
+                    ),
+                ));
+            }
+        }
+        for p in &self.ports {
+            if p.container_port == 0 || p.host_port == 0 {
+                return Err(bad("ports", "port 0 is not allowed".into()));
+            }
+        }
+        if let Some(m) = self.resources.memory_bytes {
+            if m < 4 * 1024 * 1024 {
+                return Err(bad(
+                    "resources.memory_bytes",
+                    format!("{m} is below the 4 MiB minimum"),
+                ));
+            }
+        }
+        if self.resources.cpu_millis == Some(0) {
+            return Err(bad("resources.cpu_millis", "must be greater than 0".into()));
+        }
+        if let Some(h) = &self.health {
+            if h.interval_secs == 0 || h.timeout_secs == 0 {
+                return Err(bad(
+                    "health",
+                    "interval_secs and timeout_secs must be greater than 0".into(),
+                ));
+            }
+            match &h.probe {
+                Probe::Exec { command } if command.is_empty() => {
+                    return Err(bad("health.probe", "exec probe needs a command".into()))
+                }
+                Probe::Http { port: 0, .. } | Probe::Tcp { port: 0 } => {
+                    return Err(bad("health.probe", "port 0 is not allowed".into()))
+                }
+                Probe::Http { path, .. } if !path.starts_with('/') => {
+                    return Err(bad(
+                        "health.probe",
+                        format!("http path {path:?} must start with '/'"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for cap in &self.capabilities {
+            if !KNOWN_CAPABILITIES.contains(&cap.as_str()) {
+                return Err(bad(
+                    "capabilities",
+                    format!("{cap:?} is not a known Linux capability (use the CAP_ form)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img() -> ImageRef {
+        format!("localhost:5000/hello@sha256:{}", "cd".repeat(32))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_rule_names_app_and_field() {
+        type Mutate = fn(&mut AppSpec);
+        let cases: &[(&str, Mutate)] = &[
+            ("name", |a| a.name = "Bad_Name".into()),
+            ("env", |a| {
+                a.env.insert("A=B".into(), "x".into());
+            }),
+            ("working_dir", |a| a.working_dir = Some("../x".into())),
+            ("user", |a| a.user = Some("root".into())),
+            ("volumes", |a| {
+                a.volumes.push(VolumeMount {
+                    name: "data".into(),
+                    container_path: "/a/../b".into(),
+                    read_only: false,
+                })
+            }),
+            ("devices", |a| {
+                a.devices.push(DeviceNode {
+                    host_path: "/etc/passwd".into(),
+                    container_path: "/x".into(),
+                    permissions: "rw".into(),
+                })
+            }),
+            ("ports", |a| {
+                a.ports.push(PortMapping {
+                    container_port: 0,
+                    host_port: 1,
+                    protocol: Protocol::Tcp,
+                })
+            }),
+            ("resources.memory_bytes", |a| {
+                a.resources.memory_bytes = Some(1)
+            }),
+            ("resources.cpu_millis", |a| a.resources.cpu_millis = Some(0)),
+            ("health", |a| {
+                a.health = Some(HealthCheck {
+                    probe: Probe::Tcp { port: 1 },
+                    interval_secs: 0,
+                    timeout_secs: 1,
+                    retries: 1,
+                })
+            }),
+            ("capabilities", |a| a.capabilities.push("NET_ADMIN".into())),
+        ];
+        for (field, mutate) in cases {
+            let mut app = AppSpec::new("web", img());
+            app.validate().unwrap();
+            mutate(&mut app);
+            match app.validate() {
+                Err(ValidationError::Field { field: f, .. }) => assert_eq!(f, *field),
+                other => panic!("{field}: expected a field error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_app_names_are_refused() {
+        let m = Manifest {
+            device_id: "d1".parse().unwrap(),
+            epoch: 1,
+            generation: 1,
+            issued_at: 0,
+            key_id: KeyId("k".into()),
+            apps: vec![AppSpec::new("web", img()), AppSpec::new("web", img())],
+        };
+        assert_eq!(
+            m.validate(),
+            Err(ValidationError::DuplicateApp("web".into()))
+        );
+    }
+}

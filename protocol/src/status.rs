@@ -1,0 +1,253 @@
+//! What a device tells the hub: `StatusReport`s and `Event`s, both device-signed.
+//!
+//! Each device signs with its own ed25519 key (generated on the device), so the hub
+//! can tell a forged status from a real one whatever the broker lets clients publish.
+
+use crate::envelope::{self, Kind, OpenError};
+use crate::image::Digest;
+use crate::keys::{PublicKey, SigningKey};
+use crate::topics::DeviceId;
+use serde::{Deserialize, Serialize};
+
+const MAX_ITEMS: usize = crate::manifest::MAX_APPS;
+
+/// The device's view of itself at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub device_id: DeviceId,
+    /// `(epoch, generation)` of the last accepted manifest; `None` before the first.
+    pub applied: Option<(u64, u64)>,
+    /// Per-device counter, so the hub can drop a stale report that arrives late.
+    pub seq: u64,
+    /// Device clock, unix seconds (may be wrong on devices without an RTC).
+    pub reported_at: u64,
+    pub agent_version: String,
+    pub uptime_secs: u64,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_ITEMS>")]
+    pub apps: Vec<AppStatus>,
+    pub rejected: RejectCounters,
+    /// Human-readable reason of the latest rejected manifest or key set.
+    pub last_rejection: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub state: AppState,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub image_digest: Option<Digest>,
+    /// Result of the health check; `None` when the app has none.
+    pub ready: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppState {
+    Pending,
+    Pulling { done: u64, total: u64 },
+    Starting,
+    Running { pid: u32 },
+    Exited { code: i32 },
+    BackingOff { retry_in_secs: u64 },
+    Failed,
+    Stopped,
+}
+
+impl AppState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, AppState::Running { .. })
+    }
+}
+
+/// How many manifests (and key sets) were refused, per reason. Counters only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectCounters {
+    pub too_large: u64,
+    pub malformed: u64,
+    pub unsupported_version: u64,
+    pub unknown_key: u64,
+    pub bad_signature: u64,
+    pub wrong_device: u64,
+    pub rollback: u64,
+    pub conflicting_generation: u64,
+    pub invalid_spec: u64,
+    pub keyset: u64,
+}
+
+impl RejectCounters {
+    pub fn total(&self) -> u64 {
+        self.too_large
+            + self.malformed
+            + self.unsupported_version
+            + self.unknown_key
+            + self.bad_signature
+            + self.wrong_device
+            + self.rollback
+            + self.conflicting_generation
+            + self.invalid_spec
+            + self.keyset
+    }
+}
+
+/// Something that happened on the device, in device order (`seq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub device_id: DeviceId,
+    /// Strictly increasing per device, persisted: gaps mean the bounded outbox
+    /// dropped events (also counted in `dropped_before`).
+    pub seq: u64,
+    pub at: u64,
+    /// Events the outbox discarded (oldest first) before this one was queued.
+    pub dropped_before: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    ManifestApplied { epoch: u64, generation: u64 },
+    ManifestRejected { reason: String },
+    KeySetAccepted { version: u64 },
+    AppStarted { app: String, pid: u32 },
+    AppExited { app: String, code: i32 },
+    AppRestarted { app: String, restarts: u32 },
+    AppStopped { app: String },
+    AppFailed { app: String, error: String },
+    PullProgress { app: String, done: u64, total: u64 },
+    AppHealth { app: String, ready: bool },
+}
+
+/// Why a status or event from a device was refused by the hub.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceMessageError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(
+        "message signed by key {found}, but device {device} is registered with key {expected}"
+    )]
+    WrongKey {
+        device: DeviceId,
+        found: String,
+        expected: String,
+    },
+    #[error("bad signature on message from device {device}")]
+    BadSignature { device: DeviceId },
+    #[error("message on the topic of device {topic_device} claims to be from device {claimed}")]
+    DeviceMismatch {
+        topic_device: DeviceId,
+        claimed: DeviceId,
+    },
+}
+
+fn open_device<'a, T: Deserialize<'a>>(
+    kind: Kind,
+    what: &'static str,
+    bytes: &'a [u8],
+    device: &DeviceId,
+    key: &PublicKey,
+    claimed: impl Fn(&T) -> &DeviceId,
+) -> Result<T, DeviceMessageError> {
+    let opened = envelope::open(kind, bytes)?;
+    if opened.key_id != key.key_id() {
+        return Err(DeviceMessageError::WrongKey {
+            device: device.clone(),
+            found: opened.key_id.0.clone(),
+            expected: key.key_id().0,
+        });
+    }
+    if !opened.signed_by(key) {
+        return Err(DeviceMessageError::BadSignature {
+            device: device.clone(),
+        });
+    }
+    let value: T = envelope::decode_body(what, opened.body)?;
+    if claimed(&value) != device {
+        return Err(DeviceMessageError::DeviceMismatch {
+            topic_device: device.clone(),
+            claimed: claimed(&value).clone(),
+        });
+    }
+    Ok(value)
+}
+
+impl StatusReport {
+    pub fn seal(&self, device_key: &SigningKey) -> Vec<u8> {
+        envelope::seal_value(Kind::Status, device_key, self)
+            .expect("postcard encodes a StatusReport into a Vec infallibly")
+    }
+
+    /// Verify a status that arrived on `device`'s topic against that device's key.
+    pub fn open(
+        bytes: &[u8],
+        device: &DeviceId,
+        key: &PublicKey,
+    ) -> Result<Self, DeviceMessageError> {
+        open_device(
+            Kind::Status,
+            "status report",
+            bytes,
+            device,
+            key,
+            |s: &StatusReport| &s.device_id,
+        )
+    }
+}
+
+impl Event {
+    pub fn seal(&self, device_key: &SigningKey) -> Vec<u8> {
+        envelope::seal_value(Kind::Event, device_key, self)
+            .expect("postcard encodes an Event into a Vec infallibly")
+    }
+
+    pub fn open(
+        bytes: &[u8],
+        device: &DeviceId,
+        key: &PublicKey,
+    ) -> Result<Self, DeviceMessageError> {
+        open_device(Kind::Event, "event", bytes, device, key, |e: &Event| {
+            &e.device_id
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str) -> StatusReport {
+        StatusReport {
+            device_id: id.parse().unwrap(),
+            applied: Some((1, 3)),
+            seq: 7,
+            reported_at: 1,
+            agent_version: "0.1.0".into(),
+            uptime_secs: 5,
+            apps: vec![],
+            rejected: RejectCounters::default(),
+            last_rejection: None,
+        }
+    }
+
+    #[test]
+    fn a_status_signed_by_another_device_is_refused() {
+        let d1 = SigningKey::generate().unwrap();
+        let d2 = SigningKey::generate().unwrap();
+        let id: DeviceId = "d1".parse().unwrap();
+        let good = report("d1").seal(&d1);
+        assert_eq!(
+            StatusReport::open(&good, &id, &d1.public_key()).unwrap(),
+            report("d1")
+        );
+        let forged = report("d1").seal(&d2);
+        assert!(matches!(
+            StatusReport::open(&forged, &id, &d1.public_key()),
+            Err(DeviceMessageError::WrongKey { .. })
+        ));
+        // A device replaying its own report on another device's topic.
+        let other: DeviceId = "d2".parse().unwrap();
+        let crossed = report("d1").seal(&d2);
+        assert!(matches!(
+            StatusReport::open(&crossed, &other, &d2.public_key()),
+            Err(DeviceMessageError::DeviceMismatch { .. })
+        ));
+    }
+}
