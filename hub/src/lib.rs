@@ -1,0 +1,1 @@
+//! Library behind the binary; modules are added per concern.
