@@ -158,3 +158,41 @@ mod tests {
         ));
     }
 }
+
+/// The parts of an OCI image config that decide how a container starts. The image
+/// store reads it from the registry or a layout; the runtime merges an `AppSpec`
+/// over it (the `AppSpec` wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` strings, as in the OCI image config.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// The platform an agent pulls from a multi-arch index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Platform {
+    /// OCI `architecture`: `amd64`, `arm64`, `arm`.
+    pub architecture: String,
+    /// OCI `variant`, e.g. `v7` for 32-bit ARM, `v8` (optional) for arm64.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this binary was compiled for.
+    pub fn current() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", None),
+            "arm" => ("arm", Some("v7")),
+            other => (other, None),
+        };
+        Platform {
+            architecture: architecture.to_string(),
+            variant: variant.map(str::to_string),
+        }
+    }
+}

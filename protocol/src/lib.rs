@@ -30,7 +30,7 @@ pub mod topics;
 pub mod verify;
 
 pub use envelope::{Kind, OpenError, Opened, FORMAT_VERSION, MAGIC, MAX_MESSAGE_BYTES};
-pub use image::{Digest, ImageRef};
+pub use image::{Digest, ImageConfig, ImageRef, Platform};
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey};
 pub use keyset::{KeySet, KeySetError, SignedKeySet};
 pub use manifest::{
