@@ -1,0 +1,258 @@
+//! The hub's configuration file (`hub.toml`) and the layout of its data directory.
+//!
+//! Everything the hub needs to find on disk is named here, so `init`, `serve` and the
+//! CLI agree on paths.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default data directory when neither `--data-dir` nor `OUTPOST_HUB_DIR` is given.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/outpost-hub";
+
+/// Why the configuration could not be read, parsed or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot write config file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("broker URL {url:?} is invalid: {problem}")]
+    BrokerUrl { url: String, problem: String },
+}
+
+/// `hub.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Where the HTTP API listens.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub registry: RegistryConfig,
+}
+
+/// How the hub reaches MQTT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Listen address of the embedded broker; ignored when `broker` is set.
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// External broker (`mqtt://host:port` or `mqtts://host:port`). When set, no
+    /// embedded broker is started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// PEM CA bundle for `mqtts://`; the system roots are used when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Stable client id: with `clean_session = false` the broker keeps the hub's
+    /// subscriptions and queued QoS 1 messages across reconnects under this id.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Connection limit of the embedded broker. At the limit rumqttd silently
+    /// withholds CONNACK, so it is set well above the expected fleet size.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// Registry access for resolving image tags to digests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registries (`host:port`) reached over plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8480))
+}
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1883))
+}
+fn default_client_id() -> String {
+    "outpost-hub".to_string()
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: default_mqtt_listen(),
+            broker: None,
+            ca_file: None,
+            client_id: default_client_id(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            http_listen: default_http_listen(),
+            mqtt: MqttConfig::default(),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+impl HubConfig {
+    pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: HubConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(url) = &config.mqtt.broker {
+            BrokerUrl::parse(url)?;
+        }
+        Ok(config)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(path, text).map_err(|source| ConfigError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// A parsed external broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, ConfigError> {
+        let bad = |problem: &str| ConfigError::BrokerUrl {
+            url: url.to_string(),
+            problem: problem.to_string(),
+        };
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(bad("scheme must be mqtt:// or mqtts://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') {
+            return Err(bad("only host[:port] is allowed after the scheme"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| bad("port must be a number from 1 to 65535"))?,
+            ),
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("host is empty"));
+        }
+        if port == 0 {
+            return Err(bad("port must be a number from 1 to 65535"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
+}
+
+/// Paths inside the data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("hub.toml")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("hub.redb")
+    }
+    pub fn root_key(&self) -> PathBuf {
+        self.root.join("root.key")
+    }
+    pub fn root_pub(&self) -> PathBuf {
+        self.root.join("root.pub")
+    }
+    pub fn signing_key(&self) -> PathBuf {
+        self.root.join("signing.key")
+    }
+    pub fn keyset(&self) -> PathBuf {
+        self.root.join("keyset.bin")
+    }
+    pub fn token(&self) -> PathBuf {
+        self.root.join("token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let ok = [
+            ("mqtt://127.0.0.1:1884", ("127.0.0.1", 1884, false)),
+            ("mqtts://broker.example", ("broker.example", 8883, true)),
+            ("mqtt://localhost", ("localhost", 1883, false)),
+            ("mqtt://[::1]:1885", ("::1", 1885, false)),
+        ];
+        for (url, (host, port, tls)) in ok {
+            let b = BrokerUrl::parse(url).unwrap();
+            assert_eq!((b.host.as_str(), b.port, b.tls), (host, port, tls), "{url}");
+        }
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u@h",
+            "mqtt://h/x",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_round_trips_and_refuses_unknown_fields() {
+        let c = HubConfig::default();
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(toml::from_str::<HubConfig>(&text).unwrap(), c);
+        let err = toml::from_str::<HubConfig>("htp_listen = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("htp_listen"), "{err}");
+    }
+}

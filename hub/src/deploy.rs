@@ -1,0 +1,457 @@
+//! The declarative deployment format (TOML file / JSON API body) and its checks.
+//!
+//! A `DeploymentSpec` is what an operator writes: apps with images named by tag or
+//! digest and a label selector. [`DeploymentSpec::check`] validates everything that
+//! needs no network and converts to protocol `AppSpec`s once images are pinned.
+//! Every error names the field path (`apps[1].image`) and the problem.
+
+use outpost_protocol::manifest::{
+    AppSpec, DeviceNode, HealthCheck, NetworkMode, PortMapping, Probe, Protocol, Resources,
+    RestartPolicy, UpdateStrategy, VolumeMount, MAX_APPS,
+};
+use outpost_protocol::ImageRef;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A bad field in a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {problem}")]
+pub struct SpecError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// One deployment: which devices (selector) run which apps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    pub name: String,
+    /// Every label listed must match exactly; must not be empty (an empty selector
+    /// would silently target the whole fleet).
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub apps: Vec<AppDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppDef {
+    pub name: String,
+    /// `repo:tag` (resolved to a digest at apply time) or `repo@sha256:…`.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeDef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceDef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    #[serde(default)]
+    pub restart: RestartDef,
+    /// Only with `restart = "on-failure"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthDef>,
+    #[serde(default)]
+    pub update: UpdateDef,
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub network: NetworkDef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDef {
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceDef {
+    pub host_path: String,
+    /// Defaults to `host_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_path: Option<String>,
+    #[serde(default = "default_perms")]
+    pub permissions: String,
+}
+
+fn default_perms() -> String {
+    "rw".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortDef {
+    pub container: u16,
+    /// Defaults to `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u16>,
+    #[serde(default)]
+    pub protocol: ProtocolDef,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolDef {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartDef {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateDef {
+    #[default]
+    Recreate,
+    StartFirst,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkDef {
+    #[default]
+    Host,
+    Isolated,
+}
+
+/// Exactly one of `exec`, `http_path` (+ `port`), or `tcp_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    #[serde(default = "default_interval")]
+    pub interval_secs: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u32,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_interval() -> u32 {
+    10
+}
+fn default_timeout() -> u32 {
+    3
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// DNS-label: 1-63 lowercase letters, digits, '-', not at either end.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Label keys and values: 1-63 ASCII letters, digits, '-', '_', '.', '/'.
+pub fn check_label(field: &str, key: &str, value: &str) -> Result<(), SpecError> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    if !ok(key) {
+        return Err(err(
+            field,
+            format!("label key {key:?} must be 1-63 letters, digits, '-', '_', '.' or '/'"),
+        ));
+    }
+    if !ok(value) {
+        return Err(err(
+            format!("{field}.{key}"),
+            format!("label value {value:?} must be 1-63 letters, digits, '-', '_', '.' or '/'"),
+        ));
+    }
+    Ok(())
+}
+
+impl DeploymentSpec {
+    /// Parse the TOML deployment file format.
+    pub fn from_toml(text: &str) -> Result<DeploymentSpec, SpecError> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let field = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "file".into());
+            err(field, msg)
+        })
+    }
+
+    /// Everything checkable without the network: names, selector, app fields, and
+    /// unique app names. Image references are checked for syntax only.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if !is_dns_label(&self.name) {
+            return Err(err(
+                "name",
+                format!(
+                    "{:?} must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
+                    self.name
+                ),
+            ));
+        }
+        if self.selector.is_empty() {
+            return Err(err(
+                "selector",
+                "must name at least one label (an empty selector would target every device)",
+            ));
+        }
+        for (k, v) in &self.selector {
+            check_label("selector", k, v)?;
+        }
+        if self.apps.len() > MAX_APPS {
+            return Err(err(
+                "apps",
+                format!("{} apps; the limit is {MAX_APPS}", self.apps.len()),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            if !names.insert(app.name.as_str()) {
+                return Err(err(
+                    format!("apps[{i}].name"),
+                    format!("app name {:?} is used more than once", app.name),
+                ));
+            }
+            if app.image.trim().is_empty() {
+                return Err(err(format!("apps[{i}].image"), "must not be empty"));
+            }
+            // Build with a placeholder digest to run the protocol's own rules now,
+            // before any registry round trip.
+            let placeholder = ImageRef {
+                repository: "placeholder".into(),
+                digest: outpost_protocol::Digest([0; 32]),
+            };
+            app.to_app_spec(i, placeholder)?;
+        }
+        Ok(())
+    }
+}
+
+impl AppDef {
+    /// Convert to the wire form with `image` already pinned; runs the protocol's
+    /// validation and maps its error onto this app's field path.
+    pub fn to_app_spec(&self, index: usize, image: ImageRef) -> Result<AppSpec, SpecError> {
+        let at = |f: &str| format!("apps[{index}].{f}");
+        let restart = match (self.restart, self.max_retries) {
+            (RestartDef::Always, None) => RestartPolicy::Always,
+            (RestartDef::Never, None) => RestartPolicy::Never,
+            (RestartDef::OnFailure, n) => RestartPolicy::OnFailure {
+                max_retries: n.unwrap_or(5),
+            },
+            (_, Some(_)) => {
+                return Err(err(
+                    at("max_retries"),
+                    "is only allowed with restart = \"on-failure\"",
+                ))
+            }
+        };
+        let health = match &self.health {
+            None => None,
+            Some(h) => {
+                let probe = match (&h.exec, &h.http_path, h.port, h.tcp_port) {
+                    (Some(cmd), None, None, None) => Probe::Exec {
+                        command: cmd.clone(),
+                    },
+                    (None, Some(path), Some(port), None) => Probe::Http {
+                        port,
+                        path: path.clone(),
+                    },
+                    (None, None, None, Some(port)) => Probe::Tcp { port },
+                    _ => {
+                        return Err(err(
+                            at("health"),
+                            "set exactly one of `exec`, `http_path` with `port`, or `tcp_port`",
+                        ))
+                    }
+                };
+                Some(HealthCheck {
+                    probe,
+                    interval_secs: h.interval_secs,
+                    timeout_secs: h.timeout_secs,
+                    retries: h.retries,
+                })
+            }
+        };
+        let spec = AppSpec {
+            name: self.name.clone(),
+            image,
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            working_dir: self.working_dir.clone(),
+            user: self.user.clone(),
+            volumes: self
+                .volumes
+                .iter()
+                .map(|v| VolumeMount {
+                    name: v.name.clone(),
+                    container_path: v.path.clone(),
+                    read_only: v.read_only,
+                })
+                .collect(),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceNode {
+                    host_path: d.host_path.clone(),
+                    container_path: d.container_path.clone().unwrap_or(d.host_path.clone()),
+                    permissions: d.permissions.clone(),
+                })
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| PortMapping {
+                    container_port: p.container,
+                    host_port: p.host.unwrap_or(p.container),
+                    protocol: match p.protocol {
+                        ProtocolDef::Tcp => Protocol::Tcp,
+                        ProtocolDef::Udp => Protocol::Udp,
+                    },
+                })
+                .collect(),
+            resources: Resources {
+                memory_bytes: self.memory_bytes,
+                cpu_millis: self.cpu_millis,
+            },
+            restart,
+            health,
+            update: match self.update {
+                UpdateDef::Recreate => UpdateStrategy::Recreate,
+                UpdateDef::StartFirst => UpdateStrategy::StartFirst,
+            },
+            read_only_rootfs: self.read_only_rootfs,
+            capabilities: self.capabilities.clone(),
+            network: match self.network {
+                NetworkDef::Host => NetworkMode::Host,
+                NetworkDef::Isolated => NetworkMode::Isolated,
+            },
+        };
+        spec.validate().map_err(|e| match e {
+            outpost_protocol::ValidationError::Field { field, problem, .. } => {
+                err(at(field), problem)
+            }
+            other => err(format!("apps[{index}]"), other.to_string()),
+        })?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "sensors"
+selector = { site = "lab", role = "gateway" }
+
+[[apps]]
+name = "web"
+image = "localhost:5000/hello:1.0"
+env = { MODE = "prod" }
+ports = [{ container = 8080 }]
+
+[[apps]]
+name = "logger"
+image = "localhost:5000/logger@sha256:abababababababababababababababababababababababababababababababab"
+restart = "on-failure"
+max_retries = 3
+"#;
+
+    #[test]
+    fn parses_the_documented_format() {
+        let d = DeploymentSpec::from_toml(GOOD).unwrap();
+        d.check().unwrap();
+        assert_eq!(d.apps.len(), 2);
+        assert_eq!(d.selector["site"], "lab");
+    }
+
+    #[test]
+    fn each_bad_input_names_its_field() {
+        type Mutate = fn(&mut DeploymentSpec);
+        let cases: &[(&str, Mutate)] = &[
+            ("name", |d| d.name = "Bad Name".into()),
+            ("selector", |d| d.selector.clear()),
+            ("selector", |d| {
+                d.selector.insert("bad key".into(), "x".into());
+            }),
+            ("apps[1].name", |d| d.apps[1].name = "web".into()),
+            ("apps[0].image", |d| d.apps[0].image = " ".into()),
+            ("apps[0].env", |d| {
+                d.apps[0].env.insert("A=B".into(), "x".into());
+            }),
+            ("apps[0].max_retries", |d| d.apps[0].max_retries = Some(1)),
+            ("apps[0].capabilities", |d| {
+                d.apps[0].capabilities.push("CAP_NOPE".into())
+            }),
+            ("apps[0].name", |d| d.apps[0].name = "UPPER".into()),
+        ];
+        for (field, mutate) in cases {
+            let mut d = DeploymentSpec::from_toml(GOOD).unwrap();
+            mutate(&mut d);
+            let e = d.check().unwrap_err();
+            assert_eq!(&e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let text = GOOD.replace("env = ", "enviroment = ");
+        let e = DeploymentSpec::from_toml(&text).unwrap_err();
+        assert!(e.problem.contains("enviroment"), "{e}");
+        assert!(e.field.starts_with("line "), "{e}");
+    }
+}

@@ -1,0 +1,241 @@
+//! Pure rendering: deployments + devices → the apps each device should run, and
+//! which devices need a new manifest generation.
+//!
+//! No I/O and no clock: the store feeds in what it holds, this decides, and the
+//! caller signs and persists. A generation is bumped only when the rendered apps
+//! differ (compared by a digest of their canonical postcard encoding, never by
+//! timestamps), so re-applying an unchanged deployment publishes nothing new.
+
+use outpost_protocol::manifest::MAX_APPS;
+use outpost_protocol::{AppSpec, DeviceId, Digest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A deployment with every image already pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub name: String,
+    pub selector: BTreeMap<String, String>,
+    pub apps: Vec<AppSpec>,
+}
+
+/// Why rendering refused the set of deployments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("app {app:?} is defined by both deployment {first:?} and deployment {second:?}, which both select device {device}")]
+    AppConflict {
+        device: DeviceId,
+        app: String,
+        first: String,
+        second: String,
+    },
+    #[error("device {device} would get {count} apps; the limit is {MAX_APPS}")]
+    TooManyApps { device: DeviceId, count: usize },
+}
+
+/// Does `selector` match `labels`? Every selector label must be present and equal.
+/// An empty selector matches nothing (the API refuses empty selectors anyway).
+pub fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The apps a device with `labels` should run, sorted by name.
+pub fn desired_apps(
+    device: &DeviceId,
+    labels: &BTreeMap<String, String>,
+    deployments: &[Deployment],
+) -> Result<Vec<AppSpec>, RenderError> {
+    let mut by_name: BTreeMap<&str, (&str, &AppSpec)> = BTreeMap::new();
+    for d in deployments.iter().filter(|d| matches(&d.selector, labels)) {
+        for app in &d.apps {
+            if let Some((first, _)) = by_name.insert(&app.name, (&d.name, app)) {
+                return Err(RenderError::AppConflict {
+                    device: device.clone(),
+                    app: app.name.clone(),
+                    first: first.to_string(),
+                    second: d.name.clone(),
+                });
+            }
+        }
+    }
+    if by_name.len() > MAX_APPS {
+        return Err(RenderError::TooManyApps {
+            device: device.clone(),
+            count: by_name.len(),
+        });
+    }
+    Ok(by_name.into_values().map(|(_, a)| a.clone()).collect())
+}
+
+/// Digest of the canonical encoding of a device's apps.
+pub fn apps_digest(apps: &[AppSpec]) -> Digest {
+    // postcard of a Vec of plain structs and BTreeMaps is deterministic.
+    Digest::of(&postcard::to_stdvec(apps).unwrap_or_default())
+}
+
+/// What a device currently has (persisted by the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Current {
+    pub epoch: u64,
+    pub generation: u64,
+    pub apps_digest: Digest,
+}
+
+/// The generation a device's next manifest gets, or `None` when its content is
+/// unchanged. Generations restart at 1 in a new epoch.
+pub fn next_generation(current: Option<&Current>, epoch: u64, digest: &Digest) -> Option<u64> {
+    match current {
+        Some(c) if c.epoch == epoch && &c.apps_digest == digest => None,
+        Some(c) if c.epoch == epoch => Some(c.generation.saturating_add(1)),
+        _ => Some(1),
+    }
+}
+
+/// A device whose manifest must be (re)issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub device: DeviceId,
+    pub generation: u64,
+    pub apps: Vec<AppSpec>,
+    pub apps_digest: Digest,
+}
+
+/// Render every device; return only those whose content changed. O(devices ×
+/// deployments); one failure refuses the whole set.
+pub fn plan<'a>(
+    devices: impl IntoIterator<Item = (&'a DeviceId, &'a BTreeMap<String, String>)>,
+    deployments: &[Deployment],
+    current: impl Fn(&DeviceId) -> Option<Current>,
+    epoch: u64,
+) -> Result<Vec<Rendered>, RenderError> {
+    let mut out = Vec::new();
+    for (id, labels) in devices {
+        let apps = desired_apps(id, labels, deployments)?;
+        let digest = apps_digest(&apps);
+        if let Some(generation) = next_generation(current(id).as_ref(), epoch, &digest) {
+            out.push(Rendered {
+                device: id.clone(),
+                generation,
+                apps,
+                apps_digest: digest,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn app(name: &str, img: u8) -> AppSpec {
+        AppSpec::new(
+            name,
+            format!("reg/{name}@sha256:{}", hex::encode([img; 32]))
+                .parse()
+                .unwrap(),
+        )
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn dep(name: &str, sel: &[(&str, &str)], apps: Vec<AppSpec>) -> Deployment {
+        Deployment {
+            name: name.into(),
+            selector: labels(sel),
+            apps,
+        }
+    }
+
+    #[test]
+    fn selector_table() {
+        let l = labels(&[("site", "a"), ("role", "gw")]);
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("site", "a")], true),
+            (&[("site", "a"), ("role", "gw")], true),
+            (&[("site", "b")], false),
+            (&[("site", "a"), ("zone", "1")], false),
+            (&[], false),
+        ];
+        for (sel, want) in cases {
+            assert_eq!(matches(&labels(sel), &l), *want, "{sel:?}");
+        }
+    }
+
+    #[test]
+    fn conflicting_app_names_across_deployments_are_refused() {
+        let id: DeviceId = "d1".parse().unwrap();
+        let deps = vec![
+            dep("a", &[("site", "x")], vec![app("web", 1)]),
+            dep("b", &[("role", "gw")], vec![app("web", 2)]),
+        ];
+        let err = desired_apps(&id, &labels(&[("site", "x"), ("role", "gw")]), &deps).unwrap_err();
+        assert!(matches!(err, RenderError::AppConflict { .. }), "{err}");
+        // Only one matches: fine.
+        let ok = desired_apps(&id, &labels(&[("site", "x")]), &deps).unwrap();
+        assert_eq!(ok, vec![app("web", 1)]);
+    }
+
+    #[test]
+    fn generation_rules() {
+        let d1 = apps_digest(&[app("a", 1)]);
+        let d2 = apps_digest(&[app("a", 2)]);
+        let cur = Current {
+            epoch: 1,
+            generation: 4,
+            apps_digest: d1,
+        };
+        assert_eq!(next_generation(None, 1, &d1), Some(1));
+        assert_eq!(next_generation(Some(&cur), 1, &d1), None);
+        assert_eq!(next_generation(Some(&cur), 1, &d2), Some(5));
+        assert_eq!(next_generation(Some(&cur), 2, &d1), Some(1));
+    }
+
+    proptest! {
+        /// Rendering converges: after applying a plan, planning again yields
+        /// nothing, and every issued generation is above the previous one.
+        #[test]
+        fn plan_converges_and_generations_grow(
+            dev_labels in proptest::collection::vec(0u8..3, 1..20),
+            dep_sel in proptest::collection::vec((0u8..3, 0u8..4), 0..5),
+        ) {
+            let devices: Vec<(DeviceId, BTreeMap<String, String>)> = dev_labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (format!("d{i}").parse().unwrap(), labels(&[("g", &l.to_string())])))
+                .collect();
+            let deps: Vec<Deployment> = dep_sel
+                .iter()
+                .enumerate()
+                .map(|(i, (g, img))| dep(&format!("dep{i}"), &[("g", &g.to_string())], vec![app(&format!("app{i}"), *img)]))
+                .collect();
+            let mut state: BTreeMap<DeviceId, Current> = BTreeMap::new();
+            for round in 0..2 {
+                let p = plan(devices.iter().map(|(i, l)| (i, l)), &deps, |id| state.get(id).copied(), 1).unwrap();
+                if round == 1 {
+                    prop_assert!(p.is_empty());
+                }
+                for r in p {
+                    if let Some(old) = state.get(&r.device) {
+                        prop_assert!(r.generation > old.generation);
+                    }
+                    state.insert(r.device.clone(), Current { epoch: 1, generation: r.generation, apps_digest: r.apps_digest });
+                }
+            }
+            // Changing one deployment's image bumps exactly the devices it selects.
+            if let Some(first) = deps.first().cloned() {
+                let mut changed = deps.clone();
+                changed[0].apps[0].image.digest = Digest([0xee; 32]);
+                let p = plan(devices.iter().map(|(i, l)| (i, l)), &changed, |id| state.get(id).copied(), 1).unwrap();
+                let expect = devices.iter().filter(|(_, l)| matches(&first.selector, l)).count();
+                prop_assert_eq!(p.len(), expect);
+            }
+        }
+    }
+}

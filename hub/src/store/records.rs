@@ -1,0 +1,64 @@
+//! The record types stored in the hub's tables.
+
+use crate::deploy::DeploymentSpec;
+use outpost_protocol::{AppSpec, DeviceId, Digest, Event, PublicKey, StatusReport};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A registered device. Its private key never leaves the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub public_key: PublicKey,
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub registered_at: u64,
+}
+
+/// A deployment as applied: the operator's spec (tags as written) plus the
+/// pinned apps the manifests were rendered from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub spec: DeploymentSpec,
+    pub apps: Vec<AppSpec>,
+    /// Bumped whenever the pinned content changes.
+    pub revision: u64,
+    pub updated_at: u64,
+}
+
+/// What was last issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestMeta {
+    pub epoch: u64,
+    pub generation: u64,
+    pub apps_digest: Digest,
+    pub issued_at: u64,
+    pub apps: Vec<String>,
+}
+
+/// The last status that verified, with the hub's clock at arrival (devices
+/// without an RTC may report nonsense times; online/last-seen uses this one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub received_at: u64,
+    pub report: StatusReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub received_at: u64,
+    pub event: Event,
+}
+
+/// One line of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned on append.
+    pub seq: u64,
+    pub at: u64,
+    /// Who asked (`api` for bearer-token calls, `hub` for the hub itself).
+    pub who: String,
+    pub action: String,
+    pub target: String,
+    pub detail: serde_json::Value,
+}
