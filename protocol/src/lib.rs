@@ -16,6 +16,7 @@
 //! - [`keyset`]: rotation of manifest-signing keys under an offline root key.
 //! - [`verify`]: the agent-side `Verifier` (accept / duplicate / reject with reason).
 //! - [`topics`]: MQTT topic names and device-id validation.
+//! - [`sample`]: a representative 5-app manifest for examples, benches and fuzz seeds.
 //! - [`bounded`]: decoding helpers that cap collection sizes so hostile input
 //!   cannot make the decoder allocate more than the message size limit.
 
@@ -25,6 +26,7 @@ pub mod image;
 pub mod keys;
 pub mod keyset;
 pub mod manifest;
+pub mod sample;
 pub mod status;
 pub mod topics;
 pub mod verify;

@@ -148,7 +148,8 @@ mod tests {
 
     #[test]
     fn refuses_ids_that_could_inject_topics_or_paths() {
-        let cases: &[(&str, fn(&DeviceIdError) -> bool)] = &[
+        type Check = fn(&DeviceIdError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, DeviceIdError::Empty)),
             ("a/b", |e| {
                 matches!(e, DeviceIdError::BadChar { bad: '/', .. })
