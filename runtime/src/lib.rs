@@ -1,2 +1,70 @@
 //! Container runtime for Outpost apps: OCI runtime spec generation from an `AppSpec`
-//! and lifecycle (create, start, stop, delete, adopt) through youki's libcontainer.
+//! and lifecycle (create, start, stop, delete, adopt) through youki's libcontainer,
+//! with no container daemon.
+//!
+//! # Layout
+//! - [`spec`]: pure `AppSpec` + `ImageConfig` → OCI runtime spec (process merge,
+//!   mounts, volumes, devices and device cgroup rules, limits, capabilities,
+//!   masked paths) and [`spec::spec_hash`] identifying what a container runs.
+//! - [`seccomp`]: the default seccomp profile (Docker-like deny list).
+//! - [`host`]: [`check_host`] (cgroup version, memory limits, seccomp) and the pure
+//!   admission rule [`host::admit`] that fails closed without seccomp.
+//! - [`rootfs`]: overlayfs over unpacked layers, or a plain directory.
+//! - [`logs`]: `O_APPEND` log files and copy-truncate rotation.
+//! - [`process`]: observing/reaping init processes robustly to PID reuse.
+//! - [`meta`]: the per-container side file.
+//! - [`helper`]: the single-threaded helper process that runs libcontainer's
+//!   create (binary `outpost-runtime-helper`).
+//! - [`runtime`]: [`Runtime`] with `create`, `start`, `stop`, `delete`, `list`,
+//!   `info`, `log_path`, `rotate_logs`.
+//!
+//! # Public API (sync; call from `spawn_blocking`)
+//! ```text
+//! let rt = Runtime::new(RuntimeConfig::new("/run/outpost/containers", "/var/lib/outpost"))?;
+//! rt.host();                                   // HostReport from check_host()
+//! rt.create(&ContainerRequest { id, app, image, image_digest, rootfs: Rootfs::Layers(dirs), labels })?;
+//! rt.start(id)?;  rt.stop(id, grace)?;  rt.delete(id)?;
+//! rt.list()?  // Vec<ContainerInfo { id, app, image_digest, spec_hash, pid, status, labels }>
+//! rt.log_path(id); rt.rotate_logs(max_bytes, keep)?;
+//! ```
+//!
+//! # Processes and detachment
+//! `create` execs the helper ([`RuntimeConfig::helper`], by default
+//! `outpost-runtime-helper` next to the current executable) because libcontainer
+//! clones the calling process, which is unsafe from a multi-threaded tokio agent.
+//! `start`/`stop`/`delete`/`list` only signal processes and edit files, so they run
+//! in-process. Container inits are orphaned when the helper exits: they belong to
+//! the agent only if it called [`become_subreaper`] (then exit codes are
+//! reported), otherwise to PID 1. Either way, killing the agent (even with
+//! SIGKILL) leaves containers running, and a new `Runtime` finds them in
+//! `state_dir`. Exit codes of containers that ended while not our children are
+//! reported as `Exited(None)`.
+//!
+//! # Directories
+//! - `state_dir/<id>/`: libcontainer's state (put it on tmpfs).
+//! - `data_dir/containers/<id>/`: `bundle/config.json`, `meta.json`, overlay
+//!   `upper/`, `work/`, `rootfs/` mount point, `console.log[.N]`.
+//! - `data_dir/volumes/<app>/<volume>/`: named volumes, never removed by the runtime.
+//!
+//! # Cgroups
+//! Containers live under `/outpost/<id>` in every hierarchy (v1, hybrid or v2;
+//! v2 device rules through eBPF via libcontainer's `cgroupsv2_devices`). No
+//! systemd driver.
+
+pub mod helper;
+pub mod host;
+pub mod logs;
+pub mod meta;
+pub mod process;
+pub mod rootfs;
+pub mod runtime;
+pub mod seccomp;
+pub mod spec;
+
+pub use host::{check_host, CgroupVersion, HostReport, MemoryLimitPolicy};
+pub use process::become_subreaper;
+pub use rootfs::Rootfs;
+pub use runtime::{
+    ContainerInfo, ContainerRequest, ContainerStatus, HelperCommand, Runtime, RuntimeConfig,
+    RuntimeError,
+};

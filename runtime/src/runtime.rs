@@ -1,0 +1,682 @@
+//! The container lifecycle: create, start, stop, delete, list (re-adoption) and
+//! log rotation, on top of libcontainer's state directory.
+//!
+//! All calls are blocking; the agent runs them in `spawn_blocking`. Nothing here
+//! keeps per-container state in memory: every call reads libcontainer's state
+//! directory and the runtime's side files, so a freshly started agent sees
+//! exactly what a killed one left behind.
+
+use crate::helper::{CreateRequest, CREATE_ARG};
+use crate::host::{admit, AdmitError, HostReport, MemoryLimitPolicy};
+use crate::meta::{ContainerMeta, MetaError};
+use crate::process::{observe, read_stat, Observed};
+use crate::rootfs::{self, Rootfs, RootfsError};
+use crate::spec::{self, DeviceKind, ResolvedDevice, SpecError, SpecInputs};
+use libcontainer::container::{Container, ContainerStatus as LcStatus};
+use libcontainer::error::LibcontainerError;
+use nix::sys::signal::Signal;
+use outpost_protocol::{AppSpec, Digest, ImageConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the runtime keeps things.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// libcontainer's state root (one dir per container). Best on tmpfs
+    /// (`/run/outpost/containers`): containers do not survive a reboot either.
+    pub state_dir: PathBuf,
+    /// Persistent data: `containers/<id>/` (bundle, overlay upper, logs, side
+    /// file) and `volumes/<app>/<volume>/`.
+    pub data_dir: PathBuf,
+    /// The helper that performs create (see [`crate::helper`]).
+    pub helper: HelperCommand,
+    pub memory_policy: MemoryLimitPolicy,
+}
+
+/// How to run the create helper: `program args_prefix.. create <json>`.
+#[derive(Debug, Clone)]
+pub struct HelperCommand {
+    pub program: PathBuf,
+    /// Arguments before `create`, for binaries hosting the helper as a subcommand.
+    pub args_prefix: Vec<String>,
+}
+
+impl HelperCommand {
+    /// `outpost-runtime-helper` installed next to the current executable.
+    pub fn next_to_current_exe() -> Self {
+        let program = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("outpost-runtime-helper")))
+            .unwrap_or_else(|| PathBuf::from("outpost-runtime-helper"));
+        HelperCommand {
+            program,
+            args_prefix: vec![],
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub fn new(state_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            state_dir: state_dir.into(),
+            data_dir: data_dir.into(),
+            helper: HelperCommand::next_to_current_exe(),
+            memory_policy: MemoryLimitPolicy::default(),
+        }
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct ContainerRequest<'a> {
+    /// Container id: 1-128 of `[A-Za-z0-9_.-]`, not starting with '.'.
+    pub id: &'a str,
+    pub app: &'a AppSpec,
+    pub image: &'a ImageConfig,
+    pub image_digest: Digest,
+    pub rootfs: Rootfs,
+    /// Free-form labels stored with the container (e.g. generation).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Lifecycle state as the runtime reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerStatus {
+    /// Created, process waiting to be started.
+    Created,
+    Running,
+    /// Ended after the runtime's `stop()`.
+    Stopped,
+    /// Ended on its own. `None`: the exit code is unknown because the process
+    /// was not our child when it died (e.g. the agent restarted meanwhile or is
+    /// not a subreaper).
+    Exited(Option<i32>),
+}
+
+/// One container the runtime knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub app: String,
+    pub image_digest: String,
+    pub spec_hash: String,
+    /// Host PID of the init process, while it may be running.
+    pub pid: Option<i32>,
+    pub status: ContainerStatus,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("container id {0:?} is invalid: use 1-128 of A-Z a-z 0-9 _ . - not starting with '.'")]
+    BadId(String),
+    #[error("container {0:?} already exists")]
+    Exists(String),
+    #[error("container {0:?} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Log(#[from] crate::logs::LogError),
+    #[error("app {app:?}: device {path:?}: {why}")]
+    Device {
+        app: String,
+        path: String,
+        why: String,
+    },
+    #[error("{action} {path:?}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("create helper {program:?} for container {id:?} failed: {detail}")]
+    Helper {
+        program: PathBuf,
+        id: String,
+        detail: String,
+    },
+    #[error("container {id:?}: libcontainer {action} failed: {source}")]
+    Libcontainer {
+        id: String,
+        action: &'static str,
+        #[source]
+        source: LibcontainerError,
+    },
+    #[error("container {id:?} still has a live init process {pid} after SIGKILL")]
+    Unkillable { id: String, pid: i32 },
+}
+
+type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let path = path.to_path_buf();
+    move |source| RuntimeError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Validate an id before it becomes a path component and a cgroup name.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// The container runtime. Cheap to construct; holds no container state.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    config: RuntimeConfig,
+    host: HostReport,
+}
+
+impl Runtime {
+    /// Probe the host and prepare the directories.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let host = crate::host::check_host().map_err(|e| RuntimeError::Io {
+            action: "check host",
+            path: PathBuf::from("/sys/fs/cgroup"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Self::with_host(config, host)
+    }
+
+    /// Use host facts gathered elsewhere. The seam for testing fail-closed
+    /// behaviour: a report saying "no seccomp" makes every create refuse.
+    pub fn with_host(config: RuntimeConfig, host: HostReport) -> Result<Self> {
+        for dir in [
+            &config.state_dir,
+            &config.data_dir.join("containers"),
+            &config.data_dir.join("volumes"),
+        ] {
+            std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        Ok(Runtime { config, host })
+    }
+
+    pub fn host(&self) -> &HostReport {
+        &self.host
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.config.data_dir.join("containers").join(id)
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join(id)
+    }
+
+    /// Where a container's stdout/stderr go (`console.log`, rotated copies
+    /// `console.log.1`…).
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("console.log")
+    }
+
+    /// Directory holding `app`'s named volume `volume`.
+    pub fn volume_path(&self, app: &str, volume: &str) -> PathBuf {
+        self.config.data_dir.join("volumes").join(app).join(volume)
+    }
+
+    /// Create a container (not started). On failure nothing is left behind.
+    pub fn create(&self, req: &ContainerRequest<'_>) -> Result<ContainerInfo> {
+        let id = req.id;
+        if !valid_id(id) {
+            return Err(RuntimeError::BadId(id.to_string()));
+        }
+        let dir = self.container_dir(id);
+        if dir.exists() || self.state_path(id).exists() {
+            return Err(RuntimeError::Exists(id.to_string()));
+        }
+        let admission = admit(req.app, &self.host, self.config.memory_policy)?;
+        let devices = resolve_devices(req.app)?;
+        std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let result = self.create_in(req, &dir, &devices, admission.apply_memory_limit);
+        if result.is_err() {
+            // Best effort: the error being returned is the one that matters.
+            let _ = rootfs::unmount(&dir.join("rootfs"));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn create_in(
+        &self,
+        req: &ContainerRequest<'_>,
+        dir: &Path,
+        devices: &[ResolvedDevice],
+        apply_memory_limit: bool,
+    ) -> Result<ContainerInfo> {
+        let app = req.app;
+        let id = req.id;
+        for v in &app.volumes {
+            let path = self.volume_path(&app.name, &v.name);
+            std::fs::create_dir_all(&path).map_err(io_err("create volume", &path))?;
+        }
+        let rootfs_path = match &req.rootfs {
+            Rootfs::Layers(layers) => {
+                let target = dir.join("rootfs");
+                rootfs::mount_overlay(layers, &dir.join("upper"), &dir.join("work"), &target)?;
+                target
+            }
+            Rootfs::Dir(path) => {
+                std::fs::canonicalize(path).map_err(|source| RootfsError::BadDir {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+        };
+        let cgroups_path = format!("/outpost/{id}");
+        let spec = spec::generate(&SpecInputs {
+            app,
+            image: req.image,
+            image_digest: &req.image_digest,
+            rootfs: &rootfs_path,
+            volumes_dir: &self.config.data_dir.join("volumes").join(&app.name),
+            devices,
+            cgroups_path: &cgroups_path,
+            labels: &req.labels,
+            apply_memory_limit,
+        })?;
+        // Fail closed: never hand libcontainer a spec without a filter.
+        if spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .is_none()
+        {
+            return Err(AdmitError::SpecWithoutSeccomp {
+                app: app.name.clone(),
+            }
+            .into());
+        }
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(io_err("create directory", &bundle))?;
+        let config_path = bundle.join("config.json");
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| RuntimeError::Io {
+            action: "serialize",
+            path: config_path.clone(),
+            source: e.into(),
+        })?;
+        std::fs::write(&config_path, json).map_err(io_err("write", &config_path))?;
+
+        let mut meta = ContainerMeta {
+            id: id.to_string(),
+            app: app.name.clone(),
+            image_digest: req.image_digest.to_string(),
+            spec_hash: spec::spec_hash(app, req.image, &req.image_digest)?,
+            labels: req.labels.clone(),
+            rootfs: req.rootfs.clone(),
+            init_start_time: None,
+            exit_code: None,
+            stopped_by_runtime: false,
+        };
+        meta.save(dir)?;
+
+        self.run_helper(&CreateRequest {
+            state_dir: self.config.state_dir.clone(),
+            id: id.to_string(),
+            bundle,
+            log: self.log_path(id),
+        })?;
+        let container = self.load(id)?;
+        let pid = container.pid().map(|p| p.as_raw());
+        meta.init_start_time = pid.and_then(read_stat).map(|s| s.start_time);
+        meta.save(dir)?;
+        tracing::info!(app = %app.name, container = id, ?pid, "container created");
+        Ok(ContainerInfo {
+            id: id.to_string(),
+            app: meta.app,
+            image_digest: meta.image_digest,
+            spec_hash: meta.spec_hash,
+            pid,
+            status: ContainerStatus::Created,
+            labels: meta.labels,
+        })
+    }
+
+    fn run_helper(&self, req: &CreateRequest) -> Result<()> {
+        let helper = &self.config.helper;
+        let fail = |detail: String| RuntimeError::Helper {
+            program: helper.program.clone(),
+            id: req.id.clone(),
+            detail,
+        };
+        let json = serde_json::to_string(req).map_err(|e| fail(e.to_string()))?;
+        let out = std::process::Command::new(&helper.program)
+            .args(&helper.args_prefix)
+            .arg(CREATE_ARG)
+            .arg(json)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| fail(format!("cannot run it: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // libcontainer logs through tracing too; the helper's own summary is
+            // the lines starting with "error:" / "caused by:".
+            let summary: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.starts_with("error:") || l.trim_start().starts_with("caused by:"))
+                .collect();
+            let detail = if summary.is_empty() {
+                format!("{}: {}", out.status, stderr.trim())
+            } else {
+                summary.join(" ")
+            };
+            return Err(fail(detail));
+        }
+        Ok(())
+    }
+
+    fn load(&self, id: &str) -> Result<Container> {
+        let path = self.state_path(id);
+        if !path.join("state.json").exists() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        Container::load(path).map_err(|source| RuntimeError::Libcontainer {
+            id: id.to_string(),
+            action: "load state",
+            source,
+        })
+    }
+
+    /// Start a created container.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let mut container = self.load(id)?;
+        container
+            .start()
+            .map_err(|source| RuntimeError::Libcontainer {
+                id: id.to_string(),
+                action: "start",
+                source,
+            })?;
+        tracing::info!(container = id, "container started");
+        Ok(())
+    }
+
+    /// SIGTERM the init, wait up to `grace`, then SIGKILL everything in the
+    /// container's cgroup. Returns the final status. Stopping a container that
+    /// already ended is a no-op.
+    pub fn stop(&self, id: &str, grace: Duration) -> Result<ContainerStatus> {
+        let mut container = self.load(id)?;
+        let dir = self.container_dir(id);
+        let mut meta = ContainerMeta::load(&dir)?;
+        let Some(pid) = container.pid().map(|p| p.as_raw()) else {
+            return Ok(self.status_of(&container, &mut meta, &dir));
+        };
+        if matches!(observe(pid, meta.init_start_time), Observed::Ended { .. }) {
+            return Ok(self.status_of(&container, &mut meta, &dir));
+        }
+        meta.stopped_by_runtime = true;
+        meta.save(&dir)?;
+        let kill = |c: &mut Container, sig: Signal, all: bool| {
+            c.kill(sig, all)
+                .map_err(|source| RuntimeError::Libcontainer {
+                    id: id.to_string(),
+                    action: "kill",
+                    source,
+                })
+        };
+        tracing::info!(container = id, pid, ?grace, "stopping container (SIGTERM)");
+        kill(&mut container, Signal::SIGTERM, false)?;
+        if !wait_ended(pid, meta.init_start_time, grace, &mut meta) {
+            tracing::warn!(container = id, pid, "grace period over, sending SIGKILL");
+            kill(&mut container, Signal::SIGKILL, true)?;
+            if !wait_ended(
+                pid,
+                meta.init_start_time,
+                Duration::from_secs(10),
+                &mut meta,
+            ) {
+                return Err(RuntimeError::Unkillable {
+                    id: id.to_string(),
+                    pid,
+                });
+            }
+        }
+        meta.save(&dir)?;
+        Ok(ContainerStatus::Stopped)
+    }
+
+    /// Remove a container: kill what still runs, delete libcontainer's state and
+    /// cgroup, unmount the overlay and remove the container directory (logs
+    /// included; volumes stay). Deleting an unknown id is a no-op.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        if !valid_id(id) {
+            return Err(RuntimeError::BadId(id.to_string()));
+        }
+        let dir = self.container_dir(id);
+        if self.state_path(id).join("state.json").exists() {
+            let mut container = self.load(id)?;
+            if let (Some(pid), Ok(meta)) = (container.pid(), ContainerMeta::load(&dir)) {
+                // Reap our zombie child first so it does not linger.
+                let _ = observe(pid.as_raw(), meta.init_start_time);
+            }
+            container
+                .delete(true)
+                .map_err(|source| RuntimeError::Libcontainer {
+                    id: id.to_string(),
+                    action: "delete",
+                    source,
+                })?;
+        } else if self.state_path(id).exists() {
+            // A create that died before libcontainer wrote its state.
+            let p = self.state_path(id);
+            std::fs::remove_dir_all(&p).map_err(io_err("remove", &p))?;
+        }
+        rootfs::unmount(&dir.join("rootfs"))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        tracing::info!(container = id, "container deleted");
+        Ok(())
+    }
+
+    /// Every container in the state directory, once each, with its current
+    /// status. Reaps (and records the exit code of) inits that are our children.
+    pub fn list(&self) -> Result<Vec<ContainerInfo>> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.config.state_dir)
+            .map_err(io_err("list", &self.config.state_dir))?;
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("state.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        for id in ids {
+            match self.info(&id) {
+                Ok(info) => out.push(info),
+                // One broken container must not hide the others.
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "skipping unreadable container")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Status of one container.
+    pub fn info(&self, id: &str) -> Result<ContainerInfo> {
+        let container = self.load(id)?;
+        let dir = self.container_dir(id);
+        let annotations = container.state.annotations.clone().unwrap_or_default();
+        let mut meta = match ContainerMeta::load(&dir) {
+            Ok(m) => m,
+            // Not created through this runtime's create (or side file lost):
+            // fall back to what the spec annotations say.
+            Err(_) => ContainerMeta {
+                id: id.to_string(),
+                app: annotations
+                    .get(spec::ANNOTATION_APP)
+                    .cloned()
+                    .unwrap_or_default(),
+                image_digest: annotations
+                    .get(spec::ANNOTATION_IMAGE_DIGEST)
+                    .cloned()
+                    .unwrap_or_default(),
+                spec_hash: annotations
+                    .get(spec::ANNOTATION_SPEC_HASH)
+                    .cloned()
+                    .unwrap_or_default(),
+                labels: annotations
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix(spec::ANNOTATION_LABEL_PREFIX)
+                            .map(|k| (k.to_string(), v.clone()))
+                    })
+                    .collect(),
+                rootfs: Rootfs::Dir(PathBuf::new()),
+                init_start_time: None,
+                exit_code: None,
+                stopped_by_runtime: false,
+            },
+        };
+        let status = self.status_of(&container, &mut meta, &dir);
+        let pid = match status {
+            ContainerStatus::Created | ContainerStatus::Running => {
+                container.pid().map(|p| p.as_raw())
+            }
+            _ => None,
+        };
+        Ok(ContainerInfo {
+            id: id.to_string(),
+            app: meta.app,
+            image_digest: meta.image_digest,
+            spec_hash: meta.spec_hash,
+            pid,
+            status,
+            labels: meta.labels,
+        })
+    }
+
+    fn status_of(&self, c: &Container, meta: &mut ContainerMeta, dir: &Path) -> ContainerStatus {
+        let observed = match (c.pid(), meta.exit_code) {
+            (_, Some(code)) => Observed::Ended {
+                exit_code: Some(code),
+            },
+            (Some(pid), None) => observe(pid.as_raw(), meta.init_start_time),
+            (None, None) => Observed::Ended { exit_code: None },
+        };
+        match observed {
+            Observed::Alive => match c.status() {
+                LcStatus::Creating | LcStatus::Created => ContainerStatus::Created,
+                _ => ContainerStatus::Running,
+            },
+            Observed::Ended { exit_code } => {
+                if exit_code.is_some() && meta.exit_code.is_none() {
+                    meta.exit_code = exit_code;
+                    if let Err(e) = meta.save(dir) {
+                        tracing::warn!(container = %meta.id, error = %e, "cannot record exit code");
+                    }
+                }
+                if meta.stopped_by_runtime {
+                    ContainerStatus::Stopped
+                } else {
+                    ContainerStatus::Exited(exit_code)
+                }
+            }
+        }
+    }
+
+    /// Copy-truncate every container log larger than `max_bytes`, keeping
+    /// `keep` rotated copies. Call periodically.
+    pub fn rotate_logs(&self, max_bytes: u64, keep: usize) -> Result<()> {
+        let root = self.config.data_dir.join("containers");
+        let entries = std::fs::read_dir(&root).map_err(io_err("list", &root))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let log = entry.path().join("console.log");
+            if let Err(e) = crate::logs::rotate_if_larger(&log, max_bytes, keep) {
+                tracing::warn!(error = %e, "log rotation failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Poll until the init ended or `limit` passed; records a reaped exit code.
+fn wait_ended(pid: i32, start: Option<u64>, limit: Duration, meta: &mut ContainerMeta) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Observed::Ended { exit_code } = observe(pid, start) {
+            if exit_code.is_some() {
+                meta.exit_code = exit_code;
+            }
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stat each declared host device node.
+fn resolve_devices(app: &AppSpec) -> Result<Vec<ResolvedDevice>> {
+    use nix::sys::stat::{major, minor, stat, SFlag};
+    app.devices
+        .iter()
+        .map(|d| {
+            let bad = |why: String| RuntimeError::Device {
+                app: app.name.clone(),
+                path: d.host_path.clone(),
+                why,
+            };
+            let st = stat(d.host_path.as_str()).map_err(|e| bad(e.to_string()))?;
+            let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            let kind = if fmt == SFlag::S_IFCHR {
+                DeviceKind::Char
+            } else if fmt == SFlag::S_IFBLK {
+                DeviceKind::Block
+            } else {
+                return Err(bad("is not a character or block device".into()));
+            };
+            Ok(ResolvedDevice {
+                container_path: d.container_path.clone(),
+                kind,
+                major: major(st.st_rdev),
+                minor: minor(st.st_rdev),
+                file_mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                access: d.permissions.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_safe_path_components() {
+        for ok in ["web-1", "a", "A_b.c", &"x".repeat(128)] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            &"x".repeat(129),
+            "é",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+}
