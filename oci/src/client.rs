@@ -1,0 +1,241 @@
+//! The registry client shared by the hub (tag → digest at apply time) and the
+//! agent (manifests and resumable blob downloads).
+//!
+//! The OCI distribution protocol itself (auth challenges, bearer-token exchange,
+//! manifest content negotiation, ranged blob GETs) is `oci-client`'s job; this
+//! module adds Outpost's rules on top: references come back pinned by digest,
+//! every manifest is checked against the digest we asked for, and errors name the
+//! reference that failed. TLS is rustls with the *ring* provider (aws-lc-rs is
+//! hard to cross-compile to ARM); plain HTTP only for hosts listed as insecure.
+
+use crate::OciError;
+use futures_util::stream::BoxStream;
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use outpost_protocol::{Digest, ImageRef};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Credentials for one registry host.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// HTTP basic auth, or the username/password a token service exchanges for a
+    /// bearer token when the registry answers with a `Bearer` challenge.
+    Basic { username: String, password: String },
+    /// A bearer token obtained out of band.
+    Bearer(String),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never log secrets.
+        match self {
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Credentials::Bearer(_) => f.write_str("Bearer(***)"),
+        }
+    }
+}
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// `host[:port]` of registries reached over plain HTTP. Everything else is HTTPS.
+    pub insecure_hosts: Vec<String>,
+    /// Credentials by registry `host[:port]`; hosts not listed are accessed anonymously.
+    pub credentials: BTreeMap<String, Credentials>,
+}
+
+/// A blob body being downloaded.
+pub(crate) struct BlobBody {
+    /// `true` when the registry honoured the `Range` request; `false` means the
+    /// body starts at byte 0 and the caller must discard what it already has.
+    pub resumed: bool,
+    pub stream: BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+}
+
+/// One registry client; cheap to share behind an `Arc` (it caches tokens).
+pub struct Client {
+    inner: oci_client::Client,
+    config: RegistryConfig,
+}
+
+impl Client {
+    /// Build a client. Installs rustls' ring provider as the process default if no
+    /// provider is installed yet (reqwest needs one; we never want aws-lc-rs).
+    pub fn new(config: RegistryConfig) -> Client {
+        // Err means a provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let inner = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(config.insecure_hosts.clone()),
+            // We pick the platform ourselves, from the raw index.
+            platform_resolver: None,
+            ..ClientConfig::default()
+        });
+        Client { inner, config }
+    }
+
+    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
+        match self.config.credentials.get(reference.registry()) {
+            Some(Credentials::Basic { username, password }) => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
+            Some(Credentials::Bearer(token)) => RegistryAuth::Bearer(token.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// Resolve `repo[:tag]` or `repo@sha256:…` to a reference pinned by the digest
+    /// the registry serves for it now. For a multi-arch image this is the digest of
+    /// the image index, so every device picks its own platform from the same index.
+    pub async fn resolve(&self, reference: &str) -> Result<ImageRef, OciError> {
+        let parsed: Reference =
+            reference
+                .parse()
+                .map_err(|e: oci_client::ParseError| OciError::InvalidReference {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let repository = format!("{}/{}", parsed.registry(), parsed.repository());
+        ImageRef::validate_repository(&repository).map_err(|why| OciError::InvalidReference {
+            reference: reference.to_string(),
+            reason: why.to_string(),
+        })?;
+        let auth = self.auth_for(&parsed);
+        self.authenticate(&parsed, &auth).await?;
+        let digest = self
+            .inner
+            .fetch_manifest_digest(&parsed, &auth)
+            .await
+            .map_err(|e| classify(reference, e))?;
+        let digest: Digest = digest.parse().map_err(|_| OciError::InvalidReference {
+            reference: reference.to_string(),
+            reason: format!("registry answered with a non-sha256 digest {digest:?}"),
+        })?;
+        tracing::debug!(%reference, %digest, "resolved image reference");
+        Ok(ImageRef { repository, digest })
+    }
+
+    /// Answer the registry's auth challenge for this repository (a `GET /v2/`, then
+    /// a token request if it asks for a bearer token). oci-client does not do this
+    /// by itself before manifest or blob requests. Done before every operation:
+    /// cheap, and it renews tokens that expired during a long pull.
+    async fn authenticate(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<(), OciError> {
+        self.inner
+            .auth(reference, auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&reference.whole(), e))
+    }
+
+    fn pinned(image: &ImageRef, digest: &Digest) -> Result<Reference, OciError> {
+        let s = format!("{}@{}", image.repository, digest);
+        s.parse()
+            .map_err(|e: oci_client::ParseError| OciError::InvalidReference {
+                reference: s.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Fetch the manifest `digest` from `image`'s repository and check its digest.
+    pub(crate) async fn fetch_manifest(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, OciError> {
+        let reference = Self::pinned(image, digest)?;
+        let auth = self.auth_for(&reference);
+        self.authenticate(&reference, &auth).await?;
+        let (bytes, _) = self
+            .inner
+            .pull_manifest_raw(&reference, &auth, crate::spec::ACCEPTED_MANIFEST_TYPES)
+            .await
+            .map_err(|e| classify(&reference.whole(), e))?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(OciError::DigestMismatch {
+                what: format!("manifest served for {reference}"),
+                expected: *digest,
+                actual,
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Start downloading blob `digest` of `image`'s repository at byte `offset`.
+    pub(crate) async fn fetch_blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobBody, OciError> {
+        let reference = Self::pinned(image, digest)?;
+        let auth = self.auth_for(&reference);
+        self.authenticate(&reference, &auth).await?;
+        let digest_str = digest.to_string();
+        let response = self
+            .inner
+            .pull_blob_stream_partial(&reference, &digest_str.as_str(), offset, None)
+            .await
+            .map_err(|e| classify(&reference.whole(), e))?;
+        Ok(match response {
+            BlobResponse::Full(s) => BlobBody {
+                resumed: offset == 0,
+                stream: s.stream,
+            },
+            BlobResponse::Partial(s) => BlobBody {
+                resumed: true,
+                stream: s.stream,
+            },
+        })
+    }
+}
+
+/// Turn an oci-client error into one that says what went wrong with `reference`.
+fn classify(reference: &str, e: OciDistributionError) -> OciError {
+    let not_found = match &e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+            matches!(
+                x.code,
+                oci_client::errors::OciErrorCode::ManifestUnknown
+                    | oci_client::errors::OciErrorCode::NameUnknown
+                    | oci_client::errors::OciErrorCode::BlobUnknown
+            )
+        }),
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        _ => false,
+    };
+    if not_found {
+        return OciError::NotFound {
+            reference: reference.to_string(),
+        };
+    }
+    let unauthorized = match &e {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+            matches!(
+                x.code,
+                oci_client::errors::OciErrorCode::Unauthorized
+                    | oci_client::errors::OciErrorCode::Denied
+            )
+        }),
+        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+        _ => false,
+    };
+    if unauthorized {
+        return OciError::Unauthorized {
+            reference: reference.to_string(),
+        };
+    }
+    OciError::Registry {
+        reference: reference.to_string(),
+        source: e,
+    }
+}

@@ -1,0 +1,92 @@
+//! The crate's error type: every failure names the image, blob, file or registry
+//! reference it concerns, so an operator can tell bad input from a broken store.
+
+use outpost_protocol::Digest;
+use std::path::PathBuf;
+
+use crate::unpack::UnpackError;
+
+/// Why a registry, store, import or build operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OciError {
+    #[error("image reference {reference:?} is invalid: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("image {reference} was not found in the registry (unknown repository, tag or digest)")]
+    NotFound { reference: String },
+    #[error(
+        "registry refused access to {reference}: check the credentials configured for its host"
+    )]
+    Unauthorized { reference: String },
+    #[error("registry request for {reference} failed: {source}")]
+    Registry {
+        reference: String,
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("download of {digest} from {reference} failed: {reason}")]
+    Transfer {
+        reference: String,
+        digest: Digest,
+        reason: String,
+    },
+    #[error("{what} has digest {actual}, expected {expected}")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{what} is {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("manifest or config {digest} is malformed: {reason}")]
+    BadManifest { digest: Digest, reason: String },
+    #[error("image {image} has no manifest for platform {wanted}; it offers: {available}")]
+    NoPlatform {
+        image: Digest,
+        wanted: String,
+        available: String,
+    },
+    #[error("layer {digest} has unsupported media type {media_type:?}")]
+    UnsupportedMediaType { digest: Digest, media_type: String },
+    #[error("image {0} is not in the store (pull or import it first)")]
+    UnknownImage(Digest),
+    #[error("blob {0} is not in the store")]
+    MissingBlob(Digest),
+    #[error("layer {digest} was refused: {source}")]
+    Layer {
+        digest: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("pulling needs {needed} more bytes but the store uses {used} of its {budget}-byte budget; garbage-collect unused images first")]
+    BudgetExceeded { needed: u64, used: u64, budget: u64 },
+    #[error("OCI image layout {path}: {reason}")]
+    Layout { path: PathBuf, reason: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl OciError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> OciError {
+        let path = path.into();
+        move |source| OciError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
