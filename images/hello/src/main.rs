@@ -1,0 +1,140 @@
+//! `hello`: Outpost's sample workload, std only, built as a static binary.
+//!
+//! - `GET /` → `hello from outpost version $HELLO_VERSION`
+//! - `GET /count` → how many times the app has started with this volume
+//!   (one line is appended to `$DATA_DIR/starts.log` on every start), so tests
+//!   can show that volume data survives updates and restarts.
+//! - `GET /alloc?mb=N` → allocates and touches N MiB, so tests can show a
+//!   memory limit is enforced (the process is OOM-killed).
+//! - `GET /health` → `ok`
+//!
+//! Listens on `$PORT` (default 8080). SIGTERM exits at once with status 0: as
+//! PID 1 in a container the default action would be ignored.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const LOG_NAME: &str = "starts.log";
+const MAX_ALLOC_MB: usize = 16 * 1024;
+
+extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+    fn _exit(status: i32) -> !;
+}
+
+extern "C" fn on_sigterm(_: i32) {
+    // Only async-signal-safe calls here.
+    unsafe { _exit(0) }
+}
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(std::env::var("DATA_DIR").unwrap_or_else(|_| "/data".into()))
+}
+
+fn record_start() -> std::io::Result<()> {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir)?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LOG_NAME))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    writeln!(f, "start {now} pid {}", std::process::id())?;
+    f.sync_all()
+}
+
+fn count_starts() -> usize {
+    std::fs::read_to_string(data_dir().join(LOG_NAME))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+fn alloc(mb: usize) -> String {
+    let mb = mb.min(MAX_ALLOC_MB);
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(mb);
+    for _ in 0..mb {
+        // Touch every page so the memory is really committed.
+        let mut block = vec![0u8; 1 << 20];
+        for i in (0..block.len()).step_by(4096) {
+            block[i] = 1;
+        }
+        blocks.push(block);
+    }
+    let touched: usize = blocks.iter().map(|b| b.len()).sum();
+    format!("allocated {} MiB\n", touched >> 20)
+}
+
+fn respond(mut stream: TcpStream, version: &str) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    // Drain headers.
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let target = parts.next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (status, body) = match (method, path) {
+        ("GET", "/") => ("200 OK", format!("hello from outpost version {version}\n")),
+        ("GET", "/count") => ("200 OK", format!("{}\n", count_starts())),
+        ("GET", "/health") => ("200 OK", "ok\n".to_string()),
+        ("GET", "/alloc") => {
+            let mb = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("mb="))
+                .and_then(|v| v.parse::<usize>().ok());
+            match mb {
+                Some(mb) => ("200 OK", alloc(mb)),
+                None => ("400 Bad Request", "usage: /alloc?mb=N\n".to_string()),
+            }
+        }
+        _ => ("404 Not Found", "not found\n".to_string()),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn main() {
+    unsafe {
+        signal(15, on_sigterm);
+    }
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let version = std::env::var("HELLO_VERSION").unwrap_or_else(|_| "unknown".into());
+    if let Err(e) = record_start() {
+        eprintln!("hello: cannot record start in {}: {e}", data_dir().display());
+    }
+    let listener = match TcpListener::bind(("0.0.0.0", port.parse::<u16>().unwrap_or(8080))) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hello: cannot listen on port {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("hello: version {version} listening on port {port}");
+    for stream in listener.incoming().flatten() {
+        let version = version.clone();
+        std::thread::spawn(move || respond(stream, &version));
+    }
+}
