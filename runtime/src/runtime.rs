@@ -364,11 +364,20 @@ impl Runtime {
             .map_err(|e| fail(format!("cannot run it: {e}")))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            // libcontainer logs through tracing too; the helper's own summary is
-            // the lines starting with "error:" / "caused by:".
+            tracing::debug!(container = %req.id, %stderr, "create helper failed");
+            // The helper's summary ("error:" / "caused by:") plus libcontainer's
+            // own ERROR log lines, which name the step that failed.
+            // The container's init logs its own failure (e.g. a mount it could
+            // not do) into the container log, not the helper's stderr.
+            let console = std::fs::read_to_string(&req.log).unwrap_or_default();
             let summary: Vec<&str> = stderr
                 .lines()
-                .filter(|l| l.starts_with("error:") || l.trim_start().starts_with("caused by:"))
+                .chain(console.lines().filter(|l| l.contains("libcontainer")))
+                .filter(|l| {
+                    l.starts_with("error:")
+                        || l.trim_start().starts_with("caused by:")
+                        || l.contains("ERROR")
+                })
                 .collect();
             let detail = if summary.is_empty() {
                 format!("{}: {}", out.status, stderr.trim())

@@ -398,7 +398,6 @@ pub fn generate(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
             "seccomp": seccomp::default_profile(&app.capabilities),
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
-            "rootfsPropagation": "rprivate",
         },
     });
     serde_json::from_value(spec).map_err(|source| SpecError::Oci {

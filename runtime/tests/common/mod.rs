@@ -1,0 +1,176 @@
+//! Shared fixtures for the runtime's end-to-end tests: a busybox root filesystem,
+//! a runtime rooted in a temp dir that deletes its containers on drop, and
+//! polling helpers.
+#![allow(dead_code)]
+
+use outpost_protocol::{AppSpec, Digest, ImageConfig, ImageRef};
+use outpost_runtime::{
+    check_host, ContainerInfo, ContainerRequest, ContainerStatus, HelperCommand, HostReport,
+    Rootfs, Runtime, RuntimeConfig,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "sleep", "cat", "echo", "httpd", "dd", "head", "ls", "test", "true", "false", "mknod",
+    "touch", "grep", "mount", "printf", "seq", "wc", "mkdir", "id", "hostname", "kill", "tail",
+];
+
+/// A minimal root filesystem: static busybox plus applet symlinks.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("busybox-layer");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "www", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox"))
+        .expect("busybox-static must be installed (apt-get install busybox-static)");
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("www/index.html"), "hello from outpost\n").unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    root
+}
+
+pub fn image_config() -> ImageConfig {
+    ImageConfig {
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into()],
+        env: vec!["PATH=/bin".into()],
+        working_dir: None,
+        user: None,
+    }
+}
+
+pub fn digest() -> Digest {
+    Digest([0x42; 32])
+}
+
+/// An app running `script` under `/bin/sh -c`.
+pub fn sh_app(name: &str, script: &str) -> AppSpec {
+    let image: ImageRef = format!("localhost/busybox@{}", digest()).parse().unwrap();
+    let mut app = AppSpec::new(name, image);
+    app.command = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    app
+}
+
+pub fn helper() -> HelperCommand {
+    HelperCommand {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_outpost-runtime-helper")),
+        args_prefix: vec![],
+    }
+}
+
+pub fn config(base: &Path) -> RuntimeConfig {
+    let mut c = RuntimeConfig::new(base.join("state"), base.join("data"));
+    c.helper = helper();
+    c
+}
+
+/// A runtime in a temp dir; deletes every container it can see on drop, so a
+/// failing test leaves no process, mount or cgroup behind.
+pub struct Fixture {
+    pub rt: Runtime,
+    pub layer: PathBuf,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Self::with_host(check_host().unwrap())
+    }
+
+    pub fn with_host(host: HostReport) -> Fixture {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("outpost_runtime=debug")
+            .try_init();
+        let tmp = tempfile::Builder::new()
+            .prefix("outpost-rt-")
+            .tempdir()
+            .unwrap();
+        let layer = busybox_rootfs(tmp.path());
+        let rt = Runtime::with_host(config(tmp.path()), host).unwrap();
+        Fixture { rt, layer, tmp }
+    }
+
+    pub fn create(&self, id: &str, app: &AppSpec) -> ContainerInfo {
+        self.rt
+            .create(&ContainerRequest {
+                id,
+                app,
+                image: &image_config(),
+                image_digest: digest(),
+                rootfs: Rootfs::Layers(vec![self.layer.clone()]),
+                labels: BTreeMap::from([("test".to_string(), id.to_string())]),
+            })
+            .unwrap()
+    }
+
+    pub fn run(&self, id: &str, app: &AppSpec) -> ContainerInfo {
+        let info = self.create(id, app);
+        self.rt.start(id).unwrap();
+        info
+    }
+
+    pub fn status(&self, id: &str) -> ContainerStatus {
+        self.rt.info(id).unwrap().status
+    }
+
+    /// Wait until the container is no longer running; returns its status.
+    pub fn wait_exit(&self, id: &str) -> ContainerStatus {
+        let mut last = None;
+        wait_for(&format!("container {id} to exit"), || {
+            let s = self.status(id);
+            last = Some(s);
+            !matches!(s, ContainerStatus::Running | ContainerStatus::Created)
+        });
+        last.unwrap()
+    }
+
+    pub fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.rt.log_path(id)).unwrap_or_default()
+    }
+
+    /// Wait until the container's log contains `needle`.
+    pub fn wait_log(&self, id: &str, needle: &str) {
+        wait_for(&format!("{needle:?} in the log of {id}"), || {
+            self.log(id).contains(needle)
+        });
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+
+        if let Ok(list) = self.rt.list() {
+            for c in list {
+                if let Err(e) = self.rt.delete(&c.id) {
+                    eprintln!("cleanup of {} failed: {e}", c.id);
+                }
+            }
+        }
+    }
+}
+
+/// Poll `cond` until it holds. The 60 s ceiling only keeps a broken test from
+/// hanging forever; nothing asserts on how long it took.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Whether `pid` is a live (non-zombie) process.
+pub fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
