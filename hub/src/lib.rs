@@ -8,9 +8,31 @@
 //! - [`deploy`]: the declarative deployment format and its field-level checks.
 //! - [`render`]: pure rendering of deployments × devices into per-device apps and
 //!   generation decisions.
+//! - [`resolve`]: the image-resolution seam (tag → digest).
 //! - [`store`]: the redb tables and typed transactions.
+//! - [`hub`]: operations (register, label, apply, delete) = validate, render,
+//!   sign, persist in one transaction, then hand off to the publisher.
+//! - [`broker`]: the embedded rumqttd broker.
+//! - [`link`]: rumqttc options and the event-loop driver with its own backoff.
+//! - [`publish`]: the single task that publishes and acks.
+//! - [`ingest`]: verification and storage of device status and events.
+//! - [`api`]: the axum HTTP API.
+//! - [`serve`]: wiring it all together; [`serve::start`] runs a hub in-process
+//!   (used by tests and the fleet simulator).
+//! - [`cli`] and [`client`]: the command line and its HTTP client.
+
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod deploy;
+pub mod hub;
+pub mod ingest;
+pub mod link;
+pub mod publish;
 pub mod render;
+pub mod resolve;
+pub mod serve;
 pub mod signing;
 pub mod store;

@@ -254,7 +254,10 @@ mod tests {
         let signer = Signer::load(&dir).unwrap();
         assert_eq!(signer.epoch(), 1);
         assert_eq!(signer.key_id().0, created.signing_key_id);
-        let mode = std::fs::metadata(dir.root_key()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.root_key())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
             create_keys(&dir, 7),

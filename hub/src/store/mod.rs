@@ -68,7 +68,11 @@ impl<T, E: Into<redb::Error>> DbCtx<T> for Result<T, E> {
     }
 }
 
-fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         key: key.to_string(),
@@ -154,14 +158,20 @@ impl Store {
     }
 
     pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
-        self.read(|t| scan(&t.open_table(DEPLOYMENTS).ctx("read deployments")?, "deployments"))
+        self.read(|t| {
+            scan(
+                &t.open_table(DEPLOYMENTS).ctx("read deployments")?,
+                "deployments",
+            )
+        })
     }
 
     pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>, StoreError> {
         self.read(|t| {
             let table = t.open_table(DEPLOYMENTS).ctx("read deployments")?;
             let v = table.get(name).ctx("read deployment")?;
-            v.map(|v| decode("deployments", name, v.value())).transpose()
+            v.map(|v| decode("deployments", name, v.value()))
+                .transpose()
         })
     }
 
@@ -212,7 +222,8 @@ impl Store {
         self.read(|t| {
             let table = t.open_table(STATUS).ctx("read status")?;
             let v = table.get(id.as_str()).ctx("read status")?;
-            v.map(|v| decode("status", id.as_str(), v.value())).transpose()
+            v.map(|v| decode("status", id.as_str(), v.value()))
+                .transpose()
         })
     }
 
@@ -309,7 +320,10 @@ impl Tx {
     }
 
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        scan(&self.txn.open_table(DEVICES).ctx("read devices")?, "devices")
+        scan(
+            &self.txn.open_table(DEVICES).ctx("read devices")?,
+            "devices",
+        )
     }
 
     pub fn put_device(&mut self, d: &DeviceRecord) -> Result<(), StoreError> {
@@ -320,22 +334,17 @@ impl Tx {
         Ok(())
     }
 
-    /// Remove a device, its published manifest bytes and status. Its manifest
-    /// metadata (generation) and events stay.
+    /// Remove a device and its status. Its manifest (bytes and generation) and
+    /// events stay: if it is re-added it must get the same generation back, never
+    /// a different manifest under a generation it already accepted.
     pub fn remove_device(&mut self, id: &DeviceId) -> Result<bool, StoreError> {
         let existed = {
             let mut table = self.txn.open_table(DEVICES).ctx("remove device")?;
             let existed = table.remove(id.as_str()).ctx("remove device")?.is_some();
             existed
         };
-        {
-            let mut t = self.txn.open_table(MANIFEST_BYTES).ctx("remove device")?;
-            t.remove(id.as_str()).ctx("remove device")?;
-        }
-        {
-            let mut t = self.txn.open_table(STATUS).ctx("remove device")?;
-            t.remove(id.as_str()).ctx("remove device")?;
-        }
+        let mut t = self.txn.open_table(STATUS).ctx("remove device")?;
+        t.remove(id.as_str()).ctx("remove device")?;
         Ok(existed)
     }
 
@@ -390,17 +399,11 @@ impl Tx {
         Ok(())
     }
 
-    /// Re-insert the bytes of an existing manifest (a device that is re-added).
-    pub fn restore_manifest_bytes(&mut self, id: &DeviceId, sealed: &[u8]) -> Result<(), StoreError> {
-        let mut bytes = self.txn.open_table(MANIFEST_BYTES).ctx("write manifest")?;
-        bytes.insert(id.as_str(), sealed).ctx("write manifest")?;
-        Ok(())
-    }
-
     pub fn status(&self, id: &DeviceId) -> Result<Option<StatusRecord>, StoreError> {
         let table = self.txn.open_table(STATUS).ctx("read status")?;
         let v = table.get(id.as_str()).ctx("read status")?;
-        v.map(|v| decode("status", id.as_str(), v.value())).transpose()
+        v.map(|v| decode("status", id.as_str(), v.value()))
+            .transpose()
     }
 
     pub fn put_status(&mut self, id: &DeviceId, s: &StatusRecord) -> Result<(), StoreError> {

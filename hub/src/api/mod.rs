@@ -1,0 +1,300 @@
+//! The HTTP API (axum): JSON in and out, bearer-token auth on everything but
+//! `/v1/health`. Documented in `docs/api.md`.
+//!
+//! Request bodies are decoded here (not with axum's `Json` extractor) so every
+//! decoding error is a 400 that names the offending field path, unknown fields
+//! included.
+
+mod error;
+mod views;
+
+pub use error::AppError;
+pub use views::{AppCounts, DeviceDetail, DeviceSummary, GenerationView, Stats};
+
+use crate::deploy::DeploymentSpec;
+use crate::hub::{now_secs, ApplyOutcome, Hub};
+use crate::publish::PublishStats;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+use outpost_protocol::{DeviceId, PublicKey};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub hub: Arc<Hub>,
+    pub token: Arc<String>,
+    pub publish: Arc<PublishStats>,
+}
+
+/// Build the router.
+pub fn router(state: ApiState) -> Router {
+    let authed = Router::new()
+        .route("/v1/devices", get(list_devices).post(add_device))
+        .route("/v1/devices/{id}", get(get_device).delete(remove_device))
+        .route("/v1/devices/{id}/labels", patch(label_device))
+        .route("/v1/devices/{id}/events", get(device_events))
+        .route("/v1/deployments", get(list_deployments).put(apply))
+        .route(
+            "/v1/deployments/{name}",
+            get(get_deployment).delete(delete_deployment),
+        )
+        .route("/v1/stats", get(stats))
+        .route("/v1/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({ "ok": true })) }),
+        )
+        .merge(authed)
+        .with_state(state)
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret; the content comparison does not stop early.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Result<Response, AppError> {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), s.token.as_bytes()));
+    if !ok {
+        return Err(AppError::unauthorized());
+    }
+    Ok(next.run(req).await)
+}
+
+/// Decode a JSON body; errors name the field path.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AppError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        AppError::bad_request(field, format!("invalid request body: {}", e.inner()))
+    })
+}
+
+fn device_id(id: &str) -> Result<DeviceId, AppError> {
+    id.parse().map_err(|e: outpost_protocol::DeviceIdError| {
+        AppError::bad_request(Some("id".into()), e.to_string())
+    })
+}
+
+const WHO: &str = "api";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevice {
+    id: String,
+    public_key: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+async fn add_device(
+    State(s): State<ApiState>,
+    raw: Bytes,
+) -> Result<(StatusCode, Json<DeviceSummary>), AppError> {
+    let req: NewDevice = body(&raw)?;
+    let id = device_id(&req.id)?;
+    let key: PublicKey = req
+        .public_key
+        .parse()
+        .map_err(|e: outpost_protocol::KeyError| {
+            AppError::bad_request(Some("public_key".into()), e.to_string())
+        })?;
+    let rec = s.hub.add_device(id, key, req.labels, WHO.into()).await?;
+    let meta = s.hub.store.manifest_meta(&rec.id)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceSummary::new(&rec, meta.as_ref(), None, now_secs())),
+    ))
+}
+
+async fn list_devices(State(s): State<ApiState>) -> Result<Json<Vec<DeviceSummary>>, AppError> {
+    let store = s.hub.store.clone();
+    let out = tokio::task::spawn_blocking(move || -> Result<Vec<DeviceSummary>, AppError> {
+        let devices = store.devices()?;
+        let metas = store.manifest_metas()?;
+        let statuses = store.statuses()?;
+        let now = now_secs();
+        Ok(devices
+            .iter()
+            .map(|d| {
+                DeviceSummary::new(
+                    d,
+                    metas.get(d.id.as_str()),
+                    statuses.get(d.id.as_str()),
+                    now,
+                )
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))??;
+    Ok(Json(out))
+}
+
+async fn get_device(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDetail>, AppError> {
+    let id = device_id(&id)?;
+    let rec = s
+        .hub
+        .store
+        .device(&id)?
+        .ok_or_else(|| AppError::not_found(format!("device {id:?} not found")))?;
+    let meta = s.hub.store.manifest_meta(&id)?;
+    let status = s.hub.store.status(&id)?;
+    Ok(Json(DeviceDetail::new(&rec, meta, status, now_secs())))
+}
+
+async fn remove_device(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let id = device_id(&id)?;
+    s.hub.remove_device(id, WHO.into()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelChange {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+async fn label_device(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Json<DeviceSummary>, AppError> {
+    let id = device_id(&id)?;
+    let req: LabelChange = body(&raw)?;
+    if req.set.is_empty() && req.remove.is_empty() {
+        return Err(AppError::bad_request(
+            None,
+            "nothing to change: give `set` and/or `remove`",
+        ));
+    }
+    let mut changes: BTreeMap<String, Option<String>> =
+        req.remove.into_iter().map(|k| (k, None)).collect();
+    changes.extend(req.set.into_iter().map(|(k, v)| (k, Some(v))));
+    let (rec, _) = s.hub.label_device(id, changes, WHO.into()).await?;
+    let meta = s.hub.store.manifest_meta(&rec.id)?;
+    let status = s.hub.store.status(&rec.id)?;
+    Ok(Json(DeviceSummary::new(
+        &rec,
+        meta.as_ref(),
+        status.as_ref(),
+        now_secs(),
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn device_events(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<crate::store::EventRecord>>, AppError> {
+    let id = device_id(&id)?;
+    if s.hub.store.device(&id)?.is_none() {
+        return Err(AppError::not_found(format!("device {id:?} not found")));
+    }
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    Ok(Json(s.hub.store.events(&id, q.after, limit)?))
+}
+
+async fn apply(State(s): State<ApiState>, raw: Bytes) -> Result<Json<ApplyOutcome>, AppError> {
+    let spec: DeploymentSpec = body(&raw)?;
+    Ok(Json(s.hub.apply(spec, WHO.into()).await?))
+}
+
+async fn list_deployments(
+    State(s): State<ApiState>,
+) -> Result<Json<Vec<crate::store::DeploymentRecord>>, AppError> {
+    Ok(Json(s.hub.store.deployments()?))
+}
+
+async fn get_deployment(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::store::DeploymentRecord>, AppError> {
+    s.hub
+        .store
+        .deployment(&name)?
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("deployment {name:?} not found")))
+}
+
+async fn delete_deployment(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<ApplyOutcome>, AppError> {
+    Ok(Json(s.hub.delete_deployment(name, WHO.into()).await?))
+}
+
+async fn stats(State(s): State<ApiState>) -> Result<Json<Stats>, AppError> {
+    let counters = s.hub.store.counters()?;
+    let statuses = s.hub.store.statuses()?;
+    let devices = s.hub.store.devices()?.len();
+    let now = now_secs();
+    let online = statuses
+        .values()
+        .filter(|st| views::is_online(st.received_at, now))
+        .count();
+    Ok(Json(Stats {
+        devices,
+        online,
+        counters,
+        manifests_published: s
+            .publish
+            .manifests_published
+            .load(std::sync::atomic::Ordering::Relaxed),
+        republish_all: s
+            .publish
+            .republish_all
+            .load(std::sync::atomic::Ordering::Relaxed),
+        publish_errors: s
+            .publish
+            .publish_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(s): State<ApiState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<crate::store::AuditEntry>>, AppError> {
+    Ok(Json(s.hub.store.audit(q.limit.unwrap_or(100).min(10_000))?))
+}

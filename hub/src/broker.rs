@@ -1,0 +1,112 @@
+//! The embedded MQTT broker (rumqttd), started in-process by `serve` unless an
+//! external broker is configured.
+//!
+//! rumqttd keeps retained messages and sessions in memory only, which is why the
+//! hub republishes every manifest whenever it (re)connects. Its payload limit is
+//! derived from `MAX_MESSAGE_BYTES` so an oversized manifest is refused by the hub
+//! long before the broker would drop connections over it. No console is started
+//! (rumqttd's console is unauthenticated).
+
+use outpost_protocol::MAX_MESSAGE_BYTES;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// Room for MQTT headers and topic names on top of the largest message.
+pub const PACKET_OVERHEAD: usize = 4096;
+
+/// Largest MQTT packet hub and broker accept.
+pub const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + PACKET_OVERHEAD;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("embedded broker cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("embedded broker did not start listening on {addr}: {detail}")]
+    NotListening { addr: SocketAddr, detail: String },
+    #[error("could not start the broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The rumqttd configuration the hub uses.
+pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: MAX_PACKET_BYTES,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "outpost-v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let router = rumqttd::RouterConfig {
+        max_connections,
+        max_outgoing_packet_count: 200,
+        // Per-topic commit log segments; each must hold at least one message.
+        max_segment_size: 4 * MAX_PACKET_BYTES,
+        max_segment_count: 4,
+        ..Default::default()
+    };
+    rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        console: None,
+        ..Default::default()
+    }
+}
+
+/// Start the broker on `listen` (port 0 picks a free port) and wait until it
+/// accepts TCP connections. rumqttd runs on its own threads for the rest of the
+/// process: it has no shutdown API.
+pub fn start_embedded(
+    listen: SocketAddr,
+    max_connections: usize,
+) -> Result<SocketAddr, BrokerError> {
+    // Bind first so an address in use is reported by name; rumqttd only logs it.
+    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    drop(probe);
+    let cfg = config(addr, max_connections);
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(cfg);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    let connect_to = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let mut last = String::new();
+    for _ in 0..200 {
+        match TcpStream::connect_timeout(&connect_to, Duration::from_millis(200)) {
+            Ok(_) => {
+                tracing::info!(%addr, "embedded MQTT broker listening");
+                return Ok(addr);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(BrokerError::NotListening { addr, detail: last })
+}

@@ -1,0 +1,514 @@
+//! The `outpost-hub` command line: `init` and `serve` run locally; every other
+//! command talks to a running hub over the HTTP API.
+
+use crate::api::{DeviceDetail, DeviceSummary, Stats};
+use crate::client::ApiClient;
+use crate::config::{BrokerUrl, DataDir, HubConfig, DEFAULT_DATA_DIR};
+use crate::deploy::DeploymentSpec;
+use crate::hub::{now_secs, ApplyOutcome};
+use crate::resolve::ImageResolver;
+use crate::serve::{self, ServeOptions};
+use crate::signing;
+use crate::store::{AuditEntry, DeploymentRecord, EventRecord, Store};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use reqwest::Method;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Outpost hub: holds desired state and publishes signed manifests.
+#[derive(Parser, Debug)]
+#[command(name = "outpost-hub", version, about)]
+pub struct Cli {
+    /// Data directory (keys, database, config, token).
+    #[arg(long, global = true, env = "OUTPOST_HUB_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Hub API URL (default: from the data directory's hub.toml).
+    #[arg(long, global = true, env = "OUTPOST_HUB_URL")]
+    pub url: Option<String>,
+    /// API token (default: the data directory's `token` file).
+    #[arg(long, global = true, env = "OUTPOST_HUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the data directory: database, root and signing keys, key set, token, hub.toml.
+    Init {
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
+        /// Use an external broker (mqtt://host:port or mqtts://host:port).
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Run the hub.
+    Serve {
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Listen address of the embedded broker.
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
+        /// Use an external broker instead of the embedded one.
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Key management.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Register, remove and label devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Apply a deployment file (TOML).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List devices.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device.
+    Status {
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Events a device reported.
+    Events {
+        device: String,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// List deployments.
+    Deployments {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete something.
+    #[command(subcommand)]
+    Delete(DeleteCommand),
+    /// Ingest and publish counters.
+    Stats,
+    /// The audit log, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Copy the root key out of the data directory (for offline keeping).
+    ExportRoot {
+        #[arg(long)]
+        out: PathBuf,
+        /// Delete the root key from the data directory after a verified export.
+        #[arg(long)]
+        remove: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Register a device with the public key printed by `outpost-agent init`.
+    Add {
+        id: String,
+        #[arg(long)]
+        public_key: String,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+    },
+    /// Unregister a device and clear its retained manifest.
+    Remove { id: String },
+    /// Change labels: KEY=VALUE sets, KEY- removes.
+    Label {
+        id: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeleteCommand {
+    Deployment { name: String },
+}
+
+fn parse_label(s: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("label {s:?} must be KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Run the CLI. `resolver` is used by `serve`.
+pub async fn run(cli: Cli, resolver: Arc<dyn ImageResolver>) -> Result<()> {
+    let dir = DataDir::new(&cli.data_dir);
+    match cli.command {
+        Command::Init {
+            http_listen,
+            mqtt_listen,
+            broker,
+        } => init(&dir, http_listen, mqtt_listen, broker),
+        Command::Serve {
+            http_listen,
+            mqtt_listen,
+            broker,
+        } => {
+            let mut config = HubConfig::load(&dir.config()).with_context(|| {
+                format!(
+                    "run `outpost-hub init --data-dir {}` first",
+                    dir.root.display()
+                )
+            })?;
+            if let Some(a) = http_listen {
+                config.http_listen = a;
+            }
+            if let Some(a) = mqtt_listen {
+                config.mqtt.listen = a;
+            }
+            if let Some(b) = broker {
+                BrokerUrl::parse(&b)?;
+                config.mqtt.broker = Some(b);
+            }
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone());
+            serve::serve(
+                ServeOptions {
+                    data_dir: dir,
+                    config,
+                    resolver,
+                },
+                shutdown,
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Keys(KeysCommand::ExportRoot { out, remove }) => {
+            signing::export_root(&dir, &out, remove)?;
+            println!("root key written to {}", out.display());
+            if remove {
+                println!("root key removed from {}", dir.root.display());
+            }
+            Ok(())
+        }
+        cmd => {
+            let client = match (cli.url, cli.token) {
+                (Some(url), Some(token)) => ApiClient::new(url, token),
+                (url, token) => {
+                    let from_dir = ApiClient::from_data_dir(&dir);
+                    match (url, token, from_dir) {
+                        (Some(url), None, _) => {
+                            let token =
+                                std::fs::read_to_string(dir.token()).with_context(|| {
+                                    format!(
+                                        "--url given without --token, and {} unreadable",
+                                        dir.token().display()
+                                    )
+                                })?;
+                            ApiClient::new(url, token.trim())
+                        }
+                        (None, Some(token), Ok(c)) => {
+                            let _ = c;
+                            let config = HubConfig::load(&dir.config())?;
+                            ApiClient::new(format!("http://{}", config.http_listen), token)
+                        }
+                        (_, _, Ok(c)) => c,
+                        (_, _, Err(e)) => return Err(e.into()),
+                    }
+                }
+            };
+            remote(cmd, &client).await
+        }
+    }
+}
+
+fn init(
+    dir: &DataDir,
+    http_listen: Option<SocketAddr>,
+    mqtt_listen: Option<SocketAddr>,
+    broker: Option<String>,
+) -> Result<()> {
+    if dir.config().exists() {
+        bail!(
+            "{} already exists: this data directory is initialised",
+            dir.config().display()
+        );
+    }
+    std::fs::create_dir_all(&dir.root)
+        .with_context(|| format!("cannot create {}", dir.root.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.root.display()))?;
+    }
+    let mut config = HubConfig::default();
+    if let Some(a) = http_listen {
+        config.http_listen = a;
+    }
+    if let Some(a) = mqtt_listen {
+        config.mqtt.listen = a;
+    }
+    if let Some(b) = broker {
+        BrokerUrl::parse(&b)?;
+        config.mqtt.broker = Some(b);
+    }
+    let created = signing::create_keys(dir, now_secs())?;
+    Store::open(&dir.database())?;
+    config.save(&dir.config())?;
+    println!("initialised {}", dir.root.display());
+    println!(
+        "  root public key:   {} ({})",
+        created.root_public,
+        dir.root_pub().display()
+    );
+    println!("  signing key id:    {}", created.signing_key_id);
+    println!("  key set (epoch 1): {}", dir.keyset().display());
+    println!("  API token:         {}", dir.token().display());
+    println!("provision agents with root.pub and keyset.bin; then keep the root key offline:");
+    println!("  outpost-hub keys export-root --out /media/offline/root.key --remove");
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+}
+
+fn gen(g: Option<crate::api::GenerationView>) -> String {
+    g.map(|g| format!("{}/{}", g.epoch, g.generation))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn ago(t: Option<u64>, now: u64) -> String {
+    match t {
+        None => "never".into(),
+        Some(t) => format!("{}s ago", now.saturating_sub(t)),
+    }
+}
+
+fn labels(l: &BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
+    match cmd {
+        Command::Device(DeviceCommand::Add {
+            id,
+            public_key,
+            labels: ls,
+        }) => {
+            let labels: BTreeMap<String, String> =
+                ls.iter().map(|l| parse_label(l)).collect::<Result<_>>()?;
+            let body =
+                serde_json::json!({ "id": id, "public_key": public_key.trim(), "labels": labels });
+            let d: DeviceSummary = c.call(Method::POST, "/v1/devices", Some(&body)).await?;
+            println!(
+                "registered {} (desired generation {})",
+                d.id,
+                gen(d.desired)
+            );
+        }
+        Command::Device(DeviceCommand::Remove { id }) => {
+            c.call::<(), ()>(Method::DELETE, &format!("/v1/devices/{id}"), None)
+                .await?;
+            println!("removed {id}");
+        }
+        Command::Device(DeviceCommand::Label { id, changes }) => {
+            let mut set = BTreeMap::new();
+            let mut remove = Vec::new();
+            for ch in &changes {
+                if let Some(k) = ch.strip_suffix('-').filter(|_| !ch.contains('=')) {
+                    remove.push(k.to_string());
+                } else {
+                    let (k, v) = parse_label(ch)?;
+                    set.insert(k, v);
+                }
+            }
+            let body = serde_json::json!({ "set": set, "remove": remove });
+            let d: DeviceSummary = c
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/devices/{id}/labels"),
+                    Some(&body),
+                )
+                .await?;
+            println!(
+                "{}: {} (desired generation {})",
+                d.id,
+                labels(&d.labels),
+                gen(d.desired)
+            );
+        }
+        Command::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let spec = DeploymentSpec::from_toml(&text)
+                .with_context(|| format!("{} is invalid", file.display()))?;
+            let out: ApplyOutcome = c.call(Method::PUT, "/v1/deployments", Some(&spec)).await?;
+            println!(
+                "deployment {} revision {}{}: {} device(s) matched, {} new manifest(s)",
+                out.name,
+                out.revision,
+                if out.changed { "" } else { " (unchanged)" },
+                out.matched_devices,
+                out.updated.len()
+            );
+        }
+        Command::Devices { json } => {
+            let ds: Vec<DeviceSummary> = c.get("/v1/devices").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ds)?);
+                return Ok(());
+            }
+            let now = now_secs();
+            println!(
+                "{:<24} {:<28} {:<16} {:>9} {:>9} {:>8} {:>8}",
+                "ID", "LABELS", "SEEN", "DESIRED", "APPLIED", "RUNNING", "FAILING"
+            );
+            for d in ds {
+                let seen = if d.online {
+                    format!("online ({})", ago(d.last_seen, now))
+                } else {
+                    format!("offline ({})", ago(d.last_seen, now))
+                };
+                println!(
+                    "{:<24} {:<28} {:<16} {:>9} {:>9} {:>8} {:>8}",
+                    d.id,
+                    labels(&d.labels),
+                    seen,
+                    gen(d.desired),
+                    gen(d.applied),
+                    format!("{}/{}", d.apps.running, d.apps.total),
+                    d.apps.failing
+                );
+            }
+        }
+        Command::Status { device, json } => {
+            let d: DeviceDetail = c.get(&format!("/v1/devices/{device}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+                return Ok(());
+            }
+            let now = now_secs();
+            let s = &d.summary;
+            println!("device:    {}", s.id);
+            println!("labels:    {}", labels(&s.labels));
+            println!("key:       {}", s.public_key);
+            println!(
+                "online:    {} (last seen {})",
+                s.online,
+                ago(s.last_seen, now)
+            );
+            println!(
+                "desired:   {} apps [{}]",
+                gen(s.desired),
+                d.desired_apps.join(", ")
+            );
+            println!("applied:   {}", gen(s.applied));
+            if let Some(st) = &d.status {
+                println!(
+                    "agent:     {} up {}s, report seq {}",
+                    st.agent_version, st.uptime_secs, st.seq
+                );
+                if let Some(r) = &st.last_rejection {
+                    println!("rejected:  {} total, last: {r}", st.rejected.total());
+                }
+                for a in &st.apps {
+                    println!(
+                        "  {:<20} {:<28} restarts={} {}",
+                        a.name,
+                        format!("{:?}", a.state),
+                        a.restarts,
+                        a.last_error.clone().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Events { device, after } => {
+            let es: Vec<EventRecord> = c
+                .get(&format!("/v1/devices/{device}/events?after={after}"))
+                .await?;
+            for e in es {
+                println!("{:>6} {} {:?}", e.event.seq, e.event.at, e.event.kind);
+            }
+        }
+        Command::Deployments { json } => {
+            let ds: Vec<DeploymentRecord> = c.get("/v1/deployments").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ds)?);
+                return Ok(());
+            }
+            println!("{:<24} {:>8} {:<32} APPS", "NAME", "REVISION", "SELECTOR");
+            for d in ds {
+                let apps: Vec<String> = d
+                    .apps
+                    .iter()
+                    .map(|a| format!("{}={}", a.name, a.image))
+                    .collect();
+                println!(
+                    "{:<24} {:>8} {:<32} {}",
+                    d.spec.name,
+                    d.revision,
+                    labels(&d.spec.selector),
+                    apps.join(" ")
+                );
+            }
+        }
+        Command::Delete(DeleteCommand::Deployment { name }) => {
+            let out: ApplyOutcome = c
+                .call::<(), _>(Method::DELETE, &format!("/v1/deployments/{name}"), None)
+                .await?;
+            println!(
+                "deleted deployment {}: {} new manifest(s)",
+                out.name,
+                out.updated.len()
+            );
+        }
+        Command::Stats => {
+            let s: Stats = c.get("/v1/stats").await?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        Command::Audit { limit } => {
+            let es: Vec<AuditEntry> = c.get(&format!("/v1/audit?limit={limit}")).await?;
+            for e in es {
+                println!(
+                    "{:>6} {} {:<6} {:<18} {} {}",
+                    e.seq, e.at, e.who, e.action, e.target, e.detail
+                );
+            }
+        }
+        Command::Init { .. } | Command::Serve { .. } | Command::Keys(_) => {
+            bail!("internal: local command routed to the API client")
+        }
+    }
+    Ok(())
+}

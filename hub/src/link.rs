@@ -1,0 +1,148 @@
+//! The hub's MQTT connection (rumqttc): options, and the driver task that polls
+//! the event loop with our own reconnect backoff.
+//!
+//! The driver never publishes (publishing from the polling task can deadlock on
+//! rumqttc's bounded request channel). It forwards incoming publishes to ingest and
+//! tells the publisher about every CONNACK, which then re-subscribes and
+//! republishes: after `session_present = false` rumqttc restores nothing.
+
+use crate::broker::MAX_PACKET_BYTES;
+use crate::config::BrokerUrl;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, TlsConfiguration, Transport,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Capacity of rumqttc's request channel. Large so bursts of manifest publishes
+/// (an apply over the fleet) queue instead of stalling.
+pub const REQUEST_CAPACITY: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot read the MQTT CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Build client options: stable id, persistent session, manual acks, packet
+/// limits that match the broker's.
+pub fn options(
+    client_id: &str,
+    broker: &BrokerUrl,
+    ca_file: Option<&Path>,
+) -> Result<MqttOptions, LinkError> {
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_request_channel_capacity(REQUEST_CAPACITY)
+        .set_inflight(200);
+    if broker.tls {
+        let path = ca_file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        let ca = std::fs::read(&path).map_err(|source| LinkError::CaFile { path, source })?;
+        // rumqttc's rustls needs a process-wide provider; ring, never aws-lc-rs.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    Ok(o)
+}
+
+/// What the driver tells the rest of the hub.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A CONNACK arrived: subscribe and republish.
+    Connected { session_present: bool },
+}
+
+/// Exponential backoff with full jitter, capped.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let max = exp.min(cap);
+    max.mul_f64(jitter.clamp(0.0, 1.0)).max(base / 2)
+}
+
+/// Poll the event loop until `shutdown`. Incoming publishes go to `incoming`
+/// (bounded: a slow ingest pushes back on the broker, not on memory).
+pub async fn drive(
+    mut eventloop: EventLoop,
+    incoming: mpsc::Sender<Publish>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = eventloop.poll() => p,
+        };
+        match polled {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                attempt = 0;
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to MQTT broker"
+                );
+                if events
+                    .send(LinkEvent::Connected {
+                        session_present: ack.session_present,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if incoming.send(p).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let wait = backoff(
+                    attempt,
+                    Duration::from_millis(200),
+                    Duration::from_secs(30),
+                    fastrand::f64(),
+                );
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Create the client and its event loop.
+pub fn client(options: MqttOptions) -> (AsyncClient, EventLoop) {
+    AsyncClient::new(options, REQUEST_CAPACITY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_never_zero() {
+        let base = Duration::from_millis(200);
+        let cap = Duration::from_secs(30);
+        assert_eq!(backoff(0, base, cap, 1.0), base);
+        assert_eq!(backoff(3, base, cap, 1.0), base * 8);
+        assert_eq!(backoff(40, base, cap, 1.0), cap);
+        assert_eq!(backoff(5, base, cap, 0.0), base / 2);
+    }
+}

@@ -1,0 +1,212 @@
+//! Running the hub: open the store, load keys, start (or connect to) the broker,
+//! and run the link driver, publisher, ingest and HTTP server until shutdown.
+//!
+//! [`start`] returns once everything listens, with the bound addresses, so tests
+//! and the fleet simulator can run a hub in-process on port 0.
+
+use crate::api::{self, ApiState};
+use crate::broker::{self, BrokerError};
+use crate::config::{BrokerUrl, ConfigError, DataDir, HubConfig};
+use crate::hub::Hub;
+use crate::ingest;
+use crate::link::{self, LinkError, LinkEvent};
+use crate::publish::{self, Outbox, PublishStats};
+use crate::resolve::ImageResolver;
+use crate::signing::{KeyFileError, Signer};
+use crate::store::{Store, StoreError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keys(#[from] KeyFileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("cannot read the API token {path}: {source}")]
+    Token {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HTTP API cannot listen on {addr}: {source}")]
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Everything `start` needs. `resolver` pins image tags (the registry client).
+pub struct ServeOptions {
+    pub data_dir: DataDir,
+    pub config: HubConfig,
+    pub resolver: Arc<dyn ImageResolver>,
+}
+
+/// A running hub.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    /// Address of the embedded broker, if one was started.
+    pub embedded_broker: Option<SocketAddr>,
+    pub hub: Arc<Hub>,
+    pub publish_stats: Arc<PublishStats>,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Wait until every task has stopped (after the shutdown token fired).
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Start the hub; returns when it listens.
+pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Running, ServeError> {
+    let dir = &opts.data_dir;
+    let token = std::fs::read_to_string(dir.token())
+        .map_err(|source| ServeError::Token {
+            path: dir.token(),
+            source,
+        })?
+        .trim()
+        .to_string();
+    let signer = Signer::load(dir)?;
+    let db_path = dir.database();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            table: "-",
+            key: "-".into(),
+            detail: e.to_string(),
+        })??;
+
+    let (embedded_broker, target) = match &opts.config.mqtt.broker {
+        Some(url) => (None, BrokerUrl::parse(url)?),
+        None => {
+            let listen = opts.config.mqtt.listen;
+            let max = opts.config.mqtt.max_connections;
+            let addr = tokio::task::spawn_blocking(move || broker::start_embedded(listen, max))
+                .await
+                .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            (
+                Some(addr),
+                BrokerUrl {
+                    host,
+                    port: addr.port(),
+                    tls: false,
+                },
+            )
+        }
+    };
+
+    let mqtt_opts = link::options(
+        &opts.config.mqtt.client_id,
+        &target,
+        opts.config.mqtt.ca_file.as_deref(),
+    )?;
+    let (client, eventloop) = link::client(mqtt_opts);
+    let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+    let (incoming_tx, incoming_rx) = mpsc::channel(4 * ingest::BATCH);
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+    let keyset = signer.keyset_bytes().to_vec();
+    let hub = Arc::new(Hub::new(
+        store.clone(),
+        signer,
+        opts.resolver,
+        outbox_tx.clone(),
+    ));
+    let publish_stats = Arc::new(PublishStats::default());
+    let tracker = TaskTracker::new();
+
+    tracker.spawn(link::drive(
+        eventloop,
+        incoming_tx,
+        link_tx,
+        shutdown.clone(),
+    ));
+    tracker.spawn(publish::run(
+        client,
+        store,
+        keyset,
+        outbox_rx,
+        Arc::clone(&publish_stats),
+        shutdown.clone(),
+    ));
+    {
+        let outbox = outbox_tx.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    e = link_rx.recv() => match e { Some(e) => e, None => return },
+                };
+                match ev {
+                    LinkEvent::Connected { .. } => {
+                        if outbox.send(Outbox::Connected).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    tracker.spawn(ingest::run(Arc::clone(&hub), incoming_rx, shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(opts.config.http_listen)
+        .await
+        .map_err(|source| ServeError::HttpBind {
+            addr: opts.config.http_listen,
+            source,
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::HttpBind {
+            addr: opts.config.http_listen,
+            source,
+        })?;
+    let app = api::router(ApiState {
+        hub: Arc::clone(&hub),
+        token: Arc::new(token),
+        publish: Arc::clone(&publish_stats),
+    });
+    {
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+    tracing::info!(%http_addr, broker = %format!("{}:{}", target.host, target.port), embedded = embedded_broker.is_some(), "hub started");
+    Ok(Running {
+        http_addr,
+        embedded_broker,
+        hub,
+        publish_stats,
+        tracker,
+    })
+}
+
+/// Start and run until `shutdown` fires.
+pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
+    start(opts, shutdown).await?.wait().await;
+    Ok(())
+}
