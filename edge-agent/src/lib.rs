@@ -1,1 +1,31 @@
-//! Library behind the binary; modules are added per concern.
+//! Outpost edge agent: verifies signed manifests from the hub, persists them, and
+//! keeps the device's containers in the desired state, online or not.
+//!
+//! # Layout
+//! - [`cli`]: the `init`, `run`, `status` and `stop-all` commands.
+//! - [`config`]: the TOML config file and derived paths.
+//! - [`trust`]: the verifier gate (verify → persist → commit) for manifests and
+//!   key sets.
+//! - [`state`]: the redb file (accepted manifest, trust state, counters, outbox).
+//! - [`link`]: MQTT (rumqttc) with own jittered backoff, subscriptions, and the
+//!   in-order outbox sender.
+//! - [`reconcile`]: pure `plan` + executor + the loop that observes the runtime.
+//! - [`driver`]: the image-provider and container-driver traits (the seams).
+//! - [`images`], [`runtime`]: the real adapters over `outpost-oci` and
+//!   `outpost-runtime`.
+//! - [`health`]: exec/HTTP/TCP readiness probes.
+//! - [`report`]: the status view, signed events, the local status file.
+//! - [`agent`]: wires the tasks of `outpost-agent run` together.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod driver;
+pub mod health;
+pub mod images;
+pub mod link;
+pub mod reconcile;
+pub mod report;
+pub mod runtime;
+pub mod state;
+pub mod trust;

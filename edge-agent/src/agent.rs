@@ -1,0 +1,358 @@
+//! `outpost-agent run`: loads state, then runs the link, the trust gate, the
+//! reconcile loop, health probes and the outbox sender until cancelled.
+//!
+//! Start-up never waits for the network: the persisted manifest (if any) is
+//! reconciled at once, while the link connects in the background. Cancelling (on
+//! SIGTERM) stops the tasks and leaves every container running.
+
+use crate::config::{Config, ConfigError};
+use crate::driver::{ContainerDriver, ImageProvider};
+use crate::health::{self, HealthTarget};
+use crate::link::{self, Inbound, Sender};
+use crate::reconcile::execute::Executor;
+use crate::reconcile::plan::Policy;
+use crate::reconcile::Reconciler;
+use crate::report::{Reporter, View};
+use crate::state::{StateError, Store};
+use crate::trust::{initial_trust, KeySetOutcome, ManifestOutcome, TrustError, TrustGate};
+use outpost_protocol::{topics, EventKind, Manifest, SigningKey};
+use rumqttc::AsyncClient;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for tasks before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("device key {path}: {detail}")]
+    DeviceKey { path: PathBuf, detail: String },
+    #[error("initial key set {path}: {source}")]
+    KeySetFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Read the device's private key (PKCS#8, written by `init`).
+pub fn load_device_key(path: &Path) -> Result<SigningKey, AgentError> {
+    let bytes = std::fs::read(path).map_err(|e| AgentError::DeviceKey {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    SigningKey::from_pkcs8(&bytes).map_err(|e| AgentError::DeviceKey {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+/// Run the agent until `cancel` fires.
+pub async fn run(
+    cfg: Config,
+    images: Arc<dyn ImageProvider>,
+    driver: Arc<dyn ContainerDriver>,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let device = cfg.device_id.clone();
+    let key = load_device_key(&cfg.key_file())?;
+    let store = Arc::new(Store::open(&cfg.state_file())?);
+    let loaded = store.load()?;
+    let boots = store.bump_boots()?;
+    let trust = match loaded.trust.clone() {
+        Some(t) => t,
+        None => {
+            let bytes =
+                std::fs::read(&cfg.keyset_file).map_err(|source| AgentError::KeySetFile {
+                    path: cfg.keyset_file.clone(),
+                    source,
+                })?;
+            let t = initial_trust(
+                cfg.root_public_key()?,
+                &bytes,
+                &cfg.keyset_file.display().to_string(),
+            )?;
+            store.save_trust(&t)?;
+            t
+        }
+    };
+    let gate = TrustGate::new(device.clone(), trust, store.clone());
+    let manifest: Option<Arc<Manifest>> = match &loaded.manifest {
+        None => None,
+        Some(bytes) => match gate.persisted_manifest(bytes) {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                // Don't act on a manifest we cannot trust; don't tear anything
+                // down either: wait for the hub to send a good one.
+                tracing::error!(device_id = %device, error = %e, "ignoring persisted manifest");
+                None
+            }
+        },
+    };
+    tracing::info!(
+        device_id = %device,
+        boots,
+        generation = manifest.as_ref().map(|m| m.generation),
+        outbox = loaded.outbox_len,
+        "agent starting"
+    );
+    let view = View {
+        applied: manifest.as_ref().map(|m| (m.epoch, m.generation)),
+        rejected: loaded.rejected.clone(),
+        last_rejection: loaded.last_rejection.clone(),
+        ..View::default()
+    };
+    let reporter = Arc::new(Reporter::new(
+        device.clone(),
+        key,
+        store.clone(),
+        cfg.outbox_limit,
+        boots,
+        view,
+        cfg.status_file(),
+    ));
+
+    let tracker = TaskTracker::new();
+    let (desired_tx, desired_rx) = watch::channel(manifest);
+    let (targets_tx, targets_rx) = watch::channel(BTreeMap::<String, HealthTarget>::new());
+    let (ready_tx, ready_rx) = watch::channel(BTreeSet::<String>::new());
+
+    let exec = Executor {
+        images,
+        driver,
+        reporter: reporter.clone(),
+        volumes_dir: cfg.volumes_dir(),
+        stop_grace: Duration::from_secs(10),
+    };
+    let reconciler = Reconciler::new(
+        exec,
+        reporter.clone(),
+        Policy::default(),
+        Duration::from_millis(cfg.resync_interval_ms.max(100)),
+        desired_rx,
+        targets_tx,
+        ready_rx,
+        loaded.restarts.clone(),
+    );
+    tracker.spawn(reconciler.run(cancel.clone()));
+    tracker.spawn(health::run(
+        targets_rx,
+        reporter.clone(),
+        ready_tx,
+        cancel.clone(),
+    ));
+    tracker.spawn(status_file_writer(reporter.clone(), cancel.clone()));
+
+    // The link.
+    let broker = cfg.broker_addr()?;
+    if broker.tls {
+        tracing::error!(device_id = %device, broker = %cfg.broker, "mqtts:// is not supported by this build; running offline");
+    } else {
+        let (client, driver) = link::connect(&device, &broker);
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (conn_tx, conn_rx) = watch::channel(None);
+        tracker.spawn(driver.run(in_tx, ack_tx, cancel.clone()));
+        let sender = Sender {
+            client: client.clone(),
+            reporter: reporter.clone(),
+            conn: conn_rx,
+            acks: ack_rx,
+            status_interval: Duration::from_secs(cfg.status_interval_secs.max(1)),
+        };
+        tracker.spawn(sender.run(cancel.clone()));
+        let inbox = Inbox {
+            client,
+            gate: Some(gate),
+            reporter: reporter.clone(),
+            desired: desired_tx,
+            conn: conn_tx,
+            epoch: 0,
+        };
+        tracker.spawn(inbox.run(in_rx, cancel.clone()));
+    }
+
+    cancel.cancelled().await;
+    tracing::info!(device_id = %device, "shutting down; apps keep running");
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(device_id = %device, "some tasks did not stop within the grace period");
+    }
+    let _ = reporter.write_local_status();
+    Ok(())
+}
+
+/// Keeps `<run_dir>/status.json` current for `outpost-agent status`.
+async fn status_file_writer(reporter: Arc<Reporter>, cancel: CancellationToken) {
+    let mut changes = reporter.subscribe();
+    loop {
+        let r = reporter.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || r.write_local_status()).await {
+            tracing::warn!(error = %e, "writing local status file");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = changes.changed() => if r.is_err() { break },
+            // Refresh now and then even without changes (outbox count).
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        // Coalesce bursts of changes into one write.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Handles what arrives over the link: connection changes and messages.
+struct Inbox {
+    client: AsyncClient,
+    /// `Option` so it can move into `spawn_blocking` for the durable commit.
+    gate: Option<TrustGate>,
+    reporter: Arc<Reporter>,
+    desired: watch::Sender<Option<Arc<Manifest>>>,
+    conn: watch::Sender<Option<u64>>,
+    epoch: u64,
+}
+
+impl Inbox {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Inbound>, cancel: CancellationToken) {
+        let device = self.reporter.device_id().clone();
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = rx.recv() => match m { Some(m) => m, None => break },
+            };
+            match msg {
+                Inbound::Connected { .. } => {
+                    // Re-subscribe on every CONNACK: a fresh session has none.
+                    if let Err(e) = link::subscribe(&self.client, &device).await {
+                        tracing::warn!(device_id = %device, error = %e, "subscribe failed");
+                    }
+                    self.epoch += 1;
+                    self.conn.send_replace(Some(self.epoch));
+                    self.reporter.update(|v| v.connected = true);
+                }
+                Inbound::Disconnected => {
+                    if self.conn.borrow().is_some() {
+                        self.conn.send_replace(None);
+                    }
+                    self.reporter.update(|v| v.connected = false);
+                }
+                Inbound::Message(p) => {
+                    let ack = self.handle(&p.topic, p.payload.to_vec()).await;
+                    if ack {
+                        if let Err(e) = self.client.ack(&p).await {
+                            tracing::warn!(device_id = %device, error = %e, "ack failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns whether to ack (false only when the decision could not be
+    /// persisted: the broker then redelivers).
+    async fn handle(&mut self, topic: &str, payload: Vec<u8>) -> bool {
+        let device = self.reporter.device_id().clone();
+        let is_manifest = topic == topics::manifest(&device);
+        let is_keyset = topic == topics::keyset();
+        if !is_manifest && !is_keyset {
+            tracing::debug!(device_id = %device, topic, "message on an unexpected topic ignored");
+            return true;
+        }
+        let Some(mut gate) = self.gate.take() else {
+            return false;
+        };
+        let size = payload.len();
+        let (gate, result) = match tokio::task::spawn_blocking(move || {
+            let r = if is_manifest {
+                gate.manifest(&payload).map(Ok)
+            } else {
+                gate.keyset(&payload).map(Err)
+            };
+            (gate, r)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(device_id = %device, error = %e, "trust task failed");
+                return false;
+            }
+        };
+        self.gate = Some(gate);
+        let rejection = match result {
+            Err(e) => {
+                tracing::error!(device_id = %device, error = %e, "could not persist; not acking so the broker redelivers");
+                return false;
+            }
+            Ok(Ok(ManifestOutcome::Applied(m))) => {
+                tracing::info!(device_id = %device, epoch = m.epoch, generation = m.generation, apps = m.apps.len(), "manifest accepted and persisted");
+                let (epoch, generation) = (m.epoch, m.generation);
+                self.desired.send_replace(Some(Arc::new(m)));
+                self.reporter
+                    .update(|v| v.applied = Some((epoch, generation)));
+                self.reporter
+                    .event(EventKind::ManifestApplied { epoch, generation })
+                    .await;
+                None
+            }
+            Ok(Ok(ManifestOutcome::Duplicate)) => {
+                tracing::debug!(device_id = %device, "manifest re-delivered; already applied");
+                None
+            }
+            Ok(Ok(ManifestOutcome::Rejected(reason))) => {
+                let text = reason.to_string();
+                tracing::warn!(device_id = %device, size, reason = %text, "manifest rejected; running apps untouched");
+                let mut counters = self.reporter.view().rejected;
+                reason.count_into(&mut counters);
+                Some((counters, text))
+            }
+            Ok(Err(KeySetOutcome::Adopted(version))) => {
+                tracing::info!(device_id = %device, version, "key set adopted");
+                self.reporter
+                    .event(EventKind::KeySetAccepted { version })
+                    .await;
+                None
+            }
+            Ok(Err(KeySetOutcome::AlreadyKnown)) => None,
+            Ok(Err(KeySetOutcome::Rejected(e))) => {
+                let text = format!("key set: {e}");
+                tracing::warn!(device_id = %device, size, reason = %text, "key set rejected");
+                let mut counters = self.reporter.view().rejected;
+                counters.keyset += 1;
+                Some((counters, text))
+            }
+        };
+        if let Some((counters, text)) = rejection {
+            let store = self.reporter.store().clone();
+            let (c, t) = (counters.clone(), text.clone());
+            match tokio::task::spawn_blocking(move || store.save_rejection(&c, &t)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    tracing::error!(device_id = %device, "could not persist the rejection counters")
+                }
+            }
+            self.reporter.update(|v| {
+                v.rejected = counters;
+                v.last_rejection = Some(text.clone());
+            });
+            self.reporter
+                .event(EventKind::ManifestRejected { reason: text })
+                .await;
+        }
+        true
+    }
+}

@@ -1,0 +1,317 @@
+//! Command-line interface: `init`, `run`, `status`, `stop-all`.
+//!
+//! Each command returns `anyhow::Result` (this is the binary's edge); the work is
+//! done by the library modules.
+
+use crate::agent;
+use crate::config::{Config, RegistryConfig};
+use crate::driver::ContainerDriver;
+use crate::state::{StateError, Store};
+use crate::trust::initial_trust;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use outpost_protocol::{DeviceId, PublicKey, SigningKey};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Outpost edge agent: verifies signed manifests and runs their apps as containers.
+#[derive(Parser, Debug)]
+#[command(name = "outpost-agent", version, about)]
+pub struct Cli {
+    /// Path of the agent's config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "OUTPOST_AGENT_CONFIG",
+        default_value = "/etc/outpost/agent.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate the device key (kept on the device, mode 0600) and write the config.
+    Init(InitArgs),
+    /// Run the agent until SIGTERM/Ctrl-C (apps keep running after it exits).
+    Run,
+    /// Print the local view: applied generation, apps, rejections.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and remove every Outpost container (decommissioning). The agent must
+    /// not be running. Volumes are kept.
+    StopAll,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    #[arg(long)]
+    pub device_id: String,
+    /// `mqtt://host:port`.
+    #[arg(long)]
+    pub broker: String,
+    /// Root public key: 64 hex characters, or a file containing them (`root.pub`).
+    #[arg(long)]
+    pub root_key: String,
+    /// The hub's `keyset.bin` (a key set signed by the root key).
+    #[arg(long)]
+    pub keyset: PathBuf,
+    #[arg(long, default_value = "/var/lib/outpost-agent")]
+    pub data_dir: PathBuf,
+    /// Volatile directory (tmpfs): container state and the local status file.
+    #[arg(long, default_value = "/run/outpost-agent")]
+    pub run_dir: PathBuf,
+    /// `host:port` of a registry reached over plain HTTP (repeatable).
+    #[arg(long = "registry-insecure")]
+    pub registry_insecure: Vec<String>,
+}
+
+pub fn main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(args) => init(&cli.config, args),
+        Command::Run => run(&cli.config),
+        Command::Status { json } => status(&cli.config, json),
+        Command::StopAll => stop_all(&cli.config),
+    }
+}
+
+fn init(config_path: &Path, a: InitArgs) -> Result<()> {
+    let device_id: DeviceId = a
+        .device_id
+        .parse()
+        .with_context(|| format!("--device-id {:?}", a.device_id))?;
+    crate::config::parse_broker(&a.broker)?;
+    let root_hex = if Path::new(&a.root_key).is_file() {
+        std::fs::read_to_string(&a.root_key)
+            .with_context(|| format!("reading --root-key file {}", a.root_key))?
+    } else {
+        a.root_key.clone()
+    };
+    let root: PublicKey = root_hex.trim().parse().with_context(|| {
+        format!(
+            "--root-key {:?} is not a hex ed25519 public key",
+            a.root_key
+        )
+    })?;
+    let keyset = std::fs::read(&a.keyset)
+        .with_context(|| format!("reading --keyset {}", a.keyset.display()))?;
+    initial_trust(root, &keyset, &a.keyset.display().to_string())?;
+
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating data dir {}", a.data_dir.display()))?;
+    std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 {}", a.data_dir.display()))?;
+    let keyset_file = a.data_dir.join("keyset.bin");
+    std::fs::write(&keyset_file, &keyset)
+        .with_context(|| format!("writing {}", keyset_file.display()))?;
+
+    let cfg = Config {
+        device_id: device_id.clone(),
+        broker: a.broker,
+        root_key: root.to_string(),
+        keyset_file,
+        data_dir: a.data_dir,
+        run_dir: a.run_dir,
+        registry: RegistryConfig {
+            insecure: a.registry_insecure,
+        },
+        outbox_limit: 10_000,
+        status_interval_secs: 30,
+        resync_interval_ms: 1_000,
+    };
+    // Keep an existing key: re-running init must not change the device identity.
+    let key_path = cfg.key_file();
+    let key = if key_path.exists() {
+        agent::load_device_key(&key_path)?
+    } else {
+        let key = SigningKey::generate()?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .with_context(|| format!("creating device key {}", key_path.display()))?;
+        f.write_all(key.pkcs8())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing device key {}", key_path.display()))?;
+        key
+    };
+    cfg.save(config_path)?;
+    let pk = key.public_key();
+    println!("device-id: {device_id}");
+    println!("public-key: {pk}");
+    println!("config: {}", config_path.display());
+    println!("register it with: outpost-hub device add {device_id} --public-key {pk}");
+    Ok(())
+}
+
+/// Build the real adapters (image store + libcontainer runtime).
+fn adapters(
+    cfg: &Config,
+    handle: tokio::runtime::Handle,
+) -> Result<(
+    Arc<crate::images::OciImages>,
+    Arc<crate::runtime::RuntimeDriver>,
+)> {
+    let images =
+        crate::images::OciImages::open(&cfg.images_dir(), cfg.registry.insecure.clone(), handle)?;
+    let driver = crate::runtime::RuntimeDriver::open(&cfg.containers_dir(), &cfg.data_dir)?;
+    Ok((Arc::new(images), Arc::new(driver)))
+}
+
+fn run(config_path: &Path) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    // Become the subreaper of our containers so their exit codes reach us.
+    if let Err(e) = outpost_runtime::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become child subreaper; exit codes may be unknown");
+    }
+    let (images, driver) = adapters(&cfg, rt.handle().clone())?;
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            c.cancel();
+        });
+        agent::run(cfg, images, driver, cancel).await
+    })?;
+    // Blocking pulls may still be running; don't wait for them on shutdown.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn status(config_path: &Path, json: bool) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    // While the agent runs it holds the database; it keeps a status file in the
+    // run dir for us. When it doesn't run, read the database directly.
+    match Store::open(&cfg.state_file()) {
+        Err(StateError::Locked { .. }) => {
+            let path = cfg.status_file();
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("agent is running but {} is unreadable", path.display())
+            })?;
+            if json {
+                println!("{text}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                print_status_text(&v, true);
+            }
+        }
+        Err(e) => return Err(e.into()),
+        Ok(store) => {
+            let l = store.load()?;
+            let applied = l
+                .trust
+                .as_ref()
+                .and_then(|t| t.last)
+                .map(|a| (a.epoch, a.generation));
+            let v = serde_json::json!({
+                "device_id": cfg.device_id.as_str(),
+                "agent_running": false,
+                "applied": applied,
+                "rejected": l.rejected,
+                "last_rejection": l.last_rejection,
+                "outbox_pending": l.outbox_len,
+                "restarts": l.restarts,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status_text(&v, false);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status_text(v: &serde_json::Value, running: bool) {
+    println!("device: {}", v["device_id"].as_str().unwrap_or("?"));
+    println!("agent: {}", if running { "running" } else { "not running" });
+    match v["applied"].as_array() {
+        Some(a) if a.len() == 2 => println!("applied: epoch {} generation {}", a[0], a[1]),
+        _ => println!("applied: none"),
+    }
+    if running {
+        println!("connected: {}", v["connected"]);
+    }
+    if let Some(apps) = v["apps"].as_object() {
+        for (name, a) in apps {
+            println!(
+                "app {name}: {} restarts={} ready={} {}",
+                a["state"],
+                a["restarts"],
+                a["ready"],
+                a["last_error"].as_str().unwrap_or("")
+            );
+        }
+    }
+    let total: u64 = v["rejected"]
+        .as_object()
+        .map(|o| o.values().filter_map(|x| x.as_u64()).sum())
+        .unwrap_or(0);
+    println!("rejected: {total} {}", v["rejected"]);
+    if let Some(r) = v["last_rejection"].as_str() {
+        println!("last rejection: {r}");
+    }
+    println!("outbox pending: {}", v["outbox_pending"]);
+}
+
+fn stop_all(config_path: &Path) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    // Holding the database proves the agent is not running (it would restart
+    // what we stop).
+    let _store = match Store::open(&cfg.state_file()) {
+        Err(StateError::Locked { .. }) => {
+            bail!("the agent is running; stop it first (e.g. systemctl stop outpost-agent)")
+        }
+        other => other?,
+    };
+    let driver = crate::runtime::RuntimeDriver::open(&cfg.containers_dir(), &cfg.data_dir)?;
+    let mut failures = 0;
+    for c in driver.list()? {
+        let res = driver
+            .stop(&c.name, Duration::from_secs(10))
+            .and_then(|()| driver.remove(&c.name));
+        match res {
+            Ok(()) => println!("removed {} (app {})", c.name, c.app),
+            Err(e) => {
+                failures += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} container(s) could not be removed");
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The agent's configuration file (TOML) and the paths derived from it.
+//!
+//! Written once by `outpost-agent init`, read by every other command. Holds no
+//! secret: the device key lives in its own 0600 file next to the state.
+
+use outpost_protocol::{DeviceId, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("writing config {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("broker URL {url:?}: {why}")]
+    BadBroker { url: String, why: &'static str },
+    #[error("root key {value:?} is not a 64-hex-character ed25519 public key")]
+    BadRootKey { value: String },
+}
+
+/// Registry access of the image provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `host:port` registries reached over plain HTTP (test and lab setups only).
+    #[serde(default)]
+    pub insecure: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub device_id: DeviceId,
+    /// `mqtt://host:port` (or `mqtts://`, not supported by this build yet).
+    pub broker: String,
+    /// Hex ed25519 root public key that signs key sets.
+    pub root_key: String,
+    /// The initial `SignedKeySet` (copied into the data dir by `init`).
+    pub keyset_file: PathBuf,
+    /// Persistent state: redb file, device key, images, volumes.
+    pub data_dir: PathBuf,
+    /// Volatile state (tmpfs on a real device): container state, local status file.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// Most events kept while offline; beyond it the oldest are dropped and counted.
+    #[serde(default = "default_outbox_limit")]
+    pub outbox_limit: u64,
+    /// Status is re-sent this often even when nothing changed.
+    #[serde(default = "default_status_interval")]
+    pub status_interval_secs: u64,
+    /// How often the runtime is polled for exited containers.
+    #[serde(default = "default_resync")]
+    pub resync_interval_ms: u64,
+}
+
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/run/outpost-agent")
+}
+fn default_outbox_limit() -> u64 {
+    10_000
+}
+fn default_status_interval() -> u64 {
+    30
+}
+fn default_resync() -> u64 {
+    1_000
+}
+
+/// Where a broker lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        cfg.broker_addr()?;
+        cfg.root_public_key()?;
+        Ok(cfg)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        std::fs::write(path, text).map_err(|source| ConfigError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn root_public_key(&self) -> Result<PublicKey, ConfigError> {
+        self.root_key.parse().map_err(|_| ConfigError::BadRootKey {
+            value: self.root_key.clone(),
+        })
+    }
+
+    pub fn broker_addr(&self) -> Result<BrokerAddr, ConfigError> {
+        parse_broker(&self.broker)
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.data_dir.join("device.key")
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("state.redb")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.data_dir.join("volumes")
+    }
+    pub fn containers_dir(&self) -> PathBuf {
+        self.run_dir.join("containers")
+    }
+    pub fn status_file(&self) -> PathBuf {
+        self.run_dir.join("status.json")
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`.
+pub fn parse_broker(url: &str) -> Result<BrokerAddr, ConfigError> {
+    let bad = |why| ConfigError::BadBroker {
+        url: url.to_string(),
+        why,
+    };
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        return Err(bad("must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err(bad("must be scheme://host[:port] with nothing else"));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| bad("port is not a number 1-65535"))?;
+            (h, port)
+        }
+        _ => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad("host must not be empty and port must not be 0"));
+    }
+    Ok(BrokerAddr {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let ok = |u: &str| parse_broker(u).unwrap();
+        assert_eq!(
+            ok("mqtt://127.0.0.1:1884"),
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(ok("mqtts://hub.example").port, 8883);
+        assert_eq!(ok("mqtt://hub").port, 1883);
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://u@h",
+            "mqtt://h/p",
+        ] {
+            assert!(parse_broker(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_round_trips_and_names_the_bad_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            device_id: "pi-1".parse().unwrap(),
+            broker: "mqtt://127.0.0.1:1883".into(),
+            root_key: "ab".repeat(32),
+            keyset_file: dir.path().join("keyset.bin"),
+            data_dir: dir.path().into(),
+            run_dir: dir.path().join("run"),
+            registry: RegistryConfig::default(),
+            outbox_limit: 5,
+            status_interval_secs: 30,
+            resync_interval_ms: 1000,
+        };
+        let p = dir.path().join("agent.toml");
+        cfg.save(&p).unwrap();
+        assert_eq!(Config::load(&p).unwrap(), cfg);
+        std::fs::write(&p, "device_id = \"a/b\"\n").unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("agent.toml"), "{err}");
+    }
+}

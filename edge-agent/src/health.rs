@@ -1,0 +1,236 @@
+//! Readiness of apps from their health checks (exec, HTTP or TCP probes).
+//!
+//! A probe failing `retries` times in a row makes the app not ready; one success
+//! makes it ready. The verdict goes into the status (`AppStatus::ready`), an
+//! `AppHealth` event on each change, and the set of ready apps the planner uses
+//! for start-first updates. Readiness never restarts an app by itself.
+//!
+//! TCP and HTTP probes connect to 127.0.0.1 (apps use host networking by
+//! default); exec probes run inside the container's namespaces via `nsenter`.
+
+use crate::report::Reporter;
+use outpost_protocol::{EventKind, HealthCheck, Probe};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// One running app with a health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthTarget {
+    pub container: String,
+    pub pid: u32,
+    pub check: HealthCheck,
+}
+
+/// Did the probe succeed? Errors are failures (with the reason for the log).
+pub async fn probe(target: &HealthTarget) -> Result<(), String> {
+    let timeout = Duration::from_secs(u64::from(target.check.timeout_secs.max(1)));
+    let fut = async {
+        match &target.check.probe {
+            Probe::Tcp { port } => TcpStream::connect(("127.0.0.1", *port))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("tcp 127.0.0.1:{port}: {e}")),
+            Probe::Http { port, path } => http_probe(*port, path).await,
+            Probe::Exec { command } => exec_probe(target.pid, command).await,
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("probe timed out after {}s", timeout.as_secs()))?
+}
+
+async fn http_probe(port: u16, path: &str) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("http write: {e}"))?;
+    let mut buf = [0u8; 32];
+    let mut n = 0;
+    while n < 12 {
+        let r = s
+            .read(&mut buf[n..])
+            .await
+            .map_err(|e| format!("http read: {e}"))?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("http: not an HTTP response: {line:?}"))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("http {path}: status {code}"))
+    }
+}
+
+async fn exec_probe(pid: u32, command: &[String]) -> Result<(), String> {
+    let status = tokio::process::Command::new("nsenter")
+        .arg("--target")
+        .arg(pid.to_string())
+        .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--"])
+        .args(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|e| format!("exec probe: running nsenter: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("exec probe {command:?}: {status}"))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    next_at: Option<Instant>,
+    failures: u32,
+    ready: Option<bool>,
+}
+
+/// Probe every target on its own interval until cancelled.
+pub async fn run(
+    mut targets: watch::Receiver<BTreeMap<String, HealthTarget>>,
+    reporter: Arc<Reporter>,
+    ready_tx: watch::Sender<BTreeSet<String>>,
+    cancel: CancellationToken,
+) {
+    let mut tracks: BTreeMap<String, (HealthTarget, Track)> = BTreeMap::new();
+    loop {
+        let current = targets.borrow_and_update().clone();
+        tracks.retain(|app, (t, _)| current.get(app) == Some(t));
+        for (app, t) in current {
+            tracks.entry(app).or_insert_with(|| (t, Track::default()));
+        }
+        let now = Instant::now();
+        for (app, (target, track)) in tracks.iter_mut() {
+            if track.next_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let interval = Duration::from_secs(u64::from(target.check.interval_secs.max(1)));
+            track.next_at = Some(now + interval);
+            let result = probe(target).await;
+            let was = track.ready;
+            match result {
+                Ok(()) => {
+                    track.failures = 0;
+                    track.ready = Some(true);
+                }
+                Err(why) => {
+                    track.failures += 1;
+                    tracing::debug!(device_id = %reporter.device_id(), app = %app, failures = track.failures, reason = %why, "health probe failed");
+                    if track.failures >= target.check.retries.max(1) {
+                        track.ready = Some(false);
+                    }
+                }
+            }
+            if track.ready != was {
+                if let Some(ready) = track.ready {
+                    tracing::info!(device_id = %reporter.device_id(), app = %app, ready, "app health changed");
+                    reporter.update(|v| {
+                        if let Some(a) = v.apps.get_mut(app) {
+                            a.ready = Some(ready);
+                        }
+                    });
+                    reporter
+                        .event(EventKind::AppHealth {
+                            app: app.clone(),
+                            ready,
+                        })
+                        .await;
+                }
+            }
+        }
+        let ready: BTreeSet<String> = tracks
+            .iter()
+            .filter(|(_, (_, t))| t.ready == Some(true))
+            .map(|(a, _)| a.clone())
+            .collect();
+        ready_tx.send_if_modified(|r| {
+            let changed = *r != ready;
+            *r = ready;
+            changed
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = targets.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(probe: Probe) -> HealthTarget {
+        HealthTarget {
+            container: "c".into(),
+            pid: std::process::id(),
+            check: HealthCheck {
+                probe,
+                interval_secs: 1,
+                timeout_secs: 2,
+                retries: 1,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_probes_against_a_real_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let reply = if req.starts_with("GET /ok ") {
+                    "HTTP/1.0 200 OK\r\n\r\n"
+                } else {
+                    "HTTP/1.0 503 Nope\r\n\r\n"
+                };
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        probe(&target(Probe::Tcp { port })).await.unwrap();
+        probe(&target(Probe::Http {
+            port,
+            path: "/ok".into(),
+        }))
+        .await
+        .unwrap();
+        let err = probe(&target(Probe::Http {
+            port,
+            path: "/bad".into(),
+        }))
+        .await
+        .unwrap_err();
+        assert!(err.contains("503"), "{err}");
+        // A port nobody listens on (bind then drop to get a free one).
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(probe(&target(Probe::Tcp { port: free })).await.is_err());
+    }
+}

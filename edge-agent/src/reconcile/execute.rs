@@ -1,0 +1,233 @@
+//! Carries out planned actions through the image provider and container driver.
+//!
+//! Each action runs in `spawn_blocking` (registry I/O, unpacking, libcontainer).
+//! An app's actions stop at its first failure; the error becomes the app's
+//! `last_error`, an `AppFailed` event and a retry delay, never a panic.
+
+use super::plan::{Action, CreateReason};
+use crate::driver::{ContainerDriver, CreateRequest, DriverError, ImageProvider};
+use crate::report::Reporter;
+use outpost_protocol::{AppSpec, EventKind};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Pulled {
+        app: String,
+    },
+    Created {
+        app: String,
+        reason: CreateReason,
+    },
+    Started {
+        app: String,
+        container: String,
+        pid: u32,
+    },
+    Stopped {
+        app: String,
+        container: String,
+    },
+    Removed {
+        app: String,
+        container: String,
+    },
+    Failed {
+        app: String,
+        error: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    pub images: Arc<dyn ImageProvider>,
+    pub driver: Arc<dyn ContainerDriver>,
+    pub reporter: Arc<Reporter>,
+    pub volumes_dir: PathBuf,
+    pub stop_grace: Duration,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Executor")
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DriverError> + Send + 'static,
+) -> Result<T, DriverError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DriverError::new("task", "executor", e))?
+}
+
+impl Executor {
+    /// Run `actions` in order; `specs` gives the spec of every desired app.
+    pub async fn run(
+        &self,
+        actions: &[Action],
+        specs: &BTreeMap<String, AppSpec>,
+        restarts: &BTreeMap<String, u32>,
+    ) -> Vec<Outcome> {
+        let mut failed: BTreeMap<String, ()> = BTreeMap::new();
+        let mut pending_reason: BTreeMap<String, CreateReason> = BTreeMap::new();
+        let mut out = vec![];
+        for action in actions {
+            let app = action.app().to_string();
+            if action.is_keep() || failed.contains_key(&app) {
+                continue;
+            }
+            let res = self.one(action, specs, restarts, &mut pending_reason).await;
+            match res {
+                Ok(o) => out.push(o),
+                Err(e) => {
+                    let error = e.to_string();
+                    tracing::warn!(device_id = %self.reporter.device_id(), app = %app, error = %error, "action failed");
+                    self.reporter
+                        .event(EventKind::AppFailed {
+                            app: app.clone(),
+                            error: error.clone(),
+                        })
+                        .await;
+                    failed.insert(app.clone(), ());
+                    out.push(Outcome::Failed { app, error });
+                }
+            }
+        }
+        out
+    }
+
+    async fn one(
+        &self,
+        action: &Action,
+        specs: &BTreeMap<String, AppSpec>,
+        restarts: &BTreeMap<String, u32>,
+        pending_reason: &mut BTreeMap<String, CreateReason>,
+    ) -> Result<Outcome, DriverError> {
+        let device = self.reporter.device_id().clone();
+        match action {
+            Action::Keep { app, .. } => Ok(Outcome::Pulled { app: app.clone() }),
+            Action::Pull { app, image } => {
+                let images = self.images.clone();
+                let image = image.clone();
+                let reporter = self.reporter.clone();
+                let a = app.clone();
+                tracing::info!(device_id = %device, app = %app, image = %image, "pulling image");
+                blocking(move || {
+                    // Progress: an event at the start, at each quarter, at the end
+                    // (bounded count, whatever the image size).
+                    let last_quarter = std::sync::Mutex::new(None);
+                    let progress = |done: u64, total: u64| {
+                        let quarter = if total == 0 {
+                            4
+                        } else {
+                            (done * 4 / total).min(4)
+                        };
+                        reporter.update(|v| {
+                            if let Some(s) = v.apps.get_mut(&a) {
+                                s.state = outpost_protocol::AppState::Pulling { done, total };
+                            }
+                        });
+                        let mut last = last_quarter.lock().unwrap_or_else(|p| p.into_inner());
+                        if *last != Some(quarter) {
+                            *last = Some(quarter);
+                            let _ = reporter.event_blocking(EventKind::PullProgress {
+                                app: a.clone(),
+                                done,
+                                total,
+                            });
+                        }
+                    };
+                    images.pull(&image, &progress)
+                })
+                .await?;
+                Ok(Outcome::Pulled { app: app.clone() })
+            }
+            Action::Create {
+                app,
+                container,
+                reason,
+            } => {
+                let spec = specs.get(app).cloned().ok_or_else(|| {
+                    DriverError::new("create", container.clone(), "app is no longer desired")
+                })?;
+                let images = self.images.clone();
+                let driver = self.driver.clone();
+                let req_container = container.clone();
+                let volumes_dir = self.volumes_dir.join(app);
+                blocking(move || {
+                    let image = images.prepare(&spec.image)?;
+                    std::fs::create_dir_all(&volumes_dir).map_err(|e| {
+                        DriverError::new("create volume dir", volumes_dir.display().to_string(), e)
+                    })?;
+                    driver.create(&CreateRequest {
+                        container: req_container,
+                        spec,
+                        image,
+                        volumes_dir,
+                    })
+                })
+                .await?;
+                pending_reason.insert(app.clone(), *reason);
+                Ok(Outcome::Created {
+                    app: app.clone(),
+                    reason: *reason,
+                })
+            }
+            Action::Start { app, container } => {
+                let driver = self.driver.clone();
+                let c = container.clone();
+                let pid = blocking(move || driver.start(&c)).await?;
+                let reason = pending_reason.remove(app).unwrap_or(CreateReason::Initial);
+                tracing::info!(device_id = %device, app = %app, container = %container, pid, "app started");
+                self.reporter
+                    .event(EventKind::AppStarted {
+                        app: app.clone(),
+                        pid,
+                    })
+                    .await;
+                if reason == CreateReason::Restart {
+                    let n = restarts.get(app).copied().unwrap_or(0) + 1;
+                    self.reporter
+                        .event(EventKind::AppRestarted {
+                            app: app.clone(),
+                            restarts: n,
+                        })
+                        .await;
+                }
+                Ok(Outcome::Started {
+                    app: app.clone(),
+                    container: container.clone(),
+                    pid,
+                })
+            }
+            Action::Stop { app, container } => {
+                let driver = self.driver.clone();
+                let c = container.clone();
+                let grace = self.stop_grace;
+                blocking(move || driver.stop(&c, grace)).await?;
+                tracing::info!(device_id = %device, app = %app, container = %container, "container stopped");
+                self.reporter
+                    .event(EventKind::AppStopped { app: app.clone() })
+                    .await;
+                Ok(Outcome::Stopped {
+                    app: app.clone(),
+                    container: container.clone(),
+                })
+            }
+            Action::Remove { app, container } => {
+                let driver = self.driver.clone();
+                let c = container.clone();
+                blocking(move || driver.remove(&c)).await?;
+                Ok(Outcome::Removed {
+                    app: app.clone(),
+                    container: container.clone(),
+                })
+            }
+        }
+    }
+}

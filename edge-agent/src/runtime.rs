@@ -1,0 +1,108 @@
+//! The real container driver: `outpost-runtime` (youki's libcontainer) behind the
+//! agent's [`ContainerDriver`] seam.
+//!
+//! Only containers whose id carries our prefix and parses back to an app are
+//! reported, so other containers on the host are never touched.
+
+use crate::driver::{
+    app_of, ContainerDriver, ContainerStatus, CreateRequest, DriverError, ObservedContainer,
+};
+use outpost_runtime::{ContainerRequest, Rootfs, Runtime, RuntimeConfig};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub struct RuntimeDriver {
+    rt: Runtime,
+}
+
+impl std::fmt::Debug for RuntimeDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RuntimeDriver")
+    }
+}
+
+impl RuntimeDriver {
+    /// `state_dir`: libcontainer state (tmpfs); `data_dir`: the agent's data dir
+    /// (bundles, overlay upper dirs, logs, `volumes/<app>/<volume>`).
+    pub fn open(state_dir: &Path, data_dir: &Path) -> Result<RuntimeDriver, DriverError> {
+        let rt = Runtime::new(RuntimeConfig::new(state_dir, data_dir))
+            .map_err(|e| DriverError::new("open runtime", state_dir.display().to_string(), e))?;
+        Ok(RuntimeDriver { rt })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+}
+
+impl ContainerDriver for RuntimeDriver {
+    fn list(&self) -> Result<Vec<ObservedContainer>, DriverError> {
+        let all = self
+            .rt
+            .list()
+            .map_err(|e| DriverError::new("list", "containers", e))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|c| {
+                let app = app_of(&c.id)?.to_string();
+                let status = match c.status {
+                    outpost_runtime::ContainerStatus::Created => ContainerStatus::Created,
+                    outpost_runtime::ContainerStatus::Running => ContainerStatus::Running {
+                        pid: c.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                    },
+                    outpost_runtime::ContainerStatus::Stopped => {
+                        ContainerStatus::Exited { code: None }
+                    }
+                    outpost_runtime::ContainerStatus::Exited(code) => {
+                        ContainerStatus::Exited { code }
+                    }
+                };
+                Some(ObservedContainer {
+                    name: c.id,
+                    app,
+                    status,
+                })
+            })
+            .collect())
+    }
+
+    fn create(&self, req: &CreateRequest) -> Result<(), DriverError> {
+        let labels = BTreeMap::from([("image".to_string(), req.spec.image.to_string())]);
+        self.rt
+            .create(&ContainerRequest {
+                id: &req.container,
+                app: &req.spec,
+                image: &req.image.config,
+                image_digest: req.spec.image.digest,
+                rootfs: Rootfs::Layers(req.image.layers.clone()),
+                labels,
+            })
+            .map_err(|e| DriverError::new("create", req.container.clone(), e))?;
+        Ok(())
+    }
+
+    fn start(&self, container: &str) -> Result<u32, DriverError> {
+        self.rt
+            .start(container)
+            .map_err(|e| DriverError::new("start", container, e))?;
+        let info = self
+            .rt
+            .info(container)
+            .map_err(|e| DriverError::new("inspect", container, e))?;
+        Ok(info.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0))
+    }
+
+    fn stop(&self, container: &str, grace: Duration) -> Result<(), DriverError> {
+        self.rt
+            .stop(container, grace)
+            .map_err(|e| DriverError::new("stop", container, e))?;
+        Ok(())
+    }
+
+    fn remove(&self, container: &str) -> Result<(), DriverError> {
+        self.rt
+            .delete(container)
+            .map_err(|e| DriverError::new("delete", container, e))
+    }
+}

@@ -1,0 +1,369 @@
+//! The agent's durable state in one redb file: the accepted manifest bytes with the
+//! verifier's trust state, rejection counters, restart counters, the boot counter and
+//! the bounded outbox of device-signed events.
+//!
+//! Anything the agent acts on is committed with `Durability::Immediate` first (an
+//! acknowledged manifest survives a power cut). Deleting a delivered outbox entry
+//! uses `Durability::None`: losing that delete only re-sends an event the hub
+//! deduplicates by `seq`, and it saves an fsync per message on an SD card.
+
+use outpost_protocol::{RejectCounters, TrustState};
+use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Event seq -> sealed event bytes.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+const K_TRUST: &str = "trust";
+const K_MANIFEST: &str = "manifest";
+const K_REJECTED: &str = "rejected";
+const K_LAST_REJECTION: &str = "last_rejection";
+const K_EVENT_SEQ: &str = "event_seq";
+const K_DROPPED: &str = "dropped";
+const K_BOOTS: &str = "boots";
+const K_RESTARTS: &str = "restarts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("state database {path} is in use by another process (is the agent running?)")]
+    Locked { path: PathBuf },
+    #[error("state database {path}: stored {what} is corrupt: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("creating state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything loaded at start.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub trust: Option<TrustState>,
+    pub manifest: Option<Vec<u8>>,
+    pub rejected: RejectCounters,
+    pub last_rejection: Option<String>,
+    pub event_seq: u64,
+    pub dropped: u64,
+    pub restarts: BTreeMap<String, u32>,
+    pub outbox_len: u64,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // postcard into a Vec fails only for types serde cannot represent; ours can.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
+                path: path.to_path_buf(),
+            },
+            other => StateError::Db {
+                path: path.to_path_buf(),
+                source: Box::new(other.into()),
+            },
+        })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?;
+            tx.open_table(OUTBOX)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StateError {
+        StateError::Db {
+            path: self.path.clone(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn write<R>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<R, redb::Error>,
+    ) -> Result<R, StateError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(durability).map_err(|e| self.err(e))?;
+        let r = f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(r)
+    }
+
+    fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(META).map_err(|e| self.err(e))?;
+        let v = t.get(key).map_err(|e| self.err(e))?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &'static str,
+    ) -> Result<Option<T>, StateError> {
+        match self.get_raw(key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                postcard::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: self.path.clone(),
+                        what,
+                        detail: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub fn load(&self) -> Result<Loaded, StateError> {
+        let outbox_len = {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            t.len().map_err(|e| self.err(e))?
+        };
+        Ok(Loaded {
+            trust: self.get(K_TRUST, "trust state")?,
+            manifest: self.get_raw(K_MANIFEST)?,
+            rejected: self.get(K_REJECTED, "reject counters")?.unwrap_or_default(),
+            last_rejection: self.get(K_LAST_REJECTION, "last rejection")?,
+            event_seq: self.get(K_EVENT_SEQ, "event seq")?.unwrap_or(0),
+            dropped: self.get(K_DROPPED, "dropped count")?.unwrap_or(0),
+            restarts: self
+                .get(K_RESTARTS, "restart counters")?
+                .unwrap_or_default(),
+            outbox_len,
+        })
+    }
+
+    /// Count this start; the result makes status sequence numbers monotonic across
+    /// restarts without persisting every status.
+    pub fn bump_boots(&self) -> Result<u64, StateError> {
+        let boots: u64 = self.get(K_BOOTS, "boot counter")?.unwrap_or(0) + 1;
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?
+                .insert(K_BOOTS, enc(&boots).as_slice())?;
+            Ok(())
+        })?;
+        Ok(boots)
+    }
+
+    /// Persist trust state alone (first provisioning, key set adoption).
+    pub fn save_trust(&self, trust: &TrustState) -> Result<(), StateError> {
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?
+                .insert(K_TRUST, enc(trust).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The accepted manifest bytes and the trust state that records it, in ONE
+    /// durable transaction: after a crash either both or neither are on disk.
+    pub fn save_accepted(&self, trust: &TrustState, manifest: &[u8]) -> Result<(), StateError> {
+        self.write(Durability::Immediate, |tx| {
+            let mut t = tx.open_table(META)?;
+            t.insert(K_TRUST, enc(trust).as_slice())?;
+            t.insert(K_MANIFEST, manifest)?;
+            Ok(())
+        })
+    }
+
+    pub fn save_rejection(
+        &self,
+        counters: &RejectCounters,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.write(Durability::Immediate, |tx| {
+            let mut t = tx.open_table(META)?;
+            t.insert(K_REJECTED, enc(counters).as_slice())?;
+            t.insert(K_LAST_REJECTION, enc(&reason.to_string()).as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn save_restarts(&self, restarts: &BTreeMap<String, u32>) -> Result<(), StateError> {
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?
+                .insert(K_RESTARTS, enc(restarts).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Append an event to the outbox under the next seq, dropping the oldest
+    /// entries when over `limit`. `seal(seq, dropped_total)` produces the bytes.
+    /// Returns the seq used.
+    pub fn push_event(
+        &self,
+        limit: u64,
+        seal: impl FnOnce(u64, u64) -> Vec<u8>,
+    ) -> Result<u64, StateError> {
+        let seq: u64 = self.get(K_EVENT_SEQ, "event seq")?.unwrap_or(0) + 1;
+        let mut dropped: u64 = self.get(K_DROPPED, "dropped count")?.unwrap_or(0);
+        let mut t_len = {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            t.len().map_err(|e| self.err(e))?
+        };
+        let mut dropping = 0;
+        while t_len >= limit.max(1) {
+            dropping += 1;
+            t_len -= 1;
+        }
+        dropped += dropping;
+        let bytes = seal(seq, dropped);
+        self.write(Durability::Immediate, |tx| {
+            let mut ob = tx.open_table(OUTBOX)?;
+            for _ in 0..dropping {
+                ob.pop_first()?;
+            }
+            ob.insert(seq, bytes.as_slice())?;
+            drop(ob);
+            let mut meta = tx.open_table(META)?;
+            meta.insert(K_EVENT_SEQ, enc(&seq).as_slice())?;
+            meta.insert(K_DROPPED, enc(&dropped).as_slice())?;
+            Ok(())
+        })?;
+        Ok(seq)
+    }
+
+    /// The oldest outbox entry with seq greater than `after`.
+    pub fn outbox_next(&self, after: u64) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+        let mut range = t
+            .range((after.saturating_add(1))..)
+            .map_err(|e| self.err(e))?;
+        match range.next() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r.map_err(|e| self.err(e))?;
+                Ok(Some((k.value(), v.value().to_vec())))
+            }
+        }
+    }
+
+    /// Delete a delivered entry (after its PUBACK).
+    pub fn outbox_remove(&self, seq: u64) -> Result<(), StateError> {
+        self.write(Durability::None, |tx| {
+            tx.open_table(OUTBOX)?.remove(seq)?;
+            Ok(())
+        })
+    }
+
+    pub fn outbox_len(&self) -> Result<u64, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+        t.len().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_protocol::{KeySet, SigningKey};
+
+    fn trust() -> TrustState {
+        let root = SigningKey::generate().unwrap();
+        TrustState {
+            root: root.public_key(),
+            keyset: KeySet {
+                version: 1,
+                issued_at: 0,
+                keys: vec![root.public_key()],
+            },
+            last: None,
+        }
+    }
+
+    #[test]
+    fn accepted_manifest_and_trust_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let t = trust();
+        {
+            let s = Store::open(&path).unwrap();
+            s.save_accepted(&t, b"manifest-bytes").unwrap();
+            assert_eq!(s.bump_boots().unwrap(), 1);
+        }
+        let s = Store::open(&path).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.trust, Some(t));
+        assert_eq!(l.manifest.as_deref(), Some(&b"manifest-bytes"[..]));
+        assert_eq!(s.bump_boots().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_second_open_reports_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let _s = Store::open(&path).unwrap();
+        assert!(matches!(Store::open(&path), Err(StateError::Locked { .. })));
+    }
+
+    #[test]
+    fn outbox_is_ordered_bounded_and_counts_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut seen_dropped = vec![];
+        for i in 0..5u8 {
+            s.push_event(3, |seq, dropped| {
+                seen_dropped.push(dropped);
+                vec![i, seq as u8]
+            })
+            .unwrap();
+        }
+        assert_eq!(seen_dropped, vec![0, 0, 0, 1, 2]);
+        assert_eq!(s.outbox_len().unwrap(), 3);
+        let (seq, bytes) = s.outbox_next(0).unwrap().unwrap();
+        assert_eq!((seq, bytes), (3, vec![2, 3]));
+        s.outbox_remove(3).unwrap();
+        assert_eq!(s.outbox_next(0).unwrap().unwrap().0, 4);
+        assert_eq!(s.outbox_next(4).unwrap().unwrap().0, 5);
+        assert_eq!(s.outbox_next(5).unwrap(), None);
+        drop(s);
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!((l.event_seq, l.dropped, l.outbox_len), (5, 2, 2));
+    }
+}
