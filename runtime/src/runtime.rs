@@ -104,6 +104,8 @@ pub struct ContainerInfo {
     /// Host PID of the init process, while it may be running.
     pub pid: Option<i32>,
     pub status: ContainerStatus,
+    /// Exit code once ended, if known (also for `Stopped`: 137 means SIGKILL).
+    pub exit_code: Option<i32>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -343,6 +345,7 @@ impl Runtime {
             spec_hash: meta.spec_hash,
             pid,
             status: ContainerStatus::Created,
+            exit_code: None,
             labels: meta.labels,
         })
     }
@@ -567,6 +570,7 @@ impl Runtime {
             spec_hash: meta.spec_hash,
             pid,
             status,
+            exit_code: meta.exit_code,
             labels: meta.labels,
         })
     }

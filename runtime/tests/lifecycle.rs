@@ -32,7 +32,9 @@ fn container_writes_to_its_volume_and_serves_http_on_host_network() {
     let port = free_port();
     let mut app = sh_app(
         "web",
-        &format!("echo written-by-$(hostname) > /data/out; exec httpd -f -p 127.0.0.1:{port} -h /www"),
+        &format!(
+            "echo written-by-$(hostname) > /data/out; exec httpd -f -p 127.0.0.1:{port} -h /www"
+        ),
     );
     app.volumes = vec![VolumeMount {
         name: "state".into(),
@@ -49,8 +51,277 @@ fn container_writes_to_its_volume_and_serves_http_on_host_network() {
     let listed = f.rt.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].status, ContainerStatus::Running);
-    assert_eq!(listed[0].labels.get("test").map(String::as_str), Some("web-1"));
-    assert_eq!(f.rt.stop("web-1", Duration::from_secs(5)).unwrap(), ContainerStatus::Stopped);
+    assert_eq!(
+        listed[0].labels.get("test").map(String::as_str),
+        Some("web-1")
+    );
+    assert_eq!(
+        f.rt.stop("web-1", Duration::from_secs(5)).unwrap(),
+        ContainerStatus::Stopped
+    );
     f.rt.delete("web-1").unwrap();
     assert!(f.rt.list().unwrap().is_empty());
+}
+
+fn volume(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        container_path: path.into(),
+        read_only: false,
+    }
+}
+
+#[test]
+fn named_volume_survives_stop_delete_and_recreate() {
+    let f = Fixture::new();
+    let mut app = sh_app(
+        "keeper",
+        "echo run-$RUN >> /data/history; cat /data/history; sleep 1000",
+    );
+    app.volumes = vec![volume("data", "/data")];
+    app.env.insert("RUN".into(), "one".into());
+    f.run("keeper-1", &app);
+    f.wait_log("keeper-1", "run-one");
+    f.rt.stop("keeper-1", Duration::from_secs(1)).unwrap();
+    f.rt.delete("keeper-1").unwrap();
+
+    app.env.insert("RUN".into(), "two".into());
+    f.run("keeper-2", &app);
+    f.wait_log("keeper-2", "run-two");
+    assert_eq!(f.log("keeper-2"), "run-one\nrun-two\n");
+    let on_host =
+        std::fs::read_to_string(f.rt.volume_path("keeper", "data").join("history")).unwrap();
+    assert_eq!(on_host, "run-one\nrun-two\n");
+}
+
+/// The memory cgroup file holding the container's limit, v1 or v2.
+fn memory_limit_file(id: &str) -> std::path::PathBuf {
+    let v1 = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/memory/outpost/{id}/memory.limit_in_bytes"
+    ));
+    if v1.exists() {
+        v1
+    } else {
+        std::path::PathBuf::from(format!("/sys/fs/cgroup/outpost/{id}/memory.max"))
+    }
+}
+
+#[test]
+fn memory_limit_is_enforced_by_the_cgroup() {
+    outpost_runtime::become_subreaper().unwrap();
+    let f = Fixture::new();
+    assert!(
+        f.rt.host().memory_limits,
+        "this host must support memory limits"
+    );
+    let limit: u64 = 32 << 20;
+    // dd's 64 MiB buffer is filled from /dev/zero: twice the limit.
+    let mut app = sh_app(
+        "hog",
+        "echo allocating; exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+    );
+    app.resources.memory_bytes = Some(limit);
+    f.create("hog-1", &app);
+    let set: u64 = std::fs::read_to_string(memory_limit_file("hog-1"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(set, limit);
+    f.rt.start("hog-1").unwrap();
+    let status = f.wait_exit("hog-1");
+    let log = f.log("hog-1");
+    assert!(log.contains("allocating"), "{log}");
+    // dd is the container's init: the OOM killer's SIGKILL is its exit status.
+    assert_eq!(status, ContainerStatus::Exited(Some(128 + 9)), "{log}");
+}
+
+#[test]
+fn declared_device_is_visible_and_usable_undeclared_is_not() {
+    let f = Fixture::new();
+    let mut app = sh_app(
+        "serial",
+        "test -b /dev/loop0 && echo loop0-present; \
+         (exec 3</dev/loop0) && echo loop0-opened; \
+         test -e /dev/loop1 || echo loop1-absent; \
+         mknod /dev/sneaky b 7 1 && echo mknod-ok; \
+         (exec 3</dev/sneaky) 2>/dev/null || echo sneaky-denied; \
+         echo finished",
+    );
+    app.devices = vec![DeviceNode {
+        host_path: "/dev/loop0".into(),
+        container_path: "/dev/loop0".into(),
+        permissions: "rw".into(),
+    }];
+    f.run("serial-1", &app);
+    f.wait_log("serial-1", "finished");
+    let log = f.log("serial-1");
+    for want in [
+        "loop0-present",
+        "loop0-opened",
+        "loop1-absent",
+        "mknod-ok",
+        "sneaky-denied",
+    ] {
+        assert!(log.contains(want), "{want} missing from:\n{log}");
+    }
+}
+
+#[test]
+fn seccomp_no_new_privs_and_docker_capabilities_are_applied() {
+    let f = Fixture::new();
+    let app = sh_app(
+        "locked",
+        "grep -E '^(Seccomp|NoNewPrivs|CapBnd|CapAmb):' /proc/self/status; \
+         unshare -U true 2>/dev/null || echo unshare-denied; \
+         echo 1 > /proc/sys/kernel/panic 2>/dev/null || echo procsys-readonly; \
+         echo finished",
+    );
+    f.run("locked-1", &app);
+    f.wait_log("locked-1", "finished");
+    let log = f.log("locked-1");
+    for want in [
+        "Seccomp:\t2",
+        "NoNewPrivs:\t1",
+        // Docker's default bounding set.
+        "CapBnd:\t00000000a80425fb",
+        "CapAmb:\t0000000000000000",
+        "unshare-denied",
+        "procsys-readonly",
+    ] {
+        assert!(log.contains(want), "{want:?} missing from:\n{log}");
+    }
+}
+
+#[test]
+fn runtime_refuses_to_create_when_seccomp_is_unavailable() {
+    let mut host = outpost_runtime::check_host().unwrap();
+    host.seccomp_unavailable = Some("kernel without CONFIG_SECCOMP_FILTER (test seam)".into());
+    let f = Fixture::with_host(host);
+    let app = sh_app("unsafe", "echo should-never-run");
+    let err =
+        f.rt.create(&outpost_runtime::ContainerRequest {
+            id: "unsafe-1",
+            app: &app,
+            image: &image_config(),
+            image_digest: digest(),
+            rootfs: Rootfs::Layers(vec![f.layer.clone()]),
+            labels: Default::default(),
+        })
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("seccomp") && msg.contains("unsafe"), "{msg}");
+    assert!(f.rt.list().unwrap().is_empty());
+    assert!(!f.rt.log_path("unsafe-1").parent().unwrap().exists());
+}
+
+#[test]
+fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
+    outpost_runtime::become_subreaper().unwrap();
+    let f = Fixture::new();
+    let graceful = sh_app(
+        "graceful",
+        "trap 'echo got-term; exit 0' TERM; echo ready; while true; do usleep 20000; done",
+    );
+    let stubborn = sh_app(
+        "stubborn",
+        "trap '' TERM; echo ready; while true; do usleep 20000; done",
+    );
+    f.run("graceful-1", &graceful);
+    f.run("stubborn-1", &stubborn);
+    f.wait_log("graceful-1", "ready");
+    f.wait_log("stubborn-1", "ready");
+    let stubborn_pid = f.rt.info("stubborn-1").unwrap().pid.unwrap();
+
+    let status = f.rt.stop("graceful-1", Duration::from_secs(30)).unwrap();
+    assert_eq!(status, ContainerStatus::Stopped);
+    assert!(f.log("graceful-1").contains("got-term"));
+    assert_eq!(f.rt.info("graceful-1").unwrap().exit_code, Some(0));
+
+    let status = f.rt.stop("stubborn-1", Duration::from_millis(300)).unwrap();
+    assert_eq!(status, ContainerStatus::Stopped);
+    assert!(!pid_alive(stubborn_pid));
+    let info = f.rt.info("stubborn-1").unwrap();
+    assert_eq!(info.status, ContainerStatus::Stopped);
+    assert_eq!(info.exit_code, Some(128 + 9), "ended by SIGKILL");
+    // Stopping again is a no-op.
+    assert_eq!(
+        f.rt.stop("stubborn-1", Duration::from_secs(1)).unwrap(),
+        ContainerStatus::Stopped
+    );
+}
+
+#[test]
+fn exit_code_is_reported_and_persisted() {
+    outpost_runtime::become_subreaper().unwrap();
+    let f = Fixture::new();
+    f.run("quitter-1", &sh_app("quitter", "echo bye; exit 7"));
+    assert_eq!(f.wait_exit("quitter-1"), ContainerStatus::Exited(Some(7)));
+    // A fresh runtime over the same directories still knows the code.
+    let again =
+        outpost_runtime::Runtime::with_host(config(f.tmp.path()), f.rt.host().clone()).unwrap();
+    assert_eq!(
+        again.info("quitter-1").unwrap().status,
+        ContainerStatus::Exited(Some(7))
+    );
+}
+
+#[test]
+fn logs_are_captured_and_bounded_by_rotation() {
+    let f = Fixture::new();
+    // The app writes one 10 kB burst per go-file the test creates, so the test
+    // controls when bytes arrive and sizes are exact.
+    let mut app = sh_app(
+        "chatty",
+        "n=0; while [ $n -lt 5 ]; do \
+           while [ ! -e /ctl/go-$n ]; do usleep 5000; done; \
+           head -c 10000 /dev/zero | tr '\\0' x; echo; echo burst-$n >&2; n=$((n+1)); \
+         done; sleep 1000",
+    );
+    app.volumes = vec![volume("ctl", "/ctl")];
+    f.run("chatty-1", &app);
+    let ctl = f.rt.volume_path("chatty", "ctl");
+    let live = f.rt.log_path("chatty-1");
+    let rotated = |n: usize| outpost_runtime::logs::rotated_path(&live, n);
+    for n in 0..5 {
+        std::fs::write(ctl.join(format!("go-{n}")), "").unwrap();
+        f.wait_log("chatty-1", &format!("burst-{n}"));
+        f.rt.rotate_logs(4096, 2).unwrap();
+        // The writer is idle, so rotation left an empty live file and the burst
+        // (stdout and stderr together) in the newest copy.
+        assert_eq!(std::fs::metadata(&live).unwrap().len(), 0);
+        let newest = std::fs::read_to_string(rotated(1)).unwrap();
+        assert!(newest.ends_with(&format!("burst-{n}\n")), "round {n}");
+        assert_eq!(newest.len(), 10_001 + format!("burst-{n}\n").len());
+    }
+    assert!(rotated(2).exists());
+    assert!(!rotated(3).exists(), "only `keep` copies are retained");
+}
+
+#[test]
+fn read_only_plain_directory_rootfs_keeps_tmp_writable() {
+    let f = Fixture::new();
+    let mut app = sh_app(
+        "frozen",
+        "touch /newfile 2>/dev/null && echo root-writable || echo root-readonly; \
+         touch /tmp/scratch && echo tmp-writable; echo finished",
+    );
+    app.read_only_rootfs = true;
+    f.rt.create(&outpost_runtime::ContainerRequest {
+        id: "frozen-1",
+        app: &app,
+        image: &image_config(),
+        image_digest: digest(),
+        rootfs: Rootfs::Dir(f.layer.clone()),
+        labels: Default::default(),
+    })
+    .unwrap();
+    f.rt.start("frozen-1").unwrap();
+    f.wait_log("frozen-1", "finished");
+    let log = f.log("frozen-1");
+    assert!(
+        log.contains("root-readonly") && log.contains("tmp-writable"),
+        "{log}"
+    );
+    assert!(!f.layer.join("newfile").exists());
 }

@@ -16,6 +16,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "httpd", "dd", "head", "ls", "test", "true", "false", "mknod",
     "touch", "grep", "mount", "printf", "seq", "wc", "mkdir", "id", "hostname", "kill", "tail",
+    "unshare", "usleep", "tr", "rm",
 ];
 
 /// A minimal root filesystem: static busybox plus applet symlinks.
@@ -144,7 +145,6 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-
         if let Ok(list) = self.rt.list() {
             for c in list {
                 if let Err(e) = self.rt.delete(&c.id) {
