@@ -219,8 +219,9 @@ fn unpack_tar(tar_stream: impl Read, dest: &Path) -> Result<Unpacked, UnpackErro
         let path = dest.join(&rel);
         let header = entry.header();
         let mode = header.mode().map_err(UnpackError::Read)? & 0o7777;
-        let uid = header.uid().map_err(UnpackError::Read)?;
-        let gid = header.gid().map_err(UnpackError::Read)?;
+        // Some producers leave uid/gid blank; blank means root, as in GNU tar.
+        let uid = header.uid().unwrap_or(0);
+        let gid = header.gid().unwrap_or(0);
         let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
             (Ok(u), Ok(g)) => (u, g),
             _ => return Err(UnpackError::BadOwner { entry: shown }),
