@@ -3,6 +3,8 @@
 //! gzip/zstd/plain layers unpack, layout import (dir and tar), and GC.
 //! Runs as root (whiteouts are device nodes, opaque dirs use trusted xattrs).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

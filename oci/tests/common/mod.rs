@@ -1,7 +1,7 @@
 //! Test fixtures: a real `docker-registry` process, `skopeo` pushes, a byte-counting
 //! TCP proxy that can cut connections, and helpers that build small OCI layouts.
 //! Every process started here is stopped by a Drop guard, even when a test fails.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use outpost_oci::build::{reproducible_tar, Entry, Layer, LayoutWriter};
 use outpost_oci::spec::{Descriptor, OciPlatform, RuntimeConfig};
