@@ -6,7 +6,7 @@ use crate::client::ApiClient;
 use crate::config::{BrokerUrl, DataDir, HubConfig, DEFAULT_DATA_DIR};
 use crate::deploy::DeploymentSpec;
 use crate::hub::{now_secs, ApplyOutcome};
-use crate::resolve::ImageResolver;
+use crate::resolve::{ImageResolver, OciResolver};
 use crate::serve::{self, ServeOptions};
 use crate::signing;
 use crate::store::{AuditEntry, DeploymentRecord, EventRecord, Store};
@@ -149,8 +149,8 @@ fn parse_label(s: &str) -> Result<(String, String)> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// Run the CLI. `resolver` is used by `serve`.
-pub async fn run(cli: Cli, resolver: Arc<dyn ImageResolver>) -> Result<()> {
+/// Run the CLI.
+pub async fn run(cli: Cli) -> Result<()> {
     let dir = DataDir::new(&cli.data_dir);
     match cli.command {
         Command::Init {
@@ -179,6 +179,8 @@ pub async fn run(cli: Cli, resolver: Arc<dyn ImageResolver>) -> Result<()> {
                 BrokerUrl::parse(&b)?;
                 config.mqtt.broker = Some(b);
             }
+            let resolver: Arc<dyn ImageResolver> =
+                Arc::new(OciResolver::new(config.registry.insecure.clone()));
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
             serve::serve(

@@ -33,6 +33,9 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
+        // reqwest is built without a default TLS provider (the OCI client shares it
+        // and must not pull aws-lc-rs); install ring. Err = already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         ApiClient {
             base: base.into().trim_end_matches('/').to_string(),
             token: token.into(),

@@ -2,9 +2,7 @@
 
 use clap::Parser;
 use outpost_hub::cli::{self, Cli};
-use outpost_hub::resolve::PinnedOnly;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli, Arc::new(PinnedOnly))) {
+    match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -55,6 +55,43 @@ impl ImageResolver for PinnedOnly {
     }
 }
 
+/// The real resolver: the registry client shared with the agent (`outpost-oci`).
+pub struct OciResolver {
+    client: outpost_oci::Client,
+}
+
+impl OciResolver {
+    /// `insecure` lists `host:port` registries reached over plain HTTP.
+    pub fn new(insecure: Vec<String>) -> Self {
+        OciResolver {
+            client: outpost_oci::Client::new(outpost_oci::RegistryConfig {
+                insecure_hosts: insecure,
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for OciResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OciResolver")
+    }
+}
+
+impl ImageResolver for OciResolver {
+    fn resolve<'a>(&'a self, reference: &'a str) -> ResolveFuture<'a> {
+        Box::pin(async move {
+            self.client
+                .resolve(reference)
+                .await
+                .map_err(|e| ResolveError {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                })
+        })
+    }
+}
+
 /// A fixed table of tag → pinned reference, for tests.
 #[derive(Debug, Default, Clone)]
 pub struct StaticResolver(pub std::collections::BTreeMap<String, ImageRef>);
