@@ -49,7 +49,7 @@ pub enum HelperError {
         id: String,
         bundle: PathBuf,
         #[source]
-        source: libcontainer::error::LibcontainerError,
+        source: Box<libcontainer::error::LibcontainerError>,
     },
 }
 
@@ -80,7 +80,7 @@ fn create(req: &CreateRequest) -> Result<(), HelperError> {
     let wrap = |source| HelperError::Create {
         id: req.id.clone(),
         bundle: req.bundle.clone(),
-        source,
+        source: Box::new(source),
     };
     ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .validate_id()

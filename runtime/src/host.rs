@@ -204,13 +204,14 @@ mod tests {
         use MemoryLimitPolicy::*;
         let mb = Some(64 << 20);
         // (memory asked, host memory, host seccomp, policy, expected)
-        let cases: &[(
+        type Case = (
             Option<u64>,
             bool,
             bool,
             MemoryLimitPolicy,
-            Result<bool, &str>,
-        )] = &[
+            Result<bool, &'static str>,
+        );
+        let cases: &[Case] = &[
             (None, true, true, Refuse, Ok(true)),
             (mb, true, true, Refuse, Ok(true)),
             (mb, false, true, Refuse, Err("cgroup_enable=memory")),

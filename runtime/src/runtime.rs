@@ -151,7 +151,7 @@ pub enum RuntimeError {
         id: String,
         action: &'static str,
         #[source]
-        source: LibcontainerError,
+        source: Box<LibcontainerError>,
     },
     #[error("container {id:?} still has a live init process {pid} after SIGKILL")]
     Unkillable { id: String, pid: i32 },
@@ -400,7 +400,7 @@ impl Runtime {
         Container::load(path).map_err(|source| RuntimeError::Libcontainer {
             id: id.to_string(),
             action: "load state",
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -412,7 +412,7 @@ impl Runtime {
             .map_err(|source| RuntimeError::Libcontainer {
                 id: id.to_string(),
                 action: "start",
-                source,
+                source: Box::new(source),
             })?;
         tracing::info!(container = id, "container started");
         Ok(())
@@ -438,7 +438,7 @@ impl Runtime {
                 .map_err(|source| RuntimeError::Libcontainer {
                     id: id.to_string(),
                     action: "kill",
-                    source,
+                    source: Box::new(source),
                 })
         };
         tracing::info!(container = id, pid, ?grace, "stopping container (SIGTERM)");
@@ -481,7 +481,7 @@ impl Runtime {
                 .map_err(|source| RuntimeError::Libcontainer {
                     id: id.to_string(),
                     action: "delete",
-                    source,
+                    source: Box::new(source),
                 })?;
         } else if self.state_path(id).exists() {
             // A create that died before libcontainer wrote its state.

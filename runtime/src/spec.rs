@@ -454,7 +454,15 @@ mod tests {
     fn process_fields_merge_app_over_image() {
         type Mutate = fn(&mut AppSpec, &mut ImageConfig);
         // (case, mutation, args, cwd, uid/gid, env entries that must be present)
-        let cases: &[(&str, Mutate, &[&str], &str, (u32, u32), &[&str])] = &[
+        type Case = (
+            &'static str,
+            Mutate,
+            &'static [&'static str],
+            &'static str,
+            (u32, u32),
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
             (
                 "image defaults",
                 |_, _| {},

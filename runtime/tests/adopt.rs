@@ -1,6 +1,9 @@
 //! Containers outlive the process that created them: kill -9 the creator, and a
 //! fresh runtime re-adopts the running container exactly once and can stop it.
 
+// Tests may unwrap (STYLE.md); this also covers the shared `common` fixtures.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
