@@ -1,1 +1,720 @@
-//! Shared fixtures for Outpost's end-to-end tests (processes, ports, temp dirs).
+//! Shared fixtures for Outpost's end-to-end tests: the real `outpost-hub` and
+//! `outpost-agent` binaries, a real `docker-registry` holding the sample image, a
+//! cuttable TCP proxy between agent and broker, and polling helpers.
+//!
+//! Every fixture owns what it starts and tears it down in `Drop`, so a failing
+//! test still stops its processes and removes its containers (the agent guard
+//! runs `outpost-agent stop-all`). Tests run as root (real containers).
+//!
+//! Binaries are built once per test process with `cargo build` (the same target
+//! dir as the tests), so `cargo test -p outpost-e2e` is all a developer runs.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any wait; only reached when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Workspace root (parent of this crate).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Paths of the binaries under test, built once.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub hub: PathBuf,
+    pub agent: PathBuf,
+}
+
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace())
+            .args([
+                "build",
+                "-p",
+                "outpost-hub",
+                "-p",
+                "outpost-edge-agent",
+                "-p",
+                "outpost-runtime",
+                "--bins",
+            ])
+            .status()
+            .expect("running cargo build for the e2e binaries");
+        assert!(status.success(), "cargo build of the binaries failed");
+        let dir = target_dir().join("debug");
+        Bins {
+            hub: dir.join("outpost-hub"),
+            agent: dir.join("outpost-agent"),
+        }
+    })
+}
+
+/// The sample image as an OCI layout (built once by `images/build.sh`).
+pub fn sample_layout() -> &'static PathBuf {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(workspace().join("images/build.sh"))
+            .arg(target_dir().join("images"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running images/build.sh");
+        assert!(out.status.success(), "images/build.sh failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or_default();
+        PathBuf::from(last.split_whitespace().next().unwrap_or_default())
+    })
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
+}
+
+/// Poll `f` until it returns `Some`, or fail after [`PATIENCE`] with `what`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > PATIENCE {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    wait_for(&format!("port {port} to accept"), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .map(|_| ())
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
+        let f =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let f2 = f.try_clone()?;
+        let child = cmd
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(f2))
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Proc {
+            child: Some(child),
+            name: name.into(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Send `sig` and wait for the process to end.
+    pub fn stop_with(&mut self, sig: nix::sys::signal::Signal) {
+        self.signal(sig);
+        if let Some(mut c) = self.child.take() {
+            let start = Instant::now();
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if start.elapsed() > Duration::from_secs(30) => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A `docker-registry` on a free loopback port with storage in a temp dir.
+#[derive(Debug)]
+pub struct Registry {
+    pub port: u16,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Result<Registry> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let conf = dir.path().join("config.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let proc = Proc::spawn(
+            "docker-registry",
+            Command::new("docker-registry").arg("serve").arg(&conf),
+            &dir.path().join("registry.log"),
+        )?;
+        wait_port(port)?;
+        Ok(Registry {
+            port,
+            _proc: proc,
+            _dir: dir,
+        })
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Push the sample image (all platforms) as `hello:<tag>`.
+    pub fn push_sample(&self, tag: &str) -> Result<String> {
+        let layout = sample_layout();
+        let dest = format!("{}/hello:{tag}", self.host());
+        run(Command::new("skopeo")
+            .args(["copy", "--all", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:latest", layout.display()))
+            .arg(format!("docker://{dest}")))?;
+        Ok(dest)
+    }
+}
+
+/// A cuttable TCP proxy (agent → broker), run on its own thread and runtime.
+#[derive(Debug)]
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    pub fn start(upstream: SocketAddr) -> Result<Proxy> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let port = listener.local_addr()?.port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(tx);
+        let (u, g) = (up.clone(), generation.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !u.load(Ordering::SeqCst) {
+                    // Cut: accept and drop at once, like an unreachable peer
+                    // that resets.
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy {
+            port,
+            up,
+            generation,
+            _rt: rt,
+        })
+    }
+
+    /// Drop every connection and refuse new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A running hub (embedded broker) in a temp data dir.
+#[derive(Debug)]
+pub struct Hub {
+    pub dir: tempfile::TempDir,
+    pub http_port: u16,
+    pub mqtt_port: u16,
+    proc: Option<Proc>,
+}
+
+impl Hub {
+    pub fn start(registry: &Registry) -> Result<Hub> {
+        let dir = tempfile::tempdir()?;
+        let http_port = free_port();
+        let mqtt_port = free_port();
+        run(Command::new(&bins().hub)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["init", "--http-listen"])
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--mqtt-listen")
+            .arg(format!("127.0.0.1:{mqtt_port}")))?;
+        let cfg_path = dir.path().join("hub.toml");
+        let cfg = std::fs::read_to_string(&cfg_path)?;
+        let insecure = format!("insecure = [\"{}\"]", registry.host());
+        let cfg = if cfg.contains("insecure = []") {
+            cfg.replace("insecure = []", &insecure)
+        } else {
+            format!("{cfg}\n[registry]\n{insecure}\n")
+        };
+        std::fs::write(&cfg_path, cfg)?;
+        let mut hub = Hub {
+            dir,
+            http_port,
+            mqtt_port,
+            proc: None,
+        };
+        hub.serve()?;
+        Ok(hub)
+    }
+
+    pub fn serve(&mut self) -> Result<()> {
+        let log = self.dir.path().join("hub.log");
+        let proc = Proc::spawn(
+            "outpost-hub",
+            Command::new(&bins().hub)
+                .env("RUST_LOG", "info")
+                .arg("--data-dir")
+                .arg(self.dir.path())
+                .arg("serve"),
+            &log,
+        )?;
+        self.proc = Some(proc);
+        wait_port(self.http_port)?;
+        wait_port(self.mqtt_port)?;
+        Ok(())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.mqtt_port))
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new(&bins().hub)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn add_device(&self, id: &str, public_key: &str) -> Result<()> {
+        self.cli(&[
+            "device",
+            "add",
+            id,
+            "--public-key",
+            public_key,
+            "--label",
+            &format!("e2e={id}"),
+        ])
+        .map(|_| ())
+    }
+
+    /// Apply a deployment of the sample image to exactly one device.
+    pub fn deploy(&self, device: &str, apps: &[AppDef]) -> Result<()> {
+        let mut toml = format!("name = \"{device}\"\nselector = {{ e2e = \"{device}\" }}\n");
+        for a in apps {
+            toml.push_str(&a.to_toml());
+        }
+        let path = self.dir.path().join(format!("deploy-{device}.toml"));
+        std::fs::write(&path, toml)?;
+        self.cli(&["apply", "-f", &path.display().to_string()])
+            .map(|_| ())
+    }
+
+    /// The hub's view of a device (`outpost-hub status DEVICE --json`).
+    pub fn device(&self, id: &str) -> Result<Value> {
+        let out = self.cli(&["status", id, "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("hub status output: {out}"))
+    }
+
+    /// Events the hub received: (seq, kind name, full line).
+    pub fn events(&self, id: &str) -> Result<Vec<(u64, String, String)>> {
+        let out = self.cli(&["events", id])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let seq = it.next()?.parse().ok()?;
+                let _at = it.next()?;
+                let kind = it.next()?.to_string();
+                Some((seq, kind, l.to_string()))
+            })
+            .collect())
+    }
+
+    pub fn signing_key(&self) -> Result<outpost_protocol::SigningKey> {
+        let bytes = std::fs::read(self.dir.path().join("signing.key"))?;
+        Ok(outpost_protocol::SigningKey::from_pkcs8(&bytes)?)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One app of a test deployment (the sample image).
+#[derive(Debug, Clone)]
+pub struct AppDef {
+    pub name: String,
+    pub image: String,
+    pub port: u16,
+    pub version: String,
+    pub health: bool,
+}
+
+impl AppDef {
+    pub fn hello(name: &str, image: &str) -> AppDef {
+        AppDef {
+            name: name.into(),
+            image: image.into(),
+            port: free_port(),
+            version: "1".into(),
+            health: false,
+        }
+    }
+
+    fn to_toml(&self) -> String {
+        let mut s = format!(
+            "\n[[apps]]\nname = \"{}\"\nimage = \"{}\"\nenv = {{ PORT = \"{}\", HELLO_VERSION = \"{}\" }}\nvolumes = [{{ name = \"data\", path = \"/data\" }}]\n",
+            self.name, self.image, self.port, self.version
+        );
+        if self.health {
+            s.push_str(&format!(
+                "health = {{ http_path = \"/health\", port = {}, interval_secs = 1, timeout_secs = 2, retries = 2 }}\n",
+                self.port
+            ));
+        }
+        s
+    }
+
+    /// GET `path` from the app on the host network.
+    pub fn get(&self, path: &str) -> Option<String> {
+        http_get(self.port, path)
+    }
+}
+
+/// Minimal HTTP/1.0 GET against 127.0.0.1; `None` on any failure.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// An agent with its own data and run dirs; containers removed on drop.
+#[derive(Debug)]
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub device_id: String,
+    pub public_key: String,
+    proc: Option<Proc>,
+    boots: Mutex<u32>,
+}
+
+impl Agent {
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    /// `outpost-agent init` against the hub's root key and key set.
+    pub fn init(
+        hub: &Hub,
+        device_id: &str,
+        broker_port: u16,
+        registry: &Registry,
+    ) -> Result<Agent> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("agent.toml");
+        let out = run(Command::new(&bins().agent)
+            .arg("--config")
+            .arg(&config)
+            .args(["init", "--device-id", device_id, "--broker"])
+            .arg(format!("mqtt://127.0.0.1:{broker_port}"))
+            .arg("--root-key")
+            .arg(hub.dir.path().join("root.pub"))
+            .arg("--keyset")
+            .arg(hub.dir.path().join("keyset.bin"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--registry-insecure")
+            .arg(registry.host()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let public_key = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("public-key: "))
+            .context("init printed no public key")?
+            .trim()
+            .to_string();
+        Ok(Agent {
+            dir,
+            device_id: device_id.into(),
+            public_key,
+            proc: None,
+            boots: Mutex::new(0),
+        })
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let n = {
+            let mut b = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+            *b += 1;
+            *b
+        };
+        let log = self.dir.path().join(format!("agent-{n}.log"));
+        let proc = Proc::spawn(
+            "outpost-agent",
+            Command::new(&bins().agent)
+                .env("RUST_LOG", "info,outpost_edge_agent=debug")
+                .arg("--config")
+                .arg(self.config())
+                .arg("run"),
+            &log,
+        )?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// SIGTERM: graceful, apps keep running.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    /// SIGKILL: as if the agent crashed.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// `outpost-agent status --json`.
+    pub fn status(&self) -> Result<Value> {
+        let out = run(Command::new(&bins().agent)
+            .arg("--config")
+            .arg(self.config())
+            .args(["status", "--json"]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&text).with_context(|| format!("agent status output: {text}"))
+    }
+
+    /// Pid of a running app according to the agent's status.
+    pub fn app_pid(&self, app: &str) -> Option<u64> {
+        let st = self.status().ok()?;
+        st["apps"][app]["state"]["Running"]["pid"].as_u64()
+    }
+
+    pub fn applied_generation(&self) -> Option<u64> {
+        let st = self.status().ok()?;
+        st["applied"][1].as_u64()
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.status()
+            .ok()
+            .and_then(|st| {
+                st["rejected"]
+                    .as_object()
+                    .map(|o| o.values().filter_map(Value::as_u64).sum())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            let mut names: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            names.sort();
+            for p in names {
+                if p.extension().is_some_and(|e| e == "log") {
+                    s.push_str(&format!("==> {} <==\n", p.display()));
+                    s.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+                }
+            }
+        }
+        s
+    }
+
+    /// Stop and remove every container of this agent (needs the agent stopped).
+    pub fn stop_all(&self) -> Result<()> {
+        run(Command::new(&bins().agent)
+            .arg("--config")
+            .arg(self.config())
+            .arg("stop-all"))
+        .map(|_| ())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Err(e) = self.stop_all() {
+            eprintln!("cleanup of agent {}: {e:#}", self.device_id);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- agent {} logs ----\n{}", self.device_id, self.logs());
+        }
+    }
+}
+
+/// A short unique suffix for device and app names (tests run in parallel and
+/// container cgroups are host-global).
+pub fn unique(prefix: &str) -> String {
+    let n: u32 = rand::random();
+    format!("{prefix}-{:06x}", n & 0xff_ffff)
+}
+
+/// Everything most scenarios need: registry with the sample image, a hub, a
+/// proxy between agent and broker, and a registered, running agent.
+#[derive(Debug)]
+pub struct World {
+    // Field order is drop order: the agent (and its containers) goes first.
+    pub agent: Agent,
+    pub proxy: Proxy,
+    pub hub: Hub,
+    pub registry: Registry,
+    pub image: String,
+}
+
+impl World {
+    pub fn start(name: &str) -> Result<World> {
+        let registry = Registry::start()?;
+        let image = registry.push_sample("v1")?;
+        let hub = Hub::start(&registry)?;
+        let proxy = Proxy::start(hub.mqtt_addr())?;
+        let device = unique(name);
+        let mut agent = Agent::init(&hub, &device, proxy.port, &registry)?;
+        hub.add_device(&device, &agent.public_key)?;
+        agent.start()?;
+        Ok(World {
+            registry,
+            hub,
+            proxy,
+            agent,
+            image,
+        })
+    }
+
+    pub fn app(&self, prefix: &str) -> AppDef {
+        AppDef::hello(&unique(prefix), &self.image)
+    }
+
+    /// Deploy and wait until the agent runs every app and the app answers.
+    pub fn deploy_and_wait(&self, apps: &[AppDef]) -> Result<()> {
+        let before = self.agent.applied_generation().unwrap_or(0);
+        self.hub.deploy(&self.agent.device_id, apps)?;
+        wait_for("the agent to apply the new generation", || {
+            self.agent.applied_generation().filter(|g| *g > before)
+        })?;
+        for a in apps {
+            wait_for(&format!("app {} to answer", a.name), || {
+                a.get("/")
+                    .filter(|b| b.contains(&format!("version {}", a.version)))
+            })?;
+        }
+        Ok(())
+    }
+}
