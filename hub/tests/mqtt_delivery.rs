@@ -1,0 +1,265 @@
+//! Manifests over real MQTT with the embedded broker: delivery to a plain MQTT
+//! client that verifies them like an agent, no new generation on an unchanged
+//! re-apply, durability across a hub restart, and forged status rejection.
+
+mod common;
+
+use common::*;
+use outpost_hub::api::{DeviceDetail, DeviceSummary, Stats};
+use outpost_protocol::{topics, DeviceId, RejectCounters, SigningKey, StatusReport, Verdict};
+use rumqttc::QoS;
+
+fn device_key() -> SigningKey {
+    SigningKey::generate().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_device_receives_a_verifiable_manifest_and_unchanged_reapply_adds_no_generation()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let hub = HubProc::start(&dir, free_port(), free_port(), None).await;
+    let key = device_key();
+    hub.cli(&[
+        "device",
+        "add",
+        "pi-1",
+        "--public-key",
+        &key.public_key().to_string(),
+        "-l",
+        "site=lab",
+    ]);
+
+    let file = deployment_file(
+        tmp.path(),
+        "web",
+        "site = \"lab\"",
+        &[("hello", &pinned("localhost:5000/hello", 1))],
+    );
+    let out = hub.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.contains("1 device(s) matched"), "{out}");
+
+    // A plain MQTT client, subscribed as the device.
+    let id: DeviceId = "pi-1".parse().unwrap();
+    let topic = topics::manifest(&id);
+    let mut sub = Subscriber::connect("pi-1", hub.mqtt_port, &[topic.clone()]).await;
+    let mut verifier = verifier(&dir, &id);
+    let got = sub.next_on(&topic).await;
+    assert!(got.retain, "manifest must be retained");
+    let accepted = match verifier.verify(&got.payload).unwrap() {
+        Verdict::Accept(a) => a,
+        other => panic!("expected a new manifest, got {other:?}"),
+    };
+    verifier.commit(&accepted);
+    assert_eq!(accepted.manifest.device_id, id);
+    assert_eq!(accepted.manifest.epoch, 1);
+    assert_eq!(accepted.manifest.apps.len(), 1);
+    assert_eq!(
+        accepted.manifest.apps[0].image.to_string(),
+        pinned("localhost:5000/hello", 1)
+    );
+    let gen_after_apply = accepted.manifest.generation;
+
+    // Re-apply the same file: nothing new.
+    let before: Stats = hub.api.get("/v1/stats").await.unwrap();
+    let out = hub.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.contains("(unchanged)") && out.contains("0 new manifest(s)"),
+        "{out}"
+    );
+    let d: DeviceDetail = hub.api.get("/v1/devices/pi-1").await.unwrap();
+    assert_eq!(d.summary.desired.unwrap().generation, gen_after_apply);
+    let after: Stats = hub.api.get("/v1/stats").await.unwrap();
+    assert_eq!(before.manifests_published, after.manifests_published);
+
+    // A real change: the very next manifest the device sees is the next generation
+    // (had the re-apply published one, it would arrive first).
+    let changed = deployment_file(
+        tmp.path(),
+        "web",
+        "site = \"lab\"",
+        &[("hello", &pinned("localhost:5000/hello", 2))],
+    );
+    hub.cli(&["apply", "-f", changed.to_str().unwrap()]);
+    let next = sub.next_on(&topic).await;
+    match verifier.verify(&next.payload).unwrap() {
+        Verdict::Accept(a) => assert_eq!(a.manifest.generation, gen_after_apply + 1),
+        other => panic!("expected the next generation, got {other:?}"),
+    }
+
+    // The table shows the device.
+    let table = hub.cli(&["devices"]);
+    assert!(
+        table.contains("pi-1") && table.contains("site=lab"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manifests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let http = free_port();
+    let mqtt = free_port();
+    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let key = device_key();
+    hub.cli(&[
+        "device",
+        "add",
+        "gw-7",
+        "--public-key",
+        &key.public_key().to_string(),
+        "-l",
+        "site=a",
+    ]);
+    let f1 = deployment_file(
+        tmp.path(),
+        "svc",
+        "site = \"a\"",
+        &[("svc", &pinned("reg/svc", 1))],
+    );
+    hub.cli(&["apply", "-f", f1.to_str().unwrap()]);
+    let f2 = deployment_file(
+        tmp.path(),
+        "svc",
+        "site = \"a\"",
+        &[("svc", &pinned("reg/svc", 2))],
+    );
+    hub.cli(&["apply", "-f", f2.to_str().unwrap()]);
+    let before: DeviceDetail = hub.api.get("/v1/devices/gw-7").await.unwrap();
+    let desired = before.summary.desired.unwrap();
+    // 1 at registration (no apps yet), then one per changing apply.
+    assert_eq!(desired.generation, 3);
+    hub.kill();
+
+    // Same data dir, same ports: a fresh embedded broker with no retained messages.
+    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let devices: Vec<DeviceSummary> = hub.api.get("/v1/devices").await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].id, "gw-7");
+    assert_eq!(devices[0].labels.get("site").map(String::as_str), Some("a"));
+    assert_eq!(devices[0].desired, Some(desired));
+    let deps = hub.cli(&["deployments"]);
+    assert!(
+        deps.contains("svc") && deps.contains(&pinned("reg/svc", 2)),
+        "{deps}"
+    );
+
+    let id: DeviceId = "gw-7".parse().unwrap();
+    let topic = topics::manifest(&id);
+    let mut sub = Subscriber::connect("gw-7", mqtt, &[topic.clone()]).await;
+    let got = sub.next_on(&topic).await;
+    let v = verifier(&dir, &id);
+    match v.verify(&got.payload).unwrap() {
+        Verdict::Accept(a) => {
+            assert_eq!(a.manifest.generation, desired.generation);
+            assert_eq!(a.manifest.apps[0].image.to_string(), pinned("reg/svc", 2));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Unchanged re-apply after restart still issues nothing.
+    let out = hub.cli(&["apply", "-f", f2.to_str().unwrap()]);
+    assert!(out.contains("0 new manifest(s)"), "{out}");
+}
+
+fn report(id: &str, seq: u64, applied: Option<(u64, u64)>) -> StatusReport {
+    StatusReport {
+        device_id: id.parse().unwrap(),
+        applied,
+        seq,
+        reported_at: 1,
+        agent_version: "test".into(),
+        uptime_secs: 100 + seq,
+        apps: vec![],
+        rejected: RejectCounters::default(),
+        last_rejection: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_signed_by_another_devices_key_is_rejected_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let hub = HubProc::start(&dir, free_port(), free_port(), None).await;
+    let k1 = device_key();
+    let k2 = device_key();
+    hub.cli(&[
+        "device",
+        "add",
+        "d1",
+        "--public-key",
+        &k1.public_key().to_string(),
+        "-l",
+        "site=x",
+    ]);
+    hub.cli(&[
+        "device",
+        "add",
+        "d2",
+        "--public-key",
+        &k2.public_key().to_string(),
+        "-l",
+        "site=x",
+    ]);
+    let d1: DeviceId = "d1".parse().unwrap();
+
+    let publisher = Subscriber::connect("test-publisher", hub.mqtt_port, &[]).await;
+    // A genuine report first.
+    publisher
+        .client
+        .publish(
+            topics::status(&d1),
+            QoS::AtLeastOnce,
+            false,
+            report("d1", 1, Some((1, 1))).seal(&k1),
+        )
+        .await
+        .unwrap();
+    eventually("genuine status stored", || async {
+        let d: DeviceDetail = hub.api.get("/v1/devices/d1").await.ok()?;
+        d.status.filter(|s| s.seq == 1).map(|_| ())
+    })
+    .await;
+    let before: DeviceDetail = hub.api.get("/v1/devices/d1").await.unwrap();
+
+    // d2 forges a newer report for d1.
+    publisher
+        .client
+        .publish(
+            topics::status(&d1),
+            QoS::AtLeastOnce,
+            false,
+            report("d1", 99, Some((1, 7))).seal(&k2),
+        )
+        .await
+        .unwrap();
+    // And garbage.
+    publisher
+        .client
+        .publish(
+            topics::status(&d1),
+            QoS::AtLeastOnce,
+            false,
+            b"not an envelope".to_vec(),
+        )
+        .await
+        .unwrap();
+    let stats = eventually("forged and malformed status counted", || async {
+        let s: Stats = hub.api.get("/v1/stats").await.ok()?;
+        (s.counters.get("status_rejected.wrong_key") == Some(&1)
+            && s.counters.get("status_rejected.malformed") == Some(&1))
+        .then_some(s)
+    })
+    .await;
+    assert_eq!(stats.counters.get("status_accepted"), Some(&1));
+    let after: DeviceDetail = hub.api.get("/v1/devices/d1").await.unwrap();
+    assert_eq!(
+        after, before,
+        "the forged report must not change the device"
+    );
+    assert_eq!(after.status.unwrap().seq, 1);
+    assert!(hub.proc.log_text().contains("status rejected"));
+}
