@@ -1,0 +1,387 @@
+//! HTTP API handlers driven with `router().oneshot(..)` (no server), over a real
+//! redb store; image resolution against a real `docker-registry`.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use outpost_hub::api::{self, ApiState};
+use outpost_hub::config::DataDir;
+use outpost_hub::hub::Hub;
+use outpost_hub::publish::{Outbox, PublishStats};
+use outpost_hub::resolve::{ImageResolver, OciResolver, PinnedOnly};
+use outpost_hub::signing::{self, Signer};
+use outpost_hub::store::Store;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token";
+
+struct Fixture {
+    state: ApiState,
+    _outbox: mpsc::UnboundedReceiver<Outbox>,
+    _tmp: tempfile::TempDir,
+}
+
+fn fixture(resolver: Arc<dyn ImageResolver>) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path());
+    signing::create_keys(&dir, 0).unwrap();
+    let signer = Signer::load(&dir).unwrap();
+    let store = Store::open(&dir.database()).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let hub = Arc::new(Hub::new(store, signer, resolver, tx));
+    Fixture {
+        state: ApiState {
+            hub,
+            token: Arc::new(TOKEN.into()),
+            publish: Arc::new(PublishStats::default()),
+        },
+        _outbox: rx,
+        _tmp: tmp,
+    }
+}
+
+async fn call(f: &Fixture, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    call_with(f, method, path, body, Some(TOKEN)).await
+}
+
+async fn call_with(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(b) => Body::from(b.to_string()),
+            None => Body::empty(),
+        })
+        .unwrap();
+    let resp = api::router(f.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, v)
+}
+
+fn key_hex() -> String {
+    outpost_protocol::SigningKey::generate()
+        .unwrap()
+        .public_key()
+        .to_string()
+}
+
+fn deployment(apps: Value) -> Value {
+    json!({ "name": "web", "selector": { "site": "lab" }, "apps": apps })
+}
+
+fn app(name: &str, image: &str) -> Value {
+    json!({ "name": name, "image": image })
+}
+
+async fn nothing_changed(f: &Fixture) {
+    let (s, deps) = call(f, "GET", "/v1/deployments", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(deps, json!([]));
+    let (_, audit) = call(f, "GET", "/v1/audit", None).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] != "deployment.apply"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn requests_without_the_bearer_token_are_refused() {
+    let f = fixture(Arc::new(PinnedOnly));
+    let (s, _) = call_with(&f, "GET", "/v1/devices", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call_with(&f, "GET", "/v1/devices", None, Some("wrong")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call_with(&f, "GET", "/v1/health", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_deployments_get_400_naming_the_field_and_change_nothing() {
+    let f = fixture(Arc::new(PinnedOnly));
+    let good = common::pinned("reg/web", 1);
+    let cases: Vec<(&str, Value, Option<&str>, &str)> = vec![
+        (
+            "unknown field in an app",
+            deployment(json!([{ "name": "web", "image": good, "enviroment": {} }])),
+            Some("apps[0]"),
+            "enviroment",
+        ),
+        (
+            "unknown top-level field",
+            json!({ "name": "web", "selector": { "site": "lab" }, "apps": [], "replicas": 3 }),
+            None,
+            "replicas",
+        ),
+        (
+            "empty selector",
+            json!({ "name": "web", "selector": {}, "apps": [app("web", &good)] }),
+            Some("selector"),
+            "at least one label",
+        ),
+        (
+            "duplicate app names",
+            deployment(json!([app("web", &good), app("web", &good)])),
+            Some("apps[1].name"),
+            "more than once",
+        ),
+        (
+            "tag with no registry reachable",
+            deployment(json!([app("web", "reg/web:1.0")])),
+            Some("apps[0].image"),
+            "reg/web:1.0",
+        ),
+        (
+            "bad digest",
+            deployment(json!([app("web", "reg/web@sha256:1234")])),
+            Some("apps[0].image"),
+            "sha256",
+        ),
+        (
+            "bad env",
+            deployment(json!([{ "name": "web", "image": good, "env": { "A=B": "x" } }])),
+            Some("apps[0].env"),
+            "A=B",
+        ),
+        (
+            "wrong type",
+            deployment(json!([{ "name": "web", "image": 7 }])),
+            Some("apps[0].image"),
+            "invalid type",
+        ),
+    ];
+    for (what, body, field, needle) in cases {
+        let (s, v) = call(&f, "PUT", "/v1/deployments", Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{what}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{what}: {msg:?} should mention {needle:?}"
+        );
+        if let Some(field) = field {
+            assert!(
+                v["field"].as_str().is_some_and(|f| f.starts_with(field)),
+                "{what}: field {:?}, expected {field}",
+                v["field"]
+            );
+        }
+    }
+    nothing_changed(&f).await;
+}
+
+#[tokio::test]
+async fn apps_claimed_by_two_deployments_on_one_device_are_refused() {
+    let f = fixture(Arc::new(PinnedOnly));
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/v1/devices",
+        Some(json!({ "id": "d1", "public_key": key_hex(), "labels": { "site": "lab", "role": "gw" } })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let image = common::pinned("reg/web", 1);
+    let (s, out) = call(
+        &f,
+        "PUT",
+        "/v1/deployments",
+        Some(deployment(json!([app("web", &image)]))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    assert_eq!(out["updated"][0]["device"], "d1");
+    let other =
+        json!({ "name": "other", "selector": { "role": "gw" }, "apps": [app("web", &image)] });
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(other)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("both"), "{v}");
+    let (_, deps) = call(&f, "GET", "/v1/deployments", None).await;
+    assert_eq!(deps.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn device_registration_validates_input() {
+    let f = fixture(Arc::new(PinnedOnly));
+    let cases = [
+        (json!({ "id": "bad/id", "public_key": key_hex() }), "id"),
+        (json!({ "id": "ok", "public_key": "zz" }), "public_key"),
+        (
+            json!({ "id": "ok", "public_key": key_hex(), "labels": { "bad key": "x" } }),
+            "labels",
+        ),
+        (
+            json!({ "id": "ok", "public_key": key_hex(), "colour": "red" }),
+            "",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, v) = call(&f, "POST", "/v1/devices", Some(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        if !field.is_empty() {
+            assert_eq!(
+                v["field"].as_str().map(|f| f.starts_with(field)),
+                Some(true),
+                "{body}: {v}"
+            );
+        }
+    }
+    let k = key_hex();
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/v1/devices",
+        Some(json!({ "id": "ok", "public_key": k })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/v1/devices",
+        Some(json!({ "id": "ok", "public_key": k })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, v) = call(
+        &f,
+        "PATCH",
+        "/v1/devices/ok/labels",
+        Some(json!({ "set": { "site": "lab" } })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["labels"]["site"], "lab");
+    let (s, _) = call(&f, "GET", "/v1/devices/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&f, "DELETE", "/v1/devices/ok", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(&f, "DELETE", "/v1/deployments/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// Push a one-layer image to the registry with skopeo; returns its digest.
+fn push_image(dir: &std::path::Path, dest: &str) -> String {
+    use outpost_oci::build::{reproducible_tar, Entry, Layer, LayoutWriter};
+    use outpost_oci::spec::{OciPlatform, RuntimeConfig};
+    let layout = dir.join("layout");
+    let w = LayoutWriter::create(&layout).unwrap();
+    let layer = Layer::gzip(
+        &reproducible_tar(&[Entry::File {
+            path: "hello.txt".into(),
+            mode: 0o644,
+            contents: b"hello".to_vec(),
+        }])
+        .unwrap(),
+    )
+    .unwrap();
+    let platform = OciPlatform {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        variant: None,
+    };
+    let desc = w
+        .add_image(&platform, &[layer], RuntimeConfig::default())
+        .unwrap();
+    w.finish("latest", &desc).unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("skopeo must be installed");
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    desc.digest
+}
+
+#[tokio::test]
+async fn tags_resolve_to_digests_through_a_real_registry_and_unknown_tags_are_400() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _registry = common::registry(tmp.path(), port);
+    let host = format!("127.0.0.1:{port}");
+    let f = fixture(Arc::new(OciResolver::new(vec![host.clone()])));
+
+    let (s, v) = call(
+        &f,
+        "PUT",
+        "/v1/deployments",
+        Some(deployment(json!([app(
+            "web",
+            &format!("{host}/outpost/missing:1.0")
+        )]))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["field"], "apps[0].image");
+    assert!(
+        v["error"].as_str().unwrap().contains("outpost/missing:1.0"),
+        "{v}"
+    );
+    nothing_changed(&f).await;
+
+    let digest = push_image(tmp.path(), &format!("{host}/outpost/hello:latest"));
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/v1/devices",
+        Some(json!({ "id": "d1", "public_key": key_hex(), "labels": { "site": "lab" } })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = call(
+        &f,
+        "PUT",
+        "/v1/deployments",
+        Some(deployment(json!([app(
+            "web",
+            &format!("{host}/outpost/hello:latest")
+        )]))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, dep) = call(&f, "GET", "/v1/deployments/web", None).await;
+    assert_eq!(
+        dep["spec"]["apps"][0]["image"],
+        format!("{host}/outpost/hello:latest"),
+        "the operator's spec keeps the tag"
+    );
+    let (_, dev) = call(&f, "GET", "/v1/devices/d1", None).await;
+    assert_eq!(dev["desired"]["generation"], 2, "{dev}");
+    // The pinned digest is what the manifest carries.
+    let rec = f.state.hub.store.deployment("web").unwrap().unwrap();
+    assert_eq!(rec.apps[0].image.digest.to_string(), digest);
+}
