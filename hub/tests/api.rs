@@ -1,5 +1,6 @@
 //! HTTP API handlers driven with `router().oneshot(..)` (no server), over a real
 //! redb store; image resolution against a real `docker-registry`.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 

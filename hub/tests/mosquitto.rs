@@ -1,4 +1,5 @@
 //! The hub against a real Mosquitto (Debian package) via `--broker`.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
@@ -41,7 +42,7 @@ async fn hub_with_external_mosquitto_delivers_manifests_and_ingests_status() {
 
     let id: DeviceId = "m-1".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("m-1", port, &[topic.clone()]).await;
+    let mut sub = Subscriber::connect("m-1", port, std::slice::from_ref(&topic)).await;
     let got = sub.next_on(&topic).await;
     match verifier(&dir, &id).verify(&got.payload).unwrap() {
         Verdict::Accept(a) => assert_eq!(a.manifest.apps[0].name, "app"),

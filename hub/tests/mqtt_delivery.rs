@@ -1,6 +1,7 @@
 //! Manifests over real MQTT with the embedded broker: delivery to a plain MQTT
 //! client that verifies them like an agent, no new generation on an unchanged
 //! re-apply, durability across a hub restart, and forged status rejection.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
@@ -43,7 +44,7 @@ async fn registered_device_receives_a_verifiable_manifest_and_unchanged_reapply_
     // A plain MQTT client, subscribed as the device.
     let id: DeviceId = "pi-1".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("pi-1", hub.mqtt_port, &[topic.clone()]).await;
+    let mut sub = Subscriber::connect("pi-1", hub.mqtt_port, std::slice::from_ref(&topic)).await;
     let mut verifier = verifier(&dir, &id);
     let got = sub.next_on(&topic).await;
     assert!(got.retain, "manifest must be retained");
@@ -149,7 +150,7 @@ async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manif
 
     let id: DeviceId = "gw-7".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("gw-7", mqtt, &[topic.clone()]).await;
+    let mut sub = Subscriber::connect("gw-7", mqtt, std::slice::from_ref(&topic)).await;
     let got = sub.next_on(&topic).await;
     let v = verifier(&dir, &id);
     match v.verify(&got.payload).unwrap() {

@@ -2,7 +2,7 @@
 //! Mosquitto process, a Docker registry process, a plain MQTT subscriber, and a
 //! bounded "eventually" wait. Every process is killed by a Drop guard, so a
 //! failing test leaves nothing running.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use outpost_hub::client::ApiClient;
 use outpost_hub::config::DataDir;
