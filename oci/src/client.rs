@@ -45,6 +45,9 @@ pub struct RegistryConfig {
     pub insecure_hosts: Vec<String>,
     /// Credentials by registry `host[:port]`; hosts not listed are accessed anonymously.
     pub credentials: BTreeMap<String, Credentials>,
+    /// Extra PEM root certificates to trust besides the system's (a private
+    /// registry's CA). Appended to the platform verifier's roots.
+    pub extra_root_certificates_pem: Vec<Vec<u8>>,
 }
 
 /// A blob body being downloaded.
@@ -64,16 +67,34 @@ pub struct Client {
 impl Client {
     /// Build a client. Installs rustls' ring provider as the process default if no
     /// provider is installed yet (reqwest needs one; we never want aws-lc-rs).
+    /// A bad extra root certificate is logged and left out; use
+    /// [`Client::try_new`] to get the error instead.
     pub fn new(config: RegistryConfig) -> Client {
+        match Client::try_new(config.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring the extra root certificates");
+                let without_certs = RegistryConfig {
+                    extra_root_certificates_pem: Vec::new(),
+                    ..config
+                };
+                // Without certificates the only inputs are plain strings: no failure left.
+                let inner = oci_client::Client::new(client_config(&without_certs));
+                Client {
+                    inner,
+                    config: without_certs,
+                }
+            }
+        }
+    }
+
+    /// Like [`Client::new`] but fails on unusable TLS settings (bad PEM).
+    pub fn try_new(config: RegistryConfig) -> Result<Client, OciError> {
         // Err means a provider is already installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let inner = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(config.insecure_hosts.clone()),
-            // We pick the platform ourselves, from the raw index.
-            platform_resolver: None,
-            ..ClientConfig::default()
-        });
-        Client { inner, config }
+        let inner = oci_client::Client::try_from(client_config(&config))
+            .map_err(|e| OciError::Config(e.to_string()))?;
+        Ok(Client { inner, config })
     }
 
     fn auth_for(&self, reference: &Reference) -> RegistryAuth {
@@ -196,6 +217,27 @@ impl Client {
     }
 }
 
+fn client_config(config: &RegistryConfig) -> ClientConfig {
+    ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(config.insecure_hosts.clone()),
+        // We pick the platform ourselves, from the raw index.
+        platform_resolver: None,
+        extra_root_certificates: config
+            .extra_root_certificates_pem
+            .iter()
+            .map(|pem| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .collect(),
+        // A stalled link must fail (and be retried, resuming) rather than
+        // hang a pull forever.
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..ClientConfig::default()
+    }
+}
+
 /// Turn an oci-client error into one that says what went wrong with `reference`.
 fn classify(reference: &str, e: OciDistributionError) -> OciError {
     let not_found = match &e {
@@ -234,8 +276,17 @@ fn classify(reference: &str, e: OciDistributionError) -> OciError {
             reference: reference.to_string(),
         };
     }
+    let mut detail = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !detail.contains(&text) {
+            detail = format!("{detail}: {text}");
+        }
+        cause = c.source();
+    }
     OciError::Registry {
         reference: reference.to_string(),
-        source: e,
+        detail,
     }
 }

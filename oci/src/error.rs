@@ -18,12 +18,10 @@ pub enum OciError {
         "registry refused access to {reference}: check the credentials configured for its host"
     )]
     Unauthorized { reference: String },
-    #[error("registry request for {reference} failed: {source}")]
-    Registry {
-        reference: String,
-        #[source]
-        source: oci_client::errors::OciDistributionError,
-    },
+    /// `detail` is the whole cause chain (e.g. the TLS error under reqwest's
+    /// "error sending request"), since callers often log only `to_string()`.
+    #[error("registry request for {reference} failed: {detail}")]
+    Registry { reference: String, detail: String },
     #[error("download of {digest} from {reference} failed: {reason}")]
     Transfer {
         reference: String,
@@ -73,6 +71,8 @@ pub enum OciError {
         #[source]
         source: std::io::Error,
     },
+    #[error("registry client configuration is unusable: {0}")]
+    Config(String),
     #[error("background task failed: {0}")]
     Task(String),
 }

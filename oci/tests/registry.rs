@@ -263,3 +263,70 @@ async fn a_pull_over_the_disk_budget_is_refused_before_downloading() {
         .next()
         .is_none());
 }
+
+#[tokio::test]
+async fn https_with_a_private_ca_and_basic_auth() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = make_tls(certs.path());
+    let registry = Registry::start_with(Some(&tls), Some(("edge", "s3cret")));
+    let layout = tempfile::tempdir().unwrap();
+    single_image_layout(layout.path(), &[layer_of(&[file("app", b"secure")])]);
+    skopeo_push_as(
+        layout.path(),
+        "latest",
+        &format!("{}/outpost/private:latest", registry.host()),
+        Some("edge:s3cret"),
+    );
+    let reference = format!("{}/outpost/private:latest", registry.host());
+    let config = |creds: Option<(&str, &str)>, ca: bool| RegistryConfig {
+        insecure_hosts: vec![],
+        credentials: creds
+            .map(|(u, p)| {
+                [(
+                    registry.host(),
+                    outpost_oci::Credentials::Basic {
+                        username: u.into(),
+                        password: p.into(),
+                    },
+                )]
+                .into()
+            })
+            .unwrap_or_default(),
+        extra_root_certificates_pem: if ca { vec![tls.ca_pem.clone()] } else { vec![] },
+    };
+
+    // Right CA and credentials: resolve and pull over HTTPS (rustls + ring).
+    let client = Client::try_new(config(Some(("edge", "s3cret")), true)).unwrap();
+    let image = client.resolve(&reference).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path(), 1 << 30).unwrap();
+    let p = platform("amd64", None);
+    store.pull(&client, &image, &p, &no_progress).await.unwrap();
+    let prepared = store.prepare(&image.digest, &p).unwrap();
+    assert_eq!(
+        std::fs::read(prepared.layers[0].join("app")).unwrap(),
+        b"secure"
+    );
+
+    // Wrong password and no credentials: refused, named as an auth problem.
+    for creds in [Some(("edge", "wrong")), None] {
+        let err = Client::try_new(config(creds, true))
+            .unwrap()
+            .resolve(&reference)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, OciError::Unauthorized { .. }),
+            "{creds:?}: {err:?}"
+        );
+    }
+
+    // Unknown CA: the TLS handshake fails; no silent fallback to plain HTTP.
+    let err = Client::try_new(config(Some(("edge", "s3cret")), false))
+        .unwrap()
+        .resolve(&reference)
+        .await
+        .unwrap_err();
+    println!("without the CA: {err}");
+    assert!(matches!(err, OciError::Registry { .. }), "{err:?}");
+}

@@ -27,19 +27,118 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// TLS files for a registry: a CA and a 127.0.0.1 server certificate it signed.
+pub struct TestTls {
+    pub ca_pem: Vec<u8>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Make a throwaway CA and server certificate with the `openssl` CLI.
+pub fn make_tls(dir: &Path) -> TestTls {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=outpost test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    TestTls {
+        ca_pem: std::fs::read(dir.join("ca.pem")).unwrap(),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    }
+}
+
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_with(None, None)
+    }
+
+    /// Optionally serve HTTPS with `tls` and require basic auth for `(user, password)`.
+    pub fn start_with(tls: Option<&TestTls>, user: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(tls) = tls {
+            yaml += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tls.cert.display(),
+                tls.key.display()
+            );
+        }
+        if let Some((name, password)) = user {
+            let hash = bcrypt::hash(password, 4).unwrap();
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{name}:{hash}\n")).unwrap();
+            yaml += &format!(
+                "auth:\n  htpasswd:\n    realm: outpost-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -78,9 +177,18 @@ impl Drop for Registry {
 
 /// Push an OCI layout (all platforms, digests preserved) with skopeo.
 pub fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
-    let out = Command::new("skopeo")
+    skopeo_push_as(layout, tag, dest, None)
+}
+
+pub fn skopeo_push_as(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
+    let mut cmd = Command::new("skopeo");
+    if let Some(creds) = creds {
+        cmd.arg("copy").arg("--dest-creds").arg(creds);
+    } else {
+        cmd.arg("copy");
+    }
+    let out = cmd
         .args([
-            "copy",
             "--all",
             "--preserve-digests",
             "--insecure-policy",
@@ -243,6 +351,10 @@ pub fn build_sample_image(out: &Path) -> String {
     let output = Command::new("bash")
         .arg(repo_root().join("images/build.sh"))
         .arg(out)
+        .env(
+            "OUTPOST_IMAGE_BUILD",
+            env!("CARGO_BIN_EXE_outpost-image-build"),
+        )
         .output()
         .unwrap();
     assert!(
