@@ -330,3 +330,129 @@ async fn https_with_a_private_ca_and_basic_auth() {
     println!("without the CA: {err}");
     assert!(matches!(err, OciError::Registry { .. }), "{err:?}");
 }
+
+/// An image with one incompressible layer of `bytes` bytes; returns the
+/// layout dir, the layer digest and the layer size.
+fn big_image(bytes: usize, seed: u64) -> (tempfile::TempDir, Digest, u64) {
+    let mut noise = vec![0u8; bytes];
+    let mut x = seed | 1;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let layer =
+        Layer::plain(outpost_oci::build::reproducible_tar(&[file("noise", &noise)]).unwrap());
+    let digest = Digest::of(&layer.blob);
+    let size = layer.blob.len() as u64;
+    let layout = tempfile::tempdir().unwrap();
+    single_image_layout(layout.path(), &[layer]);
+    (layout, digest, size)
+}
+
+/// Child-process half of `a_pull_killed_mid_download_resumes_in_the_next_process`:
+/// pulls what the parent names in env vars. Ignored when run on its own.
+#[tokio::test]
+#[ignore = "helper run as a child process by the kill test"]
+async fn helper_pull_in_child_process() {
+    let (Ok(reference), Ok(dir), Ok(host)) = (
+        std::env::var("OUTPOST_TEST_PULL_REF"),
+        std::env::var("OUTPOST_TEST_PULL_DIR"),
+        std::env::var("OUTPOST_TEST_PULL_HOST"),
+    ) else {
+        return;
+    };
+    let client = client_for(&[host]);
+    let store = ImageStore::open(dir, 1 << 30).unwrap();
+    let image: outpost_protocol::ImageRef = reference.parse().unwrap();
+    let _ = store
+        .pull(&client, &image, &platform("amd64", None), &no_progress)
+        .await;
+}
+
+#[tokio::test]
+async fn a_pull_killed_mid_download_resumes_in_the_next_process() {
+    let (layout, layer_digest, layer_size) = big_image(4 << 20, 42);
+    let registry = Registry::start();
+    skopeo_push(
+        layout.path(),
+        "latest",
+        &format!("{}/outpost/killed:latest", registry.host()),
+    );
+    let proxy = Proxy::start(registry.addr).await;
+    let via = proxy.addr.to_string();
+    let client = client_for(std::slice::from_ref(&via));
+    let image = client
+        .resolve(&format!("{via}/outpost/killed:latest"))
+        .await
+        .unwrap();
+
+    // The link stalls after ~2 MB; the child process is SIGKILLed while stuck.
+    proxy.stall.store(true, Ordering::SeqCst);
+    proxy.limit.store(
+        proxy.downstream_bytes.load(Ordering::SeqCst) + 2_000_000,
+        Ordering::SeqCst,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "helper_pull_in_child_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("OUTPOST_TEST_PULL_REF", image.to_string())
+            .env("OUTPOST_TEST_PULL_DIR", dir.path())
+            .env("OUTPOST_TEST_PULL_HOST", &via)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let store = ImageStore::open(dir.path(), 1 << 30).unwrap();
+    let partial = store.blobs().partial_path(&layer_digest);
+    // Wait (bounded) until the child has most of the allowed bytes on disk.
+    let mut on_disk = 0;
+    for _ in 0..1500 {
+        on_disk = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        if on_disk >= 1_900_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(on_disk >= 1_900_000, "child wrote only {on_disk} bytes");
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let on_disk = std::fs::metadata(&partial).unwrap().len();
+
+    // The next "process" (this one) continues from the partial file.
+    proxy.stall.store(false, Ordering::SeqCst);
+    proxy.limit.store(u64::MAX, Ordering::SeqCst);
+    let before = proxy.downstream_bytes.load(Ordering::SeqCst);
+    let pulled = store
+        .pull(&client, &image, &platform("amd64", None), &no_progress)
+        .await
+        .unwrap();
+    let crossed = proxy.downstream_bytes.load(Ordering::SeqCst) - before;
+    let missing = layer_size - on_disk;
+    println!(
+        "killed child left {on_disk} of {layer_size} B; resumed pull received {} B, \
+         {crossed} B crossed the proxy",
+        pulled.downloaded_bytes
+    );
+    assert_eq!(pulled.downloaded_bytes, missing);
+    assert!(
+        crossed >= missing && crossed < missing + 64 * 1024,
+        "{crossed}"
+    );
+    assert!(store.blobs().contains(&layer_digest));
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -212,6 +212,9 @@ pub struct Proxy {
     pub downstream_bytes: Arc<AtomicU64>,
     /// Cut connections once `downstream_bytes` reaches this (u64::MAX: never).
     pub limit: Arc<AtomicU64>,
+    /// At the limit, hold connections open without forwarding instead of
+    /// closing them (a stalled link).
+    pub stall: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -221,13 +224,14 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let downstream_bytes = Arc::new(AtomicU64::new(0));
         let limit = Arc::new(AtomicU64::new(u64::MAX));
-        let (count, lim) = (downstream_bytes.clone(), limit.clone());
+        let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, lim, stl) = (downstream_bytes.clone(), limit.clone(), stall.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (count, lim) = (count.clone(), lim.clone());
+                let (count, lim, stl) = (count.clone(), lim.clone(), stl.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
@@ -251,6 +255,9 @@ impl Proxy {
                         }
                         count.fetch_add(send as u64, Ordering::SeqCst);
                         if send < n {
+                            if stl.load(Ordering::SeqCst) {
+                                std::future::pending::<()>().await;
+                            }
                             break; // the "link drop"
                         }
                     }
@@ -263,6 +270,7 @@ impl Proxy {
             addr,
             downstream_bytes,
             limit,
+            stall,
             task,
         }
     }
