@@ -76,6 +76,15 @@ pub struct GenerationUpdate {
     pub generation: u64,
 }
 
+/// A device to register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDevice {
+    pub id: DeviceId,
+    pub public_key: PublicKey,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Shared state behind the API, ingest and publisher.
 pub struct Hub {
     pub store: Store,
@@ -135,47 +144,80 @@ impl Hub {
         labels: BTreeMap<String, String>,
         who: String,
     ) -> Result<DeviceRecord, HubError> {
-        for (k, v) in &labels {
-            check_label("labels", k, v)?;
+        let mut recs = self
+            .add_devices(
+                vec![NewDevice {
+                    id,
+                    public_key,
+                    labels,
+                }],
+                who,
+            )
+            .await?;
+        recs.pop()
+            .ok_or_else(|| HubError::Internal("registration returned no record".into()))
+    }
+
+    /// Register many devices in one transaction (one fsync), e.g. a fleet
+    /// simulator or a bulk import. All or nothing.
+    pub async fn add_devices(
+        self: &Arc<Self>,
+        new: Vec<NewDevice>,
+        who: String,
+    ) -> Result<Vec<DeviceRecord>, HubError> {
+        for (i, d) in new.iter().enumerate() {
+            for (k, v) in &d.labels {
+                check_label(&format!("devices[{i}].labels"), k, v)?;
+            }
         }
-        let rec = self
+        let recs = self
             .blocking(move |hub| {
                 let now = now_secs();
                 hub.store.write(|tx| {
-                    if tx.device(&id)?.is_some() {
-                        return Err(HubError::Conflict(format!(
-                            "device {id} is already registered; remove it first to change its key"
-                        )));
+                    let mut recs = Vec::with_capacity(new.len());
+                    let mut seen = std::collections::BTreeSet::new();
+                    for d in new {
+                        if !seen.insert(d.id.clone()) || tx.device(&d.id)?.is_some() {
+                            return Err(HubError::Conflict(format!(
+                                "device {} is already registered; remove it first to change its key",
+                                d.id
+                            )));
+                        }
+                        let rec = DeviceRecord {
+                            id: d.id,
+                            public_key: d.public_key,
+                            labels: d.labels,
+                            registered_at: now,
+                        };
+                        tx.put_device(&rec)?;
+                        audit(
+                            tx,
+                            now,
+                            &who,
+                            "device.add",
+                            rec.id.as_str(),
+                            serde_json::json!({
+                                "public_key": rec.public_key.to_string(),
+                                "labels": rec.labels,
+                            }),
+                        )?;
+                        recs.push(rec);
                     }
-                    let rec = DeviceRecord {
-                        id: id.clone(),
-                        public_key,
-                        labels,
-                        registered_at: now,
-                    };
-                    tx.put_device(&rec)?;
                     let deployments = pinned_deployments(tx)?;
-                    let only = [(rec.id.clone(), rec.labels.clone())];
+                    let only: Vec<_> = recs.iter().map(|r| (r.id.clone(), r.labels.clone())).collect();
                     hub.render_into(tx, &only, &deployments, now)?;
-                    audit(
-                        tx,
-                        now,
-                        &who,
-                        "device.add",
-                        id.as_str(),
-                        serde_json::json!({
-                            "public_key": public_key.to_string(),
-                            "labels": rec.labels,
-                        }),
-                    )?;
-                    Ok(rec)
+                    Ok(recs)
                 })
             })
             .await?;
-        tracing::info!(device_id = %rec.id, "device registered");
-        // Publish whatever it has now (new or, for a re-added device, its old one).
-        self.send(Outbox::Manifests(vec![rec.id.clone()]));
-        Ok(rec)
+        for rec in &recs {
+            tracing::info!(device_id = %rec.id, "device registered");
+        }
+        // Publish whatever each has now (new or, for a re-added device, its old one).
+        self.send(Outbox::Manifests(
+            recs.iter().map(|r| r.id.clone()).collect(),
+        ));
+        Ok(recs)
     }
 
     pub async fn remove_device(
@@ -418,7 +460,14 @@ impl Hub {
         deployments: &[Deployment],
         now: u64,
     ) -> Result<Vec<GenerationUpdate>, HubError> {
-        let metas = tx.manifest_metas()?;
+        // Point lookups, not a table scan: registering one device must not cost
+        // O(fleet).
+        let mut metas = BTreeMap::new();
+        for (id, _) in devices {
+            if let Some(m) = tx.manifest_meta(id)? {
+                metas.insert(id.to_string(), m);
+            }
+        }
         let epoch = self.signer.epoch();
         let plan = render::plan(
             devices.iter().map(|(id, l)| (id, l)),

@@ -19,7 +19,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use outpost_protocol::{DeviceId, PublicKey};
 use serde::de::DeserializeOwned;
@@ -39,6 +39,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/v1/devices", get(list_devices).post(add_device))
+        .route("/v1/devices/batch", post(add_devices))
         .route("/v1/devices/{id}", get(get_device).delete(remove_device))
         .route("/v1/devices/{id}/labels", patch(label_device))
         .route("/v1/devices/{id}/events", get(device_events))
@@ -121,6 +122,42 @@ async fn add_device(
     Ok((
         StatusCode::CREATED,
         Json(DeviceSummary::new(&rec, meta.as_ref(), None, now_secs())),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevices {
+    devices: Vec<NewDevice>,
+}
+
+/// Register many devices at once (one transaction).
+async fn add_devices(
+    State(s): State<ApiState>,
+    raw: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
+    let req: NewDevices = body(&raw)?;
+    let mut new = Vec::with_capacity(req.devices.len());
+    for (i, d) in req.devices.into_iter().enumerate() {
+        let id: DeviceId = d.id.parse().map_err(|e: outpost_protocol::DeviceIdError| {
+            AppError::bad_request(Some(format!("devices[{i}].id")), e.to_string())
+        })?;
+        let public_key: PublicKey =
+            d.public_key
+                .parse()
+                .map_err(|e: outpost_protocol::KeyError| {
+                    AppError::bad_request(Some(format!("devices[{i}].public_key")), e.to_string())
+                })?;
+        new.push(crate::hub::NewDevice {
+            id,
+            public_key,
+            labels: d.labels,
+        });
+    }
+    let recs = s.hub.add_devices(new, WHO.into()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "registered": recs.len() })),
     ))
 }
 

@@ -1,0 +1,80 @@
+//! Fleet-scale behaviour of one apply: N devices registered in one batch, one
+//! deployment applied over all of them, then re-applied unchanged. Prints the
+//! time taken (for the report; nothing asserts on time). N defaults to 2,000;
+//! set OUTPOST_SCALE_DEVICES=10000 for the simulator's size.
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use outpost_hub::config::DataDir;
+use outpost_hub::deploy::DeploymentSpec;
+use outpost_hub::hub::{Hub, NewDevice};
+use outpost_hub::publish::Outbox;
+use outpost_hub::resolve::PinnedOnly;
+use outpost_hub::signing::{self, Signer};
+use outpost_hub::store::Store;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_apply_over_a_large_fleet_renders_each_device_once() {
+    let n: usize = std::env::var("OUTPOST_SCALE_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path());
+    signing::create_keys(&dir, 0).unwrap();
+    let store = Store::open(&dir.database()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let hub = Arc::new(Hub::new(
+        store,
+        Signer::load(&dir).unwrap(),
+        Arc::new(PinnedOnly),
+        tx,
+    ));
+    let key = outpost_protocol::SigningKey::generate()
+        .unwrap()
+        .public_key();
+    let devices: Vec<NewDevice> = (0..n)
+        .map(|i| NewDevice {
+            id: format!("sim-{i:05}").parse().unwrap(),
+            public_key: key,
+            labels: BTreeMap::from([("fleet".to_string(), "sim".to_string())]),
+        })
+        .collect();
+
+    let t = Instant::now();
+    hub.add_devices(devices, "test".into()).await.unwrap();
+    let register = t.elapsed();
+
+    let spec = DeploymentSpec::from_toml(&format!(
+        "name = \"fleet\"\nselector = {{ fleet = \"sim\" }}\n[[apps]]\nname = \"app\"\nimage = \"reg/app@sha256:{}\"\n",
+        "ab".repeat(32)
+    ))
+    .unwrap();
+    let t = Instant::now();
+    let out = hub.apply(spec.clone(), "test".into()).await.unwrap();
+    let apply = t.elapsed();
+    assert_eq!(out.matched_devices, n);
+    assert_eq!(out.updated.len(), n);
+    assert!(out.updated.iter().all(|u| u.generation == 2));
+
+    let t = Instant::now();
+    let again = hub.apply(spec, "test".into()).await.unwrap();
+    let reapply = t.elapsed();
+    assert!(again.updated.is_empty());
+
+    // The publisher is told once per operation, not once per device.
+    let mut batches = 0;
+    while let Ok(m) = rx.try_recv() {
+        if let Outbox::Manifests(ids) = m {
+            assert_eq!(ids.len(), n);
+            batches += 1;
+        }
+    }
+    assert_eq!(batches, 2, "registration and the changing apply");
+    println!(
+        "scale: {n} devices: register {register:?}, apply {apply:?}, unchanged re-apply {reapply:?}"
+    );
+}
