@@ -248,6 +248,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let c: HubConfig = toml::from_str(include_str!("../../examples/hub.toml")).unwrap();
+        assert_eq!(c.registry.insecure, vec!["localhost:5000".to_string()]);
+    }
+
+    #[test]
     fn config_round_trips_and_refuses_unknown_fields() {
         let c = HubConfig::default();
         let text = toml::to_string_pretty(&c).unwrap();

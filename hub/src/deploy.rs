@@ -448,6 +448,12 @@ max_retries = 3
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../examples/deployment.toml");
+        DeploymentSpec::from_toml(text).unwrap().check().unwrap();
+    }
+
+    #[test]
     fn unknown_fields_are_refused_with_their_name() {
         let text = GOOD.replace("env = ", "enviroment = ");
         let e = DeploymentSpec::from_toml(&text).unwrap_err();
