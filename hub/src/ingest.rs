@@ -52,7 +52,7 @@ pub fn is_behind(applied: Option<(u64, u64)>, desired: Option<(u64, u64)>) -> bo
 pub fn is_newer(stored: Option<&StatusReport>, new: &StatusReport) -> bool {
     match stored {
         None => true,
-        Some(old) => new.seq > old.seq || new.uptime_secs < old.uptime_secs && new.seq != old.seq,
+        Some(old) => new.seq > old.seq || (new.uptime_secs < old.uptime_secs && new.seq != old.seq),
     }
 }
 
