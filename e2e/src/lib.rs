@@ -554,21 +554,35 @@ impl Agent {
     }
 
     pub fn start(&mut self) -> Result<()> {
+        self.start_with(None)
+    }
+
+    /// Start inside a fresh, empty network namespace (loopback down, no route, no
+    /// DNS): a device booting with its network down.
+    pub fn start_without_network(&mut self) -> Result<()> {
+        self.start_with(Some(&["unshare", "--net", "--"]))
+    }
+
+    fn start_with(&mut self, wrapper: Option<&[&str]>) -> Result<()> {
         let n = {
             let mut b = self.boots.lock().unwrap_or_else(|p| p.into_inner());
             *b += 1;
             *b
         };
         let log = self.dir.path().join(format!("agent-{n}.log"));
-        let proc = Proc::spawn(
-            "outpost-agent",
-            Command::new(&bins().agent)
-                .env("RUST_LOG", "info,outpost_edge_agent=debug")
-                .arg("--config")
-                .arg(self.config())
-                .arg("run"),
-            &log,
-        )?;
+        let mut cmd = match wrapper {
+            Some([program, args @ ..]) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bins().agent);
+                c
+            }
+            _ => Command::new(&bins().agent),
+        };
+        cmd.env("RUST_LOG", "info,outpost_edge_agent=debug")
+            .arg("--config")
+            .arg(self.config())
+            .arg("run");
+        let proc = Proc::spawn("outpost-agent", &mut cmd, &log)?;
         self.proc = Some(proc);
         Ok(())
     }
@@ -605,6 +619,45 @@ impl Agent {
     pub fn app_pid(&self, app: &str) -> Option<u64> {
         let st = self.status().ok()?;
         st["apps"][app]["state"]["Running"]["pid"].as_u64()
+    }
+
+    pub fn connected(&self) -> Option<bool> {
+        self.status().ok()?["connected"].as_bool()
+    }
+
+    pub fn outbox_pending(&self) -> Option<u64> {
+        self.status().ok()?["outbox_pending"].as_u64()
+    }
+
+    /// Lines in the app's `data` volume's start log (the sample app appends one
+    /// per start), read from the host side.
+    pub fn volume_starts(&self, app: &str) -> usize {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join("data/volumes")
+                .join(app)
+                .join("data/starts.log"),
+        )
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+    }
+
+    /// Rewrite the broker URL in the agent's config.
+    pub fn set_broker(&self, url: &str) -> Result<()> {
+        let text = std::fs::read_to_string(self.config())?;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("broker = ") {
+                    format!("broker = \"{url}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(self.config(), out.join("\n") + "\n")?;
+        Ok(())
     }
 
     pub fn applied_generation(&self) -> Option<u64> {
