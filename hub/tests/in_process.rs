@@ -24,8 +24,10 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DataDir::new(tmp.path());
     signing::create_keys(&dir, 0).unwrap();
-    let mut config = HubConfig::default();
-    config.http_listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = HubConfig {
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     let shutdown = CancellationToken::new();
     let running = serve::start(
