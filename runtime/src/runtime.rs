@@ -247,9 +247,12 @@ impl Runtime {
         std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let result = self.create_in(req, &dir, &devices, admission.apply_memory_limit);
         if result.is_err() {
-            // Best effort: the error being returned is the one that matters.
-            let _ = rootfs::unmount(&dir.join("rootfs"));
-            let _ = std::fs::remove_dir_all(&dir);
+            // Undo everything, including a container libcontainer may already
+            // have created. Best effort: the error being returned is the one
+            // that matters.
+            if let Err(e) = self.delete(id) {
+                tracing::warn!(app = %req.app.name, container = id, error = %e, "cleanup after failed create");
+            }
         }
         result
     }
@@ -602,6 +605,28 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Remove container directories that have no libcontainer state, i.e. left
+    /// by a reboot (the state dir is on tmpfs) or a crash in the middle of
+    /// `create`. Call at agent start, before any `create`: a create in progress
+    /// looks exactly like such a leftover. Returns the removed ids.
+    pub fn remove_leftovers(&self) -> Result<Vec<String>> {
+        let root = self.config.data_dir.join("containers");
+        let entries = std::fs::read_dir(&root).map_err(io_err("list", &root))?;
+        let mut removed = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let Ok(id) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !valid_id(&id) || self.state_path(&id).join("state.json").exists() {
+                continue;
+            }
+            tracing::info!(container = %id, "removing leftover container directory");
+            self.delete(&id)?;
+            removed.push(id);
+        }
+        Ok(removed)
     }
 
     /// Copy-truncate every container log larger than `max_bytes`, keeping

@@ -328,3 +328,48 @@ fn read_only_plain_directory_rootfs_keeps_tmp_writable() {
     );
     assert!(!f.layer.join("newfile").exists());
 }
+
+#[test]
+fn cpu_quota_is_written_to_the_cgroup() {
+    let f = Fixture::new();
+    let mut app = sh_app("sipper", "sleep 1000");
+    app.resources.cpu_millis = Some(250);
+    f.create("sipper-1", &app);
+    let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/outpost/sipper-1/cpu.cfs_quota_us");
+    let quota = if v1.exists() {
+        std::fs::read_to_string(v1).unwrap().trim().to_string()
+    } else {
+        std::fs::read_to_string("/sys/fs/cgroup/outpost/sipper-1/cpu.max").unwrap()
+    };
+    assert!(quota.starts_with("25000"), "{quota}");
+}
+
+#[test]
+fn isolated_network_has_only_loopback() {
+    let f = Fixture::new();
+    let mut app = sh_app("hermit", "cat /proc/net/dev; echo finished");
+    app.network = outpost_protocol::NetworkMode::Isolated;
+    f.run("hermit-1", &app);
+    f.wait_log("hermit-1", "finished");
+    let log = f.log("hermit-1");
+    let ifaces: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim()))
+        .filter(|n| !n.contains('|'))
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{log}");
+}
+
+#[test]
+fn leftovers_without_libcontainer_state_are_removed_and_live_containers_kept() {
+    let f = Fixture::new();
+    f.create("alive-1", &sh_app("alive", "sleep 1000"));
+    // What a reboot leaves: a container directory whose state (tmpfs) is gone.
+    let ghost = f.rt.log_path("ghost-1").parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(ghost.join("upper")).unwrap();
+    std::fs::write(ghost.join("console.log"), "old").unwrap();
+    assert_eq!(f.rt.remove_leftovers().unwrap(), ["ghost-1"]);
+    assert!(!ghost.exists());
+    assert!(f.rt.log_path("alive-1").parent().unwrap().exists());
+    assert_eq!(f.rt.list().unwrap().len(), 1);
+}
