@@ -144,6 +144,9 @@ impl Hub {
         labels: BTreeMap<String, String>,
         who: String,
     ) -> Result<DeviceRecord, HubError> {
+        for (k, v) in &labels {
+            check_label("labels", k, v)?;
+        }
         let mut recs = self
             .add_devices(
                 vec![NewDevice {
