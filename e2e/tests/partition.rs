@@ -20,7 +20,7 @@ fn agent_restarts_crashed_app_while_partitioned_and_hub_gets_every_event_in_orde
 
     w.proxy.cut();
     wait_for("the agent to notice the cut", || {
-        (w.agent.connected()? == false).then_some(())
+        (!w.agent.connected()?).then_some(())
     })?;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
     let new_pid = wait_for("the agent to restart the app offline", || {
@@ -83,7 +83,7 @@ fn reconnect_after_partition_restarts_no_healthy_app() -> anyhow::Result<()> {
     w.deploy_and_wait(std::slice::from_ref(&app))?;
     wait_for("the app to be ready", || {
         let st = w.agent.status().ok()?;
-        (st["apps"][&app.name]["ready"].as_bool()? == true).then_some(())
+        (st["apps"][&app.name]["ready"].as_bool()?).then_some(())
     })?;
     let pid = wait_for("app pid", || w.agent.app_pid(&app.name))?;
     let status_seq = |w: &World| -> Option<u64> {
@@ -93,11 +93,11 @@ fn reconnect_after_partition_restarts_no_healthy_app() -> anyhow::Result<()> {
 
     w.proxy.cut();
     wait_for("the agent to notice the cut", || {
-        (w.agent.connected()? == false).then_some(())
+        (!w.agent.connected()?).then_some(())
     })?;
     w.proxy.restore();
     wait_for("the agent to reconnect", || {
-        (w.agent.connected()? == true).then_some(())
+        (w.agent.connected()?).then_some(())
     })?;
     wait_for("a status sent after the reconnect", || {
         status_seq(&w).filter(|s| *s > seq_before)

@@ -122,11 +122,7 @@ impl Executor {
                     // (bounded count, whatever the image size).
                     let last_quarter = std::sync::Mutex::new(None);
                     let progress = |done: u64, total: u64| {
-                        let quarter = if total == 0 {
-                            4
-                        } else {
-                            (done * 4 / total).min(4)
-                        };
+                        let quarter = (done * 4).checked_div(total).map_or(4, |q| q.min(4));
                         reporter.update(|v| {
                             if let Some(s) = v.apps.get_mut(&a) {
                                 s.state = outpost_protocol::AppState::Pulling { done, total };

@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn empty_device_pulls_creates_and_starts() {
         let s = spec("web", 1, RestartPolicy::Always);
-        let d = desired(&[s.clone()]);
+        let d = desired(std::slice::from_ref(&s));
         let p = plan(&d, &Observed::default(), 0, &Policy::default());
         let c = container_name(&s);
         assert_eq!(
@@ -375,13 +375,20 @@ mod tests {
             )],
             &[v1.image.digest, v2.image.digest],
         );
-        assert!(plan(&desired(&[v1.clone()]), &o, 0, &Policy::default()).is_settled());
-        let p = plan(&desired(&[v2.clone()]), &o, 0, &Policy::default());
-        let kinds: Vec<_> = p
-            .actions
-            .iter()
-            .map(|a| std::mem::discriminant(a))
-            .collect();
+        assert!(plan(
+            &desired(std::slice::from_ref(&v1)),
+            &o,
+            0,
+            &Policy::default()
+        )
+        .is_settled());
+        let p = plan(
+            &desired(std::slice::from_ref(&v2)),
+            &o,
+            0,
+            &Policy::default(),
+        );
+        let kinds: Vec<_> = p.actions.iter().map(std::mem::discriminant).collect();
         assert_eq!(kinds.len(), 4);
         assert!(
             matches!(&p.actions[0], Action::Stop { container, .. } if *container == container_name(&v1))
