@@ -9,6 +9,7 @@
 
 use outpost_protocol::MAX_MESSAGE_BYTES;
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -99,8 +100,8 @@ pub fn start_embedded(
     };
     let mut last = String::new();
     for _ in 0..200 {
-        match TcpStream::connect_timeout(&connect_to, Duration::from_millis(200)) {
-            Ok(_) => {
+        match mqtt_ping(connect_to) {
+            Ok(()) => {
                 tracing::info!(%addr, "embedded MQTT broker listening");
                 return Ok(addr);
             }
@@ -109,4 +110,26 @@ pub fn start_embedded(
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(BrokerError::NotListening { addr, detail: last })
+}
+
+/// Readiness check that speaks MQTT: CONNECT, expect an accepting CONNACK, then
+/// DISCONNECT. (A bare TCP connect makes rumqttd log an error for every start.)
+fn mqtt_ping(addr: SocketAddr) -> std::io::Result<()> {
+    const ID: &[u8] = b"outpost-hub-probe";
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut pkt = vec![0x10, (12 + ID.len()) as u8];
+    // protocol name "MQTT", level 4 (3.1.1), clean session, keep-alive 10 s
+    pkt.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    pkt.extend_from_slice(&[0, ID.len() as u8]);
+    pkt.extend_from_slice(ID);
+    s.write_all(&pkt)?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack)?;
+    if ack != [0x20, 0x02, 0x00, 0x00] {
+        return Err(std::io::Error::other(format!(
+            "unexpected CONNACK {ack:02x?}"
+        )));
+    }
+    s.write_all(&[0xE0, 0x00])
 }

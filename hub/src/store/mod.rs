@@ -34,6 +34,9 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
+/// Events kept per device (by seq window); older ones are pruned on insert.
+pub const EVENTS_KEPT_PER_DEVICE: u64 = 10_000;
+
 /// Why the store failed; names the operation and, for bad records, table and key.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -423,6 +426,12 @@ impl Tx {
             return Ok(false);
         }
         table.insert(key, encode(e).as_slice()).ctx("write event")?;
+        // Bounded history per device: drop what fell out of the window.
+        if let Some(floor) = e.event.seq.checked_sub(EVENTS_KEPT_PER_DEVICE) {
+            table
+                .retain_in((id.as_str(), 0)..(id.as_str(), floor), |_, _| false)
+                .ctx("prune events")?;
+        }
         Ok(true)
     }
 
@@ -452,5 +461,95 @@ impl Tx {
     pub fn device_count(&self) -> Result<u64, StoreError> {
         let table = self.txn.open_table(DEVICES).ctx("count devices")?;
         table.len().ctx("count devices")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_protocol::{Event, EventKind};
+
+    fn ev(seq: u64) -> EventRecord {
+        EventRecord {
+            received_at: 0,
+            event: Event {
+                device_id: "d".parse().unwrap(),
+                seq,
+                at: 0,
+                dropped_before: 0,
+                kind: EventKind::AppStopped { app: "a".into() },
+            },
+        }
+    }
+
+    #[test]
+    fn events_dedupe_by_seq_and_old_ones_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("db")).unwrap();
+        let id: DeviceId = "d".parse().unwrap();
+        let other: DeviceId = "e".parse().unwrap();
+        let new = store
+            .write(|tx| {
+                Ok::<_, StoreError>((
+                    tx.insert_event(&id, &ev(1))?,
+                    tx.insert_event(&id, &ev(1))?,
+                    tx.insert_event(&other, &ev(1))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(new, (true, false, true));
+        store
+            .write(|tx| {
+                tx.insert_event(&id, &ev(EVENTS_KEPT_PER_DEVICE + 5))
+                    .map(|_| ())
+            })
+            .unwrap();
+        let left = store.events(&id, 0, 100).unwrap();
+        assert_eq!(left.len(), 1, "seq 1 fell out of the window");
+        assert_eq!(
+            store.events(&other, 0, 100).unwrap().len(),
+            1,
+            "other devices untouched"
+        );
+    }
+
+    #[test]
+    fn audit_is_append_only_and_newest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("db")).unwrap();
+        for i in 0..3 {
+            store
+                .write(|tx| {
+                    tx.append_audit(AuditEntry {
+                        seq: 0,
+                        at: i,
+                        who: "t".into(),
+                        action: "x".into(),
+                        target: i.to_string(),
+                        detail: serde_json::Value::Null,
+                    })
+                })
+                .unwrap();
+        }
+        let a = store.audit(10).unwrap();
+        assert_eq!(a.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 2, 1]);
+        // A failed transaction leaves no trace.
+        let r: Result<(), StoreError> = store.write(|tx| {
+            tx.append_audit(AuditEntry {
+                seq: 0,
+                at: 9,
+                who: "t".into(),
+                action: "x".into(),
+                target: "lost".into(),
+                detail: serde_json::Value::Null,
+            })?;
+            Err(StoreError::Corrupt {
+                table: "t",
+                key: "k".into(),
+                detail: "abort".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(store.audit(10).unwrap().len(), 3);
     }
 }

@@ -1,0 +1,103 @@
+//! The command line against a running hub: labels re-render, deployment delete,
+//! device removal clears the retained manifest, status output, root key export.
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+mod common;
+
+use common::*;
+use outpost_hub::api::DeviceDetail;
+use outpost_protocol::{topics, DeviceId, SigningKey, Verdict};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_delete_remove_and_root_export_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let hub = HubProc::start(&dir, free_port(), free_port(), None).await;
+    let key = SigningKey::generate().unwrap();
+    hub.cli(&[
+        "device",
+        "add",
+        "c-1",
+        "--public-key",
+        &key.public_key().to_string(),
+    ]);
+    let f = deployment_file(
+        tmp.path(),
+        "db",
+        "role = \"db\"",
+        &[("pg", &pinned("reg/pg", 9))],
+    );
+    let out = hub.cli(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("0 device(s) matched"), "{out}");
+
+    let id: DeviceId = "c-1".parse().unwrap();
+    let topic = topics::manifest(&id);
+    let mut sub = Subscriber::connect("c-1", hub.mqtt_port, std::slice::from_ref(&topic)).await;
+    let mut v = verifier(&dir, &id);
+    let first = sub.next_on(&topic).await;
+    match v.verify(&first.payload).unwrap() {
+        Verdict::Accept(a) => {
+            assert!(a.manifest.apps.is_empty());
+            v.commit(&a);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Labelling the device into the selector issues a manifest with the app.
+    hub.cli(&["device", "label", "c-1", "role=db"]);
+    let second = sub.next_on(&topic).await;
+    match v.verify(&second.payload).unwrap() {
+        Verdict::Accept(a) => {
+            assert_eq!(a.manifest.apps[0].name, "pg");
+            v.commit(&a);
+        }
+        other => panic!("{other:?}"),
+    }
+    let status = hub.cli(&["status", "c-1"]);
+    assert!(
+        status.contains("role=db") && status.contains("[pg]"),
+        "{status}"
+    );
+
+    // Deleting the deployment takes the app away again.
+    hub.cli(&["delete", "deployment", "db"]);
+    let third = sub.next_on(&topic).await;
+    match v.verify(&third.payload).unwrap() {
+        Verdict::Accept(a) => assert!(a.manifest.apps.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let err = hub.cli_err(&["delete", "deployment", "db"]);
+    assert!(err.contains("not found"), "{err}");
+
+    // An invalid file is refused before anything is sent, naming the field.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\nselector = {}\n").unwrap();
+    let err = hub.cli_err(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("selector"), "{err}");
+
+    // Removing the device clears its retained manifest (an empty retained publish).
+    hub.cli(&["device", "remove", "c-1"]);
+    let gone: Result<DeviceDetail, _> = hub.api.get("/v1/devices/c-1").await;
+    assert!(gone.is_err());
+    let cleared = eventually("empty retained publish clears the manifest", || {
+        let p = sub.rx.try_recv().ok();
+        let topic = topic.clone();
+        async move { p.filter(|p| p.topic == topic && p.payload.is_empty()) }
+    })
+    .await;
+    assert!(cleared.payload.is_empty());
+
+    // Root key export: the hub keeps serving without it.
+    let out = tmp.path().join("root-offline.key");
+    hub.cli(&[
+        "keys",
+        "export-root",
+        "--out",
+        out.to_str().unwrap(),
+        "--remove",
+    ]);
+    assert!(out.exists() && !dir.join("root.key").exists());
+    let devices = hub.cli(&["devices"]);
+    assert!(devices.starts_with("ID"), "{devices}");
+}
