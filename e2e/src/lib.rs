@@ -74,13 +74,24 @@ pub fn bins() -> &'static Bins {
 pub fn sample_layout() -> &'static PathBuf {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(workspace().join("images/build.sh"))
-            .arg(target_dir().join("images"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running images/build.sh");
-        assert!(out.status.success(), "images/build.sh failed");
+        // Retried once: it runs cargo, which may race with other builds.
+        let build = || {
+            Command::new("bash")
+                .arg(workspace().join("images/build.sh"))
+                .arg(target_dir().join("images"))
+                .output()
+                .expect("running images/build.sh")
+        };
+        let mut out = build();
+        if !out.status.success() {
+            std::thread::sleep(Duration::from_secs(2));
+            out = build();
+        }
+        assert!(
+            out.status.success(),
+            "images/build.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let last = stdout.lines().last().unwrap_or_default();
         PathBuf::from(last.split_whitespace().next().unwrap_or_default())
@@ -612,7 +623,16 @@ impl Agent {
             .arg(self.config())
             .args(["status", "--json"]))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(&text).with_context(|| format!("agent status output: {text}"))
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("agent status output: {text}"))?;
+        // A file left behind by an earlier (killed) agent process is not this
+        // agent's view.
+        if let Some(pid) = self.proc.as_ref().and_then(Proc::pid) {
+            if v["agent_pid"].as_u64() != Some(u64::from(pid)) {
+                bail!("status file is not from the running agent (pid {pid}) yet");
+            }
+        }
+        Ok(v)
     }
 
     /// Pid of a running app according to the agent's status.

@@ -6,7 +6,12 @@ use outpost_e2e::{wait_for, World};
 fn applied_deployment_runs_and_hub_sees_generation_and_running_app() -> anyhow::Result<()> {
     let w = World::start("deploy")?;
     let app = w.app("hello");
+    let t = std::time::Instant::now();
     w.deploy_and_wait(std::slice::from_ref(&app))?;
+    eprintln!(
+        "measured: apply -> app answering (pull + create + start): {:?}",
+        t.elapsed()
+    );
     let generation = w.agent.applied_generation().unwrap();
     let view = wait_for(
         "the hub to show the app running at the applied generation",

@@ -23,9 +23,14 @@ fn agent_restarts_crashed_app_while_partitioned_and_hub_gets_every_event_in_orde
         (!w.agent.connected()?).then_some(())
     })?;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+    let t = std::time::Instant::now();
     let new_pid = wait_for("the agent to restart the app offline", || {
         w.agent.app_pid(&app.name).filter(|p| *p != pid)
     })?;
+    eprintln!(
+        "measured: kill -9 of the app -> restarted offline: {:?}",
+        t.elapsed()
+    );
     wait_for("the restarted app to answer", || app.get("/"))?;
     assert_eq!(w.agent.volume_starts(&app.name), 2);
     assert!(
@@ -36,12 +41,17 @@ fn agent_restarts_crashed_app_while_partitioned_and_hub_gets_every_event_in_orde
     assert_eq!(during.len(), before_cut.len(), "events crossed a cut link");
 
     w.proxy.restore();
+    let t = std::time::Instant::now();
     let events = wait_for("the hub to receive the events of the cut", || {
         let ev = w.hub.events(&w.agent.device_id).ok()?;
         ev.iter()
             .any(|e| e.1 == "AppRestarted" && e.2.contains(&app.name))
             .then_some(ev)
     })?;
+    eprintln!(
+        "measured: link restored -> hub has the cut's events: {:?}",
+        t.elapsed()
+    );
     wait_for("the outbox to drain", || {
         (w.agent.outbox_pending()? == 0).then_some(())
     })?;

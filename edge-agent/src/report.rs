@@ -41,6 +41,9 @@ pub struct View {
 #[derive(Debug, Serialize)]
 struct LocalStatus<'a> {
     device_id: &'a str,
+    /// Lets a reader tell this run's file from one left by a crashed run.
+    agent_pid: u32,
+    boots: u64,
     #[serde(flatten)]
     view: &'a View,
     outbox_pending: u64,
@@ -188,6 +191,8 @@ impl Reporter {
         let outbox_pending = self.store.outbox_len().unwrap_or(0);
         let local = LocalStatus {
             device_id: self.device_id.as_str(),
+            agent_pid: std::process::id(),
+            boots: self.status_seq.load(Ordering::Relaxed) >> 32,
             view: &v,
             outbox_pending,
             written_at_ms: now_ms(),
