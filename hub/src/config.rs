@@ -58,6 +58,8 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     /// Stable client id: with `clean_session = false` the broker keeps the hub's
     /// subscriptions and queued QoS 1 messages across reconnects under this id.
+    /// The default contains ':', which no device id can, so a device can never
+    /// take over the hub's session (brokers kick the older of two equal ids).
     #[serde(default = "default_client_id")]
     pub client_id: String,
     /// Connection limit of the embedded broker. At the limit rumqttd silently
@@ -82,7 +84,7 @@ fn default_mqtt_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 1883))
 }
 fn default_client_id() -> String {
-    "outpost-hub".to_string()
+    "outpost:hub".to_string()
 }
 fn default_max_connections() -> usize {
     20_000
