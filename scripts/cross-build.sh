@@ -22,15 +22,35 @@ setup_packages() {
     dpkg --print-foreign-architectures | grep -qx "$arch" || { dpkg --add-architecture "$arch"; need+=(update); }
   done
   for p in gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
-           qemu-user-static libseccomp-dev:arm64 libseccomp-dev:armhf; do
+           qemu-user-static; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
-      libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static libseccomp-dev:arm64 libseccomp-dev:armhf
+      libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static
   fi
+}
+
+# Static target libraries (libseccomp for libcontainer, libelf + zlib for libbpf's
+# cgroup v2 device filter) are unpacked from Debian's packages into a private
+# sysroot instead of being installed: multiarch installs of -dev packages break
+# whenever the mirror's arm64 and amd64 versions differ.
+target_libs() { # DEB_ARCH TRIPLE -> prints the library dir
+  local arch=$1 triple=$2 root="$PWD/target/cross-sysroot/$1"
+  if [ ! -f "$root/.complete" ]; then
+    local dl
+    dl=$(mktemp -d)
+    (cd "$dl" && apt-get download -qq "libseccomp-dev:$arch" "libseccomp2:$arch" "libelf-dev:$arch" \
+        "libelf1:$arch" "zlib1g-dev:$arch" "zlib1g:$arch" >&2) || { apt-get update -qq >&2 && (cd "$dl" && apt-get download -qq \
+        "libseccomp-dev:$arch" "libseccomp2:$arch" "libelf-dev:$arch" "libelf1:$arch" "zlib1g-dev:$arch" "zlib1g:$arch" >&2); }
+    mkdir -p "$root"
+    for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$root"; done
+    rm -rf "$dl"
+    touch "$root/.complete"
+  fi
+  echo "$root/usr/lib/$triple"
 }
 setup_packages
 
@@ -39,18 +59,19 @@ profile_dir=$PROFILE
 
 for target in $TARGETS; do
   case "$target" in
-    aarch64-unknown-linux-gnu) triple=aarch64-linux-gnu; qemu=qemu-aarch64-static ;;
-    armv7-unknown-linux-gnueabihf) triple=arm-linux-gnueabihf; qemu=qemu-arm-static ;;
+    aarch64-unknown-linux-gnu) triple=aarch64-linux-gnu; qemu=qemu-aarch64-static; debarch=arm64 ;;
+    armv7-unknown-linux-gnueabihf) triple=arm-linux-gnueabihf; qemu=qemu-arm-static; debarch=armhf ;;
     *) echo "cross-build: unsupported target $target" >&2; exit 2 ;;
   esac
   rustup target list --installed | grep -qx "$target" || rustup target add "$target"
   up=$(echo "$target" | tr 'a-z-' 'A-Z_')
   export "CARGO_TARGET_${up}_LINKER=${triple}-gcc"
   export "CARGO_TARGET_${up}_RUNNER=${qemu} -L /usr/${triple}"
-  export "CARGO_TARGET_${up}_RUSTFLAGS=-C target-feature=+crt-static"
+  libdir=$(target_libs "$debarch" "$triple")
+  export "CARGO_TARGET_${up}_RUSTFLAGS=-C target-feature=+crt-static -L native=$libdir"
   export "CC_${target//-/_}=${triple}-gcc" "AR_${target//-/_}=${triple}-ar"
-  export LIBSECCOMP_LIB_PATH=/usr/lib/${triple} LIBSECCOMP_LINK_TYPE=static
-  export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_LIBDIR=/usr/lib/${triple}/pkgconfig
+  export LIBSECCOMP_LIB_PATH=$libdir LIBSECCOMP_LINK_TYPE=static
+  export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_LIBDIR=$libdir/pkgconfig PKG_CONFIG_SYSROOT_DIR=${libdir%/usr/lib/*}
 
   echo "== $target: build ($PROFILE)"
   cargo build --profile "$PROFILE" --target "$target" -p outpost-hub -p outpost-edge-agent

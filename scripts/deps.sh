@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential pkg-config git curl ca-certificates
   libseccomp-dev          # libcontainer's seccomp support (the agent fails closed without it)
+  libelf-dev zlib1g-dev   # libbpf (cgroup v2 device filters in libcontainer)
   runc                    # reference runtime for the start-latency benchmark
   busybox-static          # tiny rootfs for runtime tests
   mosquitto               # external-broker tests
