@@ -4,6 +4,8 @@
 //! set OUTPOST_SCALE_DEVICES=10000 for the simulator's size.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+mod common;
+
 use outpost_hub::config::DataDir;
 use outpost_hub::deploy::DeploymentSpec;
 use outpost_hub::hub::{Hub, NewDevice};
@@ -77,4 +79,102 @@ async fn one_apply_over_a_large_fleet_renders_each_device_once() {
     println!(
         "scale: {n} devices: register {register:?}, apply {apply:?}, unchanged re-apply {reapply:?}"
     );
+}
+
+/// N devices each send one status through the embedded broker; all are verified
+/// and stored. Prints the time until the last one is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_from_every_device_is_ingested() {
+    use outpost_hub::config::HubConfig;
+    use outpost_hub::serve::{self, ServeOptions};
+    use outpost_protocol::{topics, RejectCounters, StatusReport};
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    use tokio_util::sync::CancellationToken;
+
+    let n: usize = std::env::var("OUTPOST_SCALE_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path());
+    signing::create_keys(&dir, 0).unwrap();
+    let mut config = HubConfig {
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = serve::start(
+        ServeOptions {
+            data_dir: dir.clone(),
+            config,
+            resolver: Arc::new(PinnedOnly),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let key = outpost_protocol::SigningKey::generate().unwrap();
+    let ids: Vec<outpost_protocol::DeviceId> = (0..n)
+        .map(|i| format!("st-{i:05}").parse().unwrap())
+        .collect();
+    running
+        .hub
+        .add_devices(
+            ids.iter()
+                .map(|id| NewDevice {
+                    id: id.clone(),
+                    public_key: key.public_key(),
+                    labels: BTreeMap::new(),
+                })
+                .collect(),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+    let payloads: Vec<(String, Vec<u8>)> = ids
+        .iter()
+        .map(|id| {
+            let r = StatusReport {
+                device_id: id.clone(),
+                applied: Some((1, 1)),
+                seq: 1,
+                reported_at: 0,
+                agent_version: "sim".into(),
+                uptime_secs: 1,
+                apps: vec![],
+                rejected: RejectCounters::default(),
+                last_rejection: None,
+            };
+            (topics::status(id), r.seal(&key))
+        })
+        .collect();
+
+    let port = running.embedded_broker.unwrap().port();
+    let mut o = MqttOptions::new("scale-publisher", "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(o, 1000);
+    let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let t = Instant::now();
+    for (topic, bytes) in payloads {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, bytes)
+            .await
+            .unwrap();
+    }
+    let store = running.hub.store.clone();
+    common::eventually("every status stored", || {
+        let store = store.clone();
+        async move {
+            let c = store.counters().ok()?;
+            (c.get("status_accepted").copied().unwrap_or(0) as usize == n).then_some(())
+        }
+    })
+    .await;
+    let took = t.elapsed();
+    assert_eq!(running.hub.store.statuses().unwrap().len(), n);
+    println!("scale: {n} status reports ingested in {took:?}");
+    driver.abort();
+    shutdown.cancel();
+    running.wait().await;
 }
