@@ -156,31 +156,34 @@ pub async fn run(
 
     // The link.
     let broker = cfg.broker_addr()?;
-    if broker.tls {
-        tracing::error!(device_id = %device, broker = %cfg.broker, "mqtts:// is not supported by this build; running offline");
-    } else {
-        let (client, driver) = link::connect(&device, &broker);
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let (conn_tx, conn_rx) = watch::channel(None);
-        tracker.spawn(driver.run(in_tx, ack_tx, cancel.clone()));
-        let sender = Sender {
-            client: client.clone(),
-            reporter: reporter.clone(),
-            conn: conn_rx,
-            acks: ack_rx,
-            status_interval: Duration::from_secs(cfg.status_interval_secs.max(1)),
-        };
-        tracker.spawn(sender.run(cancel.clone()));
-        let inbox = Inbox {
-            client,
-            gate: Some(gate),
-            reporter: reporter.clone(),
-            desired: desired_tx,
-            conn: conn_tx,
-            epoch: 0,
-        };
-        tracker.spawn(inbox.run(in_rx, cancel.clone()));
+    match link::connect(&device, &broker, cfg.ca_file.as_deref()) {
+        Err(e) => {
+            // Apps keep running from the persisted manifest; only the link is off.
+            tracing::error!(device_id = %device, broker = %cfg.broker, error = %e, "cannot set up the broker link; running offline");
+        }
+        Ok((client, driver)) => {
+            let (in_tx, in_rx) = mpsc::unbounded_channel();
+            let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+            let (conn_tx, conn_rx) = watch::channel(None);
+            tracker.spawn(driver.run(in_tx, ack_tx, cancel.clone()));
+            let sender = Sender {
+                client: client.clone(),
+                reporter: reporter.clone(),
+                conn: conn_rx,
+                acks: ack_rx,
+                status_interval: Duration::from_secs(cfg.status_interval_secs.max(1)),
+            };
+            tracker.spawn(sender.run(cancel.clone()));
+            let inbox = Inbox {
+                client,
+                gate: Some(gate),
+                reporter: reporter.clone(),
+                desired: desired_tx,
+                conn: conn_tx,
+                epoch: 0,
+            };
+            tracker.spawn(inbox.run(in_rx, cancel.clone()));
+        }
     }
 
     cancel.cancelled().await;

@@ -56,9 +56,13 @@ pub enum Command {
 pub struct InitArgs {
     #[arg(long)]
     pub device_id: String,
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port` or `mqtts://host:port`.
     #[arg(long)]
     pub broker: String,
+    /// PEM CA bundle that signed the broker's certificate (`mqtts://` only;
+    /// default: the system bundle).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// Root public key: 64 hex characters, or a file containing them (`root.pub`).
     #[arg(long)]
     pub root_key: String,
@@ -117,6 +121,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
     let cfg = Config {
         device_id: device_id.clone(),
         broker: a.broker,
+        ca_file: a.ca_file,
         root_key: root.to_string(),
         keyset_file,
         data_dir: a.data_dir,

@@ -42,8 +42,11 @@ pub struct RegistryConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub device_id: DeviceId,
-    /// `mqtt://host:port` (or `mqtts://`, not supported by this build yet).
+    /// `mqtt://host:port` or `mqtts://host:port`.
     pub broker: String,
+    /// PEM CA bundle for `mqtts://`; the system bundle when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Hex ed25519 root public key that signs key sets.
     pub root_key: String,
     /// The initial `SignedKeySet` (copied into the data dir by `init`).
@@ -223,6 +226,7 @@ mod tests {
         let cfg = Config {
             device_id: "pi-1".parse().unwrap(),
             broker: "mqtt://127.0.0.1:1883".into(),
+            ca_file: None,
             root_key: "ab".repeat(32),
             keyset_file: dir.path().join("keyset.bin"),
             data_dir: dir.path().into(),

@@ -14,7 +14,11 @@ use crate::config::BrokerAddr;
 use crate::report::Reporter;
 use outpost_protocol::{topics, DeviceId, MAX_MESSAGE_BYTES};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS, TlsConfiguration,
+    Transport,
+};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -28,6 +32,8 @@ pub const MAX_INCOMING_PACKET: usize = 4 * 1024 * 1024;
 pub const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 4096;
 /// A publish not acknowledged within this time is treated as a dead link.
 const ACK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Smallest gap between two status reports sent because the view changed.
+const MIN_STATUS_GAP: Duration = Duration::from_secs(1);
 
 /// Reconnect delay: exponential from `base`, capped at `max`, with "full jitter"
 /// (uniform in [delay/2, delay]) so a fleet coming back from a hub outage does not
@@ -53,16 +59,45 @@ pub enum AckEvent {
     Acked(u16),
 }
 
+/// Default CA bundle for `mqtts://` (Debian's ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("reading the broker CA bundle {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Client id = device id (stable, so the broker keeps our session), persistent
-/// session, manual acks, explicit packet limits.
-pub fn options(device: &DeviceId, broker: &BrokerAddr) -> MqttOptions {
+/// session, manual acks, explicit packet limits; TLS (rustls with ring) for
+/// `mqtts://`, verifying the broker against `ca_file` or the system bundle.
+pub fn options(
+    device: &DeviceId,
+    broker: &BrokerAddr,
+    ca_file: Option<&Path>,
+) -> Result<MqttOptions, LinkError> {
     let mut o = MqttOptions::new(device.as_str(), broker.host.clone(), broker.port);
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))
         .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
         .set_inflight(16);
-    o
+    if broker.tls {
+        let path = ca_file.map_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE), Path::to_path_buf);
+        let ca = std::fs::read(&path).map_err(|source| LinkError::CaFile { path, source })?;
+        // rumqttc's rustls needs a process-wide provider: ring (no aws-lc-rs).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    Ok(o)
 }
 
 /// The polling half. Owns the event loop; never publishes.
@@ -71,16 +106,20 @@ pub struct LinkDriver {
     device: DeviceId,
 }
 
-pub fn connect(device: &DeviceId, broker: &BrokerAddr) -> (AsyncClient, LinkDriver) {
-    let (client, mut eventloop) = AsyncClient::new(options(device, broker), 64);
+pub fn connect(
+    device: &DeviceId,
+    broker: &BrokerAddr,
+    ca_file: Option<&Path>,
+) -> Result<(AsyncClient, LinkDriver), LinkError> {
+    let (client, mut eventloop) = AsyncClient::new(options(device, broker, ca_file)?, 64);
     eventloop.network_options.set_connection_timeout(5);
-    (
+    Ok((
         client,
         LinkDriver {
             eventloop,
             device: device.clone(),
         },
-    )
+    ))
 }
 
 impl LinkDriver {
@@ -255,6 +294,15 @@ impl Sender {
                 if changes.has_changed().unwrap_or(false)
                     || last_status.elapsed() >= self.status_interval
                 {
+                    // At most one change-driven status per second (a pull or a
+                    // backoff countdown changes the view often).
+                    let since = last_status.elapsed();
+                    if since < MIN_STATUS_GAP {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break 'outer,
+                            _ = tokio::time::sleep(MIN_STATUS_GAP - since) => {}
+                        }
+                    }
                     changes.borrow_and_update();
                     last_status = tokio::time::Instant::now();
                     if self
@@ -300,6 +348,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_needs_a_readable_ca_bundle_and_names_it() {
+        let broker = BrokerAddr {
+            host: "h".into(),
+            port: 8883,
+            tls: true,
+        };
+        let missing = Path::new("/nonexistent/ca.pem");
+        let err = options(&"pi-1".parse().unwrap(), &broker, Some(missing)).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let o = options(&"pi-1".parse().unwrap(), &broker, Some(&ca)).unwrap();
+        assert!(matches!(o.transport(), Transport::Tls(_)));
+    }
+
+    #[test]
     fn options_follow_the_pitfalls() {
         let o = options(
             &"pi-1".parse().unwrap(),
@@ -308,7 +373,9 @@ mod tests {
                 port: 1,
                 tls: false,
             },
-        );
+            None,
+        )
+        .unwrap();
         assert_eq!(o.client_id(), "pi-1");
         assert!(!o.clean_session());
         assert!(o.manual_acks());
