@@ -359,3 +359,127 @@ impl Inbox {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::initial_trust;
+    use outpost_protocol::envelope::{seal_value, Kind};
+    use outpost_protocol::{AppSpec, KeySet, RejectCounters, SignedKeySet};
+
+    struct Rig {
+        inbox: Inbox,
+        signer: SigningKey,
+        desired: watch::Receiver<Option<Arc<Manifest>>>,
+        store: Arc<Store>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let root = SigningKey::generate().unwrap();
+        let signer = SigningKey::generate().unwrap();
+        let ks = SignedKeySet::sign(
+            &KeySet {
+                version: 1,
+                issued_at: 0,
+                keys: vec![signer.public_key()],
+            },
+            &root,
+        );
+        let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin").unwrap();
+        let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
+        let reporter = Arc::new(Reporter::new(
+            device.clone(),
+            SigningKey::generate().unwrap(),
+            store.clone(),
+            100,
+            1,
+            View::default(),
+            dir.path().join("status.json"),
+        ));
+        let (client, _driver) = link::connect(
+            &device,
+            &crate::config::parse_broker("mqtt://127.0.0.1:1").unwrap(),
+            None,
+        )
+        .unwrap();
+        let (desired_tx, desired) = watch::channel(None);
+        let (conn, _) = watch::channel(None);
+        Rig {
+            inbox: Inbox {
+                client,
+                gate: Some(TrustGate::new(device, trust, store.clone())),
+                reporter,
+                desired: desired_tx,
+                conn,
+                epoch: 0,
+            },
+            signer,
+            desired,
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn sealed(signer: &SigningKey, generation: u64) -> Vec<u8> {
+        let image = format!("reg/app@sha256:{}", "11".repeat(32))
+            .parse()
+            .unwrap();
+        let m = Manifest {
+            device_id: "pi-1".parse().unwrap(),
+            epoch: 1,
+            generation,
+            issued_at: 0,
+            key_id: signer.key_id(),
+            apps: vec![AppSpec::new("web", image)],
+        };
+        seal_value(Kind::Manifest, signer, &m).unwrap()
+    }
+
+    #[tokio::test]
+    async fn accepted_manifests_become_desired_and_rejections_are_counted_persisted_and_inert() {
+        let mut r = rig();
+        let topic = topics::manifest(&"pi-1".parse().unwrap());
+        let good = sealed(&r.signer, 2);
+        assert!(r.inbox.handle(&topic, good.clone()).await);
+        assert_eq!(r.desired.borrow().as_ref().unwrap().generation, 2);
+        assert_eq!(r.inbox.reporter.view().applied, Some((1, 2)));
+
+        // Duplicate: silent.
+        r.desired.mark_unchanged();
+        assert!(r.inbox.handle(&topic, good.clone()).await);
+        assert!(!r.desired.has_changed().unwrap());
+        assert_eq!(r.inbox.reporter.view().rejected, RejectCounters::default());
+
+        // Replay, tamper, junk: acked (no redelivery loop), counted, persisted,
+        // desired state untouched.
+        let mut flipped = good.clone();
+        let n = flipped.len();
+        flipped[n - 1] ^= 1;
+        for bad in [sealed(&r.signer, 1), flipped, vec![7u8; 1 << 20]] {
+            assert!(r.inbox.handle(&topic, bad).await);
+        }
+        assert!(!r.desired.has_changed().unwrap());
+        let v = r.inbox.reporter.view();
+        assert_eq!(
+            (
+                v.rejected.rollback,
+                v.rejected.bad_signature,
+                v.rejected.too_large
+            ),
+            (1, 1, 1)
+        );
+        assert!(v.last_rejection.unwrap().contains("over the"));
+        let loaded = r.store.load().unwrap();
+        assert_eq!(loaded.rejected.total(), 3);
+        assert_eq!(loaded.manifest.as_deref(), Some(good.as_slice()));
+        // Applied + 3 rejections were queued as events.
+        assert_eq!(loaded.event_seq, 4);
+
+        // Other topics are ignored (and acked).
+        assert!(r.inbox.handle("outpost/v1/dev/pi-1/other", vec![1]).await);
+        assert_eq!(r.store.load().unwrap().event_seq, 4);
+    }
+}
