@@ -42,9 +42,14 @@ target_libs() { # DEB_ARCH TRIPLE -> prints the library dir
   if [ ! -f "$root/.complete" ]; then
     local dl
     dl=$(mktemp -d)
-    (cd "$dl" && apt-get download -qq "libseccomp-dev:$arch" "libseccomp2:$arch" "libelf-dev:$arch" \
-        "libelf1:$arch" "zlib1g-dev:$arch" "zlib1g:$arch" >&2) || { apt-get update -qq >&2 && (cd "$dl" && apt-get download -qq \
-        "libseccomp-dev:$arch" "libseccomp2:$arch" "libelf-dev:$arch" "libelf1:$arch" "zlib1g-dev:$arch" "zlib1g:$arch" >&2); }
+    local pkgs=("libseccomp-dev:$arch" "libseccomp2:$arch" "libelf-dev:$arch" "libelf1:$arch" "zlib1g-dev:$arch" "zlib1g:$arch")
+    local try
+    for try in 1 2 3 4; do
+      (cd "$dl" && apt-get download -qq "${pkgs[@]}" >&2) && break
+      [ "$try" = 4 ] && { echo "cross-build: could not download ${pkgs[*]}" >&2; exit 1; }
+      # Lists may lack the architecture yet, or apt may be busy: refresh and retry.
+      sleep 5; apt-get update -qq >&2 || true
+    done
     mkdir -p "$root"
     for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$root"; done
     rm -rf "$dl"

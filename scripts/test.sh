@@ -19,3 +19,11 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+# ARM: release builds of both binaries for aarch64 and armv7, then `--version` and
+# the protocol tests under qemu-user, so an ARM-only breakage fails the suite.
+# (Local shortcut: OUTPOST_SKIP_CROSS=1.)
+if [ "${OUTPOST_SKIP_CROSS:-0}" != 1 ]; then
+  echo "== cross builds (aarch64, armv7) + qemu-user checks"
+  scripts/cross-build.sh
+fi
