@@ -203,34 +203,37 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         cmd => {
-            let client = match (cli.url, cli.token) {
-                (Some(url), Some(token)) => ApiClient::new(url, token),
-                (url, token) => {
-                    let from_dir = ApiClient::from_data_dir(&dir);
-                    match (url, token, from_dir) {
-                        (Some(url), None, _) => {
-                            let token =
-                                std::fs::read_to_string(dir.token()).with_context(|| {
-                                    format!(
-                                        "--url given without --token, and {} unreadable",
-                                        dir.token().display()
-                                    )
-                                })?;
-                            ApiClient::new(url, token.trim())
-                        }
-                        (None, Some(token), Ok(c)) => {
-                            let _ = c;
-                            let config = HubConfig::load(&dir.config())?;
-                            ApiClient::new(format!("http://{}", config.http_listen), token)
-                        }
-                        (_, _, Ok(c)) => c,
-                        (_, _, Err(e)) => return Err(e.into()),
-                    }
-                }
-            };
+            let client = api_client(&dir, cli.url, cli.token)?;
             remote(cmd, &client).await
         }
     }
+}
+
+/// The API client: `--url`/`--token` when given, else from the data directory.
+fn api_client(dir: &DataDir, url: Option<String>, token: Option<String>) -> Result<ApiClient> {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let config = HubConfig::load(&dir.config()).with_context(|| {
+                format!(
+                    "no --url given and no hub config in {} (use --data-dir or --url)",
+                    dir.root.display()
+                )
+            })?;
+            let mut addr = config.http_listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let token = match token {
+        Some(t) => t,
+        None => std::fs::read_to_string(dir.token()).with_context(|| {
+            format!("no --token given and cannot read {}", dir.token().display())
+        })?,
+    };
+    Ok(ApiClient::new(url, token.trim()))
 }
 
 fn init(

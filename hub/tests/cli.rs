@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use outpost_hub::api::DeviceDetail;
-use outpost_protocol::{topics, DeviceId, SigningKey, Verdict};
+use outpost_protocol::{topics, DeviceId, SigningKey};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_delete_remove_and_root_export_through_the_cli() {
@@ -35,25 +35,13 @@ async fn label_delete_remove_and_root_export_through_the_cli() {
     let topic = topics::manifest(&id);
     let mut sub = Subscriber::connect("c-1", hub.mqtt_port, std::slice::from_ref(&topic)).await;
     let mut v = verifier(&dir, &id);
-    let first = sub.next_on(&topic).await;
-    match v.verify(&first.payload).unwrap() {
-        Verdict::Accept(a) => {
-            assert!(a.manifest.apps.is_empty());
-            v.commit(&a);
-        }
-        other => panic!("{other:?}"),
-    }
+    let (first, _) = manifest_where(&mut sub, &topic, &mut v, |_| true).await;
+    assert!(first.apps.is_empty());
 
     // Labelling the device into the selector issues a manifest with the app.
     hub.cli(&["device", "label", "c-1", "role=db"]);
-    let second = sub.next_on(&topic).await;
-    match v.verify(&second.payload).unwrap() {
-        Verdict::Accept(a) => {
-            assert_eq!(a.manifest.apps[0].name, "pg");
-            v.commit(&a);
-        }
-        other => panic!("{other:?}"),
-    }
+    let (second, _) = manifest_where(&mut sub, &topic, &mut v, |m| !m.apps.is_empty()).await;
+    assert_eq!(second.apps[0].name, "pg");
     let status = hub.cli(&["status", "c-1"]);
     assert!(
         status.contains("role=db") && status.contains("[pg]"),
@@ -62,11 +50,11 @@ async fn label_delete_remove_and_root_export_through_the_cli() {
 
     // Deleting the deployment takes the app away again.
     hub.cli(&["delete", "deployment", "db"]);
-    let third = sub.next_on(&topic).await;
-    match v.verify(&third.payload).unwrap() {
-        Verdict::Accept(a) => assert!(a.manifest.apps.is_empty()),
-        other => panic!("{other:?}"),
-    }
+    let (third, _) = manifest_where(&mut sub, &topic, &mut v, |m| {
+        m.generation > second.generation
+    })
+    .await;
+    assert!(third.apps.is_empty());
     let err = hub.cli_err(&["delete", "deployment", "db"]);
     assert!(err.contains("not found"), "{err}");
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use outpost_hub::api::DeviceDetail;
-use outpost_protocol::{topics, DeviceId, RejectCounters, SigningKey, StatusReport, Verdict};
+use outpost_protocol::{topics, DeviceId, RejectCounters, SigningKey, StatusReport};
 use rumqttc::QoS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,11 +43,9 @@ async fn hub_with_external_mosquitto_delivers_manifests_and_ingests_status() {
     let id: DeviceId = "m-1".parse().unwrap();
     let topic = topics::manifest(&id);
     let mut sub = Subscriber::connect("m-1", port, std::slice::from_ref(&topic)).await;
-    let got = sub.next_on(&topic).await;
-    match verifier(&dir, &id).verify(&got.payload).unwrap() {
-        Verdict::Accept(a) => assert_eq!(a.manifest.apps[0].name, "app"),
-        other => panic!("{other:?}"),
-    }
+    let mut v = verifier(&dir, &id);
+    let (m, _) = manifest_where(&mut sub, &topic, &mut v, |m| !m.apps.is_empty()).await;
+    assert_eq!(m.apps[0].name, "app");
 
     // Status through Mosquitto reaches the hub and is stored.
     let r = StatusReport {
@@ -164,10 +162,8 @@ async fn hub_reaches_mosquitto_over_mqtts_with_a_configured_ca() {
     let id: DeviceId = "s-1".parse().unwrap();
     let topic = topics::manifest(&id);
     let mut sub = Subscriber::connect("s-1", plain, std::slice::from_ref(&topic)).await;
-    let got = sub.next_on(&topic).await;
-    match verifier(&dir, &id).verify(&got.payload).unwrap() {
-        Verdict::Accept(a) => assert_eq!(a.manifest.apps[0].name, "app"),
-        other => panic!("{other:?}"),
-    }
+    let mut v = verifier(&dir, &id);
+    let (m, _) = manifest_where(&mut sub, &topic, &mut v, |m| !m.apps.is_empty()).await;
+    assert_eq!(m.apps[0].name, "app");
     assert!(hub.proc.log_text().contains("connected to MQTT broker"));
 }

@@ -351,3 +351,27 @@ pub fn deployment_file(dir: &Path, name: &str, selector: &str, apps: &[(&str, &s
     std::fs::write(&path, s).unwrap();
     path
 }
+
+/// Read manifests on `topic`, verifying and committing each like an agent, until
+/// one satisfies `pred` (an earlier retained manifest may arrive first: publishing
+/// happens after the API call returns).
+pub async fn manifest_where(
+    sub: &mut Subscriber,
+    topic: &str,
+    v: &mut Verifier,
+    pred: impl Fn(&outpost_protocol::Manifest) -> bool,
+) -> (outpost_protocol::Manifest, Publish) {
+    loop {
+        let p = sub.next_on(topic).await;
+        match v.verify(&p.payload) {
+            Ok(outpost_protocol::Verdict::Accept(a)) => {
+                v.commit(&a);
+                if pred(&a.manifest) {
+                    return (a.manifest, p);
+                }
+            }
+            Ok(outpost_protocol::Verdict::Duplicate { .. }) => {}
+            Err(e) => panic!("manifest on {topic} refused: {e}"),
+        }
+    }
+}
