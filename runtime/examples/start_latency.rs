@@ -75,7 +75,10 @@ fn main() -> Result<()> {
         spec["linux"]["cgroupsPath"] = format!("/outpost-runc/{id}").into();
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
         let t0 = Instant::now();
-        runc(&runc_root, &["run", "-d", "--bundle", path_str(&bundle)?, &id])?;
+        runc(
+            &runc_root,
+            &["run", "-d", "--bundle", path_str(&bundle)?, &id],
+        )?;
         theirs.push(t0.elapsed());
         runc(&runc_root, &["delete", "--force", &id])?;
     }

@@ -118,6 +118,8 @@ pub enum RuntimeError {
     #[error("container {0:?} not found")]
     NotFound(String),
     #[error(transparent)]
+    InvalidApp(#[from] outpost_protocol::ValidationError),
+    #[error(transparent)]
     Admit(#[from] AdmitError),
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -242,6 +244,9 @@ impl Runtime {
         if dir.exists() || self.state_path(id).exists() {
             return Err(RuntimeError::Exists(id.to_string()));
         }
+        // The agent validated the manifest already; checking again here keeps a
+        // hand-built AppSpec from putting '..' paths into mounts.
+        req.app.validate()?;
         let admission = admit(req.app, &self.host, self.config.memory_policy)?;
         let devices = resolve_devices(req.app)?;
         std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
