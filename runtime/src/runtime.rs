@@ -32,6 +32,10 @@ pub struct RuntimeConfig {
     /// The helper that performs create (see [`crate::helper`]).
     pub helper: HelperCommand,
     pub memory_policy: MemoryLimitPolicy,
+    /// Parent of every container's cgroup (`<parent>/<id>` in each hierarchy).
+    /// Two runtimes on one host (tests) need different parents, or equal ids
+    /// would share a cgroup.
+    pub cgroup_parent: String,
 }
 
 /// How to run the create helper: `program args_prefix.. create <json>`.
@@ -63,6 +67,7 @@ impl RuntimeConfig {
             data_dir: data_dir.into(),
             helper: HelperCommand::next_to_current_exe(),
             memory_policy: MemoryLimitPolicy::default(),
+            cgroup_parent: "/outpost".to_string(),
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct ContainerInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("cgroup parent {0:?} must be an absolute path of safe segments, e.g. /outpost")]
+    BadCgroupParent(String),
     #[error("container id {0:?} is invalid: use 1-128 of A-Z a-z 0-9 _ . - not starting with '.'")]
     BadId(String),
     #[error("container {0:?} already exists")]
@@ -201,6 +208,12 @@ impl Runtime {
     /// Use host facts gathered elsewhere. The seam for testing fail-closed
     /// behaviour: a report saying "no seccomp" makes every create refuse.
     pub fn with_host(config: RuntimeConfig, host: HostReport) -> Result<Self> {
+        let parent = &config.cgroup_parent;
+        if !outpost_protocol::manifest::is_safe_abs_path(parent)
+            || parent.split('/').skip(1).any(|seg| !valid_id(seg))
+        {
+            return Err(RuntimeError::BadCgroupParent(parent.clone()));
+        }
         for dir in [
             &config.state_dir,
             &config.data_dir.join("containers"),
@@ -209,6 +222,11 @@ impl Runtime {
             std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         }
         Ok(Runtime { config, host })
+    }
+
+    /// The container's cgroup path relative to each hierarchy's root.
+    pub fn cgroup_path(&self, id: &str) -> String {
+        format!("{}/{id}", self.config.cgroup_parent)
     }
 
     pub fn host(&self) -> &HostReport {
@@ -288,7 +306,7 @@ impl Runtime {
                 })?
             }
         };
-        let cgroups_path = format!("/outpost/{id}");
+        let cgroups_path = self.cgroup_path(id);
         let spec = spec::generate(&SpecInputs {
             app,
             image: req.image,

@@ -125,11 +125,16 @@ fn memory_limit_is_enforced_by_the_cgroup() {
     );
     app.resources.memory_bytes = Some(limit);
     f.create("hog-1", &app);
-    let set: u64 = std::fs::read_to_string(memory_limit_file("hog-1"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let set: u64 = std::fs::read_to_string(cgroup_file(
+        "memory",
+        "memory.max",
+        "memory.limit_in_bytes",
+        &f.rt.cgroup_path("hog-1"),
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
     assert_eq!(set, limit);
     f.rt.start("hog-1").unwrap();
     let status = f.wait_exit("hog-1");
@@ -335,12 +340,13 @@ fn cpu_quota_is_written_to_the_cgroup() {
     let mut app = sh_app("sipper", "sleep 1000");
     app.resources.cpu_millis = Some(250);
     f.create("sipper-1", &app);
-    let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/outpost/sipper-1/cpu.cfs_quota_us");
-    let quota = if v1.exists() {
-        std::fs::read_to_string(v1).unwrap().trim().to_string()
-    } else {
-        std::fs::read_to_string("/sys/fs/cgroup/outpost/sipper-1/cpu.max").unwrap()
-    };
+    let file = cgroup_file(
+        "cpu",
+        "cpu.max",
+        "cpu.cfs_quota_us",
+        &f.rt.cgroup_path("sipper-1"),
+    );
+    let quota = std::fs::read_to_string(file).unwrap();
     assert!(quota.starts_with("25000"), "{quota}");
 }
 
@@ -372,4 +378,42 @@ fn leftovers_without_libcontainer_state_are_removed_and_live_containers_kept() {
     assert!(!ghost.exists());
     assert!(f.rt.log_path("alive-1").parent().unwrap().exists());
     assert_eq!(f.rt.list().unwrap().len(), 1);
+}
+
+#[test]
+fn concurrent_creates_from_many_threads_all_run() {
+    // The test harness is multi-threaded like the tokio agent; creates go
+    // through the single-threaded helper, so parallel calls are safe.
+    let f = Fixture::new();
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let f = &f;
+            s.spawn(move || {
+                f.run(
+                    &format!("crowd-{i}"),
+                    &sh_app("crowd", &format!("echo member-{i}; sleep 1000")),
+                );
+            });
+        }
+    });
+    for i in 0..4 {
+        f.wait_log(&format!("crowd-{i}"), &format!("member-{i}"));
+    }
+    let listed = f.rt.list().unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|c| c.status == ContainerStatus::Running));
+}
+
+#[test]
+fn check_host_reports_this_hosts_cgroup_layout_and_seccomp() {
+    let host = outpost_runtime::check_host().unwrap();
+    let expected = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        outpost_runtime::CgroupVersion::V2
+    } else if std::path::Path::new("/sys/fs/cgroup/unified").exists() {
+        outpost_runtime::CgroupVersion::Hybrid
+    } else {
+        outpost_runtime::CgroupVersion::V1
+    };
+    assert_eq!(host.cgroup, expected);
+    assert!(host.seccomp_available(), "{host:?}");
 }

@@ -64,10 +64,30 @@ pub fn helper() -> HelperCommand {
     }
 }
 
+/// A runtime config rooted at `base`, with a cgroup parent unique to `base` so
+/// tests (and other runtimes on the host) never share a cgroup.
 pub fn config(base: &Path) -> RuntimeConfig {
     let mut c = RuntimeConfig::new(base.join("state"), base.join("data"));
     c.helper = helper();
+    let unique = base
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .replace('.', "-");
+    c.cgroup_parent = format!("/outpost-test/{unique}");
     c
+}
+
+/// The directory of cgroup `path` in the hierarchy that holds `file` (v1
+/// controller dir or the v2 root).
+pub fn cgroup_file(v1_controller: &str, v2_file: &str, v1_file: &str, path: &str) -> PathBuf {
+    let v1 = PathBuf::from(format!("/sys/fs/cgroup/{v1_controller}{path}/{v1_file}"));
+    if v1.exists() {
+        v1
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup{path}/{v2_file}"))
+    }
 }
 
 /// A runtime in a temp dir; deletes every container it can see on drop, so a
@@ -152,6 +172,15 @@ impl Drop for Fixture {
                 }
             }
         }
+        // The per-fixture cgroup parent is empty now; remove it everywhere.
+        let parent = self.rt.cgroup_path("x");
+        let parent = parent.trim_end_matches("/x");
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir(format!("{}{parent}", e.path().display()));
+            }
+        }
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup{parent}"));
     }
 }
 
