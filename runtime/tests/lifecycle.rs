@@ -97,18 +97,6 @@ fn named_volume_survives_stop_delete_and_recreate() {
     assert_eq!(on_host, "run-one\nrun-two\n");
 }
 
-/// The memory cgroup file holding the container's limit, v1 or v2.
-fn memory_limit_file(id: &str) -> std::path::PathBuf {
-    let v1 = std::path::PathBuf::from(format!(
-        "/sys/fs/cgroup/memory/outpost/{id}/memory.limit_in_bytes"
-    ));
-    if v1.exists() {
-        v1
-    } else {
-        std::path::PathBuf::from(format!("/sys/fs/cgroup/outpost/{id}/memory.max"))
-    }
-}
-
 #[test]
 fn memory_limit_is_enforced_by_the_cgroup() {
     outpost_runtime::become_subreaper().unwrap();
