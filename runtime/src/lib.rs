@@ -21,12 +21,16 @@
 //! # Public API (sync; call from `spawn_blocking`)
 //! ```text
 //! let rt = Runtime::new(RuntimeConfig::new("/run/outpost/containers", "/var/lib/outpost"))?;
-//! rt.host();                                   // HostReport from check_host()
+//! rt.host();                 // HostReport { cgroup, memory_limits, seccomp_unavailable }
+//! rt.remove_leftovers()?;    // once at start: dirs a reboot or crashed create left
 //! rt.create(&ContainerRequest { id, app, image, image_digest, rootfs: Rootfs::Layers(dirs), labels })?;
 //! rt.start(id)?;  rt.stop(id, grace)?;  rt.delete(id)?;
-//! rt.list()?  // Vec<ContainerInfo { id, app, image_digest, spec_hash, pid, status, labels }>
-//! rt.log_path(id); rt.rotate_logs(max_bytes, keep)?;
+//! rt.list()?  // Vec<ContainerInfo { id, app, image_digest, spec_hash, pid, status, exit_code, labels }>
+//! rt.info(id)?; rt.log_path(id); rt.volume_path(app, volume); rt.rotate_logs(max_bytes, keep)?;
+//! spec::spec_hash(app, image, digest)  // compare with ContainerInfo::spec_hash to detect drift
 //! ```
+//! `RuntimeConfig` also sets the create helper, the memory-limit policy on hosts
+//! that cannot enforce limits, and the cgroup parent (default `/outpost`).
 //!
 //! # Processes and detachment
 //! `create` execs the helper ([`RuntimeConfig::helper`], by default

@@ -59,7 +59,7 @@ fn container_writes_to_its_volume_and_serves_http_on_host_network() {
         Some("web-1")
     );
     assert_eq!(
-        f.rt.stop("web-1", Duration::from_secs(5)).unwrap(),
+        f.rt.stop("web-1", Duration::from_secs(1)).unwrap(),
         ContainerStatus::Stopped
     );
     f.rt.delete("web-1").unwrap();
