@@ -445,6 +445,96 @@ impl Hub {
         Ok(outcome)
     }
 
+    /// Re-issue a device's current desired state with a generation above
+    /// `applied`, the generation the device reports having accepted. Used when a
+    /// device is ahead of the hub (its database restored from an older backup).
+    pub async fn reissue_above(
+        self: &Arc<Self>,
+        id: DeviceId,
+        applied: u64,
+    ) -> Result<Option<u64>, HubError> {
+        let id2 = id.clone();
+        let issued = self
+            .blocking(move |hub| {
+                let now = now_secs();
+                hub.store.write(|tx| {
+                    let Some(dev) = tx.device(&id2)? else {
+                        return Ok(None);
+                    };
+                    let epoch = hub.signer.epoch();
+                    if tx
+                        .manifest_meta(&id2)?
+                        .is_some_and(|m| m.epoch != epoch || m.generation > applied)
+                    {
+                        return Ok(None);
+                    }
+                    let deployments = pinned_deployments(tx)?;
+                    let apps = render::desired_apps(&id2, &dev.labels, &deployments)?;
+                    let generation = applied.saturating_add(1);
+                    let digest = render::apps_digest(&apps);
+                    let (meta, bytes) = hub.seal_one(&id2, epoch, generation, apps, digest, now)?;
+                    tx.put_manifests([(&id2, &meta, bytes.as_slice())])?;
+                    audit(
+                        tx,
+                        now,
+                        "hub",
+                        "manifest.reissue",
+                        id2.as_str(),
+                        serde_json::json!({
+                            "device_applied": applied,
+                            "generation": generation,
+                        }),
+                    )?;
+                    Ok(Some(generation))
+                })
+            })
+            .await?;
+        if issued.is_some() {
+            self.send(Outbox::Manifests(vec![id]));
+        }
+        Ok(issued)
+    }
+
+    /// Build, validate, sign and size-check one manifest.
+    fn seal_one(
+        &self,
+        device: &DeviceId,
+        epoch: u64,
+        generation: u64,
+        apps: Vec<outpost_protocol::AppSpec>,
+        apps_digest: outpost_protocol::Digest,
+        now: u64,
+    ) -> Result<(ManifestMeta, Vec<u8>), HubError> {
+        let manifest = Manifest {
+            device_id: device.clone(),
+            epoch,
+            generation,
+            issued_at: now,
+            key_id: self.signer.key_id(),
+            apps,
+        };
+        manifest.validate().map_err(|e| HubError::InvalidManifest {
+            device: device.clone(),
+            problem: e.to_string(),
+        })?;
+        let bytes = self.signer.seal(&manifest)?;
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(HubError::TooLarge {
+                device: device.clone(),
+                size: bytes.len(),
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        let meta = ManifestMeta {
+            epoch,
+            generation,
+            apps_digest,
+            issued_at: now,
+            apps: manifest.apps.iter().map(|a| a.name.clone()).collect(),
+        };
+        Ok((meta, bytes))
+    }
+
     fn publish_updates(&self, updated: &[GenerationUpdate]) {
         if !updated.is_empty() {
             self.send(Outbox::Manifests(
@@ -486,33 +576,8 @@ impl Hub {
         )?;
         let mut sealed = Vec::with_capacity(plan.len());
         for r in plan {
-            let manifest = Manifest {
-                device_id: r.device.clone(),
-                epoch,
-                generation: r.generation,
-                issued_at: now,
-                key_id: self.signer.key_id(),
-                apps: r.apps,
-            };
-            manifest.validate().map_err(|e| HubError::InvalidManifest {
-                device: r.device.clone(),
-                problem: e.to_string(),
-            })?;
-            let bytes = self.signer.seal(&manifest)?;
-            if bytes.len() > MAX_MESSAGE_BYTES {
-                return Err(HubError::TooLarge {
-                    device: r.device,
-                    size: bytes.len(),
-                    limit: MAX_MESSAGE_BYTES,
-                });
-            }
-            let meta = ManifestMeta {
-                epoch,
-                generation: r.generation,
-                apps_digest: r.apps_digest,
-                issued_at: now,
-                apps: manifest.apps.iter().map(|a| a.name.clone()).collect(),
-            };
+            let (meta, bytes) =
+                self.seal_one(&r.device, epoch, r.generation, r.apps, r.apps_digest, now)?;
             sealed.push((r.device, meta, bytes));
         }
         tx.put_manifests(sealed.iter().map(|(id, m, b)| (id, m, b.as_slice())))?;

@@ -46,6 +46,16 @@ pub fn is_behind(applied: Option<(u64, u64)>, desired: Option<(u64, u64)>) -> bo
     }
 }
 
+/// Has the device accepted a generation above what the hub issued, in the same
+/// epoch? That happens when the hub's database was restored from an older backup:
+/// the agent would refuse every lower generation as a rollback. (Pure.)
+pub fn is_ahead(applied: Option<(u64, u64)>, desired: Option<(u64, u64)>) -> Option<u64> {
+    match (applied, desired) {
+        (Some((ae, ag)), Some((de, dg))) if ae == de && ag > dg => Some(ag),
+        _ => None,
+    }
+}
+
 /// Should a report with `new_seq` replace the stored one? Older or equal seqs are
 /// stale (late or redelivered), unless the agent restarted with lost state
 /// (uptime went down).
@@ -61,6 +71,8 @@ pub fn is_newer(stored: Option<&StatusReport>, new: &StatusReport) -> bool {
 pub struct BatchOutcome {
     /// Devices whose status shows them behind their desired manifest.
     pub behind: Vec<DeviceId>,
+    /// Devices that accepted a generation above the hub's (with that generation).
+    pub ahead: Vec<(DeviceId, u64)>,
     pub counters: BTreeMap<String, u64>,
 }
 
@@ -110,6 +122,9 @@ fn handle(
         let desired = tx.manifest_meta(&id)?.map(|m| (m.epoch, m.generation));
         if is_behind(report.applied, desired) {
             out.behind.push(id.clone());
+        }
+        if let Some(generation) = is_ahead(report.applied, desired) {
+            out.ahead.push((id.clone(), generation));
         }
         tracing::debug!(device_id = %id, seq = report.seq, applied = ?report.applied, "status accepted");
         tx.put_status(
@@ -196,6 +211,13 @@ pub async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>, shutdown: Cance
                 for p in batch {
                     hub.send(Outbox::Ack(Box::new(p)));
                 }
+                // No rate limit needed: once reissued the device is no longer ahead.
+                for (id, generation) in outcome.ahead {
+                    tracing::warn!(device_id = %id, generation, "device is ahead of the hub (restored database?); reissuing above it");
+                    if let Err(e) = hub.reissue_above(id.clone(), generation).await {
+                        tracing::error!(device_id = %id, error = %e, "could not reissue manifest");
+                    }
+                }
                 let due = due_republish(&hub, outcome.behind, now);
                 if !due.is_empty() {
                     tracing::info!(
@@ -245,6 +267,15 @@ mod tests {
         for (a, d, want) in cases {
             assert_eq!(is_behind(a, d), want, "{a:?} {d:?}");
         }
+    }
+
+    #[test]
+    fn ahead_table() {
+        assert_eq!(is_ahead(Some((1, 9)), Some((1, 3))), Some(9));
+        assert_eq!(is_ahead(Some((1, 3)), Some((1, 3))), None);
+        assert_eq!(is_ahead(Some((1, 2)), Some((1, 3))), None);
+        assert_eq!(is_ahead(Some((1, 9)), Some((2, 1))), None);
+        assert_eq!(is_ahead(None, Some((1, 1))), None);
     }
 
     #[test]

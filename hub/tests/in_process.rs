@@ -119,6 +119,28 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
         Verdict::Accept(a) => assert_eq!(a.manifest.generation, generation),
         other => panic!("{other:?}"),
     }
+    // The device reports a generation above the hub's (as after restoring the
+    // hub's database from an old backup): the hub reissues above it.
+    let ahead = StatusReport {
+        applied: Some((1, generation + 40)),
+        seq: 2,
+        uptime_secs: 2,
+        ..behind.clone()
+    };
+    dev.client
+        .publish(
+            topics::status(&id),
+            QoS::AtLeastOnce,
+            false,
+            ahead.seal(&key),
+        )
+        .await
+        .unwrap();
+    let mut v = verifier(tmp.path(), &id);
+    let (reissued, _) =
+        manifest_where(&mut dev, &topic, &mut v, |m| m.generation > generation).await;
+    assert_eq!(reissued.generation, generation + 41);
+
     let stats: outpost_hub::api::Stats = api.get("/v1/stats").await.unwrap();
     assert_eq!(stats.counters.get("events_duplicate"), Some(&1));
 
