@@ -326,23 +326,57 @@ pub struct Hub {
     pub dir: tempfile::TempDir,
     pub http_port: u16,
     pub mqtt_port: u16,
+    external: bool,
     proc: Option<Proc>,
 }
 
 impl Hub {
     pub fn start(registry: &Registry) -> Result<Hub> {
+        Hub::start_with(registry, None)
+    }
+
+    /// `external`: `(mqtts://host:port, CA file)` of a broker the hub connects to
+    /// instead of starting its embedded one.
+    pub fn start_with(registry: &Registry, external: Option<(&str, &Path)>) -> Result<Hub> {
+        // A port picked free can be taken by another test before the hub binds
+        // it: retry with fresh ports.
+        let mut last = None;
+        for _ in 0..3 {
+            match Hub::try_start(registry, external) {
+                Ok(h) => return Ok(h),
+                Err(e) => {
+                    eprintln!("hub start failed, retrying: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("hub did not start")))
+    }
+
+    fn try_start(registry: &Registry, external: Option<(&str, &Path)>) -> Result<Hub> {
         let dir = tempfile::tempdir()?;
         let http_port = free_port();
         let mqtt_port = free_port();
-        run(Command::new(&bins().hub)
-            .arg("--data-dir")
+        let mut init = Command::new(&bins().hub);
+        init.arg("--data-dir")
             .arg(dir.path())
             .args(["init", "--http-listen"])
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--mqtt-listen")
-            .arg(format!("127.0.0.1:{mqtt_port}")))?;
+            .arg(format!("127.0.0.1:{http_port}"));
+        match external {
+            Some((url, _)) => init.args(["--broker", url]),
+            None => init
+                .arg("--mqtt-listen")
+                .arg(format!("127.0.0.1:{mqtt_port}")),
+        };
+        run(&mut init)?;
         let cfg_path = dir.path().join("hub.toml");
-        let cfg = std::fs::read_to_string(&cfg_path)?;
+        let mut cfg = std::fs::read_to_string(&cfg_path)?;
+        if let Some((_, ca)) = external {
+            cfg = cfg.replace(
+                "[mqtt]\n",
+                &format!("[mqtt]\nca_file = \"{}\"\n", ca.display()),
+            );
+        }
         let insecure = format!("insecure = [\"{}\"]", registry.host());
         let cfg = if cfg.contains("insecure = []") {
             cfg.replace("insecure = []", &insecure)
@@ -354,6 +388,7 @@ impl Hub {
             dir,
             http_port,
             mqtt_port,
+            external: external.is_some(),
             proc: None,
         };
         hub.serve()?;
@@ -372,8 +407,18 @@ impl Hub {
             &log,
         )?;
         self.proc = Some(proc);
-        wait_port(self.http_port)?;
-        wait_port(self.mqtt_port)?;
+        let mut ports = vec![self.http_port];
+        if !self.external {
+            ports.push(self.mqtt_port);
+        }
+        for port in ports {
+            wait_for(&format!("the hub to listen on {port}"), || {
+                if !self.proc.as_mut().is_some_and(Proc::is_running) {
+                    return Some(Err(anyhow::anyhow!("hub exited: {}", self.log())));
+                }
+                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| Ok(()))
+            })??;
+        }
         Ok(())
     }
 
@@ -454,7 +499,14 @@ impl Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         self.stop();
+        // Captured by the test harness; shown when the test fails.
+        eprintln!("---- hub log (tail) ----\n{}", tail(&self.log(), 40));
     }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// One app of a test deployment (the sample image).
@@ -531,13 +583,28 @@ impl Agent {
         broker_port: u16,
         registry: &Registry,
     ) -> Result<Agent> {
+        Agent::init_with(
+            hub,
+            device_id,
+            &format!("mqtt://127.0.0.1:{broker_port}"),
+            None,
+            registry,
+        )
+    }
+
+    pub fn init_with(
+        hub: &Hub,
+        device_id: &str,
+        broker: &str,
+        ca_file: Option<&Path>,
+        registry: &Registry,
+    ) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("agent.toml");
-        let out = run(Command::new(&bins().agent)
-            .arg("--config")
+        let mut cmd = Command::new(&bins().agent);
+        cmd.arg("--config")
             .arg(&config)
-            .args(["init", "--device-id", device_id, "--broker"])
-            .arg(format!("mqtt://127.0.0.1:{broker_port}"))
+            .args(["init", "--device-id", device_id, "--broker", broker])
             .arg("--root-key")
             .arg(hub.dir.path().join("root.pub"))
             .arg("--keyset")
@@ -547,7 +614,11 @@ impl Agent {
             .arg("--run-dir")
             .arg(dir.path().join("run"))
             .arg("--registry-insecure")
-            .arg(registry.host()))?;
+            .arg(registry.host());
+        if let Some(ca) = ca_file {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        let out = run(&mut cmd)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let public_key = stdout
             .lines()
@@ -727,9 +798,12 @@ impl Drop for Agent {
         if let Err(e) = self.stop_all() {
             eprintln!("cleanup of agent {}: {e:#}", self.device_id);
         }
-        if std::thread::panicking() {
-            eprintln!("---- agent {} logs ----\n{}", self.device_id, self.logs());
-        }
+        // Captured by the test harness; shown when the test fails.
+        eprintln!(
+            "---- agent {} logs (tail) ----\n{}",
+            self.device_id,
+            tail(&self.logs(), 80)
+        );
     }
 }
 
@@ -858,4 +932,104 @@ pub mod mqtt {
 /// Is a process with this pid alive?
 pub fn pid_alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Mosquitto with a TLS listener on a free loopback port, with a throwaway CA
+/// (openssl) whose certificate clients must be given.
+#[derive(Debug)]
+pub struct TlsBroker {
+    pub port: u16,
+    pub ca: PathBuf,
+    _proc: Proc,
+    pub dir: tempfile::TempDir,
+}
+
+impl TlsBroker {
+    pub fn start() -> Result<TlsBroker> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        let ossl = |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=outpost-e2e-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])?;
+        ossl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ])?;
+        let port = free_port();
+        std::fs::write(
+            d.join("mosquitto.conf"),
+            format!(
+                "user root\npersistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+                d.display()
+            ),
+        )?;
+        let proc = Proc::spawn(
+            "mosquitto",
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(d.join("mosquitto.conf")),
+            &d.join("mosquitto.log"),
+        )?;
+        wait_port(port)?;
+        Ok(TlsBroker {
+            port,
+            ca: d.join("ca.pem"),
+            _proc: proc,
+            dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
 }
