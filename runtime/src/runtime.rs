@@ -468,10 +468,23 @@ impl Runtime {
                 })
         };
         tracing::info!(container = id, pid, ?grace, "stopping container (SIGTERM)");
-        kill(&mut container, Signal::SIGTERM, false)?;
+        // A kill that fails because the process exited in the meantime is not
+        // an error: the wait below sees it ended.
+        let raced = |e: RuntimeError, meta: &mut ContainerMeta| {
+            if wait_ended(pid, meta.init_start_time, Duration::ZERO, meta) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
+        if let Err(e) = kill(&mut container, Signal::SIGTERM, false) {
+            raced(e, &mut meta)?;
+        }
         if !wait_ended(pid, meta.init_start_time, grace, &mut meta) {
             tracing::warn!(container = id, pid, "grace period over, sending SIGKILL");
-            kill(&mut container, Signal::SIGKILL, true)?;
+            if let Err(e) = kill(&mut container, Signal::SIGKILL, true) {
+                raced(e, &mut meta)?;
+            }
             if !wait_ended(
                 pid,
                 meta.init_start_time,
