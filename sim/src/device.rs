@@ -71,6 +71,10 @@ pub struct Counters {
     pub manifests_rejected: AtomicU64,
     pub keysets_rejected: AtomicU64,
     pub statuses_sent: AtomicU64,
+    /// PUBACKs the broker returned for statuses (it has taken them over).
+    pub statuses_acked: AtomicU64,
+    /// Statuses an independent subscriber (`spawn_observer`) saw on the broker.
+    pub observer_statuses: AtomicU64,
     pub client_errors: AtomicU64,
 }
 
@@ -220,6 +224,13 @@ async fn poll(
                 None
             }
             Ok(Event::Incoming(Packet::Publish(p))) => Some(Inbound::Message(p)),
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                board
+                    .counters
+                    .statuses_acked
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
             Ok(_) => None,
             Err(e) => {
                 slot.connected.store(false, Ordering::Relaxed);
@@ -248,6 +259,50 @@ async fn poll(
             }
         }
     }
+}
+
+/// A plain MQTT client subscribed to every device's status topic, counting what
+/// the broker delivers; tells broker-side loss from hub-side loss.
+pub fn spawn_observer(
+    cfg: &DeviceConfig,
+    board: Arc<Board>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut o = MqttOptions::new(
+        "outpost-sim-observer",
+        cfg.broker_host.clone(),
+        cfg.broker_port,
+    );
+    o.set_keep_alive(cfg.keep_alive)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    tracker.spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Err(e) = client.try_subscribe(topics::all_status(), QoS::AtLeastOnce) {
+                        tracing::warn!(error = %e, "observer cannot subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    board
+                        .counters
+                        .observer_statuses
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "observer connection error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
 }
 
 struct Handler {

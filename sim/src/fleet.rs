@@ -33,9 +33,19 @@ use tokio_util::task::TaskTracker;
 /// Label every simulated device carries; the benchmark deployment selects it.
 pub const FLEET_LABEL: (&str, &str) = ("fleet", "sim");
 
+/// Which MQTT broker the hub uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broker {
+    /// The hub's embedded rumqttd (the default deployment).
+    Embedded,
+    /// An external Mosquitto (the hub's `mqtt.broker` mode), for comparison.
+    Mosquitto,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
+    pub broker: Broker,
     pub devices: usize,
     /// Devices started per second (connect stagger).
     pub connect_rate: u32,
@@ -53,6 +63,9 @@ pub struct FleetOptions {
     pub hub_exe: PathBuf,
     /// Hub data directory; a temporary one when `None`.
     pub data_dir: Option<PathBuf>,
+    /// Also run an independent MQTT subscriber counting every status the broker
+    /// delivers (diagnoses where statuses are lost).
+    pub observer: bool,
 }
 
 /// Why the benchmark could not run at all (phase timeouts are reported instead).
@@ -72,6 +85,8 @@ pub enum FleetError {
     DeviceId(#[from] DeviceIdError),
     #[error(transparent)]
     Proc(#[from] procstat::ProcError),
+    #[error(transparent)]
+    Mosquitto(#[from] crate::mosquitto::MosquittoError),
     #[error("task failed: {0}")]
     Join(String),
 }
@@ -113,6 +128,8 @@ pub struct RoundReport {
     pub hub_confirmed: Option<Duration>,
     pub hub_cpu: Duration,
     pub hub_rss_kib: u64,
+    /// CPU time of an external broker (Mosquitto) in this phase.
+    pub broker_cpu: Option<Duration>,
     pub sim_cpu: Duration,
 }
 
@@ -124,12 +141,16 @@ pub struct FleetReport {
     pub options: FleetOptions,
     pub nofile: NofileChange,
     pub hub_pid: u32,
+    pub broker_pid: Option<u32>,
+    pub broker_end: Option<ProcSample>,
     pub register: Option<RegisterReport>,
     pub connect: Option<ConnectReport>,
     pub rounds: Vec<RoundReport>,
     pub hub_end: Option<ProcSample>,
     pub sim_end: Option<ProcSample>,
     pub hub_stats: Option<Stats>,
+    /// Hub CPU time per thread name at the end of the run.
+    pub hub_threads: Vec<(String, Duration)>,
     pub device_counters: Vec<(&'static str, u64)>,
     /// Why the run stopped early, if it did.
     pub failure: Option<String>,
@@ -269,19 +290,32 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
         .data_dir
         .clone()
         .unwrap_or_else(|| tmp.path().join("hub"));
-    let hub = HubProcess::launch(&opts.hub_exe, &dir, opts.devices + 1000).await?;
+    let mosquitto = match opts.broker {
+        Broker::Embedded => None,
+        Broker::Mosquitto => {
+            let port = hub::free_port()?;
+            let mdir = dir.with_file_name("mosquitto");
+            Some(crate::mosquitto::Mosquitto::start(&mdir, port).await?)
+        }
+    };
+    let broker_url = mosquitto.as_ref().map(|m| format!("mqtt://{}", m.addr));
+    let broker_pid = mosquitto.as_ref().map(|m| m.pid);
+    let hub = HubProcess::launch(&opts.hub_exe, &dir, opts.devices + 1000, broker_url).await?;
     let mut report = FleetReport {
         machine: crate::machine::describe(),
         devices: opts.devices,
         options: opts.clone(),
         nofile,
         hub_pid: hub.pid,
+        broker_pid,
+        broker_end: None,
         register: None,
         connect: None,
         rounds: Vec::new(),
         hub_end: None,
         sim_end: None,
         hub_stats: None,
+        hub_threads: Vec::new(),
         device_counters: Vec::new(),
         failure: None,
         hub_log: hub.log.clone(),
@@ -292,6 +326,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
     let board = Board::new(opts.devices);
     let outcome = drive(&opts, &hub, &board, &tracker, &shutdown, &mut report).await;
     report.hub_end = procstat::sample(hub.pid).ok();
+    report.hub_threads = procstat::threads(hub.pid);
+    report.broker_end = broker_pid.and_then(|p| procstat::sample(p).ok());
     report.hub_stats = hub.api.get::<Stats>("/v1/stats").await.ok();
     report.sim_end = procstat::sample(std::process::id()).ok();
     let c = &board.counters;
@@ -304,6 +340,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
         ("manifests_rejected", load(&c.manifests_rejected)),
         ("keysets_rejected", load(&c.keysets_rejected)),
         ("statuses_sent", load(&c.statuses_sent)),
+        ("statuses_acked", load(&c.statuses_acked)),
+        ("observer_statuses", load(&c.observer_statuses)),
         ("client_errors", load(&c.client_errors)),
     ];
     shutdown.cancel();
@@ -315,6 +353,9 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
         tracing::warn!("some device tasks did not stop within 10 s");
     }
     hub.stop().await;
+    if let Some(m) = mosquitto {
+        m.stop().await;
+    }
     if opts.data_dir.is_none() {
         // The log is in the temporary directory, which is about to go.
         report.hub_log = PathBuf::from("(removed with the temporary data directory)");
@@ -430,6 +471,9 @@ async fn drive(
         app_start: opts.app_start,
         connect_timeout: Duration::from_secs(30),
     };
+    if opts.observer {
+        device::spawn_observer(&cfg, Arc::clone(board), tracker, shutdown.clone());
+    }
     let hub_before = procstat::sample(hub.pid).ok();
     let per_tick = (opts.connect_rate as usize / 100).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -498,6 +542,7 @@ async fn drive(
         &ids,
         opts.phase_timeout,
         hub_before,
+        report.broker_pid,
     )
     .await?;
     let ok = round.applied == n && round.hub_confirmed.is_some();
@@ -537,6 +582,7 @@ async fn drive(
             &ids,
             opts.phase_timeout,
             hub_before,
+            report.broker_pid,
         )
         .await?;
         let ok = round.applied == n && round.hub_confirmed.is_some();
@@ -563,9 +609,11 @@ async fn measure(
     ids: &[String],
     timeout: Duration,
     hub_before: Option<ProcSample>,
+    broker_pid: Option<u32>,
 ) -> Result<RoundReport, FleetError> {
     let n = target.len();
     let sim_before = procstat::sample(std::process::id()).ok();
+    let broker_before = broker_pid.and_then(|p| procstat::sample(p).ok());
     // `t0` as an Instant, for the hub-confirmed time.
     let since_t0 = Duration::from_micros(board.now_us().saturating_sub(t0_us));
     let t0 = Instant::now()
@@ -599,6 +647,7 @@ async fn measure(
     };
     let hub_after = procstat::sample(hub.pid).ok();
     let sim_after = procstat::sample(std::process::id()).ok();
+    let broker_after = broker_pid.and_then(|p| procstat::sample(p).ok());
     let round = RoundReport {
         label,
         updated,
@@ -609,6 +658,7 @@ async fn measure(
         hub_confirmed,
         hub_cpu: cpu_delta(&hub_after, &hub_before),
         hub_rss_kib: hub_after.map(|s| s.rss_kib).unwrap_or(0),
+        broker_cpu: broker_pid.map(|_| cpu_delta(&broker_after, &broker_before)),
         sim_cpu: cpu_delta(&sim_after, &sim_before),
     };
     tracing::info!(round = %round.label, applied, total = n, "round measured");
@@ -625,9 +675,14 @@ impl fmt::Display for FleetReport {
         writeln!(f, "# outpost-sim fleet: {} devices", self.devices)?;
         writeln!(f)?;
         writeln!(f, "machine: {}", self.machine)?;
+        let broker = match (o.broker, self.broker_pid) {
+            (Broker::Embedded, _) => "embedded rumqttd inside the hub".to_string(),
+            (Broker::Mosquitto, Some(p)) => format!("external Mosquitto, pid {p}"),
+            (Broker::Mosquitto, None) => "external Mosquitto".to_string(),
+        };
         writeln!(
             f,
-            "hub: child process pid {} (outpost-hub serve, embedded rumqttd); devices: {} rumqttc clients in this process",
+            "hub: child process pid {} (outpost-hub serve); broker: {broker}; devices: {} rumqttc clients in this process",
             self.hub_pid, self.devices
         )?;
         writeln!(
@@ -677,13 +732,13 @@ impl fmt::Display for FleetReport {
         writeln!(f)?;
         writeln!(
             f,
-            "| phase | devices updated | apply call | applied | p50 | p95 | max (all devices applied) | hub confirmed | hub CPU | hub RSS | sim CPU |"
+            "| phase | devices updated | apply call | applied | p50 | p95 | max (all devices applied) | hub confirmed | hub CPU | hub RSS | broker CPU | sim CPU |"
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
         for r in &self.rounds {
             writeln!(
                 f,
-                "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 r.updated,
                 r.apply_call.map(ms).unwrap_or_else(|| "-".into()),
@@ -695,6 +750,7 @@ impl fmt::Display for FleetReport {
                 opt_secs(r.hub_confirmed),
                 secs(r.hub_cpu),
                 mib(r.hub_rss_kib),
+                r.broker_cpu.map(secs).unwrap_or_else(|| "(in hub)".into()),
                 secs(r.sim_cpu),
             )?;
         }
@@ -706,6 +762,24 @@ impl fmt::Display for FleetReport {
                 mib(h.rss_kib),
                 mib(h.hwm_kib),
                 secs(h.cpu)
+            )?;
+        }
+        if !self.hub_threads.is_empty() {
+            let top: Vec<String> = self
+                .hub_threads
+                .iter()
+                .take(6)
+                .map(|(name, cpu)| format!("{name} {}", secs(*cpu)))
+                .collect();
+            writeln!(f, "hub CPU by thread name: {}", top.join(", "))?;
+        }
+        if let Some(b) = &self.broker_end {
+            writeln!(
+                f,
+                "broker (Mosquitto) at the end: RSS {}, peak RSS {}, CPU time {}",
+                mib(b.rss_kib),
+                mib(b.hwm_kib),
+                secs(b.cpu)
             )?;
         }
         if let Some(s) = &self.sim_end {

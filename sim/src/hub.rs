@@ -94,7 +94,14 @@ impl HubProcess {
     /// `init` a fresh data directory at `dir` and `serve` it with the embedded
     /// broker accepting `max_connections`. `exe` is a binary whose `hub`
     /// subcommand is the hub CLI (this crate's `outpost-sim`).
-    pub async fn launch(exe: &Path, dir: &Path, max_connections: usize) -> Result<Self, HubError> {
+    /// `broker` is an external broker URL (`mqtt://host:port`); `None` starts the
+    /// embedded one.
+    pub async fn launch(
+        exe: &Path,
+        dir: &Path,
+        max_connections: usize,
+        broker: Option<String>,
+    ) -> Result<Self, HubError> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let data_dir = DataDir::new(dir);
@@ -107,6 +114,7 @@ impl HubProcess {
             .args(["hub", "--data-dir", &dir_arg, "init"])
             .args(["--http-listen", &http.to_string()])
             .args(["--mqtt-listen", &mqtt.to_string()])
+            .args(broker.iter().flat_map(|b| ["--broker", b.as_str()]))
             .output()
             .await
             .map_err(spawn_err)?;
@@ -164,6 +172,13 @@ impl HubProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mqtt = match &broker {
+            Some(url) => {
+                let b = outpost_hub::config::BrokerUrl::parse(url)?;
+                format!("{}:{}", b.host, b.port).parse().unwrap_or(mqtt)
+            }
+            None => mqtt,
+        };
         tracing::info!(pid, %http, %mqtt, dir = %dir.display(), "hub started");
         Ok(HubProcess {
             child,

@@ -15,6 +15,7 @@
 //!   progress [`device::Board`].
 //! - [`runtime`]: the simulated container runtime.
 //! - [`hub`]: starting a real hub as a child process; provisioning files.
+//! - [`mosquitto`]: an external Mosquitto broker, for comparison runs.
 //! - [`agent`]: measurements of a real agent process (footprint, flash wear).
 //! - [`procstat`]: RSS, CPU time and disk writes from `/proc/PID`.
 //! - [`limits`]: raising `RLIMIT_NOFILE`.
@@ -27,6 +28,7 @@ pub mod fleet;
 pub mod hub;
 pub mod limits;
 pub mod machine;
+pub mod mosquitto;
 pub mod procstat;
 pub mod runtime;
 pub mod stats;

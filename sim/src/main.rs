@@ -22,6 +22,9 @@ enum Command {
     Fleet {
         #[arg(long, default_value_t = 1000)]
         devices: usize,
+        /// MQTT broker: the hub's embedded rumqttd, or an external Mosquitto.
+        #[arg(long, value_enum, default_value_t = fleet::Broker::Embedded)]
+        broker: fleet::Broker,
         /// Devices started per second (connect stagger).
         #[arg(long, default_value_t = 2000)]
         connect_rate: u32,
@@ -46,6 +49,9 @@ enum Command {
         /// Keep the hub's data directory (and its log) here instead of a temp dir.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Also count statuses with an independent MQTT subscriber.
+        #[arg(long)]
+        observer: bool,
     },
     /// Run the hub CLI (`outpost-hub`) in this binary; used by `fleet` to start
     /// the hub as a separate process.
@@ -117,6 +123,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Fleet {
             devices,
+            broker,
             connect_rate,
             register_concurrency,
             rounds,
@@ -125,11 +132,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             app_start_ms,
             phase_timeout,
             data_dir,
+            observer,
         } => {
             if devices == 0 {
                 bail!("--devices must be at least 1");
             }
             let opts = fleet::FleetOptions {
+                broker,
                 devices,
                 connect_rate: connect_rate.max(1),
                 register_concurrency,
@@ -141,6 +150,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 phase_timeout: Duration::from_secs(phase_timeout),
                 hub_exe: std::env::current_exe().context("cannot find this executable")?,
                 data_dir,
+                observer,
             };
             let report = runtime()?.block_on(fleet::run(opts))?;
             println!("{report}");

@@ -105,6 +105,28 @@ pub fn write_bytes(pid: u32) -> Result<u64, ProcError> {
     })
 }
 
+/// CPU time per thread name (`/proc/PID/task/*/comm`), summed over threads of
+/// the same name, largest first: a coarse profile that needs no symbols.
+pub fn threads(pid: u32) -> Vec<(String, Duration)> {
+    let mut by_name: std::collections::BTreeMap<String, Duration> = Default::default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    for t in tasks.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let cpu = std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| cpu_from_stat(&s))
+            .unwrap_or_default();
+        *by_name.entry(name).or_default() += cpu;
+    }
+    let mut out: Vec<(String, Duration)> = by_name.into_iter().collect();
+    out.sort_by_key(|t| std::cmp::Reverse(t.1));
+    out
+}
+
 /// KiB as MiB with one decimal, for tables.
 pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)

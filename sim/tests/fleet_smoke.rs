@@ -9,6 +9,7 @@ use std::time::Duration;
 async fn fifty_devices_converge_on_every_deployment_round() {
     let devices = 50;
     let report = fleet::run(FleetOptions {
+        broker: fleet::Broker::Embedded,
         devices,
         connect_rate: 500,
         register_concurrency: 8,
@@ -19,6 +20,7 @@ async fn fifty_devices_converge_on_every_deployment_round() {
         phase_timeout: Duration::from_secs(120),
         hub_exe: env!("CARGO_BIN_EXE_outpost-sim").into(),
         data_dir: None,
+        observer: false,
     })
     .await
     .unwrap();
