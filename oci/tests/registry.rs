@@ -456,3 +456,59 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// Multi-threaded: skopeo (a blocking child process) fetches tokens from the
+// in-process token service while this thread waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_through_a_token_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token::TokenServer::start(dir.path(), "edge", "t0ken-pw").await;
+    let registry = Registry::start_with_token_auth(&tokens);
+    let layout = tempfile::tempdir().unwrap();
+    single_image_layout(layout.path(), &[layer_of(&[file("app", b"token")])]);
+    let reference = format!("{}/outpost/tokened:latest", registry.host());
+    skopeo_push_as(layout.path(), "latest", &reference, Some("edge:t0ken-pw"));
+
+    let with = |creds: Option<outpost_oci::Credentials>| {
+        Client::new(RegistryConfig {
+            insecure_hosts: vec![registry.host()],
+            credentials: creds
+                .map(|c| [(registry.host(), c)].into())
+                .unwrap_or_default(),
+            ..RegistryConfig::default()
+        })
+    };
+    // Username/password exchanged for a bearer token at the realm the registry names.
+    let client = with(Some(outpost_oci::Credentials::Basic {
+        username: "edge".into(),
+        password: "t0ken-pw".into(),
+    }));
+    let image = client.resolve(&reference).await.unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(store_dir.path(), 1 << 30).unwrap();
+    let p = platform("amd64", None);
+    store.pull(&client, &image, &p, &no_progress).await.unwrap();
+    let prepared = store.prepare(&image.digest, &p).unwrap();
+    assert_eq!(
+        std::fs::read(prepared.layers[0].join("app")).unwrap(),
+        b"token"
+    );
+
+    // A token obtained out of band.
+    let bearer = with(Some(outpost_oci::Credentials::Bearer(
+        tokens.token_for("outpost/tokened"),
+    )));
+    assert_eq!(bearer.resolve(&reference).await.unwrap(), image);
+
+    // Anonymous and wrong password: refused as an auth problem.
+    for creds in [
+        None,
+        Some(outpost_oci::Credentials::Basic {
+            username: "edge".into(),
+            password: "nope".into(),
+        }),
+    ] {
+        let err = with(creds).resolve(&reference).await.unwrap_err();
+        assert!(matches!(err, OciError::Unauthorized { .. }), "{err:?}");
+    }
+}

@@ -3,6 +3,8 @@
 //! Every process started here is stopped by a Drop guard, even when a test fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod token;
+
 use outpost_oci::build::{reproducible_tar, Entry, Layer, LayoutWriter};
 use outpost_oci::spec::{Descriptor, OciPlatform, RuntimeConfig};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -115,6 +117,19 @@ impl Registry {
 
     /// Optionally serve HTTPS with `tls` and require basic auth for `(user, password)`.
     pub fn start_with(tls: Option<&TestTls>, user: Option<(&str, &str)>) -> Registry {
+        Registry::start_full(tls, user, None)
+    }
+
+    /// Require bearer tokens from `token` (realm URL, trusted signing cert).
+    pub fn start_with_token_auth(token: &token::TokenServer) -> Registry {
+        Registry::start_full(None, None, Some(token))
+    }
+
+    fn start_full(
+        tls: Option<&TestTls>,
+        user: Option<(&str, &str)>,
+        token: Option<&token::TokenServer>,
+    ) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("config.yml");
@@ -136,6 +151,15 @@ impl Registry {
             yaml += &format!(
                 "auth:\n  htpasswd:\n    realm: outpost-test\n    path: {}\n",
                 htpasswd.display()
+            );
+        }
+        if let Some(t) = token {
+            yaml += &format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.addr,
+                token::SERVICE,
+                token::ISSUER,
+                t.cert_pem.display()
             );
         }
         std::fs::write(&config, yaml).unwrap();
