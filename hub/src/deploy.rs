@@ -215,18 +215,29 @@ pub fn check_label(field: &str, key: &str, value: &str) -> Result<(), SpecError>
 }
 
 impl DeploymentSpec {
-    /// Parse the TOML deployment file format.
+    /// Parse the TOML deployment file format. Errors name the field path
+    /// (`apps[0].image`) and the line.
     pub fn from_toml(text: &str) -> Result<DeploymentSpec, SpecError> {
-        toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            let field = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].lines().count().max(1);
-                    format!("line {line}")
-                })
-                .unwrap_or_else(|| "file".into());
-            err(field, msg)
+        let line_of = |e: &toml::de::Error| {
+            e.span()
+                .map(|s| text.get(..s.start).unwrap_or(text).matches('\n').count() + 1)
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            err(
+                line_of(&e).map_or("file".into(), |l| format!("line {l}")),
+                e.message().to_string(),
+            )
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let line = line_of(e.inner());
+            let field = match (path.as_str(), line) {
+                (".", Some(l)) => format!("line {l}"),
+                (".", None) => "file".into(),
+                (p, Some(l)) => format!("{p} (line {l})"),
+                (p, None) => p.to_string(),
+            };
+            err(field, e.inner().message().to_string())
         })
     }
 
@@ -458,6 +469,9 @@ max_retries = 3
         let text = GOOD.replace("env = ", "enviroment = ");
         let e = DeploymentSpec::from_toml(&text).unwrap_err();
         assert!(e.problem.contains("enviroment"), "{e}");
-        assert!(e.field.starts_with("line "), "{e}");
+        assert!(e.field.contains("line "), "{e}");
+        let wrong_type = GOOD.replace("max_retries = 3", "max_retries = \"three\"");
+        let e = DeploymentSpec::from_toml(&wrong_type).unwrap_err();
+        assert!(e.field.starts_with("apps[1].max_retries"), "{e}");
     }
 }
