@@ -7,7 +7,7 @@
 //! long before the broker would drop connections over it. No console is started
 //! (rumqttd's console is unauthenticated).
 
-use outpost_protocol::MAX_MESSAGE_BYTES;
+use outpost_protocol::{topics, MAX_MESSAGE_BYTES};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -49,12 +49,26 @@ pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
         next_connection_delay_ms: 0,
         connections,
     };
+    // rumqttd keeps one in-memory commit log per subscription filter. Each device
+    // subscribes to its own manifest topic, so the default log is kept small (a
+    // segment may overflow by one packet, so even a maximum-size manifest fits):
+    // 10,000 devices × 3 × 64 KiB bounds the worst case. The hub's two wildcard
+    // filters carry the whole fleet's status and events and get room for
+    // minutes of traffic, so a briefly busy hub does not have its cursor jump
+    // (silent loss, see PITFALLS).
+    let fleet = rumqttd::SegmentConfig {
+        max_segment_size: 16 * 1024 * 1024,
+        max_segment_count: 4,
+    };
     let router = rumqttd::RouterConfig {
         max_connections,
         max_outgoing_packet_count: 200,
-        // Per-topic commit log segments; each must hold at least one message.
-        max_segment_size: 4 * MAX_PACKET_BYTES,
-        max_segment_count: 4,
+        max_segment_size: 64 * 1024,
+        max_segment_count: 3,
+        custom_segment: Some(HashMap::from([
+            (topics::all_status(), fleet.clone()),
+            (topics::all_events(), fleet),
+        ])),
         ..Default::default()
     };
     rumqttd::Config {
