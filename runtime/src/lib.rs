@@ -15,8 +15,8 @@
 //! - [`meta`]: the per-container side file.
 //! - [`helper`]: the single-threaded helper process that runs libcontainer's
 //!   create (binary `outpost-runtime-helper`).
-//! - [`runtime`]: [`Runtime`] with `create`, `start`, `stop`, `delete`, `list`,
-//!   `info`, `log_path`, `rotate_logs`.
+//! - [`runtime`]: [`Runtime`] with `create`, `start`, `delete`, `remove_leftovers`,
+//!   `log_path`, `rotate_logs`; [`runtime::observe`]: `stop`, `list`, `info`.
 //!
 //! # Public API (sync; call from `spawn_blocking`)
 //! ```text
