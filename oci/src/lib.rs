@@ -23,6 +23,8 @@
 //!     `outpost_protocol::ImageConfig` the runtime merges an `AppSpec` over.
 //!   - `store.gc(&keep) -> GcReport`: removes images, blobs and unpacked layers
 //!     that no kept image references.
+//!
+//!   Layout import lives in `store/import.rs`, garbage collection in `store/gc.rs`.
 //! - [`unpack`]: turns a layer tarball (plain, gzip or zstd) into a directory,
 //!   refusing path escapes and converting OCI whiteouts for overlayfs.
 //! - [`build`]: writes reproducible OCI image layouts from static binaries (used by
@@ -36,6 +38,12 @@
 //! DIR/images/<hex>         one file per image held (named by its pinned digest)
 //! DIR/tmp/                 temp files and half-unpacked layers (cleared by gc)
 //! ```
+//!
+//! # Trust
+//! Nothing is used before its sha256 is checked: manifests against the digest
+//! that named them, blobs on commit, layer blobs again (and their uncompressed
+//! diff ids) while unpacking. An unpacked layer is published by rename only after
+//! it verified, so `layers/<hex>` is always complete.
 
 pub mod blobs;
 pub mod build;
@@ -47,4 +55,4 @@ pub mod unpack;
 
 pub use client::{Client, Credentials, RegistryConfig};
 pub use error::OciError;
-pub use store::{GcReport, ImageStore, PreparedImage, PullProgress, PulledImage};
+pub use store::{GcReport, ImageStore, ImportedImage, PreparedImage, PullProgress, PulledImage};

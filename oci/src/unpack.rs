@@ -323,7 +323,7 @@ fn unpack_tar(tar_stream: impl Read, dest: &Path) -> Result<Unpacked, UnpackErro
 
 /// Make sure every parent directory of `rel` exists under `dest` as a real
 /// directory (never a symlink), creating missing ones. Returns the full path of
-/// `rel`'s parent... or, for an opaque marker, of the directory it marks.
+/// `rel`'s parent (for an opaque marker: the directory it marks).
 fn ensure_parents(dest: &Path, rel: &Path, shown: &str) -> Result<PathBuf, UnpackError> {
     let mut current = dest.to_path_buf();
     let Some(parent) = rel.parent() else {
