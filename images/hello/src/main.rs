@@ -123,7 +123,10 @@ fn main() {
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let version = std::env::var("HELLO_VERSION").unwrap_or_else(|_| "unknown".into());
     if let Err(e) = record_start() {
-        eprintln!("hello: cannot record start in {}: {e}", data_dir().display());
+        eprintln!(
+            "hello: cannot record start in {}: {e}",
+            data_dir().display()
+        );
     }
     let listener = match TcpListener::bind(("0.0.0.0", port.parse::<u16>().unwrap_or(8080))) {
         Ok(l) => l,

@@ -151,6 +151,11 @@ impl ImageStore {
     /// fetched again; a partial download continues from where it stopped (HTTP
     /// `Range`). Every blob is verified against its digest before it is kept.
     /// A failed pull can simply be retried. Layers are unpacked by [`Self::prepare`].
+    ///
+    /// `progress` is called from the pulling task after every chunk; to observe a
+    /// pull from elsewhere, feed a watch channel:
+    /// `let (tx, rx) = tokio::sync::watch::channel(PullProgress::default());`
+    /// `store.pull(&client, &image, &platform, &move |p| { tx.send_replace(p); })`.
     pub async fn pull(
         &self,
         client: &Client,
