@@ -12,10 +12,12 @@ PACKAGES=(
   mosquitto               # external-broker tests
   docker-registry         # real OCI registry for pull/resolve tests
   skopeo                  # pushes OCI layouts into the test registry
-  iproute2 procps psmisc
+  iproute2 procps psmisc util-linux
+  openssl                 # tests make their own CA, certificates and token keys
 )
 if [ "${OUTPOST_CROSS:-0}" = 1 ]; then
-  PACKAGES+=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static musl-tools)
+  # ARM cross compilers: the sample image for arm64/armv7, and the ARM builds of the suite.
+  PACKAGES+=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static)
 fi
 
 if [ "$(id -u)" != 0 ]; then
@@ -47,3 +49,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+if [ "${OUTPOST_CROSS:-0}" = 1 ]; then
+  installed_targets=$(rustup target list --installed)
+  for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+  done
+fi

@@ -3,7 +3,7 @@
 # Run as root on Debian/Ubuntu: tests start real containers, a real registry and brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/deps.sh
+OUTPOST_CROSS=1 source scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "== cargo fmt --check"
