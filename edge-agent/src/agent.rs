@@ -58,6 +58,21 @@ pub fn load_device_key(path: &Path) -> Result<SigningKey, AgentError> {
     })
 }
 
+/// Open the state database, waiting a little while another short-lived process
+/// (`outpost-agent status` or `stop-all`) holds it.
+async fn open_store(path: &Path) -> Result<Store, StateError> {
+    let mut tries = 0;
+    loop {
+        match Store::open(path) {
+            Err(StateError::Locked { .. }) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Run the agent until `cancel` fires.
 pub async fn run(
     cfg: Config,
@@ -67,7 +82,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let device = cfg.device_id.clone();
     let key = load_device_key(&cfg.key_file())?;
-    let store = Arc::new(Store::open(&cfg.state_file())?);
+    let store = Arc::new(open_store(&cfg.state_file()).await?);
     let loaded = store.load()?;
     let boots = store.bump_boots()?;
     let trust = match loaded.trust.clone() {

@@ -216,8 +216,18 @@ async fn wait_for_signal() {
 
 fn status(config_path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(config_path)?;
-    // While the agent runs it holds the database; it keeps a status file in the
-    // run dir for us. When it doesn't run, read the database directly.
+    // While the agent runs it holds the database and keeps a status file in the
+    // run dir for us: read that without touching the database (opening it would
+    // lock out an agent that is just starting). Otherwise read the database.
+    if let Some(text) = live_status_file(&cfg) {
+        if json {
+            println!("{text}");
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            print_status_text(&v, true);
+        }
+        return Ok(());
+    }
     match Store::open(&cfg.state_file()) {
         Err(StateError::Locked { .. }) => {
             let path = cfg.status_file();
@@ -257,6 +267,14 @@ fn status(config_path: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The status file, if the agent process that wrote it is still alive.
+fn live_status_file(cfg: &Config) -> Option<String> {
+    let text = std::fs::read_to_string(cfg.status_file()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let pid = v["agent_pid"].as_u64()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(text)
 }
 
 fn print_status_text(v: &serde_json::Value, running: bool) {
