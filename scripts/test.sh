@@ -25,5 +25,5 @@ fi
 # (Local shortcut: OUTPOST_SKIP_CROSS=1.)
 if [ "${OUTPOST_SKIP_CROSS:-0}" != 1 ]; then
   echo "== cross builds (aarch64, armv7) + qemu-user checks"
-  scripts/cross-build.sh
+  QUICK=1 scripts/cross-build.sh
 fi
