@@ -23,6 +23,13 @@ pub enum ClientError {
     Locate(String),
 }
 
+/// `user@host` of whoever runs the CLI, for the audit log (informational).
+fn actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
 /// Talks to one hub.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -67,7 +74,8 @@ impl ApiClient {
         let mut req = self
             .http
             .request(method.clone(), &url)
-            .bearer_auth(&self.token);
+            .bearer_auth(&self.token)
+            .header(crate::api::ACTOR_HEADER, actor());
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -16,7 +16,7 @@ use crate::hub::{now_secs, ApplyOutcome, Hub};
 use crate::publish::PublishStats;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, patch, post};
@@ -94,7 +94,27 @@ fn device_id(id: &str) -> Result<DeviceId, AppError> {
     })
 }
 
-const WHO: &str = "api";
+/// Header the CLI sets to `user@host`. The bearer token is the only
+/// credential, so this is informational; the audit log records it as
+/// `api:<actor>` so operators sharing a token can still be told apart.
+pub const ACTOR_HEADER: &str = "x-outpost-actor";
+
+fn who(headers: &HeaderMap) -> String {
+    let actor = headers
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty());
+    match actor {
+        Some(a) => format!("api:{a}"),
+        None => "api".into(),
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +127,7 @@ struct NewDevice {
 
 async fn add_device(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     raw: Bytes,
 ) -> Result<(StatusCode, Json<DeviceSummary>), AppError> {
     let req: NewDevice = body(&raw)?;
@@ -117,7 +138,7 @@ async fn add_device(
         .map_err(|e: outpost_protocol::KeyError| {
             AppError::bad_request(Some("public_key".into()), e.to_string())
         })?;
-    let rec = s.hub.add_device(id, key, req.labels, WHO.into()).await?;
+    let rec = s.hub.add_device(id, key, req.labels, who(&headers)).await?;
     let meta = s.hub.store.manifest_meta(&rec.id)?;
     Ok((
         StatusCode::CREATED,
@@ -134,6 +155,7 @@ struct NewDevices {
 /// Register many devices at once (one transaction).
 async fn add_devices(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     raw: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     let req: NewDevices = body(&raw)?;
@@ -154,7 +176,7 @@ async fn add_devices(
             labels: d.labels,
         });
     }
-    let recs = s.hub.add_devices(new, WHO.into()).await?;
+    let recs = s.hub.add_devices(new, who(&headers)).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "registered": recs.len() })),
@@ -202,10 +224,11 @@ async fn get_device(
 
 async fn remove_device(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let id = device_id(&id)?;
-    s.hub.remove_device(id, WHO.into()).await?;
+    s.hub.remove_device(id, who(&headers)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -220,6 +243,7 @@ struct LabelChange {
 
 async fn label_device(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     raw: Bytes,
 ) -> Result<Json<DeviceSummary>, AppError> {
@@ -234,7 +258,7 @@ async fn label_device(
     let mut changes: BTreeMap<String, Option<String>> =
         req.remove.into_iter().map(|k| (k, None)).collect();
     changes.extend(req.set.into_iter().map(|(k, v)| (k, Some(v))));
-    let (rec, _) = s.hub.label_device(id, changes, WHO.into()).await?;
+    let (rec, _) = s.hub.label_device(id, changes, who(&headers)).await?;
     let meta = s.hub.store.manifest_meta(&rec.id)?;
     let status = s.hub.store.status(&rec.id)?;
     Ok(Json(DeviceSummary::new(
@@ -266,9 +290,13 @@ async fn device_events(
     Ok(Json(s.hub.store.events(&id, q.after, limit)?))
 }
 
-async fn apply(State(s): State<ApiState>, raw: Bytes) -> Result<Json<ApplyOutcome>, AppError> {
+async fn apply(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Json<ApplyOutcome>, AppError> {
     let spec: DeploymentSpec = body(&raw)?;
-    Ok(Json(s.hub.apply(spec, WHO.into()).await?))
+    Ok(Json(s.hub.apply(spec, who(&headers)).await?))
 }
 
 async fn list_deployments(
@@ -290,9 +318,10 @@ async fn get_deployment(
 
 async fn delete_deployment(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<ApplyOutcome>, AppError> {
-    Ok(Json(s.hub.delete_deployment(name, WHO.into()).await?))
+    Ok(Json(s.hub.delete_deployment(name, who(&headers)).await?))
 }
 
 async fn stats(State(s): State<ApiState>) -> Result<Json<Stats>, AppError> {
