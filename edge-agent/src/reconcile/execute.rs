@@ -16,6 +16,9 @@ use std::time::Duration;
 /// What happened to one action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    Kept {
+        app: String,
+    },
     Pulled {
         app: String,
     },
@@ -110,7 +113,7 @@ impl Executor {
     ) -> Result<Outcome, DriverError> {
         let device = self.reporter.device_id().clone();
         match action {
-            Action::Keep { app, .. } => Ok(Outcome::Pulled { app: app.clone() }),
+            Action::Keep { app, .. } => Ok(Outcome::Kept { app: app.clone() }),
             Action::Pull { app, image } => {
                 let images = self.images.clone();
                 let image = image.clone();

@@ -283,7 +283,7 @@ impl Reconciler {
                     b.failures = b.failures.saturating_add(1);
                     self.last_errors.insert(app, error);
                 }
-                Outcome::Pulled { .. } => {}
+                Outcome::Pulled { .. } | Outcome::Kept { .. } => {}
             }
         }
         self.books.retain(|app, _| desired.contains_key(app));
