@@ -169,6 +169,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 procstat::mib(f.agent.hwm_kib),
                 stats::secs(f.agent.cpu)
             );
+            println!(
+                "  threads: {}",
+                std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            );
+            for (mapping, kib) in procstat::rss_by_mapping(pid)?.iter().take(8) {
+                println!("  RSS {:>9} in {mapping}", procstat::mib(*kib));
+            }
             for (c, name, rss) in &f.children {
                 println!("  child pid {c} ({name}): RSS {}", procstat::mib(*rss));
             }

@@ -127,6 +127,29 @@ pub fn threads(pid: u32) -> Vec<(String, Duration)> {
     out
 }
 
+/// Resident memory per mapping (`/proc/PID/smaps`), summed by path (`[anon]` for
+/// anonymous mappings: malloc arenas, thread stacks, caches), largest first, KiB.
+pub fn rss_by_mapping(pid: u32) -> Result<Vec<(String, u64)>, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/smaps"));
+    let text = read(path)?;
+    let mut by_name: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current = String::from("[anon]");
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // Header: address perms offset dev inode [path]
+            current = parts.nth(4).unwrap_or("[anon]").to_string();
+        } else if first == "Rss:" {
+            let kib: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *by_name.entry(current.clone()).or_default() += kib;
+        }
+    }
+    let mut out: Vec<(String, u64)> = by_name.into_iter().filter(|(_, k)| *k > 0).collect();
+    out.sort_by_key(|t| std::cmp::Reverse(t.1));
+    Ok(out)
+}
+
 /// KiB as MiB with one decimal, for tables.
 pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
