@@ -7,7 +7,10 @@
 use crate::driver::{
     app_of, ContainerDriver, ContainerStatus, CreateRequest, DriverError, ObservedContainer,
 };
-use outpost_runtime::{ContainerRequest, Rootfs, Runtime, RuntimeConfig};
+use outpost_runtime::{ContainerRequest, HelperCommand, Rootfs, Runtime, RuntimeConfig};
+
+/// First argument under which `outpost-agent` runs as the runtime's create helper.
+pub const HELPER_SUBCOMMAND: &str = "__runtime-helper";
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -26,7 +29,17 @@ impl RuntimeDriver {
     /// `state_dir`: libcontainer state (tmpfs); `data_dir`: the agent's data dir
     /// (bundles, overlay upper dirs, logs, `volumes/<app>/<volume>`).
     pub fn open(state_dir: &Path, data_dir: &Path) -> Result<RuntimeDriver, DriverError> {
-        let rt = Runtime::new(RuntimeConfig::new(state_dir, data_dir))
+        let mut config = RuntimeConfig::new(state_dir, data_dir);
+        // The agent binary hosts the create helper itself (hidden subcommand), so
+        // a device installs one file. Fall back to a separate helper binary only
+        // if the running executable cannot be found.
+        if let Ok(exe) = std::env::current_exe() {
+            config.helper = HelperCommand {
+                program: exe,
+                args_prefix: vec![HELPER_SUBCOMMAND.to_string()],
+            };
+        }
+        let rt = Runtime::new(config)
             .map_err(|e| DriverError::new("open runtime", state_dir.display().to_string(), e))?;
         Ok(RuntimeDriver { rt })
     }
