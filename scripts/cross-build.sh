@@ -90,7 +90,7 @@ for target in $TARGETS; do
   for bin in outpost-agent outpost-hub; do
     "$qemu" -L "/usr/${triple}" "target/$target/$profile_dir/$bin" --version
   done
-  cargo test --target "$target" -p outpost-protocol
+  cargo test --target "$target" -p outpost-protocol --lib --tests
   echo "== $target: sizes (stripped)"
   for bin in outpost-agent outpost-hub; do
     f="target/$target/$profile_dir/$bin"
