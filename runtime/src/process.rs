@@ -57,20 +57,23 @@ pub fn observe(pid: i32, start_time: Option<u64>) -> Observed {
         return Observed::Alive;
     }
     if stat.ppid == std::process::id() as i32 {
-        return Observed::Ended {
-            exit_code: reap(pid),
-        };
+        return reap(pid);
     }
     Observed::Ended { exit_code: None }
 }
 
-/// `waitpid` a child that has exited; shell convention for signals (128+n).
-fn reap(pid: i32) -> Option<i32> {
-    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+/// `waitpid` a zombie child; shell convention for signals (128+n). A
+/// multi-threaded init's leader shows as a zombie while its other threads are
+/// still exiting (e.g. after an OOM kill) and cannot be reaped until they are
+/// gone: that is still alive, not "ended with an unknown code".
+fn reap(pid: i32) -> Observed {
+    let exit_code = match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => return Observed::Alive,
         Ok(WaitStatus::Exited(_, code)) => Some(code),
         Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
         _ => None,
-    }
+    };
+    Observed::Ended { exit_code }
 }
 
 /// Make this process the reaper of orphaned descendants, so a container whose
