@@ -1,10 +1,11 @@
 //! Agent footprint and flash wear, measured on the real release agent with five
 //! real containers of the sample image. A benchmark, not a test: `#[ignore]`d so
 //! it never runs in the default suite. Run (as root, with docker-registry and
-//! skopeo installed, after `cargo build --release -p outpost-edge-agent`):
+//! skopeo installed, after building the release agent and its create helper):
 //!
 //! ```text
-//! cargo test --release -p outpost-sim --test agent_footprint -- --ignored --nocapture
+//! cargo build --release -p outpost-edge-agent -p outpost-runtime --bins
+//! cargo test -p outpost-sim --test agent_footprint -- --ignored --nocapture
 //! ```
 //!
 //! `OUTPOST_WEAR_SECS` sets the steady-state window (default 3600 s);
@@ -73,7 +74,7 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
     let bin = agent_bin();
     assert!(
         bin.exists(),
-        "{} not found: cargo build --release -p outpost-edge-agent",
+        "{} not found: cargo build --release -p outpost-edge-agent -p outpost-runtime --bins",
         bin.display()
     );
     let wear_secs: u64 = std::env::var("OUTPOST_WEAR_SECS")
