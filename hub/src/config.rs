@@ -60,6 +60,8 @@ pub struct MqttConfig {
     /// subscriptions and queued QoS 1 messages across reconnects under this id.
     /// The default contains ':', which no device id can, so a device can never
     /// take over the hub's session (brokers kick the older of two equal ids).
+    /// This id is the ingest connection's; manifests are published on a second
+    /// connection with `-pub` appended (`outpost:hub-pub`), see `link`.
     #[serde(default = "default_client_id")]
     pub client_id: String,
     /// Connection limit of the embedded broker. At the limit rumqttd silently

@@ -6,13 +6,17 @@
 //! only after that commit (QoS 1: an unacked message is redelivered). Forged or
 //! malformed messages are acked too (redelivery would not make them valid) and
 //! counted by reason.
+//!
+//! Acks and subscriptions go out on the ingest link, which publishes nothing, by
+//! the [`sender`] task; never on the publish link, where they would queue behind
+//! manifests (the rumqttd deadlock described in [`crate::link`]).
 
 use crate::hub::{now_secs, Hub};
 use crate::publish::Outbox;
 use crate::store::{EventRecord, StatusRecord, StoreError, Tx};
 use outpost_protocol::topics::{self, DeviceTopic};
 use outpost_protocol::{DeviceId, DeviceMessageError, Event, OpenError, StatusReport};
-use rumqttc::Publish;
+use rumqttc::{AsyncClient, Publish, QoS};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -25,6 +29,53 @@ pub const REPUBLISH_INTERVAL_SECS: u64 = 20;
 /// A device is online if a status arrived within this many seconds (agents send
 /// one every 30 s).
 pub const ONLINE_WINDOW_SECS: u64 = 90;
+
+/// Work for the ingest link's [`sender`].
+#[derive(Debug)]
+pub enum Inbox {
+    /// The ingest link (re)connected: subscribe to status and events again.
+    Connected,
+    /// Acknowledge an incoming QoS 1 message (after its redb commit).
+    Ack(Box<Publish>),
+}
+
+/// The only task that sends on the ingest link: (re)subscribes after every
+/// CONNACK and acks committed messages, in order. It runs apart from the
+/// driver (publishing from the polling task can deadlock) and from [`run`], so
+/// ingest keeps draining the driver while an ack waits for room in rumqttc's
+/// request channel.
+pub async fn sender(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<Inbox>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        let result = match msg {
+            Inbox::Connected => subscribe(&client).await,
+            Inbox::Ack(p) => client.ack(&p).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "ingest link request failed");
+        }
+    }
+    // Best effort: tell the broker we are leaving so it does not wait for keep-alive.
+    let _ = client.try_disconnect();
+}
+
+async fn subscribe(client: &AsyncClient) -> Result<(), rumqttc::ClientError> {
+    client
+        .subscribe(topics::all_status(), QoS::AtLeastOnce)
+        .await?;
+    client
+        .subscribe(topics::all_events(), QoS::AtLeastOnce)
+        .await?;
+    tracing::info!("subscribed to device status and events");
+    Ok(())
+}
 
 /// Counter name for a refused device message.
 pub fn reject_reason(e: &DeviceMessageError) -> &'static str {
@@ -178,8 +229,13 @@ fn due_republish(hub: &Hub, behind: Vec<DeviceId>, now: u64) -> Vec<DeviceId> {
         .collect()
 }
 
-/// Drain incoming messages until `shutdown`.
-pub async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>, shutdown: CancellationToken) {
+/// Drain incoming messages until `shutdown`; acks go to the [`sender`] via `acks`.
+pub async fn run(
+    hub: Arc<Hub>,
+    mut rx: mpsc::Receiver<Publish>,
+    acks: mpsc::UnboundedSender<Inbox>,
+    shutdown: CancellationToken,
+) {
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -209,7 +265,10 @@ pub async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>, shutdown: Cance
         match result {
             Ok(outcome) => {
                 for p in batch {
-                    hub.send(Outbox::Ack(Box::new(p)));
+                    if acks.send(Inbox::Ack(Box::new(p))).is_err() {
+                        // The sender stopped: only during shutdown.
+                        tracing::debug!("ingest link sender stopped; ack dropped");
+                    }
                 }
                 // No rate limit needed: once reissued the device is no longer ahead.
                 for (id, generation) in outcome.ahead {

@@ -13,9 +13,11 @@
 //! - [`hub`]: operations (register, label, apply, delete) = validate, render,
 //!   sign, persist in one transaction, then hand off to the publisher.
 //! - [`broker`]: the embedded rumqttd broker.
-//! - [`link`]: rumqttc options and the event-loop driver with its own backoff.
-//! - [`publish`]: the single task that publishes and acks.
-//! - [`ingest`]: verification and storage of device status and events.
+//! - [`link`]: rumqttc options and the event-loop driver with its own backoff,
+//!   for the hub's two connections (ingest: subscribe + acks; publish: manifests).
+//! - [`publish`]: the single task that publishes (on the publish link).
+//! - [`ingest`]: verification and storage of device status and events, and the
+//!   single task that subscribes and acks (on the ingest link).
 //! - [`api`]: the axum HTTP API.
 //! - [`serve`]: wiring it all together; [`serve::start`] runs a hub in-process
 //!   (used by tests and the fleet simulator).

@@ -1,10 +1,27 @@
-//! The hub's MQTT connection (rumqttc): options, and the driver task that polls
-//! the event loop with our own reconnect backoff.
+//! The hub's MQTT connections (rumqttc): options, and the driver task that polls
+//! an event loop with our own reconnect backoff.
 //!
-//! The driver never publishes (publishing from the polling task can deadlock on
-//! rumqttc's bounded request channel). It forwards incoming publishes to ingest and
-//! tells the publisher about every CONNACK, which then re-subscribes and
-//! republishes: after `session_present = false` rumqttc restores nothing.
+//! The hub holds **two** connections, each with its own stable client id:
+//! - the ingest link (`client_id`, default `outpost:hub`) subscribes to status and
+//!   events and sends nothing but SUBSCRIBEs and the manual PUBACKs ingest issues
+//!   after its redb commit;
+//! - the publish link (`<client_id>-pub`, see [`publisher_client_id`]) publishes
+//!   the key set and the manifests and never subscribes.
+//!
+//! One shared connection deadlocked against rumqttd (docs/benchmarks.md): rumqttd
+//! stops forwarding to a client with 100 unacked QoS 1 forwards and, while that
+//! client is paused, does not ack its publishes either (only an incoming PUBACK
+//! wakes it). The hub's status PUBACKs then queued in rumqttc's FIFO behind
+//! manifest publishes that waited for the broker's PUBACKs. Split, the ingest
+//! link's PUBACKs never wait behind a publish (it has no publish in flight), and
+//! the broker keeps acking the publish link (it never has forwards in flight to
+//! it, so its tracker is only ever paused as caught up, which fresh data wakes).
+//!
+//! A driver never publishes (publishing from the polling task can deadlock on
+//! rumqttc's bounded request channel). It forwards incoming publishes to ingest
+//! and reports every CONNACK, after which the ingest side re-subscribes and the
+//! publisher republishes: after `session_present = false` rumqttc restores
+//! nothing.
 
 use crate::broker::MAX_PACKET_BYTES;
 use crate::config::BrokerUrl;
@@ -29,8 +46,14 @@ pub enum LinkError {
     },
 }
 
+/// Client id of the publish link: the ingest link's id with `-pub` appended.
+/// It keeps the ':' of the default, so no device id can take it over either.
+pub fn publisher_client_id(client_id: &str) -> String {
+    format!("{client_id}-pub")
+}
+
 /// Build client options: stable id, persistent session, manual acks, packet
-/// limits that match the broker's.
+/// limits that match the broker's. Used for both links.
 pub fn options(
     client_id: &str,
     broker: &BrokerUrl,
@@ -59,10 +82,10 @@ pub fn options(
     Ok(o)
 }
 
-/// What the driver tells the rest of the hub.
-#[derive(Debug)]
+/// What a driver tells the rest of the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// A CONNACK arrived: subscribe and republish.
+    /// A CONNACK arrived: re-subscribe (ingest link) or republish (publish link).
     Connected { session_present: bool },
 }
 
@@ -73,12 +96,16 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Dura
     max.mul_f64(jitter.clamp(0.0, 1.0)).max(base / 2)
 }
 
-/// Poll the event loop until `shutdown`. Incoming publishes go to `incoming`
-/// (bounded: a slow ingest pushes back on the broker, not on memory).
+/// Poll the event loop of the link named `link` until `shutdown`. Incoming
+/// publishes go to `incoming` (bounded: a slow ingest pushes back on the broker,
+/// not on memory); a link without `incoming` (the publish link, which never
+/// subscribes) drops and logs any. Every CONNACK is handed to `on_event`, which
+/// must not block and returns `false` once its receiver is gone.
 pub async fn drive(
+    link: &'static str,
     mut eventloop: EventLoop,
-    incoming: mpsc::Sender<Publish>,
-    events: mpsc::UnboundedSender<LinkEvent>,
+    incoming: Option<mpsc::Sender<Publish>>,
+    mut on_event: impl FnMut(LinkEvent) -> bool + Send,
     shutdown: CancellationToken,
 ) {
     let mut attempt = 0u32;
@@ -91,23 +118,26 @@ pub async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 attempt = 0;
                 tracing::info!(
+                    link,
                     session_present = ack.session_present,
                     "connected to MQTT broker"
                 );
-                if events
-                    .send(LinkEvent::Connected {
-                        session_present: ack.session_present,
-                    })
-                    .is_err()
-                {
+                if !on_event(LinkEvent::Connected {
+                    session_present: ack.session_present,
+                }) {
                     return;
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if incoming.send(p).await.is_err() {
-                    return;
+            Ok(Event::Incoming(Packet::Publish(p))) => match &incoming {
+                Some(incoming) => {
+                    if incoming.send(p).await.is_err() {
+                        return;
+                    }
                 }
-            }
+                None => {
+                    tracing::warn!(link, topic = %p.topic, "unexpected publish on a link that does not subscribe; dropped")
+                }
+            },
             Ok(_) => {}
             Err(e) => {
                 let wait = backoff(
@@ -117,7 +147,7 @@ pub async fn drive(
                     fastrand::f64(),
                 );
                 attempt = attempt.saturating_add(1);
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost");
+                tracing::warn!(link, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
@@ -135,6 +165,13 @@ pub fn client(options: MqttOptions) -> (AsyncClient, EventLoop) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_link_has_its_own_id_no_device_can_take() {
+        let id = publisher_client_id("outpost:hub");
+        assert_eq!(id, "outpost:hub-pub");
+        assert!(id.parse::<outpost_protocol::DeviceId>().is_err());
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_never_zero() {

@@ -1,14 +1,17 @@
-//! The publisher task: the only place that sends on the MQTT client.
+//! The publisher task: the only place that sends on the publish link (the hub's
+//! MQTT connection that never subscribes, see [`crate::link`]).
 //!
-//! It works through a FIFO outbox: (re)subscribe and republish everything after
-//! each CONNACK, publish manifests of devices whose generation changed, clear the
-//! retained manifest of removed devices, and ack incoming messages once ingest has
-//! committed them. Manifests are read from the store when sent, so a queued
-//! request always publishes the latest committed bytes.
+//! It works through a FIFO outbox: publish the key set and republish everything
+//! after each CONNACK of the publish link, publish manifests of devices whose
+//! generation changed, and clear the retained manifest of removed devices.
+//! Manifests are read from the store when sent, so a queued request always
+//! publishes the latest committed bytes. Acks of incoming messages do not pass
+//! through here: they go out on the ingest link ([`crate::ingest::sender`]), so
+//! they never queue behind manifests waiting for the broker.
 
 use crate::store::Store;
 use outpost_protocol::{topics, DeviceId};
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -17,14 +20,12 @@ use tokio_util::sync::CancellationToken;
 /// Work for the publisher.
 #[derive(Debug)]
 pub enum Outbox {
-    /// The link (re)connected: subscribe, publish the key set, republish all.
+    /// The publish link (re)connected: publish the key set, republish all.
     Connected,
     /// Publish the current manifest of these devices (retained, QoS 1).
     Manifests(Vec<DeviceId>),
     /// The device was removed: clear its retained manifest.
     Clear(DeviceId),
-    /// Acknowledge an incoming QoS 1 message (after its redb commit).
-    Ack(Box<Publish>),
 }
 
 /// Counters the API exposes.
@@ -55,7 +56,6 @@ pub async fn run(
                 .publish(topics::manifest(&id), QoS::AtLeastOnce, true, Vec::new())
                 .await
                 .map_err(|e| e.to_string()),
-            Outbox::Ack(p) => client.ack(&p).await.map_err(|e| e.to_string()),
         };
         if let Err(e) = result {
             stats.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -72,14 +72,6 @@ async fn connected(
     keyset: &[u8],
     stats: &PublishStats,
 ) -> Result<(), String> {
-    client
-        .subscribe(topics::all_status(), QoS::AtLeastOnce)
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .subscribe(topics::all_events(), QoS::AtLeastOnce)
-        .await
-        .map_err(|e| e.to_string())?;
     client
         .publish(topics::keyset(), QoS::AtLeastOnce, true, keyset.to_vec())
         .await
@@ -98,7 +90,10 @@ async fn connected(
         stats.manifests_published.fetch_add(1, Ordering::Relaxed);
     }
     stats.republish_all.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(manifests = n, "subscribed and republished all manifests");
+    tracing::info!(
+        manifests = n,
+        "published the key set and republished all manifests"
+    );
     Ok(())
 }
 

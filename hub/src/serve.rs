@@ -1,5 +1,6 @@
 //! Running the hub: open the store, load keys, start (or connect to) the broker,
-//! and run the link driver, publisher, ingest and HTTP server until shutdown.
+//! and run the two MQTT links (ingest and publish, each with its driver and its
+//! one sending task), ingest and the HTTP server until shutdown.
 //!
 //! [`start`] returns once everything listens, with the bound addresses, so tests
 //! and the fleet simulator can run a hub in-process on port 0.
@@ -8,7 +9,7 @@ use crate::api::{self, ApiState};
 use crate::broker::{self, BrokerError};
 use crate::config::{BrokerUrl, ConfigError, DataDir, HubConfig};
 use crate::hub::Hub;
-use crate::ingest;
+use crate::ingest::{self, Inbox};
 use crate::link::{self, LinkError, LinkEvent};
 use crate::publish::{self, Outbox, PublishStats};
 use crate::resolve::ImageResolver;
@@ -113,15 +114,22 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         }
     };
 
-    let mqtt_opts = link::options(
+    // Two connections (see `link`): acks never queue behind manifest publishes.
+    let ingest_opts = link::options(
         &opts.config.mqtt.client_id,
         &target,
         opts.config.mqtt.ca_file.as_deref(),
     )?;
-    let (client, eventloop) = link::client(mqtt_opts);
+    let publish_opts = link::options(
+        &link::publisher_client_id(&opts.config.mqtt.client_id),
+        &target,
+        opts.config.mqtt.ca_file.as_deref(),
+    )?;
+    let (ingest_client, ingest_eventloop) = link::client(ingest_opts);
+    let (publish_client, publish_eventloop) = link::client(publish_opts);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+    let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(4 * ingest::BATCH);
-    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let keyset = signer.keyset_bytes().to_vec();
     let hub = Arc::new(Hub::new(
         store.clone(),
@@ -132,40 +140,45 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
     let publish_stats = Arc::new(PublishStats::default());
     let tracker = TaskTracker::new();
 
-    tracker.spawn(link::drive(
-        eventloop,
-        incoming_tx,
-        link_tx,
-        shutdown.clone(),
-    ));
+    {
+        let inbox = inbox_tx.clone();
+        tracker.spawn(link::drive(
+            "ingest",
+            ingest_eventloop,
+            Some(incoming_tx),
+            move |ev| match ev {
+                LinkEvent::Connected { .. } => inbox.send(Inbox::Connected).is_ok(),
+            },
+            shutdown.clone(),
+        ));
+    }
+    {
+        let outbox = outbox_tx.clone();
+        tracker.spawn(link::drive(
+            "publish",
+            publish_eventloop,
+            None,
+            move |ev| match ev {
+                LinkEvent::Connected { .. } => outbox.send(Outbox::Connected).is_ok(),
+            },
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(ingest::sender(ingest_client, inbox_rx, shutdown.clone()));
     tracker.spawn(publish::run(
-        client,
+        publish_client,
         store,
         keyset,
         outbox_rx,
         Arc::clone(&publish_stats),
         shutdown.clone(),
     ));
-    {
-        let outbox = outbox_tx.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    e = link_rx.recv() => match e { Some(e) => e, None => return },
-                };
-                match ev {
-                    LinkEvent::Connected { .. } => {
-                        if outbox.send(Outbox::Connected).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-    }
-    tracker.spawn(ingest::run(Arc::clone(&hub), incoming_rx, shutdown.clone()));
+    tracker.spawn(ingest::run(
+        Arc::clone(&hub),
+        incoming_rx,
+        inbox_tx,
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(opts.config.http_listen)
         .await

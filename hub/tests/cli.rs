@@ -78,7 +78,10 @@ async fn label_delete_remove_and_root_export_through_the_cli() {
 
     // The audit log says who did it (the CLI sends user@host).
     let audit = hub.cli(&["audit"]);
-    assert!(audit.contains("api:") && audit.contains("deployment.delete"), "{audit}");
+    assert!(
+        audit.contains("api:") && audit.contains("deployment.delete"),
+        "{audit}"
+    );
 
     // Root key export: the hub keeps serving without it.
     let out = tmp.path().join("root-offline.key");
