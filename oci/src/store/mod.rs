@@ -327,11 +327,18 @@ impl ImageStore {
                 reason,
             };
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    transfer(format!(
-                        "connection failed after {have} of {size} bytes ({e}); the next pull resumes from there"
-                    ))
-                })?;
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        // tokio's File hands writes to a blocking thread; flush so
+                        // the partial file holds every byte we counted before the
+                        // caller (or the next pull) looks at its length.
+                        out.flush().await.map_err(OciError::io("write", &partial))?;
+                        return Err(transfer(format!(
+                            "connection failed after {have} of {size} bytes ({e}); the next pull resumes from there"
+                        )));
+                    }
+                };
                 if have + chunk.len() as u64 > size {
                     drop(out);
                     self.blobs.discard_partial(digest)?;
