@@ -25,6 +25,8 @@ const K_EVENT_SEQ: &str = "event_seq";
 const K_DROPPED: &str = "dropped";
 const K_BOOTS: &str = "boots";
 const K_RESTARTS: &str = "restarts";
+/// Page cache for the state database (see `Store::open`).
+const CACHE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -87,15 +89,20 @@ impl Store {
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
-                path: path.to_path_buf(),
-            },
-            other => StateError::Db {
-                path: path.to_path_buf(),
-                source: Box::new(other.into()),
-            },
-        })?;
+        // redb's default page cache is 1 GiB; the agent's state (one manifest,
+        // a bounded outbox) is a few hundred KiB, and its RSS is a budget.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
+                    path: path.to_path_buf(),
+                },
+                other => StateError::Db {
+                    path: path.to_path_buf(),
+                    source: Box::new(other.into()),
+                },
+            })?;
         let store = Store {
             db,
             path: path.to_path_buf(),

@@ -100,13 +100,22 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// redb's page cache. Its default is 1 GiB, which the hub grew into (about
+/// 135 MiB more RSS per 10,000-device deploy round, never given back); the
+/// working set of a 10,000-device fleet (manifests, last statuses) is a few
+/// tens of MiB, and a miss costs a read of the page cache, not of the disk.
+const CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
     /// Open (or create) the database and make sure every table exists.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Box::new(e.into()),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(e.into()),
+            })?;
         let store = Store { db: Arc::new(db) };
         store.write(|tx| {
             tx.txn.open_table(DEVICES).ctx("create tables")?;
