@@ -154,13 +154,25 @@ impl Client {
             .map_err(|e| classify(&reference.whole(), e))
     }
 
+    /// The oci-client reference of blob or manifest `digest` in `image`'s
+    /// repository. Built from its parts rather than parsed: oci-spec's parser
+    /// compiles a Unicode regex into a static on first use, which kept ~13 MiB
+    /// of heap alive in the agent for good (heaptrack; docs/benchmarks.md).
+    /// `ImageRef` repositories are already validated, so only the registry
+    /// split (the same rules as oci-spec's `split_domain`) is needed here.
     fn pinned(image: &ImageRef, digest: &Digest) -> Result<Reference, OciError> {
-        let s = format!("{}@{}", image.repository, digest);
-        s.parse()
-            .map_err(|e: oci_client::ParseError| OciError::InvalidReference {
-                reference: s.clone(),
-                reason: e.to_string(),
-            })
+        let (registry, repository) = split_registry(&image.repository);
+        if repository.is_empty() || repository.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(OciError::InvalidReference {
+                reference: format!("{image}"),
+                reason: "the repository path must be non-empty and lowercase".into(),
+            });
+        }
+        Ok(Reference::with_digest(
+            registry,
+            repository,
+            digest.to_string(),
+        ))
     }
 
     /// Fetch the manifest `digest` from `image`'s repository and check its digest.
@@ -215,6 +227,29 @@ impl Client {
             },
         })
     }
+}
+
+/// Split `registry/path` as the OCI distribution reference grammar does: the
+/// first segment is a registry host only if it has a `.` or `:` or is
+/// `localhost`; otherwise the image is on Docker Hub (`library/` for one-segment
+/// names).
+fn split_registry(name: &str) -> (String, String) {
+    const HUB: &str = "docker.io";
+    let (registry, path) = match name.split_once('/') {
+        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => (host, path),
+        _ => (HUB, name),
+    };
+    let registry = if registry == "index.docker.io" {
+        HUB
+    } else {
+        registry
+    };
+    let path = if registry == HUB && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path.to_string()
+    };
+    (registry.to_string(), path)
 }
 
 fn client_config(config: &RegistryConfig) -> ClientConfig {
@@ -288,5 +323,44 @@ fn classify(reference: &str, e: OciDistributionError) -> OciError {
     OciError::Registry {
         reference: reference.to_string(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_references_match_what_the_oci_parser_gives() {
+        let digest = Digest::of(b"x");
+        for repo in [
+            "127.0.0.1:5000/outpost/hello",
+            "registry.example.com/team/app",
+            "localhost/app",
+            "docker.io/library/busybox",
+            "index.docker.io/library/busybox",
+            "docker.io/busybox",
+            "busybox",
+            "someuser/app",
+        ] {
+            let image = ImageRef {
+                repository: repo.to_string(),
+                digest,
+            };
+            let built = Client::pinned(&image, &digest).unwrap();
+            let parsed: Reference = format!("{repo}@{digest}").parse().unwrap();
+            assert_eq!(built, parsed, "{repo}");
+        }
+    }
+
+    #[test]
+    fn pinned_refuses_what_the_grammar_refuses() {
+        let digest = Digest::of(b"x");
+        let image = ImageRef {
+            repository: "registry.example.com/Team/App".to_string(),
+            digest,
+        };
+        let err = Client::pinned(&image, &digest).unwrap_err();
+        assert!(err.to_string().contains("lowercase"), "{err}");
     }
 }
