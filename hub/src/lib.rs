@@ -22,6 +22,7 @@
 //! - [`serve`]: wiring it all together; [`serve::start`] runs a hub in-process
 //!   (used by tests and the fleet simulator).
 //! - [`cli`] and [`client`]: the command line and its HTTP client.
+//! - [`memory`]: allocator settings for a long-running hub process.
 
 pub mod api;
 pub mod broker;
@@ -32,6 +33,7 @@ pub mod deploy;
 pub mod hub;
 pub mod ingest;
 pub mod link;
+pub mod memory;
 pub mod publish;
 pub mod render;
 pub mod resolve;

@@ -5,6 +5,7 @@ use outpost_hub::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    outpost_hub::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

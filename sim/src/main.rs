@@ -114,6 +114,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Hub { args } => {
+            // As `outpost-hub` does: the numbers must be the hub's own.
+            outpost_hub::memory::limit_malloc_arenas();
             let hub_cli = outpost_hub::cli::Cli::try_parse_from(
                 std::iter::once("outpost-hub".to_string()).chain(args),
             )
