@@ -395,7 +395,11 @@ fn concurrent_creates_from_many_threads_all_run() {
 #[test]
 fn check_host_reports_this_hosts_cgroup_layout_and_seccomp() {
     let host = outpost_runtime::check_host().unwrap();
-    let expected = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+    // Set by the `layout_*` tests below, which hide or swap mounts.
+    let forced = std::env::var(LAYOUT_ENV).ok();
+    let expected = if forced.as_deref() == Some("v1") {
+        outpost_runtime::CgroupVersion::V1
+    } else if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         outpost_runtime::CgroupVersion::V2
     } else if std::path::Path::new("/sys/fs/cgroup/unified").exists() {
         outpost_runtime::CgroupVersion::Hybrid
@@ -404,4 +408,87 @@ fn check_host_reports_this_hosts_cgroup_layout_and_seccomp() {
     };
     assert_eq!(host.cgroup, expected);
     assert!(host.seccomp_available(), "{host:?}");
+}
+
+/// Tells `check_host_reports_this_hosts_cgroup_layout_and_seccomp` which
+/// layout the `layout_*` tests arranged.
+const LAYOUT_ENV: &str = "OUTPOST_TEST_CGROUP_LAYOUT";
+
+/// Run this test binary again, all tests but the `layout_cgroup_*` ones (and `skip`),
+/// inside a private mount namespace prepared by `setup` (a shell snippet), and
+/// return libtest's summary line.
+fn rerun_under_layout(layout: &str, setup: &str, skip: &[&str]) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{setup} && exec \"$0\" \"$@\""))
+        .arg(&exe)
+        .args(["--skip", "layout_cgroup_"]);
+    for s in skip {
+        cmd.args(["--skip", s]);
+    }
+    let out = cmd.env(LAYOUT_ENV, layout).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "lifecycle tests under the {layout} layout failed:\n{stdout}\n{stderr}"
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("test result: ok"))
+        .unwrap_or_default()
+        .to_string();
+    println!("{layout}: {summary}");
+    summary
+}
+
+/// Number of passed tests in a libtest summary line.
+fn passed(summary: &str) -> usize {
+    summary
+        .split(". ")
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The CI machine is a hybrid host: v1 controllers plus an empty cgroup2 at
+/// `/sys/fs/cgroup/unified`. Hidden in a private mount namespace, libcgroups
+/// sees a pure cgroup v1 (legacy) host, so every lifecycle test runs again on
+/// the v1-only code path.
+#[test]
+fn layout_cgroup_v1_only_runs_every_lifecycle_test() {
+    let unified = std::path::Path::new("/sys/fs/cgroup/unified");
+    if !unified.join("cgroup.procs").exists() {
+        // Not a hybrid host: the plain tests already cover its own layout.
+        println!("not a hybrid cgroup host; the plain lifecycle tests cover this one");
+        return;
+    }
+    let summary = rerun_under_layout("v1", "umount /sys/fs/cgroup/unified", &[]);
+    assert!(passed(&summary) >= 15, "{summary}");
+}
+
+/// The same hybrid host seen as a pure cgroup v2 host (Raspberry Pi OS'
+/// layout): its cgroup2 hierarchy mounted over `/sys/fs/cgroup`. Containers
+/// are created, placed and frozen through the v2 manager and device access
+/// goes through the eBPF device filter. This hierarchy has no memory or cpu
+/// controller here (the host binds them to v1), so the two limit tests are
+/// skipped; on a real v2 host the plain tests run them.
+#[test]
+fn layout_cgroup_v2_runs_the_lifecycle_tests_but_limits() {
+    let unified = std::path::Path::new("/sys/fs/cgroup/unified");
+    if !unified.join("cgroup.procs").exists() {
+        println!("not a hybrid cgroup host; the plain lifecycle tests cover this one");
+        return;
+    }
+    let summary = rerun_under_layout(
+        "v2",
+        "umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup",
+        &[
+            "memory_limit_is_enforced_by_the_cgroup",
+            "cpu_quota_is_written_to_the_cgroup",
+        ],
+    );
+    assert!(passed(&summary) >= 13, "{summary}");
 }

@@ -390,6 +390,8 @@ impl Runtime {
             .arg(CREATE_ARG)
             .arg(json)
             .stdin(std::process::Stdio::null())
+            // Never inherit a transient working directory (see `start`).
+            .current_dir("/")
             .output()
             .map_err(|e| fail(format!("cannot run it: {e}")))?;
         if !out.status.success() {
@@ -434,13 +436,23 @@ impl Runtime {
     /// Start a created container.
     pub fn start(&self, id: &str) -> Result<()> {
         let mut container = self.load(id)?;
-        container
-            .start()
-            .map_err(|source| RuntimeError::Libcontainer {
-                id: id.to_string(),
-                action: "start",
-                source: Box::new(source),
-            })?;
+        {
+            // libcontainer's start chdirs into the container's state directory
+            // to reach its notify socket by a short relative name, then back.
+            // The working directory is process-wide: two concurrent starts
+            // could each connect to the other's socket (one container started
+            // twice, the other never), and a helper spawned meanwhile would
+            // inherit a directory that is deleted later. One start at a time.
+            static START: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one_at_a_time = START.lock().unwrap_or_else(|p| p.into_inner());
+            container
+                .start()
+                .map_err(|source| RuntimeError::Libcontainer {
+                    id: id.to_string(),
+                    action: "start",
+                    source: Box::new(source),
+                })?;
+        }
         tracing::info!(container = id, "container started");
         Ok(())
     }

@@ -76,7 +76,15 @@ impl Devices {
 
         // Increase `ulimit -l` limit to avoid BPF_PROG_LOAD error (#2167).
         // This limit is not inherited into the container.
-        bpf_prog::bump_memlock_rlimit()?;
+        // Outpost patch: a failure to raise it is not fatal. Since Linux 5.11
+        // BPF memory is charged to the memory cgroup and the limit is not
+        // consulted; a root process without CAP_SYS_RESOURCE (a confined
+        // service, a CI sandbox) cannot raise it, and upstream then refused to
+        // create every container on cgroup v2. If the kernel does need it, the
+        // load below fails with its own error.
+        if let Err(e) = bpf_prog::bump_memlock_rlimit() {
+            tracing::warn!(error = %e, "could not raise RLIMIT_MEMLOCK for the device filter; trying without");
+        }
         let prog_fd = bpf_prog::load(LICENSE, prog.bytecodes())?;
 
         // FIXME: simple way to attach BPF program
