@@ -114,6 +114,15 @@ pub enum KeysCommand {
         #[arg(long)]
         remove: bool,
     },
+    /// Replace the manifest-signing key (e.g. after a compromise): a new key in a
+    /// new root-signed key set that revokes the old one. Run with the hub
+    /// stopped; on its next start the hub publishes the key set and re-signs
+    /// every device's manifest. Devices are not re-provisioned.
+    Rotate {
+        /// The root key, if it was exported from the data directory.
+        #[arg(long)]
+        root_key: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,6 +209,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             if remove {
                 println!("root key removed from {}", dir.root.display());
             }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { root_key }) => {
+            let r = signing::rotate(&dir, root_key.as_deref(), crate::hub::now_secs())?;
+            println!(
+                "signing key {} replaced by {}; key set version (manifest epoch) is now {}",
+                r.previous_key_id, r.signing_key_id, r.epoch
+            );
+            println!(
+                "start (or restart) the hub: it publishes the new key set and re-signs every device's manifest"
+            );
             Ok(())
         }
         cmd => {

@@ -445,6 +445,54 @@ impl Hub {
         Ok(outcome)
     }
 
+    /// Re-issue, under the signing key's epoch, every device manifest that was
+    /// signed under an older one: after `keys rotate`, agents must get their
+    /// desired state signed by the new key (generations restart at 1 in the
+    /// new epoch). Called at start, before the first republish; returns how many
+    /// manifests were re-issued.
+    pub async fn reissue_for_current_epoch(self: &Arc<Self>) -> Result<usize, HubError> {
+        let reissued = self
+            .blocking(|hub| {
+                let epoch = hub.signer.epoch();
+                let now = now_secs();
+                hub.store.write(|tx| {
+                    let mut stale = Vec::new();
+                    for d in tx.devices()? {
+                        if tx.manifest_meta(&d.id)?.is_some_and(|m| m.epoch != epoch) {
+                            stale.push((d.id, d.labels));
+                        }
+                    }
+                    if stale.is_empty() {
+                        return Ok(0);
+                    }
+                    let deployments = pinned_deployments(tx)?;
+                    let updated = hub.render_into(tx, &stale, &deployments, now)?;
+                    audit(
+                        tx,
+                        now,
+                        "hub",
+                        "keys.epoch",
+                        "*",
+                        serde_json::json!({
+                            "epoch": epoch,
+                            "key_id": hub.signer.key_id().0,
+                            "reissued": updated.len(),
+                        }),
+                    )?;
+                    Ok(updated.len())
+                })
+            })
+            .await?;
+        if reissued > 0 {
+            tracing::info!(
+                epoch = self.signer.epoch(),
+                reissued,
+                "re-signed device manifests under the new signing key"
+            );
+        }
+        Ok(reissued)
+    }
+
     /// Re-issue a device's current desired state with a generation above
     /// `applied`, the generation the device reports having accepted. Used when a
     /// device is ahead of the hub (its database restored from an older backup).

@@ -33,6 +33,8 @@ pub enum ServeError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("cannot re-sign manifests under the current signing key: {0}")]
+    Reissue(#[from] crate::hub::HubError),
     #[error("cannot read the API token {path}: {source}")]
     Token {
         path: std::path::PathBuf,
@@ -137,6 +139,9 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         opts.resolver,
         outbox_tx.clone(),
     ));
+    // Before the publisher's first republish-all, so that agents get manifests
+    // signed by the current key right after its key set.
+    hub.reissue_for_current_epoch().await?;
     let publish_stats = Arc::new(PublishStats::default());
     let tracker = TaskTracker::new();
 

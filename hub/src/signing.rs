@@ -1,9 +1,10 @@
 //! Key material on disk: the offline-capable root key, the manifest-signing key,
 //! the root-signed key set, and the API token; plus sealing manifests.
 //!
-//! The root key only signs key sets. It is needed at `init` (and for a future
-//! rotation), never by `serve`, so an operator can export it and delete it from the
-//! hub (`keys export-root --remove`).
+//! The root key only signs key sets. It is needed at `init` and to rotate the
+//! signing key (`keys rotate`), never by `serve`, so an operator can export it
+//! and delete it from the hub (`keys export-root --remove`) and bring it back
+//! only to rotate (`keys rotate --root-key FILE`).
 
 use crate::config::DataDir;
 use outpost_protocol::envelope::{self, Kind};
@@ -46,6 +47,10 @@ pub enum KeyFileError {
     Random,
     #[error("the root key is not in this data directory ({path}); it was exported")]
     RootKeyAbsent { path: PathBuf },
+    #[error("{path} is not the root key of this hub: its public key differs from root.pub")]
+    WrongRootKey { path: PathBuf },
+    #[error("the key set version cannot go past {version}")]
+    EpochExhausted { version: u64 },
     #[error("manifest could not be encoded: {0}")]
     Encode(String),
 }
@@ -159,6 +164,7 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// Load and cross-check `signing.key`, `root.pub` and `keyset.bin`.
     pub fn load(dir: &DataDir) -> Result<Signer, KeyFileError> {
+        finish_rotation(dir)?;
         let key = load_key(&dir.signing_key())?;
         let root_text = String::from_utf8_lossy(&read(&dir.root_pub())?).to_string();
         let root: PublicKey = root_text
@@ -241,6 +247,128 @@ pub fn export_root(dir: &DataDir, out: &Path, remove: bool) -> Result<(), KeyFil
     Ok(())
 }
 
+/// What `keys rotate` did.
+#[derive(Debug)]
+pub struct Rotated {
+    pub previous_key_id: String,
+    pub signing_key_id: String,
+    /// The new key set's version: the epoch of every manifest from now on.
+    pub epoch: u64,
+}
+
+fn next_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".next");
+    PathBuf::from(name)
+}
+
+fn root_public(dir: &DataDir) -> Result<PublicKey, KeyFileError> {
+    String::from_utf8_lossy(&read(&dir.root_pub())?)
+        .trim()
+        .parse()
+        .map_err(|source| KeyFileError::BadKey {
+            path: dir.root_pub(),
+            source,
+        })
+}
+
+/// Replace the manifest-signing key: a new key, in a new key set (version + 1,
+/// listing only the new key, so a compromised old key is revoked) signed by the
+/// root key from `root_key` or the data directory. Takes effect when the hub
+/// next starts: it publishes the new key set and re-signs every device's
+/// manifest under the new epoch. Agents adopt a key set only if the root key
+/// signed it and it is newer than theirs, so no device is re-provisioned.
+///
+/// Crash-safe: both new files are written and synced as `*.next` before either
+/// replaces its original, and `Signer::load` finishes (or discards) a rotation
+/// that was cut short.
+pub fn rotate(dir: &DataDir, root_key: Option<&Path>, now: u64) -> Result<Rotated, KeyFileError> {
+    let current = Signer::load(dir)?;
+    let root_path = root_key.map_or_else(|| dir.root_key(), Path::to_path_buf);
+    if !root_path.exists() {
+        return Err(KeyFileError::RootKeyAbsent { path: root_path });
+    }
+    let root = load_key(&root_path)?;
+    if root.public_key() != root_public(dir)? {
+        return Err(KeyFileError::WrongRootKey { path: root_path });
+    }
+    let version = current
+        .keyset
+        .version
+        .checked_add(1)
+        .ok_or(KeyFileError::EpochExhausted {
+            version: current.keyset.version,
+        })?;
+    let next = SigningKey::generate().map_err(KeyFileError::Generate)?;
+    let set = KeySet {
+        version,
+        issued_at: now,
+        keys: vec![next.public_key()],
+    };
+    let signed = SignedKeySet::sign(&set, &root);
+    let (key_next, set_next) = (next_path(&dir.signing_key()), next_path(&dir.keyset()));
+    write_private(&key_next, next.pkcs8())?;
+    write_private(&set_next, &signed.0)?;
+    finish_rotation(dir)?;
+    Ok(Rotated {
+        previous_key_id: current.key.key_id().0,
+        signing_key_id: next.key_id().0,
+        epoch: version,
+    })
+}
+
+/// Complete a rotation whose `*.next` files are both present and consistent
+/// (the key set verifies with `root.pub` and lists the key); otherwise throw
+/// the leftovers away, leaving the current keys in charge.
+fn finish_rotation(dir: &DataDir) -> Result<(), KeyFileError> {
+    let (key_next, set_next) = (next_path(&dir.signing_key()), next_path(&dir.keyset()));
+    if !key_next.exists() && !set_next.exists() {
+        return Ok(());
+    }
+    // After the first rename only `signing.key.next` is left, and the key set
+    // to check it against is the (already new) `keyset.bin`.
+    let set_path = if set_next.exists() {
+        set_next.clone()
+    } else {
+        dir.keyset()
+    };
+    let complete = (|| {
+        let key = load_key(&key_next).ok()?;
+        let bytes = std::fs::read(&set_path).ok()?;
+        let set = SignedKeySet::verify(&bytes, &root_public(dir).ok()?, None).ok()?;
+        set.find(&key.key_id()).map(|_| ())
+    })()
+    .is_some();
+    if complete {
+        // The key set first: a crash between the renames leaves the new key
+        // set with `signing.key.next` still pending, which the next load
+        // completes here.
+        for (from, to) in [(&set_next, dir.keyset()), (&key_next, dir.signing_key())] {
+            if from.exists() {
+                std::fs::rename(from, &to).map_err(|source| KeyFileError::Write {
+                    path: to.clone(),
+                    source,
+                })?;
+            }
+        }
+        tracing::info!("signing key rotation completed");
+    } else if set_next.exists() || key_next.exists() {
+        tracing::warn!("discarding an incomplete signing key rotation");
+        for p in [&key_next, &set_next] {
+            if p.exists() {
+                std::fs::remove_file(p).map_err(|source| KeyFileError::Write {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir.keyset().parent().unwrap_or(Path::new("."))) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +400,72 @@ mod tests {
             export_root(&dir, &tmp.path().join("again"), false),
             Err(KeyFileError::RootKeyAbsent { .. })
         ));
+    }
+
+    #[test]
+    fn rotation_replaces_the_key_and_bumps_the_epoch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let created = create_keys(&dir, 7).unwrap();
+        let r = rotate(&dir, None, 8).unwrap();
+        assert_eq!(r.previous_key_id, created.signing_key_id);
+        assert_eq!(r.epoch, 2);
+        let signer = Signer::load(&dir).unwrap();
+        assert_eq!((signer.epoch(), signer.key_id().0), (2, r.signing_key_id));
+        assert_eq!(signer.keyset.keys.len(), 1, "the old key is revoked");
+        assert!(!next_path(&dir.signing_key()).exists());
+        assert!(!next_path(&dir.keyset()).exists());
+        let mode = std::fs::metadata(dir.signing_key())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_rotation_cut_short_is_finished_or_discarded_on_load() {
+        // Cut after the key set was renamed, before the key: finished.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        create_keys(&dir, 7).unwrap();
+        let root = load_key(&dir.root_key()).unwrap();
+        let next = SigningKey::generate().unwrap();
+        let set = KeySet {
+            version: 2,
+            issued_at: 8,
+            keys: vec![next.public_key()],
+        };
+        write_private(&next_path(&dir.signing_key()), next.pkcs8()).unwrap();
+        std::fs::write(dir.keyset(), SignedKeySet::sign(&set, &root).0).unwrap();
+        let signer = Signer::load(&dir).unwrap();
+        assert_eq!((signer.epoch(), signer.key_id()), (2, next.key_id()));
+
+        // Cut while writing the new files: discarded, the old keys stay.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let created = create_keys(&dir, 7).unwrap();
+        write_private(&next_path(&dir.signing_key()), next.pkcs8()).unwrap();
+        std::fs::write(next_path(&dir.keyset()), b"trunc").unwrap();
+        let signer = Signer::load(&dir).unwrap();
+        assert_eq!(
+            (signer.epoch(), signer.key_id().0),
+            (1, created.signing_key_id)
+        );
+        assert!(!next_path(&dir.signing_key()).exists());
+        assert!(!next_path(&dir.keyset()).exists());
+    }
+
+    #[test]
+    fn rotation_needs_this_hubs_root_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        create_keys(&dir, 7).unwrap();
+        let other = tmp.path().join("other.key");
+        write_private(&other, SigningKey::generate().unwrap().pkcs8()).unwrap();
+        assert!(matches!(
+            rotate(&dir, Some(&other), 8),
+            Err(KeyFileError::WrongRootKey { .. })
+        ));
+        assert_eq!(Signer::load(&dir).unwrap().epoch(), 1);
     }
 }

@@ -161,6 +161,120 @@ async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manif
     assert!(out.contains("0 new manifest(s)"), "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let (http, mqtt) = (free_port(), free_port());
+    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let key = device_key();
+    hub.cli(&[
+        "device",
+        "add",
+        "rot-1",
+        "--public-key",
+        &key.public_key().to_string(),
+        "-l",
+        "site=r",
+    ]);
+    let f = deployment_file(
+        tmp.path(),
+        "svc",
+        "site = \"r\"",
+        &[("svc", &pinned("reg/svc", 1))],
+    );
+    hub.cli(&["apply", "-f", f.to_str().unwrap()]);
+    let id: DeviceId = "rot-1".parse().unwrap();
+    let topic = topics::manifest(&id);
+    // The device as provisioned: trusts the root key and key set version 1.
+    let mut verifier = verifier(&dir, &id);
+    {
+        let mut sub = Subscriber::connect("rot-1", mqtt, std::slice::from_ref(&topic)).await;
+        let (m, _) = manifest_where(&mut sub, &topic, &mut verifier, |m| !m.apps.is_empty()).await;
+        assert_eq!((m.epoch, m.generation), (1, 2));
+    }
+    let d = outpost_hub::config::DataDir::new(&dir);
+    let old_key = SigningKey::from_pkcs8(&std::fs::read(d.signing_key()).unwrap()).unwrap();
+    // The root key kept offline, as recommended.
+    let offline = tmp.path().join("root.key");
+    hub.cli(&[
+        "keys",
+        "export-root",
+        "--out",
+        offline.to_str().unwrap(),
+        "--remove",
+    ]);
+    hub.kill();
+
+    // `keys rotate` works on the data directory with the hub stopped.
+    let rotate = |extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["keys", "rotate"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = rotate(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("root key is not in this data directory"),
+        "{err}"
+    );
+    let wrong = tmp.path().join("wrong.key");
+    outpost_hub::signing::write_private(&wrong, SigningKey::generate().unwrap().pkcs8()).unwrap();
+    let out = rotate(&["--root-key", wrong.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not the root key of this hub"),
+        "{err}"
+    );
+    let out = rotate(&["--root-key", offline.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("is now 2"), "{text}");
+
+    // Restart: the new key set, then the manifest re-signed under epoch 2.
+    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let mut watcher = Subscriber::connect("rot-watch", mqtt, &[topics::keyset()]).await;
+    let set = verifier
+        .verify_keyset(&watcher.next_on(&topics::keyset()).await.payload)
+        .unwrap();
+    assert_eq!(set.version, 2);
+    verifier.adopt_keyset(set);
+    let mut sub = Subscriber::connect("rot-1", mqtt, std::slice::from_ref(&topic)).await;
+    let (m, _) = manifest_where(&mut sub, &topic, &mut verifier, |m| m.epoch == 2).await;
+    assert_eq!(m.generation, 1, "generations restart in a new epoch");
+    assert_eq!(m.apps[0].image.to_string(), pinned("reg/svc", 1));
+
+    // The old key is revoked: what it signs now is refused, even for the new epoch.
+    let mut forged = m.clone();
+    forged.generation = 50;
+    let bytes = outpost_protocol::envelope::seal_value(
+        outpost_protocol::envelope::Kind::Manifest,
+        &old_key,
+        &forged,
+    )
+    .unwrap();
+    let err = verifier.verify(&bytes).unwrap_err();
+    assert!(
+        matches!(err, outpost_protocol::RejectReason::UnknownKey { .. }),
+        "{err:?}"
+    );
+
+    // The hub shows it, audits it, and a second restart re-issues nothing.
+    let summary: DeviceDetail = hub.api.get("/v1/devices/rot-1").await.unwrap();
+    let desired = summary.summary.desired.unwrap();
+    assert_eq!((desired.epoch, desired.generation), (2, 1));
+    let audit = hub.cli(&["audit"]);
+    assert!(audit.contains("keys.epoch"), "{audit}");
+    hub.kill();
+    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let again: DeviceDetail = hub.api.get("/v1/devices/rot-1").await.unwrap();
+    assert_eq!(again.summary.desired.unwrap(), desired);
+}
+
 fn report(id: &str, seq: u64, applied: Option<(u64, u64)>) -> StatusReport {
     StatusReport {
         device_id: id.parse().unwrap(),
