@@ -390,6 +390,28 @@ impl AppSpec {
             if p.container_port == 0 || p.host_port == 0 {
                 return Err(bad("ports", "port 0 is not allowed".into()));
             }
+            // Ports are declarations, not forwarding rules: on the host network
+            // the app binds the host's port itself, and the isolated network has
+            // no port publishing yet. Refuse what would silently not happen.
+            match self.network {
+                NetworkMode::Host if p.host_port != p.container_port => {
+                    return Err(bad(
+                        "ports",
+                        format!(
+                            "host port {} differs from container port {}: on the host network the app \
+                             listens on the host's port itself, so they must be equal",
+                            p.host_port, p.container_port
+                        ),
+                    ));
+                }
+                NetworkMode::Isolated => {
+                    return Err(bad(
+                        "ports",
+                        "an isolated network cannot publish ports yet; use network = host".into(),
+                    ));
+                }
+                NetworkMode::Host => {}
+            }
         }
         if let Some(m) = self.resources.memory_bytes {
             if m < 4 * 1024 * 1024 {
@@ -475,6 +497,21 @@ mod tests {
                 a.ports.push(PortMapping {
                     container_port: 0,
                     host_port: 1,
+                    protocol: Protocol::Tcp,
+                })
+            }),
+            ("ports", |a| {
+                a.ports.push(PortMapping {
+                    container_port: 8080,
+                    host_port: 80,
+                    protocol: Protocol::Tcp,
+                })
+            }),
+            ("ports", |a| {
+                a.network = NetworkMode::Isolated;
+                a.ports.push(PortMapping {
+                    container_port: 8080,
+                    host_port: 8080,
                     protocol: Protocol::Tcp,
                 })
             }),

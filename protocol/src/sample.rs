@@ -73,11 +73,13 @@ pub fn gateway_manifest(device_id: DeviceId, key_id: KeyId, generation: u64) -> 
         cpu_millis: Some(500),
     };
     tsdb.update = UpdateStrategy::Recreate;
+    // Nothing to publish, so it can do without the host's network.
+    tsdb.network = NetworkMode::Isolated;
 
     let mut dash = AppSpec::new("dashboard", image("dashboard", 4));
     dash.ports.push(PortMapping {
         container_port: 8080,
-        host_port: 80,
+        host_port: 8080,
         protocol: Protocol::Tcp,
     });
     dash.health = Some(HealthCheck {
@@ -90,7 +92,6 @@ pub fn gateway_manifest(device_id: DeviceId, key_id: KeyId, generation: u64) -> 
         retries: 3,
     });
     dash.read_only_rootfs = true;
-    dash.network = NetworkMode::Isolated;
     dash.update = UpdateStrategy::StartFirst;
 
     let mut watchdog = AppSpec::new("watchdog", image("watchdog", 5));

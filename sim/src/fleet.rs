@@ -199,15 +199,15 @@ pub fn deployment(round: u32) -> serde_json::Value {
                 "volumes": [{ "name": "tsdb-data", "path": "/data" }],
                 "user": "1000:1000",
                 "memory_bytes": 128u64 << 20,
-                "cpu_millis": 500
+                "cpu_millis": 500,
+                "network": "isolated"
             },
             {
                 "name": "dashboard",
                 "image": image("dashboard", 4),
-                "ports": [{ "container": 8080, "host": 80 }],
+                "ports": [{ "container": 8080 }],
                 "health": { "http_path": "/healthz", "port": 8080, "interval_secs": 15 },
                 "read_only_rootfs": true,
-                "network": "isolated",
                 "update": "start-first"
             },
             {
