@@ -5,8 +5,10 @@
 //! `AppHealth` event on each change, and the set of ready apps the planner uses
 //! for start-first updates. Readiness never restarts an app by itself.
 //!
-//! TCP and HTTP probes connect to 127.0.0.1 (apps use host networking by
-//! default); exec probes run inside the container's namespaces via `nsenter`.
+//! TCP and HTTP probes connect to 127.0.0.1: the host's for host-network apps,
+//! the container's own loopback for isolated ones (the socket is created in the
+//! container's network namespace); exec probes run inside the container's
+//! namespaces via `nsenter`.
 
 use crate::report::Reporter;
 use outpost_protocol::{EventKind, HealthCheck, Probe};
@@ -25,6 +27,8 @@ pub struct HealthTarget {
     pub container: String,
     pub pid: u32,
     pub check: HealthCheck,
+    /// The app has its own network namespace (`network = "isolated"`).
+    pub isolated: bool,
 }
 
 /// Did the probe succeed? Errors are failures (with the reason for the log).
@@ -32,11 +36,10 @@ pub async fn probe(target: &HealthTarget) -> Result<(), String> {
     let timeout = Duration::from_secs(u64::from(target.check.timeout_secs.max(1)));
     let fut = async {
         match &target.check.probe {
-            Probe::Tcp { port } => TcpStream::connect(("127.0.0.1", *port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("tcp 127.0.0.1:{port}: {e}")),
-            Probe::Http { port, path } => http_probe(*port, path).await,
+            Probe::Tcp { port } => connect(target, *port, timeout).await.map(|_| ()),
+            Probe::Http { port, path } => {
+                http_probe(connect(target, *port, timeout).await?, path).await
+            }
             Probe::Exec { command } => exec_probe(target.pid, command).await,
         }
     };
@@ -45,10 +48,40 @@ pub async fn probe(target: &HealthTarget) -> Result<(), String> {
         .map_err(|_| format!("probe timed out after {}s", timeout.as_secs()))?
 }
 
-async fn http_probe(port: u16, path: &str) -> Result<(), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+/// Connect to `port` on the app's loopback.
+async fn connect(target: &HealthTarget, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("tcp 127.0.0.1:{port}: {e}");
+    if !target.isolated {
+        return TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| fail(&e));
+    }
+    // A socket belongs to the network namespace it was created in, so create
+    // and connect it on a thread of its own that entered the container's
+    // namespace (never a pool thread: the switch is for the thread's lifetime),
+    // then use it from here like any other.
+    let pid = target.pid;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("outpost-probe".into())
+        .spawn(move || {
+            let r = (|| {
+                let path = format!("/proc/{pid}/ns/net");
+                let ns = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("entering {path}: {e}"))?;
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(|e| fail(&e))?;
+    let stream = rx.await.map_err(|e| fail(&e))?.map_err(|e| fail(&e))?;
+    stream.set_nonblocking(true).map_err(|e| fail(&e))?;
+    TcpStream::from_std(stream).map_err(|e| fail(&e))
+}
+
+async fn http_probe(mut s: TcpStream, path: &str) -> Result<(), String> {
     let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .await
@@ -190,7 +223,52 @@ mod tests {
                 timeout_secs: 2,
                 retries: 1,
             },
+            isolated: false,
         }
+    }
+
+    /// An isolated app's port lives on its own loopback: probing the host's
+    /// would fail (or hit some other service). Needs root, like the other
+    /// container tests: a process in a new network namespace with a listener.
+    #[tokio::test]
+    async fn isolated_apps_are_probed_on_their_own_loopback() {
+        use std::os::unix::process::CommandExt;
+        // busybox nc serves one connection at a time, so loop; the port is free
+        // on the host's loopback.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("unshare")
+            .args(["--net", "sh", "-c"])
+            .arg(format!(
+                "busybox ip link set lo up && while true; do busybox nc -l -p {port} </dev/null; done"
+            ))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut t = target(Probe::Tcp { port });
+        t.pid = pid;
+        t.isolated = true;
+        let mut ok = Err(String::new());
+        for _ in 0..100 {
+            ok = probe(&t).await;
+            if ok.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ok.unwrap();
+        // The same port on the host's loopback: nothing there.
+        t.isolated = false;
+        assert!(probe(&t).await.is_err());
+        // The shell and its nc: the whole process group.
+        let _ = std::process::Command::new("kill")
+            .args(["-9", "--", &format!("-{pid}")])
+            .status();
+        let _ = child.wait();
     }
 
     #[tokio::test]

@@ -300,6 +300,7 @@ impl Reconciler {
                             container: d.container.clone(),
                             pid,
                             check,
+                            isolated: d.spec.network == outpost_protocol::NetworkMode::Isolated,
                         },
                     )),
                     _ => None,
