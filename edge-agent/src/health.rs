@@ -227,6 +227,29 @@ mod tests {
         }
     }
 
+    /// Exec probes run through nsenter into the target's namespaces (here this
+    /// test's own, which root may enter too); the exit status is the verdict.
+    #[tokio::test]
+    async fn exec_probes_report_the_commands_exit_status() {
+        probe(&target(Probe::Exec {
+            command: vec!["true".into()],
+        }))
+        .await
+        .unwrap();
+        let err = probe(&target(Probe::Exec {
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+        }))
+        .await
+        .unwrap_err();
+        assert!(err.contains("exit status: 3"), "{err}");
+        let mut slow = target(Probe::Exec {
+            command: vec!["sleep".into(), "30".into()],
+        });
+        slow.check.timeout_secs = 1;
+        let err = probe(&slow).await.unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
+    }
+
     /// An isolated app's port lives on its own loopback: probing the host's
     /// would fail (or hit some other service). Needs root, like the other
     /// container tests: a process in a new network namespace with a listener.
