@@ -15,7 +15,7 @@ use crate::reconcile::Reconciler;
 use crate::report::{Reporter, View};
 use crate::state::{StateError, Store};
 use crate::trust::{initial_trust, KeySetOutcome, ManifestOutcome, TrustError, TrustGate};
-use outpost_protocol::{topics, EventKind, Manifest, SigningKey};
+use outpost_protocol::{topics, EventKind, Manifest, RejectReason, SigningKey};
 use rumqttc::AsyncClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -196,6 +196,7 @@ pub async fn run(
                 desired: desired_tx,
                 conn: conn_tx,
                 epoch: 0,
+                held: None,
             };
             tracker.spawn(inbox.run(in_rx, cancel.clone()));
         }
@@ -242,6 +243,11 @@ struct Inbox {
     desired: watch::Sender<Option<Arc<Manifest>>>,
     conn: watch::Sender<Option<u64>>,
     epoch: u64,
+    /// The last manifest refused for an unknown key or epoch: after a key
+    /// rotation it may arrive before the new key set (two topics), so it is
+    /// verified once more when a newer key set is adopted instead of waiting
+    /// for the hub to notice and resend it.
+    held: Option<Vec<u8>>,
 }
 
 impl Inbox {
@@ -283,6 +289,12 @@ impl Inbox {
     /// Returns whether to ack (false only when the decision could not be
     /// persisted: the broker then redelivers).
     async fn handle(&mut self, topic: &str, payload: Vec<u8>) -> bool {
+        self.process(topic, payload, false).await
+    }
+
+    /// `handle`; with `retry` (a held manifest verified again) a second refusal
+    /// is only logged, as it was counted when it first arrived.
+    async fn process(&mut self, topic: &str, payload: Vec<u8>, retry: bool) -> bool {
         let device = self.reporter.device_id().clone();
         let is_manifest = topic == topics::manifest(&device);
         let is_keyset = topic == topics::keyset();
@@ -294,6 +306,12 @@ impl Inbox {
             return false;
         };
         let size = payload.len();
+        // Only a manifest can be held for a later key set (see `held`).
+        let held_copy = if is_manifest {
+            payload.clone()
+        } else {
+            Vec::new()
+        };
         let (gate, result) = match tokio::task::spawn_blocking(move || {
             let r = if is_manifest {
                 gate.manifest(&payload).map(Ok)
@@ -331,7 +349,17 @@ impl Inbox {
                 tracing::debug!(device_id = %device, "manifest re-delivered; already applied");
                 None
             }
+            Ok(Ok(ManifestOutcome::Rejected(reason))) if retry => {
+                tracing::warn!(device_id = %device, reason = %reason, "held manifest still refused after the new key set");
+                None
+            }
             Ok(Ok(ManifestOutcome::Rejected(reason))) => {
+                if matches!(
+                    reason,
+                    RejectReason::UnknownKey { .. } | RejectReason::UnknownEpoch { .. }
+                ) {
+                    self.held = Some(held_copy);
+                }
                 let text = reason.to_string();
                 tracing::warn!(device_id = %device, size, reason = %text, "manifest rejected; running apps untouched");
                 let mut counters = self.reporter.view().rejected;
@@ -343,6 +371,10 @@ impl Inbox {
                 self.reporter
                     .event(EventKind::KeySetAccepted { version })
                     .await;
+                if let Some(held) = self.held.take() {
+                    tracing::info!(device_id = %device, "re-verifying the manifest held for a newer key set");
+                    return Box::pin(self.process(&topics::manifest(&device), held, true)).await;
+                }
                 None
             }
             Ok(Err(KeySetOutcome::AlreadyKnown)) => None,
@@ -384,6 +416,7 @@ mod tests {
 
     struct Rig {
         inbox: Inbox,
+        root: SigningKey,
         signer: SigningKey,
         desired: watch::Receiver<Option<Arc<Manifest>>>,
         store: Arc<Store>,
@@ -430,7 +463,9 @@ mod tests {
                 desired: desired_tx,
                 conn,
                 epoch: 0,
+                held: None,
             },
+            root,
             signer,
             desired,
             store,
@@ -439,12 +474,16 @@ mod tests {
     }
 
     fn sealed(signer: &SigningKey, generation: u64) -> Vec<u8> {
+        sealed_at(signer, 1, generation)
+    }
+
+    fn sealed_at(signer: &SigningKey, epoch: u64, generation: u64) -> Vec<u8> {
         let image = format!("reg/app@sha256:{}", "11".repeat(32))
             .parse()
             .unwrap();
         let m = Manifest {
             device_id: "pi-1".parse().unwrap(),
-            epoch: 1,
+            epoch,
             generation,
             issued_at: 0,
             key_id: signer.key_id(),
@@ -496,5 +535,49 @@ mod tests {
         // Other topics are ignored (and acked).
         assert!(r.inbox.handle("outpost/v1/dev/pi-1/other", vec![1]).await);
         assert_eq!(r.store.load().unwrap().event_seq, 4);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_that_arrives_before_its_key_set_is_applied_when_the_key_set_comes() {
+        let mut r = rig();
+        let topic = topics::manifest(&"pi-1".parse().unwrap());
+        assert!(r.inbox.handle(&topic, sealed(&r.signer, 3)).await);
+        // After a rotation: the re-signed manifest first, then its key set.
+        let next = SigningKey::generate().unwrap();
+        assert!(r.inbox.handle(&topic, sealed_at(&next, 2, 1)).await);
+        let v = r.inbox.reporter.view();
+        assert_eq!((v.applied, v.rejected.total()), (Some((1, 3)), 1));
+        let ks = SignedKeySet::sign(
+            &KeySet {
+                version: 2,
+                issued_at: 0,
+                keys: vec![next.public_key()],
+            },
+            &r.root,
+        );
+        assert!(r.inbox.handle(&topics::keyset(), ks.0).await);
+        let v = r.inbox.reporter.view();
+        assert_eq!(v.applied, Some((2, 1)));
+        assert_eq!(
+            v.rejected.total(),
+            1,
+            "the held manifest is not counted twice"
+        );
+        assert_eq!(r.desired.borrow().as_ref().unwrap().epoch, 2);
+        // Junk signed by a key nobody trusts is held too, and stays refused
+        // (logged, not counted again) when a later key set arrives.
+        let stranger = SigningKey::generate().unwrap();
+        assert!(r.inbox.handle(&topic, sealed_at(&stranger, 3, 1)).await);
+        let ks3 = SignedKeySet::sign(
+            &KeySet {
+                version: 3,
+                issued_at: 0,
+                keys: vec![next.public_key()],
+            },
+            &r.root,
+        );
+        assert!(r.inbox.handle(&topics::keyset(), ks3.0).await);
+        let v = r.inbox.reporter.view();
+        assert_eq!((v.applied, v.rejected.total()), (Some((2, 1)), 2));
     }
 }
