@@ -15,21 +15,16 @@
 
 mod common;
 
-use common::verifier;
+use common::{verifier, InProcessHub};
 use outpost_hub::api::DeviceSummary;
 use outpost_hub::broker::MAX_PACKET_BYTES;
 use outpost_hub::client::ApiClient;
-use outpost_hub::config::{DataDir, HubConfig};
 use outpost_hub::deploy::DeploymentSpec;
-use outpost_hub::resolve::PinnedOnly;
-use outpost_hub::serve::{self, ServeOptions};
-use outpost_hub::signing;
 use outpost_protocol::{
     topics, DeviceId, RejectCounters, SigningKey, StatusReport, Verdict, Verifier,
 };
 use reqwest::Method;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -176,28 +171,14 @@ async fn converged(api: &ApiClient, applied: &[watch::Receiver<u64>], generation
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_answering_every_manifest_gets_an_apply_through_the_embedded_broker() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path());
-    signing::create_keys(&dir, 0).unwrap();
-    let mut config = HubConfig {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-    let shutdown = CancellationToken::new();
-    let running = serve::start(
-        ServeOptions {
-            data_dir: dir.clone(),
-            config,
-            resolver: Arc::new(PinnedOnly),
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let InProcessHub {
+        tmp,
+        running,
+        shutdown,
+        api,
+        ..
+    } = InProcessHub::start().await;
     let port = running.embedded_broker.unwrap().port();
-    let token = std::fs::read_to_string(dir.token()).unwrap();
-    let api = ApiClient::new(format!("http://{}", running.http_addr), token.trim());
 
     let fleet: Vec<(DeviceId, SigningKey)> = (0..DEVICES)
         .map(|i| {

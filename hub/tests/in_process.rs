@@ -6,43 +6,22 @@
 mod common;
 
 use common::*;
-use outpost_hub::client::ApiClient;
-use outpost_hub::config::{DataDir, HubConfig};
-use outpost_hub::resolve::PinnedOnly;
-use outpost_hub::serve::{self, ServeOptions};
-use outpost_hub::signing;
 use outpost_hub::store::EventRecord;
 use outpost_protocol::{
     topics, DeviceId, Event, EventKind, RejectCounters, SigningKey, StatusReport, Verdict,
 };
 use rumqttc::QoS;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path());
-    signing::create_keys(&dir, 0).unwrap();
-    let mut config = HubConfig {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-    let shutdown = CancellationToken::new();
-    let running = serve::start(
-        ServeOptions {
-            data_dir: dir.clone(),
-            config,
-            resolver: Arc::new(PinnedOnly),
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let InProcessHub {
+        tmp,
+        running,
+        shutdown,
+        api,
+        ..
+    } = InProcessHub::start().await;
     let mqtt_port = running.embedded_broker.unwrap().port();
-    let token = std::fs::read_to_string(dir.token()).unwrap();
-    let api = ApiClient::new(format!("http://{}", running.http_addr), token.trim());
 
     let key = SigningKey::generate().unwrap();
     let id: DeviceId = "ev-1".parse().unwrap();

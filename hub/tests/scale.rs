@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
+use common::InProcessHub;
 
 use outpost_hub::config::DataDir;
 use outpost_hub::deploy::DeploymentSpec;
@@ -85,35 +86,16 @@ async fn one_apply_over_a_large_fleet_renders_each_device_once() {
 /// and stored. Prints the time until the last one is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_from_every_device_is_ingested() {
-    use outpost_hub::config::HubConfig;
-    use outpost_hub::serve::{self, ServeOptions};
     use outpost_protocol::{topics, RejectCounters, StatusReport};
     use rumqttc::{AsyncClient, MqttOptions, QoS};
-    use tokio_util::sync::CancellationToken;
 
     let n: usize = std::env::var("OUTPOST_SCALE_DEVICES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path());
-    signing::create_keys(&dir, 0).unwrap();
-    let mut config = HubConfig {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-    let shutdown = CancellationToken::new();
-    let running = serve::start(
-        ServeOptions {
-            data_dir: dir.clone(),
-            config,
-            resolver: Arc::new(PinnedOnly),
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let InProcessHub {
+        running, shutdown, ..
+    } = InProcessHub::start().await;
     let key = outpost_protocol::SigningKey::generate().unwrap();
     let ids: Vec<outpost_protocol::DeviceId> = (0..n)
         .map(|i| format!("st-{i:05}").parse().unwrap())

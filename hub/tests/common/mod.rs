@@ -375,3 +375,48 @@ pub async fn manifest_where(
         }
     }
 }
+
+/// A hub served inside the test process (`serve::start`) on a fresh data
+/// directory, embedded broker and HTTP API on free ports, tags not resolved.
+pub struct InProcessHub {
+    pub tmp: tempfile::TempDir,
+    pub dir: DataDir,
+    pub running: outpost_hub::serve::Running,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub api: ApiClient,
+}
+
+impl InProcessHub {
+    pub async fn start() -> InProcessHub {
+        use outpost_hub::config::HubConfig;
+        use outpost_hub::serve::{self, ServeOptions};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        outpost_hub::signing::create_keys(&dir, 0).unwrap();
+        let mut config = HubConfig {
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        };
+        config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = serve::start(
+            ServeOptions {
+                data_dir: dir.clone(),
+                config,
+                resolver: std::sync::Arc::new(outpost_hub::resolve::PinnedOnly),
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let token = std::fs::read_to_string(dir.token()).unwrap();
+        let api = ApiClient::new(format!("http://{}", running.http_addr), token.trim());
+        InProcessHub {
+            tmp,
+            dir,
+            running,
+            shutdown,
+            api,
+        }
+    }
+}
