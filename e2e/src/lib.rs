@@ -9,6 +9,8 @@
 //! Binaries are built once per test process with `cargo build` (the same target
 //! dir as the tests), so `cargo test -p outpost-e2e` is all a developer runs.
 
+pub mod reboot;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -619,6 +621,9 @@ impl Agent {
             cmd.arg("--ca-file").arg(ca);
         }
         let out = run(&mut cmd)?;
+        // The run dir is a real tmpfs, as `/run` on a device: a power cut
+        // (`Agent::power_cut`) loses it.
+        reboot::mount_tmpfs(&dir.path().join("run"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let public_key = stdout
             .lines()
@@ -639,10 +644,72 @@ impl Agent {
         self.start_with(None)
     }
 
-    /// Start inside a fresh, empty network namespace (loopback down, no route, no
-    /// DNS): a device booting with its network down.
+    /// Start inside a fresh network namespace with only loopback (no route, no
+    /// DNS): a device booting with its network down. Host-network apps started
+    /// by this agent live in that namespace too: reach them with
+    /// [`Agent::http_get_in_netns`].
     pub fn start_without_network(&mut self) -> Result<()> {
-        self.start_with(Some(&["unshare", "--net", "--"]))
+        self.start_with(Some(&[
+            "unshare",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ]))
+    }
+
+    /// Cut the power: SIGKILL the agent, its helpers and every container
+    /// process, lose the kernel's state (mounts, cgroups) and the tmpfs run dir,
+    /// keep the data dir (see [`reboot`]). The agent is not started again.
+    pub fn power_cut(&mut self) -> Result<()> {
+        let containers: std::collections::BTreeSet<String> =
+            std::fs::read_dir(self.dir.path().join("data/containers"))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+        // The harness's handle: killed from outside below, reaped here.
+        let proc = self.proc.take();
+        reboot::power_cut(self.dir.path(), &self.dir.path().join("run"), &containers)?;
+        if let Some(mut p) = proc {
+            p.stop_with(nix::sys::signal::Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// What restarting the agent's own container does on balenaOS (`pid: host`,
+    /// run dir on the container's tmpfs): the agent's mounts leave with its
+    /// mount namespace (containers keep their detached roots) and the run dir
+    /// comes back empty; the apps' processes live on. Kill the agent first.
+    pub fn lose_run_dir_and_mounts(&mut self) -> Result<()> {
+        reboot::unmount_all_under(self.dir.path());
+        reboot::mount_tmpfs(&self.dir.path().join("run"))
+    }
+
+    /// A faithful reboot into a device with no network: [`Agent::power_cut`],
+    /// then start the agent in a fresh network namespace with only loopback.
+    pub fn reboot_offline(&mut self) -> Result<()> {
+        self.power_cut()?;
+        self.start_without_network()
+    }
+
+    /// `GET path` on `port` from inside the running agent's network namespace
+    /// (where its host-network apps live after [`Agent::start_without_network`]).
+    pub fn http_get_in_netns(&self, port: u16, path: &str) -> Option<String> {
+        let pid = self.proc.as_ref()?.pid()?;
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+        let path = path.to_string();
+        // setns changes only the calling thread's namespace.
+        std::thread::spawn(move || {
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            http_get(port, &path)
+        })
+        .join()
+        .ok()
+        .flatten()
     }
 
     fn start_with(&mut self, wrapper: Option<&[&str]>) -> Result<()> {
@@ -798,6 +865,8 @@ impl Drop for Agent {
         if let Err(e) = self.stop_all() {
             eprintln!("cleanup of agent {}: {e:#}", self.device_id);
         }
+        // The tmpfs run dir and any overlay a failed cleanup left.
+        reboot::unmount_all_under(self.dir.path());
         // Captured by the test harness; shown when the test fails.
         eprintln!(
             "---- agent {} logs (tail) ----\n{}",
@@ -930,8 +999,16 @@ pub mod mqtt {
 }
 
 /// Is a process with this pid alive?
+/// Whether `pid` is a live process (a zombie waiting to be reaped is not).
 pub fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
 }
 
 /// Mosquitto with a TLS listener on a free loopback port, with a throwaway CA

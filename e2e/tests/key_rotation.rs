@@ -2,7 +2,7 @@
 //! adopts the new root-signed key set and the manifest re-signed under the new
 //! epoch, without being re-provisioned, and its app keeps running untouched.
 
-use outpost_e2e::{wait_for, World};
+use outpost_e2e::{mqtt, wait_for, World};
 
 #[test]
 fn a_rotated_signing_key_reaches_the_agent_without_reprovisioning() -> anyhow::Result<()> {
@@ -34,5 +34,43 @@ fn a_rotated_signing_key_reaches_the_agent_without_reprovisioning() -> anyhow::R
     // Same desired apps: nothing restarted, the app still answers.
     assert_eq!(w.agent.app_pid(&app.name), Some(pid));
     assert!(app.get("/").is_some(), "app stopped answering");
+    Ok(())
+}
+
+/// A device adopts a rotated key set (which lists only the new key) and then
+/// loses power while cut off from the hub, before any manifest re-signed with
+/// the new key reaches it: the manifest it accepted under the old key set must
+/// still run from disk after a faithful reboot.
+#[test]
+fn a_device_that_adopted_a_rotated_key_set_reboots_offline_with_every_app() -> anyhow::Result<()> {
+    let mut w = World::start("rotboot")?;
+    let apps = [w.app("a"), w.app("b")];
+    w.deploy_and_wait(&apps)?;
+    // Rotate on disk only: the running hub keeps its old key and publishes
+    // nothing re-signed; the new key set reaches the device on its topic.
+    let out = w.hub.cli(&["keys", "rotate"])?;
+    assert!(out.contains("is now 2"), "{out}");
+    let keyset = std::fs::read(w.hub.dir.path().join("keyset.bin"))?;
+    assert!(mqtt::publish(
+        w.hub.mqtt_addr(),
+        &outpost_protocol::topics::keyset(),
+        keyset
+    )?);
+    wait_for("the device to adopt key set 2", || {
+        w.agent.logs().contains("key set adopted").then_some(())
+    })?;
+    w.hub.stop();
+    w.agent.reboot_offline()?;
+    for a in &apps {
+        wait_for(&format!("{} to answer after the reboot", a.name), || {
+            w.agent.http_get_in_netns(a.port, "/")
+        })?;
+    }
+    let st = w.agent.status()?;
+    assert_eq!(st["applied"][0].as_u64(), Some(1), "{st}");
+    assert!(
+        !w.agent.logs().contains("ignoring persisted manifest"),
+        "the persisted manifest was refused"
+    );
     Ok(())
 }

@@ -105,7 +105,7 @@ pub async fn run(
     let gate = TrustGate::new(device.clone(), trust, store.clone());
     let manifest: Option<Arc<Manifest>> = match &loaded.manifest {
         None => None,
-        Some(bytes) => match gate.persisted_manifest(bytes) {
+        Some(bytes) => match gate.persisted_manifest(bytes, loaded.manifest_key.as_ref()) {
             Ok(m) => Some(Arc::new(m)),
             Err(e) => {
                 // Don't act on a manifest we cannot trust; don't tear anything
@@ -143,6 +143,7 @@ pub async fn run(
     let (targets_tx, targets_rx) = watch::channel(BTreeMap::<String, HealthTarget>::new());
     let (ready_tx, ready_rx) = watch::channel(BTreeSet::<String>::new());
 
+    tracker.spawn(log_keeper(driver.clone(), cancel.clone()));
     let exec = Executor {
         images,
         driver,
@@ -159,7 +160,8 @@ pub async fn run(
         targets_tx,
         ready_rx,
         loaded.restarts.clone(),
-    );
+    )
+    .with_retention(cfg.images_dir());
     tracker.spawn(reconciler.run(cancel.clone()));
     tracker.spawn(health::run(
         targets_rx,
@@ -213,6 +215,26 @@ pub async fn run(
     }
     let _ = reporter.write_local_status();
     Ok(())
+}
+
+/// How often app logs are checked for rotation. An app writing 100 KB/s
+/// overshoots the file size by at most this much worth of output.
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Rotates app logs and keeps them under their cap (see `outpost_runtime::logs`).
+async fn log_keeper(driver: Arc<dyn ContainerDriver>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(LOG_CHECK_INTERVAL) => {}
+        }
+        let d = driver.clone();
+        match tokio::task::spawn_blocking(move || d.maintain_logs()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "maintaining app logs"),
+            Err(e) => tracing::warn!(error = %e, "maintaining app logs"),
+        }
+    }
 }
 
 /// Keeps `<run_dir>/status.json` current for `outpost-agent status`.

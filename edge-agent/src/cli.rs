@@ -10,7 +10,9 @@ use crate::state::{StateError, Store};
 use crate::trust::initial_trust;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use outpost_protocol::Digest;
 use outpost_protocol::{DeviceId, PublicKey, SigningKey};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -50,6 +52,32 @@ pub enum Command {
     /// Stop and remove every Outpost container (decommissioning). The agent must
     /// not be running. Volumes are kept.
     StopAll,
+    /// List the images on the device with their sizes and the release using each;
+    /// `images prune` removes those no release needs (safe while the agent runs).
+    Images {
+        #[command(subcommand)]
+        command: Option<ImagesCommand>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Print an app's output (stdout and stderr), across rotations and reboots.
+    Logs {
+        app: String,
+        /// Keep printing what the app writes until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Remove every image neither the current nor the previous release, the
+    /// desired manifest nor a container uses.
+    Prune,
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +113,175 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Run => run(&cli.config),
         Command::Status { json } => status(&cli.config, json),
         Command::StopAll => stop_all(&cli.config),
+        Command::Images { command, json } => images(&cli.config, command, json),
+        Command::Logs { app, follow, tail } => {
+            let cfg = Config::load(&cli.config)?;
+            crate::logview::show(&cfg.logs_dir(), &app, tail, follow)?;
+            Ok(())
+        }
+    }
+}
+
+/// Digests of the images the desired manifest names: from the running agent's
+/// status file, else from the persisted manifest (verified as at boot).
+fn desired_images(cfg: &Config) -> Result<BTreeSet<Digest>> {
+    if let Some(text) = live_status_file(cfg) {
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        return Ok(v["apps"]
+            .as_object()
+            .map(|apps| {
+                apps.values()
+                    .filter_map(|a| a["image_digest"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default());
+    }
+    let store = match Store::open(&cfg.state_file()) {
+        Err(StateError::Locked { .. }) => bail!(
+            "the agent is starting (it holds {}); try again in a moment",
+            cfg.state_file().display()
+        ),
+        other => other?,
+    };
+    let loaded = store.load()?;
+    let (Some(trust), Some(bytes)) = (loaded.trust, loaded.manifest) else {
+        return Ok(BTreeSet::new());
+    };
+    let gate = crate::trust::TrustGate::new(cfg.device_id.clone(), trust, Arc::new(store));
+    Ok(gate
+        .persisted_manifest(&bytes, loaded.manifest_key.as_ref())
+        .map(|m| m.apps.iter().map(|a| a.image.digest).collect())
+        .unwrap_or_default())
+}
+
+fn images(config_path: &Path, command: Option<ImagesCommand>, json: bool) -> Result<()> {
+    use crate::retention::{keep_set, Releases};
+    let cfg = Config::load(config_path)?;
+    let dir = cfg.images_dir();
+    let store = outpost_oci::ImageStore::open(&dir, cfg.budget_bytes()?)
+        .with_context(|| format!("opening the image store {}", dir.display()))?;
+    let releases = Releases::load(&dir)?;
+    match command {
+        Some(ImagesCommand::Prune) => {
+            let driver = runtime_driver(&cfg)?;
+            let keep = keep_set(&releases, &desired_images(&cfg)?, &driver.images_in_use()?);
+            let _lock = crate::images::lock_store(&dir)?;
+            let keep: Vec<Digest> = keep.into_iter().collect();
+            let r = store.gc(&keep)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "removed_images": r.removed_images.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                        "freed_bytes": r.freed_bytes,
+                        "used_bytes": r.used_bytes,
+                        "budget_bytes": r.budget_bytes,
+                    })
+                );
+            } else {
+                println!(
+                    "removed {} image(s), freed {}; the store uses {} of its {} budget",
+                    r.removed_images.len(),
+                    human_bytes(r.freed_bytes),
+                    human_bytes(r.used_bytes),
+                    human_bytes(r.budget_bytes)
+                );
+            }
+        }
+        None => {
+            let held = {
+                let _lock = crate::images::lock_store(&dir)?;
+                store.describe()?
+            };
+            let used_by = |d: &Digest| -> Vec<String> {
+                [
+                    ("current", &releases.current),
+                    ("previous", &releases.previous),
+                ]
+                .into_iter()
+                .filter_map(|(which, r)| {
+                    let r = r.as_ref()?;
+                    let apps: Vec<&str> = r
+                        .images
+                        .iter()
+                        .filter(|(_, i)| i.ends_with(&d.to_string()))
+                        .map(|(a, _)| a.as_str())
+                        .collect();
+                    (!apps.is_empty()).then(|| {
+                        format!(
+                            "{which} release (generation {}): {}",
+                            r.generation,
+                            apps.join(", ")
+                        )
+                    })
+                })
+                .collect()
+            };
+            let used = store.usage_bytes()?;
+            if json {
+                let rows: Vec<_> = held
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "digest": h.digest.to_string(),
+                            "repository": h.repository,
+                            "bytes": h.bytes,
+                            "unique_bytes": h.unique_bytes,
+                            "used_by": used_by(&h.digest),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "images": rows,
+                        "used_bytes": used,
+                        "budget_bytes": store.budget_bytes(),
+                    }))?
+                );
+            } else {
+                let mut t = comfy_table::Table::new();
+                t.load_preset(comfy_table::presets::NOTHING);
+                t.set_header(["IMAGE", "SIZE", "ONLY IT USES", "USED BY"]);
+                for h in &held {
+                    let by = used_by(&h.digest);
+                    t.add_row([
+                        format!("{}@{}", h.repository, &h.digest.to_string()[..19]),
+                        human_bytes(h.bytes),
+                        human_bytes(h.unique_bytes),
+                        if by.is_empty() {
+                            "unused (pruned after the next release or by `images prune`)".into()
+                        } else {
+                            by.join("; ")
+                        },
+                    ]);
+                }
+                println!("{t}");
+                println!(
+                    "store: {} of a {} budget ({})",
+                    human_bytes(used),
+                    human_bytes(store.budget_bytes()),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `1.5 MiB`-style sizes for people.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -129,6 +326,8 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
         registry: RegistryConfig {
             insecure: a.registry_insecure,
         },
+        images: Default::default(),
+        logs: Default::default(),
         outbox_limit: 10_000,
         status_interval_secs: 30,
         resync_interval_ms: 1_000,
@@ -167,10 +366,23 @@ fn adapters(
     Arc<crate::images::OciImages>,
     Arc<crate::runtime::RuntimeDriver>,
 )> {
-    let images =
-        crate::images::OciImages::open(&cfg.images_dir(), cfg.registry.insecure.clone(), handle)?;
-    let driver = crate::runtime::RuntimeDriver::open(&cfg.containers_dir(), &cfg.data_dir)?;
-    Ok((Arc::new(images), Arc::new(driver)))
+    let images = crate::images::OciImages::open(
+        &cfg.images_dir(),
+        cfg.budget_bytes()?,
+        cfg.registry.insecure.clone(),
+        handle,
+    )?;
+    Ok((Arc::new(images), Arc::new(runtime_driver(cfg)?)))
+}
+
+/// The libcontainer driver with this config's directories and log policy.
+fn runtime_driver(cfg: &Config) -> Result<crate::runtime::RuntimeDriver> {
+    Ok(crate::runtime::RuntimeDriver::open_with_logs(
+        &cfg.containers_dir(),
+        &cfg.data_dir,
+        &cfg.logs_dir(),
+        cfg.log_policy(),
+    )?)
 }
 
 fn run(config_path: &Path) -> Result<()> {
@@ -184,6 +396,17 @@ fn run(config_path: &Path) -> Result<()> {
         tracing::warn!(error = %e, "cannot become child subreaper; exit codes may be unknown");
     }
     let (images, driver) = adapters(&cfg, rt.handle().clone())?;
+    // Before any create: container dirs without live state are what a reboot
+    // or a lost run dir left (see `outpost_runtime::orphans`). A create
+    // reclaims its own id too; this also frees the disk of apps that are no
+    // longer desired.
+    match driver.runtime().remove_leftovers() {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::info!(containers = ?ids, "reclaimed leftover containers of an earlier boot")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reclaiming leftover containers"),
+    }
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         let c = cancel.clone();
@@ -319,7 +542,7 @@ fn stop_all(config_path: &Path) -> Result<()> {
         }
         other => other?,
     };
-    let driver = crate::runtime::RuntimeDriver::open(&cfg.containers_dir(), &cfg.data_dir)?;
+    let driver = runtime_driver(&cfg)?;
     let mut failures = 0;
     for c in driver.list()? {
         let res = driver

@@ -27,6 +27,10 @@ pub enum ConfigError {
     BadBroker { url: String, why: &'static str },
     #[error("root key {value:?} is not a 64-hex-character ed25519 public key")]
     BadRootKey { value: String },
+    #[error("[images] budget {value:?}: {why}")]
+    BadBudget { value: String, why: String },
+    #[error("[logs] {field}: {why}")]
+    BadLogs { field: &'static str, why: String },
 }
 
 /// Registry access of the image provider.
@@ -36,6 +40,78 @@ pub struct RegistryConfig {
     /// `host:port` registries reached over plain HTTP (test and lab setups only).
     #[serde(default)]
     pub insecure: Vec<String>,
+}
+
+/// A byte count written as a number or as text (`"1MiB"`, `"500MB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => crate::retention::parse_bytes(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The image store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Disk the image store may use: `"40%"` of the data dir's file system,
+    /// `"2GiB"`, or bytes. Unset: 40 % of that file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
+}
+
+/// Container logs (stdout and stderr of every app).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Where app logs live. Unset: `DATA/logs`. A tmpfs path (e.g. under the
+    /// run dir) spares the flash at the price of losing logs at a reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Size at which an app's live log is rotated.
+    #[serde(default = "default_log_file_bytes")]
+    pub max_file_bytes: ByteSize,
+    /// Files kept per app, the live one included (2: live + one rotated).
+    #[serde(default = "default_log_files")]
+    pub files: u32,
+    /// Cap over every app's logs together; the oldest rotated files go first.
+    #[serde(default = "default_log_total_bytes")]
+    pub total_bytes: ByteSize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            dir: None,
+            max_file_bytes: default_log_file_bytes(),
+            files: default_log_files(),
+            total_bytes: default_log_total_bytes(),
+        }
+    }
+}
+
+fn default_log_file_bytes() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_log_files() -> u32 {
+    2
+}
+fn default_log_total_bytes() -> ByteSize {
+    ByteSize(32 << 20)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +134,10 @@ pub struct Config {
     pub run_dir: PathBuf,
     #[serde(default)]
     pub registry: RegistryConfig,
+    #[serde(default)]
+    pub images: ImagesConfig,
+    #[serde(default)]
+    pub logs: LogsConfig,
     /// Most events kept while offline; beyond it the oldest are dropped and counted.
     #[serde(default = "default_outbox_limit")]
     pub outbox_limit: u64,
@@ -102,6 +182,19 @@ impl Config {
         })?;
         cfg.broker_addr()?;
         cfg.root_public_key()?;
+        cfg.budget()?;
+        if cfg.logs.files == 0 {
+            return Err(ConfigError::BadLogs {
+                field: "files",
+                why: "must be at least 1 (the live file)".into(),
+            });
+        }
+        if cfg.logs.max_file_bytes.0 < 4096 {
+            return Err(ConfigError::BadLogs {
+                field: "max_file_bytes",
+                why: "must be at least 4 KiB".into(),
+            });
+        }
         Ok(cfg)
     }
 
@@ -130,6 +223,54 @@ impl Config {
 
     pub fn broker_addr(&self) -> Result<BrokerAddr, ConfigError> {
         parse_broker(&self.broker)
+    }
+
+    /// The image budget as written (default: a share of the disk).
+    pub fn budget(&self) -> Result<crate::retention::Budget, ConfigError> {
+        match &self.images.budget {
+            None => Ok(crate::retention::Budget::Percent(
+                crate::retention::DEFAULT_BUDGET_PERCENT,
+            )),
+            Some(v) => v.parse().map_err(|why| ConfigError::BadBudget {
+                value: v.clone(),
+                why,
+            }),
+        }
+    }
+
+    /// The image budget in bytes, for the file system holding the data dir.
+    pub fn budget_bytes(&self) -> Result<u64, ConfigError> {
+        let budget = self.budget()?;
+        // The data dir may not exist yet on a first start: measure the
+        // nearest existing ancestor, which is on the same file system.
+        let mut probe = self.data_dir.as_path();
+        while !probe.exists() {
+            match probe.parent() {
+                Some(p) => probe = p,
+                None => break,
+            }
+        }
+        let fs = crate::retention::filesystem_bytes(probe).map_err(|e| ConfigError::BadBudget {
+            value: format!("{budget:?}"),
+            why: format!("cannot measure the file system of {}: {e}", probe.display()),
+        })?;
+        Ok(budget.resolve(fs))
+    }
+
+    /// The runtime's log rotation settings.
+    pub fn log_policy(&self) -> outpost_runtime::LogPolicy {
+        outpost_runtime::LogPolicy {
+            max_file_bytes: self.logs.max_file_bytes.0,
+            files: self.logs.files as usize,
+            total_bytes: self.logs.total_bytes.0,
+        }
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.logs
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("logs"))
     }
 
     pub fn key_file(&self) -> PathBuf {
@@ -232,6 +373,10 @@ mod tests {
             data_dir: dir.path().into(),
             run_dir: dir.path().join("run"),
             registry: RegistryConfig::default(),
+            images: ImagesConfig {
+                budget: Some("25%".into()),
+            },
+            logs: LogsConfig::default(),
             outbox_limit: 5,
             status_interval_secs: 30,
             resync_interval_ms: 1000,
@@ -239,6 +384,22 @@ mod tests {
         let p = dir.path().join("agent.toml");
         cfg.save(&p).unwrap();
         assert_eq!(Config::load(&p).unwrap(), cfg);
+        // Sizes as text or numbers; bad ones name the field.
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("max_file_bytes = 1048576"), "{text}");
+        std::fs::write(
+            &p,
+            text.replace("max_file_bytes = 1048576", "max_file_bytes = \"2MiB\"")
+                .replace("total_bytes = 33554432", "total_bytes = 10000000"),
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.logs.max_file_bytes, ByteSize(2 << 20));
+        assert_eq!(c.logs.total_bytes, ByteSize(10_000_000));
+        assert!(c.budget_bytes().unwrap() > 0);
+        std::fs::write(&p, text.replace("25%", "lots")).unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("budget") && err.contains("lots"), "{err}");
         std::fs::write(&p, "device_id = \"a/b\"\n").unwrap();
         let err = Config::load(&p).unwrap_err().to_string();
         assert!(err.contains("agent.toml"), "{err}");

@@ -6,7 +6,9 @@
 //! in `spawn_blocking`. Unit and property tests plug in fakes; the binary uses the
 //! adapters over `outpost-oci` and `outpost-runtime`.
 
+use outpost_oci::GcReport;
 use outpost_protocol::{AppSpec, Digest, ImageConfig, ImageRef};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,6 +113,14 @@ pub trait ImageProvider: Send + Sync + 'static {
     ) -> Result<(), DriverError>;
     /// Unpack (or find unpacked) a present image. Must not touch the network.
     fn prepare(&self, image: &ImageRef) -> Result<PreparedImage, DriverError>;
+    /// What a collection forced by a pull over budget must keep; updated on
+    /// every reconcile pass (in memory only).
+    fn protect(&self, _keep: &BTreeSet<Digest>) {}
+    /// Remove every image not in `keep` and what only they use. `None` when
+    /// this provider has nothing to collect.
+    fn collect(&self, _keep: &BTreeSet<Digest>) -> Result<Option<GcReport>, DriverError> {
+        Ok(None)
+    }
 }
 
 /// The container runtime.
@@ -124,6 +134,15 @@ pub trait ContainerDriver: Send + Sync + 'static {
     fn stop(&self, container: &str, grace: Duration) -> Result<(), DriverError>;
     /// Delete a stopped container (state and rootfs overlay, not volumes).
     fn remove(&self, container: &str) -> Result<(), DriverError>;
+    /// Rotate app logs and keep them under their cap; called every few seconds.
+    fn maintain_logs(&self) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Images existing containers were created from (garbage collection keeps
+    /// them: a container's overlay uses their unpacked layers).
+    fn images_in_use(&self) -> Result<BTreeSet<Digest>, DriverError> {
+        Ok(BTreeSet::new())
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,22 @@
 //! The real image provider: `outpost-oci`'s content-addressed store and registry
-//! client behind the agent's [`ImageProvider`] seam.
+//! client behind the agent's [`ImageProvider`] seam, with garbage collection
+//! under a disk budget.
 //!
 //! `present` and `prepare` only read the local store, so a device with its images
 //! already pulled starts its apps with no registry or DNS round-trip.
+//!
+//! Every store operation holds an exclusive `flock` on `DATA/images/lock`, so
+//! `outpost-agent images prune` can run beside a live agent: a collection never
+//! sweeps the temp files of a pull in progress, and a pull never finds a blob
+//! vanishing under it.
 
 use crate::driver::{DriverError, ImageProvider, PreparedImage};
-use outpost_oci::{Client, ImageStore, PullProgress, RegistryConfig};
-use outpost_protocol::{ImageRef, Platform};
+use nix::fcntl::{Flock, FlockArg};
+use outpost_oci::{Client, GcReport, ImageStore, OciError, PullProgress, RegistryConfig};
+use outpost_protocol::{Digest, ImageRef, Platform};
+use std::collections::BTreeSet;
 use std::path::Path;
-
-/// Budget for blobs and unpacked layers together.
-const DEFAULT_BUDGET_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+use std::sync::Mutex;
 
 pub struct OciImages {
     store: ImageStore,
@@ -19,6 +25,8 @@ pub struct OciImages {
     /// The agent's tokio runtime: pulls are async, the seam is blocking (it is
     /// called from `spawn_blocking`, where `Handle::block_on` is allowed).
     handle: tokio::runtime::Handle,
+    /// What a collection before a pull must keep (see [`ImageProvider::protect`]).
+    protected: Mutex<BTreeSet<Digest>>,
 }
 
 impl std::fmt::Debug for OciImages {
@@ -27,13 +35,28 @@ impl std::fmt::Debug for OciImages {
     }
 }
 
+/// Hold the store's cross-process lock (blocking until free).
+pub fn lock_store(dir: &Path) -> Result<Flock<std::fs::File>, DriverError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DriverError::new("open image store lock", path.display().to_string(), e))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| DriverError::new("lock image store", path.display().to_string(), e))
+}
+
 impl OciImages {
+    /// Open the store in `dir` with a budget of `budget_bytes`.
     pub fn open(
         dir: &Path,
+        budget_bytes: u64,
         insecure_hosts: Vec<String>,
         handle: tokio::runtime::Handle,
     ) -> Result<OciImages, DriverError> {
-        let store = ImageStore::open(dir, DEFAULT_BUDGET_BYTES)
+        let store = ImageStore::open(dir, budget_bytes)
             .map_err(|e| DriverError::new("open image store", dir.display().to_string(), e))?;
         let client = Client::new(RegistryConfig {
             insecure_hosts,
@@ -44,7 +67,33 @@ impl OciImages {
             client,
             platform: Platform::current(),
             handle,
+            protected: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+
+    fn gc_locked(&self, keep: &BTreeSet<Digest>) -> Result<GcReport, DriverError> {
+        let keep: Vec<Digest> = keep.iter().copied().collect();
+        self.store.gc(&keep).map_err(|e| {
+            DriverError::new("collect images", self.store.root().display().to_string(), e)
+        })
+    }
+
+    fn pull_locked(
+        &self,
+        image: &ImageRef,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), OciError> {
+        let report = |p: PullProgress| progress(p.done_bytes, p.total_bytes);
+        self.handle
+            .block_on(
+                self.store
+                    .pull(&self.client, image, &self.platform, &report),
+            )
+            .map(|_| ())
     }
 }
 
@@ -58,17 +107,38 @@ impl ImageProvider for OciImages {
         image: &ImageRef,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), DriverError> {
-        let report = |p: PullProgress| progress(p.done_bytes, p.total_bytes);
-        self.handle
-            .block_on(
-                self.store
-                    .pull(&self.client, image, &self.platform, &report),
-            )
-            .map_err(|e| DriverError::new("pull", image.to_string(), e))?;
-        Ok(())
+        let _lock = lock_store(self.store.root())?;
+        match self.pull_locked(image, progress) {
+            Err(OciError::BudgetExceeded {
+                needed,
+                used,
+                budget,
+            }) => {
+                // Make room from what nothing needs, then try once more; the
+                // second refusal (the kept images alone fill the budget) is
+                // the error the operator sees.
+                let mut keep = self
+                    .protected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                keep.insert(image.digest);
+                let report = self.gc_locked(&keep)?;
+                tracing::info!(
+                    image = %image, needed, used, budget,
+                    freed = report.freed_bytes,
+                    removed = report.removed_images.len(),
+                    "collected images to make room for a pull"
+                );
+                self.pull_locked(image, progress)
+                    .map_err(|e| DriverError::new("pull", image.to_string(), e))
+            }
+            other => other.map_err(|e| DriverError::new("pull", image.to_string(), e)),
+        }
     }
 
     fn prepare(&self, image: &ImageRef) -> Result<PreparedImage, DriverError> {
+        let _lock = lock_store(self.store.root())?;
         let p = self
             .store
             .prepare(&image.digest, &self.platform)
@@ -78,5 +148,17 @@ impl ImageProvider for OciImages {
             layers: p.layers,
             config: p.config,
         })
+    }
+
+    fn protect(&self, keep: &BTreeSet<Digest>) {
+        let mut p = self.protected.lock().unwrap_or_else(|p| p.into_inner());
+        if *p != *keep {
+            *p = keep.clone();
+        }
+    }
+
+    fn collect(&self, keep: &BTreeSet<Digest>) -> Result<Option<GcReport>, DriverError> {
+        let _lock = lock_store(self.store.root())?;
+        self.gc_locked(keep).map(Some)
     }
 }

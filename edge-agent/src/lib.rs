@@ -2,7 +2,9 @@
 //! keeps the device's containers in the desired state, online or not.
 //!
 //! # Layout
-//! - [`cli`]: the `init`, `run`, `status` and `stop-all` commands.
+//! - [`cli`]: the `init`, `run`, `status`, `stop-all`, `images [prune]` and
+//!   `logs` commands.
+//! - [`logview`]: reading an app's log files for `logs [--follow] [--tail N]`.
 //! - [`config`]: the TOML config file and derived paths.
 //! - [`trust`]: the verifier gate (verify → persist → commit) for manifests and
 //!   key sets.
@@ -14,6 +16,8 @@
 //! - [`images`], [`runtime`]: the real adapters over `outpost-oci` and
 //!   `outpost-runtime`.
 //! - [`health`]: exec/HTTP/TCP readiness probes.
+//! - [`retention`]: which images are kept (current and previous release) and
+//!   the image disk budget.
 //! - [`report`]: the status view, signed events, the local status file.
 //! - [`agent`]: wires the tasks of `outpost-agent run` together.
 
@@ -24,8 +28,10 @@ pub mod driver;
 pub mod health;
 pub mod images;
 pub mod link;
+pub mod logview;
 pub mod reconcile;
 pub mod report;
+pub mod retention;
 pub mod runtime;
 pub mod state;
 pub mod trust;

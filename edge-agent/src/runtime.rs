@@ -7,11 +7,12 @@
 use crate::driver::{
     app_of, ContainerDriver, ContainerStatus, CreateRequest, DriverError, ObservedContainer,
 };
-use outpost_runtime::{ContainerRequest, HelperCommand, Rootfs, Runtime, RuntimeConfig};
+use outpost_runtime::{ContainerRequest, HelperCommand, LogPolicy, Rootfs, Runtime, RuntimeConfig};
 
 /// First argument under which `outpost-agent` runs as the runtime's create helper.
 pub const HELPER_SUBCOMMAND: &str = "__runtime-helper";
-use std::collections::BTreeMap;
+use outpost_protocol::Digest;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -29,7 +30,24 @@ impl RuntimeDriver {
     /// `state_dir`: libcontainer state (tmpfs); `data_dir`: the agent's data dir
     /// (bundles, overlay upper dirs, logs, `volumes/<app>/<volume>`).
     pub fn open(state_dir: &Path, data_dir: &Path) -> Result<RuntimeDriver, DriverError> {
+        Self::open_with_logs(
+            state_dir,
+            data_dir,
+            &data_dir.join("logs"),
+            LogPolicy::default(),
+        )
+    }
+
+    /// [`RuntimeDriver::open`] with app logs in `logs_dir`, rotated by `policy`.
+    pub fn open_with_logs(
+        state_dir: &Path,
+        data_dir: &Path,
+        logs_dir: &Path,
+        policy: LogPolicy,
+    ) -> Result<RuntimeDriver, DriverError> {
         let mut config = RuntimeConfig::new(state_dir, data_dir);
+        config.logs_dir = logs_dir.to_path_buf();
+        config.log_policy = policy;
         // The agent binary hosts the create helper itself (hidden subcommand), so
         // a device installs one file. Fall back to a separate helper binary only
         // if the running executable cannot be found.
@@ -111,6 +129,23 @@ impl ContainerDriver for RuntimeDriver {
             .stop(container, grace)
             .map_err(|e| DriverError::new("stop", container, e))?;
         Ok(())
+    }
+
+    fn maintain_logs(&self) -> Result<(), DriverError> {
+        self.rt
+            .rotate_logs()
+            .map_err(|e| DriverError::new("rotate", "app logs", e))
+    }
+
+    fn images_in_use(&self) -> Result<BTreeSet<Digest>, DriverError> {
+        Ok(self
+            .rt
+            .list()
+            .map_err(|e| DriverError::new("list", "containers", e))?
+            .into_iter()
+            .filter(|c| app_of(&c.id).is_some())
+            .filter_map(|c| c.image_digest.parse().ok())
+            .collect())
     }
 
     fn remove(&self, container: &str) -> Result<(), DriverError> {

@@ -7,7 +7,7 @@
 //! uses `Durability::None`: losing that delete only re-sends an event the hub
 //! deduplicates by `seq`, and it saves an fsync per message on an SD card.
 
-use outpost_protocol::{RejectCounters, TrustState};
+use outpost_protocol::{PublicKey, RejectCounters, TrustState};
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -19,6 +19,9 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
 const K_TRUST: &str = "trust";
 const K_MANIFEST: &str = "manifest";
+/// The public key that verified the accepted manifest when it was accepted (see
+/// `TrustGate::persisted_manifest`). Absent in databases written before it.
+const K_MANIFEST_KEY: &str = "manifest_key";
 const K_REJECTED: &str = "rejected";
 const K_LAST_REJECTION: &str = "last_rejection";
 const K_EVENT_SEQ: &str = "event_seq";
@@ -57,6 +60,8 @@ pub enum StateError {
 pub struct Loaded {
     pub trust: Option<TrustState>,
     pub manifest: Option<Vec<u8>>,
+    /// The key that verified `manifest` when it was accepted.
+    pub manifest_key: Option<PublicKey>,
     pub rejected: RejectCounters,
     pub last_rejection: Option<String>,
     pub event_seq: u64,
@@ -173,6 +178,7 @@ impl Store {
         Ok(Loaded {
             trust: self.get(K_TRUST, "trust state")?,
             manifest: self.get_raw(K_MANIFEST)?,
+            manifest_key: self.get(K_MANIFEST_KEY, "manifest key")?,
             rejected: self.get(K_REJECTED, "reject counters")?.unwrap_or_default(),
             last_rejection: self.get(K_LAST_REJECTION, "last rejection")?,
             event_seq: self.get(K_EVENT_SEQ, "event seq")?.unwrap_or(0),
@@ -207,11 +213,17 @@ impl Store {
 
     /// The accepted manifest bytes and the trust state that records it, in ONE
     /// durable transaction: after a crash either both or neither are on disk.
-    pub fn save_accepted(&self, trust: &TrustState, manifest: &[u8]) -> Result<(), StateError> {
+    pub fn save_accepted(
+        &self,
+        trust: &TrustState,
+        manifest: &[u8],
+        key: &PublicKey,
+    ) -> Result<(), StateError> {
         self.write(Durability::Immediate, |tx| {
             let mut t = tx.open_table(META)?;
             t.insert(K_TRUST, enc(trust).as_slice())?;
             t.insert(K_MANIFEST, manifest)?;
+            t.insert(K_MANIFEST_KEY, enc(key).as_slice())?;
             Ok(())
         })
     }
@@ -330,11 +342,12 @@ mod tests {
         let t = trust();
         {
             let s = Store::open(&path).unwrap();
-            s.save_accepted(&t, b"manifest-bytes").unwrap();
+            s.save_accepted(&t, b"manifest-bytes", &t.root).unwrap();
             assert_eq!(s.bump_boots().unwrap(), 1);
         }
         let s = Store::open(&path).unwrap();
         let l = s.load().unwrap();
+        assert_eq!(l.manifest_key, Some(t.root));
         assert_eq!(l.trust, Some(t));
         assert_eq!(l.manifest.as_deref(), Some(&b"manifest-bytes"[..]));
         assert_eq!(s.bump_boots().unwrap(), 2);

@@ -7,7 +7,7 @@
 
 use crate::state::{StateError, Store};
 use outpost_protocol::envelope::{self, Kind};
-use outpost_protocol::DeviceId;
+use outpost_protocol::{DeviceId, Digest};
 use outpost_protocol::{
     KeySet, KeySetError, Manifest, PublicKey, RejectReason, SignedKeySet, TrustState, Verdict,
     Verifier,
@@ -90,19 +90,43 @@ impl TrustGate {
     }
 
     /// Re-open the manifest accepted earlier (boot, offline): its signature is
-    /// checked again against the stored key set, as the disk is not trusted more
-    /// than the network.
-    pub fn persisted_manifest(&self, bytes: &[u8]) -> Result<Manifest, TrustError> {
+    /// checked again, as the disk is not trusted more than the network, and its
+    /// body must be the one the high-water mark records.
+    ///
+    /// The key is looked up in the current key set, else it must be
+    /// `accepted_key`, the key that verified it when it was accepted. After a
+    /// key rotation the device adopts the new key set (which lists only the new
+    /// key) before the re-signed manifest reaches it, or never if it is cut off
+    /// from then on: a manifest accepted under an older key set stays runnable
+    /// from disk, and only new manifests must verify under the current set.
+    pub fn persisted_manifest(
+        &self,
+        bytes: &[u8],
+        accepted_key: Option<&PublicKey>,
+    ) -> Result<Manifest, TrustError> {
         let bad = |e: String| TrustError::PersistedManifest(e);
         let opened = envelope::open(Kind::Manifest, bytes).map_err(|e| bad(e.to_string()))?;
-        let key = self.state().keyset.find(&opened.key_id).ok_or_else(|| {
-            bad(format!(
-                "signing key {} is no longer trusted",
-                opened.key_id
-            ))
-        })?;
+        let key = self
+            .state()
+            .keyset
+            .find(&opened.key_id)
+            .or_else(|| accepted_key.filter(|k| k.key_id() == opened.key_id))
+            .ok_or_else(|| {
+                bad(format!(
+                    "signing key {} is neither in the key set nor the key it was accepted under",
+                    opened.key_id
+                ))
+            })?;
         if !opened.signed_by(key) {
             return Err(bad("signature does not verify".into()));
+        }
+        if let Some(last) = self.state().last {
+            if Digest::of(opened.body) != last.body_digest {
+                return Err(bad(format!(
+                    "it is not the manifest accepted last (epoch {}, generation {})",
+                    last.epoch, last.generation
+                )));
+            }
         }
         let m: Manifest =
             envelope::decode_body("manifest", opened.body).map_err(|e| bad(e.to_string()))?;
@@ -120,9 +144,16 @@ impl TrustGate {
             Err(reason) => Ok(ManifestOutcome::Rejected(reason)),
             Ok(Verdict::Duplicate { .. }) => Ok(ManifestOutcome::Duplicate),
             Ok(Verdict::Accept(accepted)) => {
+                // `verify` found the key in the key set; keep it with the
+                // manifest (see `persisted_manifest`).
+                let Some(key) = self.state().keyset.find(&accepted.manifest.key_id).copied() else {
+                    return Ok(ManifestOutcome::Rejected(RejectReason::UnknownKey {
+                        key_id: accepted.manifest.key_id,
+                    }));
+                };
                 let mut next = self.verifier.clone();
                 next.commit(&accepted);
-                self.store.save_accepted(next.state(), bytes)?;
+                self.store.save_accepted(next.state(), bytes, &key)?;
                 self.verifier = next;
                 Ok(ManifestOutcome::Applied(accepted.manifest))
             }
@@ -209,7 +240,56 @@ mod tests {
         assert_eq!(loaded.manifest.as_deref(), Some(b.as_slice()));
         assert_eq!(loaded.trust.unwrap().last.unwrap().generation, 3);
         assert_eq!(w.gate.manifest(&b).unwrap(), ManifestOutcome::Duplicate);
-        assert_eq!(w.gate.persisted_manifest(&b).unwrap().generation, 3);
+        assert_eq!(w.gate.persisted_manifest(&b, None).unwrap().generation, 3);
+    }
+
+    /// After a key rotation the device holds the new key set (new key only)
+    /// while its persisted manifest is still signed by the old key: it must
+    /// stay runnable from disk, under the key it was accepted with only.
+    #[test]
+    fn a_manifest_accepted_under_an_older_key_set_stays_runnable_after_a_rotation() {
+        let mut w = world();
+        let b = manifest(&w, 4);
+        w.gate.manifest(&b).unwrap();
+        let k2 = SigningKey::generate().unwrap();
+        let set = SignedKeySet::sign(
+            &KeySet {
+                version: 2,
+                issued_at: 0,
+                keys: vec![k2.public_key()],
+            },
+            &w.root,
+        );
+        assert_eq!(w.gate.keyset(&set.0).unwrap(), KeySetOutcome::Adopted(2));
+        // A reboot: everything comes from the store.
+        let loaded = w.store.load().unwrap();
+        let gate = TrustGate::new(
+            "pi-1".parse().unwrap(),
+            loaded.trust.unwrap(),
+            w.store.clone(),
+        );
+        let key = loaded.manifest_key;
+        assert_eq!(key, Some(w.signer.public_key()));
+        let m = gate
+            .persisted_manifest(&loaded.manifest.unwrap(), key.as_ref())
+            .unwrap();
+        assert_eq!(m.generation, 4);
+        // Without the recorded key it is refused, naming the key.
+        let err = gate.persisted_manifest(&b, None).unwrap_err().to_string();
+        assert!(err.contains("neither in the key set"), "{err}");
+        // The recorded key does not vouch for anything else it signed.
+        let other = manifest(&w, 5);
+        let err = gate
+            .persisted_manifest(&other, key.as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not the manifest accepted last"), "{err}");
+        // New manifests under the old key are refused.
+        let mut gate = gate;
+        assert!(matches!(
+            gate.manifest(&manifest(&w, 6)).unwrap(),
+            ManifestOutcome::Rejected(RejectReason::UnknownKey { .. })
+        ));
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!     lowerdirs (whiteouts already in overlayfs form), plus the
 //!     `outpost_protocol::ImageConfig` the runtime merges an `AppSpec` over.
 //!   - `store.gc(&keep) -> GcReport`: removes images, blobs and unpacked layers
-//!     that no kept image references.
+//!     that no kept image references; `store.describe() -> Vec<HeldImage>`: each
+//!     held image with its size and the part only it uses.
 //!
 //!   Layout import lives in `store/import.rs`, garbage collection in `store/gc.rs`.
 //! - [`unpack`]: turns a layer tarball (plain, gzip or zstd) into a directory,
@@ -55,4 +56,6 @@ pub mod unpack;
 
 pub use client::{Client, Credentials, RegistryConfig};
 pub use error::OciError;
-pub use store::{GcReport, ImageStore, ImportedImage, PreparedImage, PullProgress, PulledImage};
+pub use store::{
+    GcReport, HeldImage, ImageStore, ImportedImage, PreparedImage, PullProgress, PulledImage,
+};

@@ -10,9 +10,12 @@
 //! - [`host`]: [`check_host`] (cgroup version, memory limits, seccomp) and the pure
 //!   admission rule [`host::admit`] that fails closed without seccomp.
 //! - [`rootfs`]: overlayfs over unpacked layers, or a plain directory.
-//! - [`logs`]: `O_APPEND` log files and copy-truncate rotation.
+//! - [`logs`]: per-app `O_APPEND` log files, rotation that loses no byte
+//!   (collapse or punch the copied head), a cap over all apps' logs.
 //! - [`process`]: observing/reaping init processes robustly to PID reuse.
 //! - [`meta`]: the per-container side file.
+//! - [`orphans`]: killing what still runs in a container's cgroup after its
+//!   runtime state was lost (reclaiming a leftover container).
 //! - [`helper`]: the single-threaded helper process that runs libcontainer's
 //!   create (binary `outpost-runtime-helper`).
 //! - [`runtime`]: [`Runtime`] with `create`, `start`, `delete`, `remove_leftovers`,
@@ -26,7 +29,8 @@
 //! rt.create(&ContainerRequest { id, app, image, image_digest, rootfs: Rootfs::Layers(dirs), labels })?;
 //! rt.start(id)?;  rt.stop(id, grace)?;  rt.delete(id)?;
 //! rt.list()?  // Vec<ContainerInfo { id, app, image_digest, spec_hash, pid, status, exit_code, labels }>
-//! rt.info(id)?; rt.log_path(id); rt.volume_path(app, volume); rt.rotate_logs(max_bytes, keep)?;
+//! rt.info(id)?; rt.log_path(id); rt.app_log_path(app); rt.volume_path(app, volume);
+//! rt.rotate_logs()?;         // RuntimeConfig::log_policy, periodically
 //! spec::spec_hash(app, image, digest)  // compare with ContainerInfo::spec_hash to detect drift
 //! ```
 //! `RuntimeConfig` also sets the create helper, the memory-limit policy on hosts
@@ -47,7 +51,9 @@
 //! # Directories
 //! - `state_dir/<id>/`: libcontainer's state (put it on tmpfs).
 //! - `data_dir/containers/<id>/`: `bundle/config.json`, `meta.json`, overlay
-//!   `upper/`, `work/`, `rootfs/` mount point, `console.log[.N]`.
+//!   `upper/`, `work/`, `rootfs/` mount point.
+//! - `logs_dir/<app>.log[.N]` (default `data_dir/logs`): each app's output,
+//!   across containers and reboots.
 //! - `data_dir/volumes/<app>/<volume>/`: named volumes, never removed by the runtime.
 //!
 //! # Cgroups
@@ -59,6 +65,7 @@ pub mod helper;
 pub mod host;
 pub mod logs;
 pub mod meta;
+pub mod orphans;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;
@@ -66,6 +73,7 @@ pub mod seccomp;
 pub mod spec;
 
 pub use host::{check_host, CgroupVersion, HostReport, MemoryLimitPolicy};
+pub use logs::LogPolicy;
 pub use process::become_subreaper;
 pub use rootfs::Rootfs;
 pub use runtime::{

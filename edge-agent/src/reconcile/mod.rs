@@ -12,10 +12,12 @@ pub mod plan;
 use crate::driver::{container_name, ContainerDriver, ContainerStatus, DriverError, ImageProvider};
 use crate::health::HealthTarget;
 use crate::report::{now_ms, Reporter};
+use crate::retention::{self, Release, Releases};
 use execute::{Executor, Outcome};
-use outpost_protocol::{AppState, AppStatus, EventKind, Manifest, RestartPolicy};
+use outpost_protocol::{AppState, AppStatus, Digest, EventKind, Manifest, RestartPolicy};
 use plan::{AppBook, CreateReason, DesiredApp, Observed, Policy};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -37,6 +39,9 @@ pub struct Reconciler {
     /// Containers we last saw (or made) running, to notice exits.
     running: BTreeMap<String, u32>,
     saved_restarts: BTreeMap<String, u32>,
+    /// Where the record of settled releases lives (the image store's dir), and
+    /// the record; `None` until [`Reconciler::with_retention`] (tests).
+    retention: Option<(PathBuf, Releases)>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -60,17 +65,20 @@ fn desired_apps(m: &Manifest) -> BTreeMap<String, DesiredApp> {
         .collect()
 }
 
+/// What one observation of the machine found.
+struct Observation {
+    containers: BTreeMap<String, crate::driver::ObservedContainer>,
+    /// Desired images present in the store.
+    present: BTreeSet<Digest>,
+    /// Images existing containers were created from.
+    in_use: BTreeSet<Digest>,
+}
+
 async fn observe(
     driver: Arc<dyn ContainerDriver>,
     images: Arc<dyn ImageProvider>,
     desired: &BTreeMap<String, DesiredApp>,
-) -> Result<
-    (
-        BTreeMap<String, crate::driver::ObservedContainer>,
-        BTreeSet<outpost_protocol::Digest>,
-    ),
-    DriverError,
-> {
+) -> Result<Observation, DriverError> {
     let wanted: Vec<_> = desired.values().map(|d| d.spec.image.clone()).collect();
     tokio::task::spawn_blocking(move || {
         let containers = driver
@@ -83,7 +91,11 @@ async fn observe(
             .filter(|i| images.present(i))
             .map(|i| i.digest)
             .collect();
-        Ok((containers, present))
+        Ok(Observation {
+            containers,
+            present,
+            in_use: driver.images_in_use()?,
+        })
     })
     .await
     .map_err(|e| DriverError::new("task", "observe", e))?
@@ -125,6 +137,81 @@ impl Reconciler {
             last_errors: BTreeMap::new(),
             running: BTreeMap::new(),
             saved_restarts: restarts,
+            retention: None,
+        }
+    }
+
+    /// Keep the record of settled releases in `images_dir` and collect images
+    /// no longer needed once a new release settles (see [`crate::retention`]).
+    pub fn with_retention(mut self, images_dir: PathBuf) -> Reconciler {
+        let releases = Releases::load(&images_dir).unwrap_or_else(|e| {
+            // Losing the record only means the previous release's images may
+            // be collected once; the current one is the desired manifest.
+            tracing::warn!(error = %e, "starting with an empty release record");
+            Releases::default()
+        });
+        self.retention = Some((images_dir, releases));
+        self
+    }
+
+    /// Images garbage collection must keep right now.
+    fn keep(
+        &self,
+        desired: &BTreeMap<String, DesiredApp>,
+        in_use: &BTreeSet<Digest>,
+    ) -> BTreeSet<Digest> {
+        let wanted = desired.values().map(|d| d.spec.image.digest).collect();
+        let releases = self
+            .retention
+            .as_ref()
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        retention::keep_set(&releases, &wanted, in_use)
+    }
+
+    /// A release settled (every app as desired, nothing left to do): record it
+    /// once and collect what neither it nor the one before it uses.
+    async fn release_settled(
+        &mut self,
+        manifest: &Manifest,
+        desired: &BTreeMap<String, DesiredApp>,
+        in_use: &BTreeSet<Digest>,
+    ) {
+        let Some((dir, releases)) = &self.retention else {
+            return;
+        };
+        let Some(next) = releases.settled(&Release::of(manifest)) else {
+            return;
+        };
+        let device = self.reporter.device_id().clone();
+        let dir = dir.clone();
+        let saved = {
+            let (dir, next) = (dir.clone(), next.clone());
+            tokio::task::spawn_blocking(move || next.save(&dir)).await
+        };
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(device_id = %device, error = %e, "recording the settled release")
+            }
+            Err(e) => {
+                tracing::error!(device_id = %device, error = %e, "recording the settled release")
+            }
+        }
+        self.retention = Some((dir, next));
+        let keep = self.keep(desired, in_use);
+        let images = self.exec.images.clone();
+        let generation = manifest.generation;
+        match tokio::task::spawn_blocking(move || images.collect(&keep)).await {
+            Ok(Ok(Some(r))) => tracing::info!(
+                device_id = %device, generation,
+                removed_images = r.removed_images.len(), freed_bytes = r.freed_bytes,
+                used_bytes = r.used_bytes, budget_bytes = r.budget_bytes,
+                "release settled; unused images collected"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(device_id = %device, error = %e, "collecting images"),
+            Err(e) => tracing::warn!(device_id = %device, error = %e, "collecting images"),
         }
     }
 
@@ -151,14 +238,18 @@ impl Reconciler {
         };
         let device = self.reporter.device_id().clone();
         let desired = desired_apps(&manifest);
-        let (containers, images) =
-            match observe(self.exec.driver.clone(), self.exec.images.clone(), &desired).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::error!(device_id = %device, error = %e, "cannot observe the runtime");
-                    return self.resync;
-                }
-            };
+        let Observation {
+            containers,
+            present: images,
+            in_use,
+        } = match observe(self.exec.driver.clone(), self.exec.images.clone(), &desired).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(device_id = %device, error = %e, "cannot observe the runtime");
+                return self.resync;
+            }
+        };
+        self.exec.images.protect(&self.keep(&desired, &in_use));
         let now = now_ms();
 
         // Notice exits: containers we saw running that are now exited or gone.
@@ -288,6 +379,17 @@ impl Reconciler {
         }
         self.books.retain(|app, _| desired.contains_key(app));
         self.persist_restarts().await;
+        let settled = !acted
+            && self.last_errors.is_empty()
+            && desired.values().all(|d| {
+                after.get(&d.container).is_some_and(|c| {
+                    c.status.is_running()
+                        || matches!(c.status, ContainerStatus::Exited { code: Some(0) })
+                })
+            });
+        if settled {
+            self.release_settled(&manifest, &desired, &in_use).await;
+        }
         self.publish_view(&manifest, &desired, &after, now);
         let targets = desired
             .values()

@@ -1,7 +1,8 @@
 //! Garbage collection: mark what the kept images reference, sweep the rest
-//! (images, blobs, partial downloads, unpacked layers, temp files).
+//! (images, blobs, partial downloads, unpacked layers, temp files); and the
+//! per-image accounting (`describe`) the same marking gives.
 
-use super::{disk_usage, GcReport, ImageStore};
+use super::{disk_usage, GcReport, HeldImage, ImageStore};
 use crate::blobs::list_hex_names;
 use crate::spec::{self, Document};
 use crate::OciError;
@@ -65,6 +66,51 @@ impl ImageStore {
         report.used_bytes = self.usage_bytes()?;
         tracing::info!(?report, "image garbage collection done");
         Ok(report)
+    }
+
+    /// Every held image with what it costs on disk: all its blobs and unpacked
+    /// layers (`bytes`), and the part no other held image shares
+    /// (`unique_bytes`: what removing it alone would free). Blocking.
+    pub fn describe(&self) -> Result<Vec<HeldImage>, OciError> {
+        let images = self.images()?;
+        let marks: Vec<BTreeSet<Digest>> = images
+            .iter()
+            .map(|d| {
+                let mut live = BTreeSet::new();
+                self.mark(d, &mut live, 0);
+                live
+            })
+            .collect();
+        let mut refs: std::collections::BTreeMap<Digest, usize> = Default::default();
+        for m in &marks {
+            for d in m {
+                *refs.entry(*d).or_default() += 1;
+            }
+        }
+        let cost = |d: &Digest| -> Result<u64, OciError> {
+            Ok(self.blobs.size(d).unwrap_or(0) + disk_usage(&self.layer_dir(d))?)
+        };
+        let mut out = Vec::with_capacity(images.len());
+        for (digest, live) in images.into_iter().zip(marks) {
+            let mut bytes = 0;
+            let mut unique_bytes = 0;
+            for d in &live {
+                let c = cost(d)?;
+                bytes += c;
+                if refs.get(d) == Some(&1) {
+                    unique_bytes += c;
+                }
+            }
+            let label =
+                fs::read_to_string(self.images_dir().join(digest.hex())).unwrap_or_default();
+            out.push(HeldImage {
+                digest,
+                repository: label.trim().to_string(),
+                bytes,
+                unique_bytes,
+            });
+        }
+        Ok(out)
     }
 
     /// Mark `digest` and what it references (only blobs present locally).

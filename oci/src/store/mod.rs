@@ -76,6 +76,18 @@ pub struct GcReport {
     pub budget_bytes: u64,
 }
 
+/// One held image and its disk cost (see [`ImageStore::describe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldImage {
+    pub digest: Digest,
+    /// The repository it was pulled from (as recorded at pull or import).
+    pub repository: String,
+    /// Blobs and unpacked layers it references, shared ones included.
+    pub bytes: u64,
+    /// What removing only this image would free.
+    pub unique_bytes: u64,
+}
+
 /// Images on disk; cheap to clone (it is just paths).
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -102,6 +114,10 @@ impl ImageStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
     }
 
     pub fn blobs(&self) -> &BlobStore {

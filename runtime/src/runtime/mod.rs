@@ -31,6 +31,11 @@ pub struct RuntimeConfig {
     /// The helper that performs create (see [`crate::helper`]).
     pub helper: HelperCommand,
     pub memory_policy: MemoryLimitPolicy,
+    /// Where each app's stdout/stderr go (`<app>.log`, rotated `<app>.log.N`),
+    /// kept across container replacements and reboots. Default `data_dir/logs`.
+    pub logs_dir: PathBuf,
+    /// Rotation sizes for [`Runtime::rotate_logs`].
+    pub log_policy: crate::logs::LogPolicy,
     /// Parent of every container's cgroup (`<parent>/<id>` in each hierarchy).
     /// Two runtimes on one host (tests) need different parents, or equal ids
     /// would share a cgroup.
@@ -61,9 +66,12 @@ impl HelperCommand {
 
 impl RuntimeConfig {
     pub fn new(state_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         RuntimeConfig {
             state_dir: state_dir.into(),
-            data_dir: data_dir.into(),
+            logs_dir: data_dir.join("logs"),
+            log_policy: crate::logs::LogPolicy::default(),
+            data_dir,
             helper: HelperCommand::next_to_current_exe(),
             memory_policy: MemoryLimitPolicy::default(),
             cgroup_parent: "/outpost".to_string(),
@@ -219,6 +227,7 @@ impl Runtime {
             &config.state_dir,
             &config.data_dir.join("containers"),
             &config.data_dir.join("volumes"),
+            &config.logs_dir,
         ] {
             std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         }
@@ -234,7 +243,8 @@ impl Runtime {
         &self.host
     }
 
-    fn container_dir(&self, id: &str) -> PathBuf {
+    /// The container's directory: bundle, side file, overlay upper/work dirs.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
         self.config.data_dir.join("containers").join(id)
     }
 
@@ -242,10 +252,18 @@ impl Runtime {
         self.config.state_dir.join(id)
     }
 
-    /// Where a container's stdout/stderr go (`console.log`, rotated copies
-    /// `console.log.1`…).
+    /// Where `app`'s stdout/stderr go (rotated copies `<app>.log.1`…).
+    pub fn app_log_path(&self, app: &str) -> PathBuf {
+        self.config.logs_dir.join(format!("{app}.log"))
+    }
+
+    /// The log of container `id` (its app's log); for a container without a
+    /// side file, where a create that failed early would have logged.
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.container_dir(id).join("console.log")
+        match ContainerMeta::load(&self.container_dir(id)) {
+            Ok(meta) => self.app_log_path(&meta.app),
+            Err(_) => self.container_dir(id).join("console.log"),
+        }
     }
 
     /// Directory holding `app`'s named volume `volume`.
@@ -260,8 +278,16 @@ impl Runtime {
             return Err(RuntimeError::BadId(id.to_string()));
         }
         let dir = self.container_dir(id);
-        if dir.exists() || self.state_path(id).exists() {
+        if self.state_path(id).join("state.json").exists() {
             return Err(RuntimeError::Exists(id.to_string()));
+        }
+        if dir.exists() || self.state_path(id).exists() {
+            // No live state but a directory: what a reboot (state dir on tmpfs,
+            // container dirs on disk), a killed agent container on balenaOS or
+            // a create cut short leaves. Nothing runs there; reclaim it so the
+            // same container can be created again.
+            tracing::info!(app = %req.app.name, container = id, "reclaiming a leftover container directory without live state");
+            self.delete(id)?;
         }
         // The agent validated the manifest already; checking again here keeps a
         // hand-built AppSpec from putting '..' paths into mounts.
@@ -358,7 +384,7 @@ impl Runtime {
             state_dir: self.config.state_dir.clone(),
             id: id.to_string(),
             bundle,
-            log: self.log_path(id),
+            log: self.app_log_path(&app.name),
         })?;
         let container = self.load(id)?;
         let pid = container.pid().map(|p| p.as_raw());
@@ -385,6 +411,9 @@ impl Runtime {
             detail,
         };
         let json = serde_json::to_string(req).map_err(|e| fail(e.to_string()))?;
+        // The app's log holds earlier runs too: only what this create adds
+        // explains its failure.
+        let log_before = std::fs::metadata(&req.log).map_or(0, |m| m.len());
         let out = std::process::Command::new(&helper.program)
             .args(&helper.args_prefix)
             .arg(CREATE_ARG)
@@ -401,7 +430,9 @@ impl Runtime {
             // own ERROR log lines, which name the step that failed.
             // The container's init logs its own failure (e.g. a mount it could
             // not do) into the container log, not the helper's stderr.
-            let console = std::fs::read_to_string(&req.log).unwrap_or_default();
+            let console = crate::logs::read_data(&req.log, log_before)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             let summary: Vec<&str> = stderr
                 .lines()
                 .chain(console.lines().filter(|l| l.contains("libcontainer")))
@@ -478,10 +509,18 @@ impl Runtime {
                     action: "delete",
                     source: Box::new(source),
                 })?;
-        } else if self.state_path(id).exists() {
-            // A create that died before libcontainer wrote its state.
-            let p = self.state_path(id);
-            std::fs::remove_dir_all(&p).map_err(io_err("remove", &p))?;
+        } else {
+            if self.state_path(id).exists() {
+                // A create that died before libcontainer wrote its state.
+                let p = self.state_path(id);
+                std::fs::remove_dir_all(&p).map_err(io_err("remove", &p))?;
+            }
+            // No live state: whatever still runs in the container's cgroup is
+            // beyond libcontainer's reach (see `crate::orphans`).
+            if dir.exists() {
+                crate::orphans::kill_and_remove(&self.cgroup_path(id))
+                    .map_err(io_err("reclaim cgroup of", &dir))?;
+            }
         }
         rootfs::unmount(&dir.join("rootfs"))?;
         if dir.exists() {
@@ -513,17 +552,24 @@ impl Runtime {
         Ok(removed)
     }
 
-    /// Copy-truncate every container log larger than `max_bytes`, keeping
-    /// `keep` rotated copies. Call periodically.
-    pub fn rotate_logs(&self, max_bytes: u64, keep: usize) -> Result<()> {
-        let root = self.config.data_dir.join("containers");
-        let entries = std::fs::read_dir(&root).map_err(io_err("list", &root))?;
+    /// Rotate every app log over the policy's file size (without losing a
+    /// byte, see [`crate::logs`]) and keep all logs under its total. Call
+    /// periodically; cheap when nothing is due (one `stat` per app).
+    pub fn rotate_logs(&self) -> Result<()> {
+        let policy = self.config.log_policy;
+        let root = &self.config.logs_dir;
+        let entries = std::fs::read_dir(root).map_err(io_err("list", root))?;
         for entry in entries.filter_map(|e| e.ok()) {
-            let log = entry.path().join("console.log");
-            if let Err(e) = crate::logs::rotate_if_larger(&log, max_bytes, keep) {
-                tracing::warn!(error = %e, "log rotation failed");
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                if let Err(e) =
+                    crate::logs::rotate_if_larger(&path, policy.max_file_bytes, policy.files)
+                {
+                    tracing::warn!(error = %e, "log rotation failed");
+                }
             }
         }
+        crate::logs::enforce_total(root, policy.total_bytes)?;
         Ok(())
     }
 }

@@ -76,6 +76,12 @@ pub fn config(base: &Path) -> RuntimeConfig {
         .unwrap()
         .replace('.', "-");
     c.cgroup_parent = format!("/outpost-test/{unique}");
+    // Small enough that a test's few kilobytes of output rotate.
+    c.log_policy = outpost_runtime::LogPolicy {
+        max_file_bytes: 4096,
+        files: 2,
+        total_bytes: 1 << 20,
+    };
     c
 }
 
