@@ -259,6 +259,54 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Push `hello:<tag>`: the sample image for this machine's platform plus a
+    /// layer of `extra_bytes` random bytes (incompressible), so versions share
+    /// the sample's base layer and each has a layer of its own of a known size.
+    pub fn push_variant(&self, tag: &str, extra_bytes: usize) -> Result<String> {
+        use outpost_oci::build::{reproducible_tar, Entry, Layer, LayoutWriter};
+        use outpost_oci::spec::{ConfigFile, ImageIndex, ImageManifest};
+        let layout = sample_layout();
+        let blob = |digest: &str| -> Result<Vec<u8>> {
+            let hex = digest.trim_start_matches("sha256:");
+            Ok(std::fs::read(layout.join("blobs/sha256").join(hex))?)
+        };
+        // index.json → image index → this platform's manifest → config + layers.
+        let top: ImageIndex = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+        let index: ImageIndex = serde_json::from_slice(&blob(&top.manifests[0].digest)?)?;
+        let arch = outpost_protocol::Platform::current().architecture;
+        let entry = index
+            .manifests
+            .iter()
+            .find(|m| m.platform.as_ref().is_some_and(|p| p.architecture == arch))
+            .context("the sample image has no manifest for this platform")?;
+        let manifest: ImageManifest = serde_json::from_slice(&blob(&entry.digest)?)?;
+        let config: ConfigFile = serde_json::from_slice(&blob(&manifest.config.digest)?)?;
+        let base = Layer {
+            media_type: manifest.layers[0].media_type.clone(),
+            blob: blob(&manifest.layers[0].digest)?,
+            diff_id: config.rootfs.diff_ids[0].parse()?,
+        };
+        let noise: Vec<u8> = (0..extra_bytes).map(|_| rand::random::<u8>()).collect();
+        let extra = Layer::gzip(&reproducible_tar(&[Entry::File {
+            path: format!("variant/{tag}"),
+            mode: 0o644,
+            contents: noise,
+        }])?)?;
+        let dir = tempfile::tempdir()?;
+        let writer = LayoutWriter::create(dir.path())?;
+        let platform = entry.platform.clone().context("platform")?;
+        let desc = writer.add_image(&platform, &[base, extra], config.config.clone())?;
+        writer.finish(tag, &desc)?;
+        let dest = format!("{}/hello:{tag}", self.host());
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", dir.path().display()))
+            .arg(format!("docker://{dest}")))?;
+        Ok(dest)
+    }
+}
+
 /// A cuttable TCP proxy (agent → broker), run on its own thread and runtime.
 #[derive(Debug)]
 pub struct Proxy {
@@ -847,6 +895,46 @@ impl Agent {
             }
         }
         s
+    }
+
+    /// `outpost-agent --config … ARGS…`; its standard output.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new(&bins().agent)
+            .arg("--config")
+            .arg(self.config())
+            .args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Set `key = value` (value as TOML) in `[section]` of the agent's config.
+    pub fn set_config(&self, section: &str, key: &str, value: &str) -> Result<()> {
+        let text = std::fs::read_to_string(self.config())?;
+        let header = format!("[{section}]");
+        let mut out = Vec::new();
+        let mut in_section = false;
+        let mut done = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with('[') {
+                if in_section && !done {
+                    out.push(format!("{key} = {value}"));
+                    done = true;
+                }
+                in_section = line.trim() == header;
+            } else if in_section && line.split('=').next().map(str::trim) == Some(key) {
+                out.push(format!("{key} = {value}"));
+                done = true;
+                continue;
+            }
+            out.push(line.to_string());
+        }
+        if !done {
+            if !in_section {
+                out.push(header);
+            }
+            out.push(format!("{key} = {value}"));
+        }
+        std::fs::write(self.config(), out.join("\n") + "\n")?;
+        Ok(())
     }
 
     /// Stop and remove every container of this agent (needs the agent stopped).

@@ -131,7 +131,7 @@ fn desired_images(cfg: &Config) -> Result<BTreeSet<Digest>> {
             .as_object()
             .map(|apps| {
                 apps.values()
-                    .filter_map(|a| a["image_digest"].as_str()?.parse().ok())
+                    .filter_map(|a| serde_json::from_value(a["image_digest"].clone()).ok())
                     .collect()
             })
             .unwrap_or_default());

@@ -113,9 +113,10 @@ pub trait ImageProvider: Send + Sync + 'static {
     ) -> Result<(), DriverError>;
     /// Unpack (or find unpacked) a present image. Must not touch the network.
     fn prepare(&self, image: &ImageRef) -> Result<PreparedImage, DriverError>;
-    /// What a collection forced by a pull over budget must keep; updated on
-    /// every reconcile pass (in memory only).
-    fn protect(&self, _keep: &BTreeSet<Digest>) {}
+    /// What a collection forced by a pull over budget keeps: `keep` if that
+    /// makes room, else only `essential` (the previous release's images go
+    /// before an update is refused). Updated on every reconcile pass, in memory.
+    fn protect(&self, _keep: &BTreeSet<Digest>, _essential: &BTreeSet<Digest>) {}
     /// Remove every image not in `keep` and what only they use. `None` when
     /// this provider has nothing to collect.
     fn collect(&self, _keep: &BTreeSet<Digest>) -> Result<Option<GcReport>, DriverError> {

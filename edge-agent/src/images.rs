@@ -25,8 +25,9 @@ pub struct OciImages {
     /// The agent's tokio runtime: pulls are async, the seam is blocking (it is
     /// called from `spawn_blocking`, where `Handle::block_on` is allowed).
     handle: tokio::runtime::Handle,
-    /// What a collection before a pull must keep (see [`ImageProvider::protect`]).
-    protected: Mutex<BTreeSet<Digest>>,
+    /// What a collection before a pull keeps, and what it keeps at the least
+    /// (see [`ImageProvider::protect`]).
+    protected: Mutex<(BTreeSet<Digest>, BTreeSet<Digest>)>,
 }
 
 impl std::fmt::Debug for OciImages {
@@ -67,7 +68,7 @@ impl OciImages {
             client,
             platform: Platform::current(),
             handle,
-            protected: Mutex::new(BTreeSet::new()),
+            protected: Mutex::new((BTreeSet::new(), BTreeSet::new())),
         })
     }
 
@@ -108,33 +109,36 @@ impl ImageProvider for OciImages {
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), DriverError> {
         let _lock = lock_store(self.store.root())?;
-        match self.pull_locked(image, progress) {
-            Err(OciError::BudgetExceeded {
-                needed,
-                used,
-                budget,
-            }) => {
-                // Make room from what nothing needs, then try once more; the
-                // second refusal (the kept images alone fill the budget) is
-                // the error the operator sees.
-                let mut keep = self
-                    .protected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                keep.insert(image.digest);
-                let report = self.gc_locked(&keep)?;
-                tracing::info!(
-                    image = %image, needed, used, budget,
+        let over_budget =
+            |r: &Result<(), OciError>| matches!(r, Err(OciError::BudgetExceeded { .. }));
+        let mut result = self.pull_locked(image, progress);
+        if over_budget(&result) {
+            let (keep, essential) = self
+                .protected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            // Make room from what nothing needs; if the kept images alone fill
+            // the budget, let the previous release's images go rather than
+            // refuse the update. A refusal after that is the operator's error.
+            for (tier, mut set) in [("unused images", keep), ("the previous release", essential)] {
+                set.insert(image.digest);
+                let report = self.gc_locked(&set)?;
+                tracing::warn!(
+                    image = %image,
                     freed = report.freed_bytes,
                     removed = report.removed_images.len(),
-                    "collected images to make room for a pull"
+                    used = report.used_bytes,
+                    budget = report.budget_bytes,
+                    "pull over the image budget: collected {tier} to make room"
                 );
-                self.pull_locked(image, progress)
-                    .map_err(|e| DriverError::new("pull", image.to_string(), e))
+                result = self.pull_locked(image, progress);
+                if !over_budget(&result) {
+                    break;
+                }
             }
-            other => other.map_err(|e| DriverError::new("pull", image.to_string(), e)),
         }
+        result.map_err(|e| DriverError::new("pull", image.to_string(), e))
     }
 
     fn prepare(&self, image: &ImageRef) -> Result<PreparedImage, DriverError> {
@@ -150,10 +154,10 @@ impl ImageProvider for OciImages {
         })
     }
 
-    fn protect(&self, keep: &BTreeSet<Digest>) {
+    fn protect(&self, keep: &BTreeSet<Digest>, essential: &BTreeSet<Digest>) {
         let mut p = self.protected.lock().unwrap_or_else(|p| p.into_inner());
-        if *p != *keep {
-            *p = keep.clone();
+        if p.0 != *keep || p.1 != *essential {
+            *p = (keep.clone(), essential.clone());
         }
     }
 

@@ -158,21 +158,42 @@ pub fn rotate_if_larger(live: &Path, max_bytes: u64, files: usize) -> Result<boo
         return Ok(false);
     }
     if files > 1 {
-        for n in (1..files - 1).rev() {
+        // The head [start, cut) goes into copies of at most `max_bytes` each,
+        // newest in `.1`: `k` new copies, the old ones shift up by `k`. A burst
+        // larger than all copies together keeps only its newest part and
+        // drops every older copy, so what is kept is always one contiguous
+        // stretch of the app's output.
+        let slots = files - 1;
+        let m = max_bytes.max(1);
+        let k = usize::try_from((cut - start).div_ceil(m)).unwrap_or(usize::MAX).min(slots);
+        for n in (slots + 1 - k)..=slots {
+            let p = rotated_path(live, n);
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(err("remove old copy", &p)(e));
+                }
+            }
+        }
+        for n in (1..=slots - k).rev() {
             let from = rotated_path(live, n);
             if from.exists() {
-                let to = rotated_path(live, n + 1);
+                let to = rotated_path(live, n + k);
                 std::fs::rename(&from, &to).map_err(err("shift rotated copy", &from))?;
             }
         }
-        let first = rotated_path(live, 1);
-        let tmp = rotated_path(live, 0);
-        let mut dst = File::create(&tmp).map_err(err("create rotated copy", &tmp))?;
-        f.seek(SeekFrom::Start(start)).map_err(err("seek", live))?;
-        std::io::copy(&mut (&mut f).take(cut - start), &mut dst).map_err(err("copy", &tmp))?;
-        dst.flush().map_err(err("write", &tmp))?;
-        // The copy is complete before the live file loses those bytes.
-        std::fs::rename(&tmp, &first).map_err(err("rename rotated copy", &first))?;
+        for i in 1..=k as u64 {
+            let end = cut - (i - 1) * m;
+            let begin = end.saturating_sub(m).max(start);
+            let tmp = rotated_path(live, 0);
+            let mut dst = File::create(&tmp).map_err(err("create rotated copy", &tmp))?;
+            f.seek(SeekFrom::Start(begin)).map_err(err("seek", live))?;
+            std::io::copy(&mut (&mut f).take(end - begin), &mut dst)
+                .map_err(err("copy", &tmp))?;
+            dst.flush().map_err(err("write", &tmp))?;
+            // Each copy is complete before the live file loses those bytes.
+            let to = rotated_path(live, i as usize);
+            std::fs::rename(&tmp, &to).map_err(err("rename rotated copy", &to))?;
+        }
     }
     drop_prefix(live, cut)?;
     Ok(true)
@@ -332,9 +353,9 @@ mod tests {
             let live = dir.path().join(format!("{app}.log"));
             let mut w = open_append(&live).unwrap();
             for _ in 0..3 {
-                w.write_all(&vec![b'x'; 64 << 10]).unwrap();
+                w.write_all(&vec![b'x'; (64 << 10) + 100]).unwrap();
                 w.sync_all().unwrap();
-                rotate_if_larger(&live, 16 << 10, 3).unwrap();
+                rotate_if_larger(&live, 64 << 10, 3).unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }

@@ -169,6 +169,20 @@ impl Reconciler {
         retention::keep_set(&releases, &wanted, in_use)
     }
 
+    /// What it keeps at the least: everything but the previous release.
+    fn essential(
+        &self,
+        desired: &BTreeMap<String, DesiredApp>,
+        in_use: &BTreeSet<Digest>,
+    ) -> BTreeSet<Digest> {
+        let wanted = desired.values().map(|d| d.spec.image.digest).collect();
+        let current = Releases {
+            current: self.retention.as_ref().and_then(|(_, r)| r.current.clone()),
+            previous: None,
+        };
+        retention::keep_set(&current, &wanted, in_use)
+    }
+
     /// A release settled (every app as desired, nothing left to do): record it
     /// once and collect what neither it nor the one before it uses.
     async fn release_settled(
@@ -249,7 +263,10 @@ impl Reconciler {
                 return self.resync;
             }
         };
-        self.exec.images.protect(&self.keep(&desired, &in_use));
+        self.exec.images.protect(
+            &self.keep(&desired, &in_use),
+            &self.essential(&desired, &in_use),
+        );
         let now = now_ms();
 
         // Notice exits: containers we saw running that are now exited or gone.

@@ -7,6 +7,11 @@
 //! - `GET /alloc?mb=N` → allocates and touches N MiB, so tests can show a
 //!   memory limit is enforced (the process is OOM-killed).
 //! - `GET /health` → `ok`
+//! - `GET /say?n=N` → prints N numbered lines (`say 1`, `say 2`, … counted
+//!   across requests) to stdout, so tests can make an app log fast and check
+//!   that no line was lost.
+//! - With `$TICK_MS` set, prints `tick N` every that many milliseconds (a
+//!   steadily logging app for the flash-wear benchmark).
 //!
 //! Listens on `$PORT` (default 8080). SIGTERM exits at once with status 0: as
 //! PID 1 in a container the default action would be ignored.
@@ -19,6 +24,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const LOG_NAME: &str = "starts.log";
 const MAX_ALLOC_MB: usize = 16 * 1024;
+const MAX_SAY: u64 = 1_000_000;
+static SAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SAY_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn say(n: u64) -> String {
+    // One request's lines stay in order and numbered without gaps.
+    let _one = SAY_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = std::io::stdout().lock();
+    for _ in 0..n.min(MAX_SAY) {
+        let i = SAID.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let _ = writeln!(out, "say {i}");
+    }
+    let _ = out.flush();
+    format!("said {}\n", SAID.load(std::sync::atomic::Ordering::SeqCst))
+}
 
 extern "C" {
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
@@ -97,6 +117,16 @@ fn respond(mut stream: TcpStream, version: &str) {
         ("GET", "/") => ("200 OK", format!("hello from outpost version {version}\n")),
         ("GET", "/count") => ("200 OK", format!("{}\n", count_starts())),
         ("GET", "/health") => ("200 OK", "ok\n".to_string()),
+        ("GET", "/say") => {
+            let n = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("n="))
+                .and_then(|v| v.parse::<u64>().ok());
+            match n {
+                Some(n) => ("200 OK", say(n)),
+                None => ("400 Bad Request", "usage: /say?n=N\n".to_string()),
+            }
+        }
         ("GET", "/alloc") => {
             let mb = query
                 .split('&')
@@ -136,6 +166,14 @@ fn main() {
         }
     };
     eprintln!("hello: version {version} listening on port {port}");
+    if let Some(ms) = std::env::var("TICK_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::spawn(move || {
+            for i in 1u64.. {
+                std::thread::sleep(std::time::Duration::from_millis(ms.max(1)));
+                println!("tick {i}");
+            }
+        });
+    }
     for stream in listener.incoming().flatten() {
         let version = version.clone();
         std::thread::spawn(move || respond(stream, &version));
