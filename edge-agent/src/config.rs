@@ -29,14 +29,11 @@ pub enum ConfigError {
     BadRootKey { value: String },
 }
 
-/// Registry access of the image provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// `host:port` registries reached over plain HTTP (test and lab setups only).
-    #[serde(default)]
-    pub insecure: Vec<String>,
-}
+/// Registry access of the image provider: the `[registry]` section shared with
+/// the hub (insecure hosts, CA file, Docker config, per-registry credentials
+/// files), defined and loaded by `outpost-oci`. It holds only paths to the
+/// secrets, so this file stays secret-free.
+pub use outpost_oci::RegistrySettings as RegistryConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

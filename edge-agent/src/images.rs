@@ -28,17 +28,17 @@ impl std::fmt::Debug for OciImages {
 }
 
 impl OciImages {
+    /// `registry`: the loaded `[registry]` section (credentials and CA already
+    /// read from their files).
     pub fn open(
         dir: &Path,
-        insecure_hosts: Vec<String>,
+        registry: RegistryConfig,
         handle: tokio::runtime::Handle,
     ) -> Result<OciImages, DriverError> {
         let store = ImageStore::open(dir, DEFAULT_BUDGET_BYTES)
             .map_err(|e| DriverError::new("open image store", dir.display().to_string(), e))?;
-        let client = Client::new(RegistryConfig {
-            insecure_hosts,
-            ..RegistryConfig::default()
-        });
+        let client = Client::try_new(registry)
+            .map_err(|e| DriverError::new("configure registry client", "[registry]", e))?;
         Ok(OciImages {
             store,
             client,
