@@ -129,3 +129,63 @@ fn base64_basic(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
+
+#[test]
+fn unreadable_or_invalid_registry_files_stop_the_binaries_naming_the_file() -> anyhow::Result<()> {
+    let registry = Registry::start_private()?;
+    let access = registry
+        .private
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("start_private gave an open registry"))?;
+
+    // The hub with a "CA file" that is the password file: it does not start,
+    // says which file is wrong, and does not quote it.
+    let mut hub = Hub::start(&registry)?;
+    hub.stop();
+    let mut section = registry.client_settings(true);
+    section.insert(
+        "ca_file".into(),
+        access.password_file.display().to_string().into(),
+    );
+    hub.set_registry(section)?;
+    let err = hub.serve().expect_err("the hub must refuse a bad CA file");
+    let text = format!("{err:#}");
+    println!("hub: {}", text.lines().last().unwrap_or_default());
+    assert!(
+        text.contains(&format!("CA file {}", access.password_file.display())),
+        "{text}"
+    );
+    assert!(!text.contains(&access.password), "{text}");
+
+    // `outpost-agent init` with a password file that does not exist.
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("no-such.pass");
+    let out = std::process::Command::new(&outpost_e2e::bins().agent)
+        .arg("--config")
+        .arg(dir.path().join("agent.toml"))
+        .args([
+            "init",
+            "--device-id",
+            "bad-files",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+        ])
+        .arg("--root-key")
+        .arg(hub.dir.path().join("root.pub"))
+        .arg("--keyset")
+        .arg(hub.dir.path().join("keyset.bin"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--registry-auth")
+        .arg(format!("{}=edge:{}", registry.host(), missing.display()))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("agent init: {stderr}");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("password file {}", missing.display())),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("agent.toml").exists());
+    Ok(())
+}
