@@ -76,6 +76,33 @@ fn hub_resolves_and_agent_pulls_from_a_private_registry_with_configured_credenti
             .then_some(())
     })?;
 
+    // Docker's config.json works as the credentials source too: the hub,
+    // restarted with only `docker_config`, resolves the tag again (a changed
+    // app forces a new resolution).
+    hub.stop();
+    let docker_config = hub.dir.path().join("docker-config.json");
+    std::fs::write(
+        &docker_config,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+            registry.host(),
+            base64_basic(&access.username, &access.password)
+        ),
+    )?;
+    let mut section = registry.client_settings(false);
+    section.insert(
+        "docker_config".into(),
+        docker_config.display().to_string().into(),
+    );
+    hub.set_registry(section)?;
+    hub.serve()?;
+    let mut app_v2 = app.clone();
+    app_v2.version = "2".into();
+    hub.deploy(&device, std::slice::from_ref(&app_v2))?;
+    wait_for("the app to answer as version 2", || {
+        app_v2.get("/").filter(|b| b.contains("version 2"))
+    })?;
+
     // The password is nowhere it could leak from.
     let mut places: Vec<(String, String)> = vec![
         ("agent logs".into(), agent.logs()),
