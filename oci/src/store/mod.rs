@@ -1,6 +1,7 @@
 //! [`ImageStore`]: the agent's images on disk. Pulls (resumable, verified),
-//! imports from OCI layouts, prepares unpacked layer directories for the runtime,
-//! enforces a disk budget and garbage-collects what no kept image references.
+//! imports from OCI layouts, prepares unpacked layer directories for the runtime
+//! (each layer capped by [`LayerLimits`]), enforces a disk budget and
+//! garbage-collects what no kept image references.
 //!
 //! `pull` is async (network); `import_layout`, `prepare` and `gc` do blocking
 //! file-system work: call them from `spawn_blocking` or a dedicated thread. The
