@@ -1,5 +1,6 @@
 //! Shared fixtures for Outpost's end-to-end tests: the real `outpost-hub` and
-//! `outpost-agent` binaries, a real `docker-registry` holding the sample image, a
+//! `outpost-agent` binaries, a real `docker-registry` holding the sample image
+//! (open over HTTP, or private: TLS from a test CA plus htpasswd auth), a
 //! cuttable TCP proxy between agent and broker, and polling helpers.
 //!
 //! Every fixture owns what it starts and tears it down in `Drop`, so a failing
@@ -214,22 +215,57 @@ impl Drop for Proc {
 #[derive(Debug)]
 pub struct Registry {
     pub port: u16,
+    /// Set for [`Registry::start_private`].
+    pub private: Option<PrivateAccess>,
     _proc: Proc,
     _dir: tempfile::TempDir,
 }
 
+/// How to get into a private registry. The files live in the registry's temp
+/// dir; configs point at them as an operator's would.
+#[derive(Debug, Clone)]
+pub struct PrivateAccess {
+    pub username: String,
+    /// Random per registry, so finding it in a log or API answer is meaningful.
+    pub password: String,
+    /// The password alone, as `password_file` wants it.
+    pub password_file: PathBuf,
+    /// PEM of the CA that signed the registry's certificate.
+    pub ca_file: PathBuf,
+}
+
 impl Registry {
     pub fn start() -> Result<Registry> {
+        Registry::spawn(None)
+    }
+
+    /// HTTPS with a certificate from a CA made here (rcgen) and htpasswd
+    /// (bcrypt) auth for one user with a random password: anonymous access,
+    /// including pulls, is refused.
+    pub fn start_private() -> Result<Registry> {
+        Registry::spawn(Some("edge"))
+    }
+
+    fn spawn(user: Option<&str>) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let conf = dir.path().join("config.yml");
-        std::fs::write(
-            &conf,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        let private = match user {
+            None => None,
+            Some(username) => {
+                let access = private_files(dir.path(), username)?;
+                yaml += &format!(
+                    "  tls:\n    certificate: {0}/server.pem\n    key: {0}/server.key\nauth:\n  htpasswd:\n    realm: outpost-e2e\n    path: {0}/htpasswd\n",
+                    dir.path().display()
+                );
+                Some(access)
+            }
+        };
+        std::fs::write(&conf, yaml)?;
         let proc = Proc::spawn(
             "docker-registry",
             Command::new("docker-registry").arg("serve").arg(&conf),
@@ -238,6 +274,7 @@ impl Registry {
         wait_port(port)?;
         Ok(Registry {
             port,
+            private,
             _proc: proc,
             _dir: dir,
         })
@@ -251,12 +288,108 @@ impl Registry {
     pub fn push_sample(&self, tag: &str) -> Result<String> {
         let layout = sample_layout();
         let dest = format!("{}/hello:{tag}", self.host());
-        run(Command::new("skopeo")
-            .args(["copy", "--all", "--quiet", "--dest-tls-verify=false"])
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--all", "--quiet"]);
+        match &self.private {
+            // skopeo trusts the CA through a directory of `*.crt` files.
+            Some(p) => {
+                let certs = p.ca_file.with_file_name("skopeo-certs");
+                std::fs::create_dir_all(&certs)?;
+                std::fs::copy(&p.ca_file, certs.join("ca.crt"))?;
+                cmd.arg("--dest-cert-dir")
+                    .arg(&certs)
+                    .arg("--dest-creds")
+                    .arg(format!("{}:{}", p.username, p.password))
+            }
+            None => cmd.arg("--dest-tls-verify=false"),
+        };
+        run(cmd
             .arg(format!("oci:{}:latest", layout.display()))
             .arg(format!("docker://{dest}")))?;
         Ok(dest)
     }
+
+    /// The `[registry]` section of `hub.toml` / `agent.toml` that reaches this
+    /// registry: `insecure` for an open one; for a private one its CA and,
+    /// with `with_credentials`, the username and password file.
+    pub fn client_settings(&self, with_credentials: bool) -> toml::Table {
+        let mut section = toml::Table::new();
+        match &self.private {
+            None => {
+                section.insert("insecure".into(), vec![self.host()].into());
+            }
+            Some(p) => {
+                section.insert("ca_file".into(), p.ca_file.display().to_string().into());
+                if with_credentials {
+                    let mut login = toml::Table::new();
+                    login.insert("username".into(), p.username.clone().into());
+                    login.insert(
+                        "password_file".into(),
+                        p.password_file.display().to_string().into(),
+                    );
+                    let mut auth = toml::Table::new();
+                    auth.insert(self.host(), login.into());
+                    section.insert("auth".into(), auth.into());
+                }
+            }
+        }
+        section
+    }
+}
+
+/// Write a private registry's CA, server certificate and key, htpasswd and
+/// password file into `dir`.
+fn private_files(dir: &Path, username: &str) -> Result<PrivateAccess> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "outpost e2e registry CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    // An IP string becomes an IP subject alternative name.
+    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate()?;
+    let server = server_params.signed_by(&server_key, &ca)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("server.pem"), server.pem())?;
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem())?;
+
+    let password = format!("pw-{:016x}", rand::random::<u64>());
+    // Cost 4: the minimum, the registry checks it on every request.
+    let hash = bcrypt::hash(&password, 4)?;
+    std::fs::write(dir.join("htpasswd"), format!("{username}:{hash}\n"))?;
+    let password_file = dir.join("registry.pass");
+    std::fs::write(&password_file, format!("{password}\n"))?;
+    std::fs::set_permissions(
+        &password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    Ok(PrivateAccess {
+        username: username.to_string(),
+        password,
+        password_file,
+        ca_file: dir.join("ca.pem"),
+    })
+}
+
+/// Replace the `[registry]` section of the TOML config at `path`.
+fn set_registry_section(path: &Path, section: toml::Table) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut config: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    config.insert("registry".into(), section.into());
+    std::fs::write(path, toml::to_string_pretty(&config)?)?;
+    Ok(())
 }
 
 impl Registry {
@@ -427,13 +560,8 @@ impl Hub {
                 &format!("[mqtt]\nca_file = \"{}\"\n", ca.display()),
             );
         }
-        let insecure = format!("insecure = [\"{}\"]", registry.host());
-        let cfg = if cfg.contains("insecure = []") {
-            cfg.replace("insecure = []", &insecure)
-        } else {
-            format!("{cfg}\n[registry]\n{insecure}\n")
-        };
         std::fs::write(&cfg_path, cfg)?;
+        set_registry_section(&cfg_path, registry.client_settings(true))?;
         let mut hub = Hub {
             dir,
             http_port,
@@ -543,6 +671,32 @@ impl Hub {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+
+    /// Replace hub.toml's `[registry]` section (takes effect at the next `serve`).
+    pub fn set_registry(&self, section: toml::Table) -> Result<()> {
+        set_registry_section(&self.dir.path().join("hub.toml"), section)
+    }
+
+    /// GET an HTTP API path with the hub's token; the raw response body.
+    pub fn api_get(&self, path: &str) -> Result<String> {
+        let token = std::fs::read_to_string(self.dir.path().join("token"))?;
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+            token.trim()
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let (head, body) = buf
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("malformed answer to GET {path}"))?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            bail!("GET {path}: {head}");
+        }
+        Ok(body.to_string())
     }
 }
 
@@ -662,9 +816,20 @@ impl Agent {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--run-dir")
-            .arg(dir.path().join("run"))
-            .arg("--registry-insecure")
-            .arg(registry.host());
+            .arg(dir.path().join("run"));
+        match &registry.private {
+            Some(p) => cmd
+                .arg("--registry-ca-file")
+                .arg(&p.ca_file)
+                .arg("--registry-auth")
+                .arg(format!(
+                    "{}={}:{}",
+                    registry.host(),
+                    p.username,
+                    p.password_file.display()
+                )),
+            None => cmd.arg("--registry-insecure").arg(registry.host()),
+        };
         if let Some(ca) = ca_file {
             cmd.arg("--ca-file").arg(ca);
         }
@@ -847,6 +1012,11 @@ impl Agent {
         )
         .map(|s| s.lines().count())
         .unwrap_or(0)
+    }
+
+    /// Replace agent.toml's `[registry]` section (read at the next start).
+    pub fn set_registry(&self, section: toml::Table) -> Result<()> {
+        set_registry_section(&self.config(), section)
     }
 
     /// Rewrite the broker URL in the agent's config.

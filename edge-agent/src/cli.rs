@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Generate the device key (kept on the device, mode 0600) and write the config.
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Run the agent until SIGTERM/Ctrl-C (apps keep running after it exits).
     Run,
     /// Print the local view: applied generation, apps, rejections.
@@ -105,11 +105,59 @@ pub struct InitArgs {
     /// `host:port` of a registry reached over plain HTTP (repeatable).
     #[arg(long = "registry-insecure")]
     pub registry_insecure: Vec<String>,
+    /// PEM CA bundle trusted for registries besides the system roots.
+    #[arg(long)]
+    pub registry_ca_file: Option<PathBuf>,
+    /// Docker's `config.json` whose `auths` entries give registry credentials.
+    #[arg(long)]
+    pub registry_docker_config: Option<PathBuf>,
+    /// `HOST=USERNAME:PASSWORD_FILE`: basic credentials for one registry, the
+    /// password read from the file at start (repeatable).
+    #[arg(long = "registry-auth", value_name = "HOST=USERNAME:PASSWORD_FILE")]
+    pub registry_auth: Vec<String>,
+    /// `HOST=TOKEN_FILE`: a bearer token for one registry, read from the file
+    /// at start (repeatable).
+    #[arg(long = "registry-token", value_name = "HOST=TOKEN_FILE")]
+    pub registry_token: Vec<String>,
+}
+
+/// The `[registry]` section from `init`'s flags. Only paths go into the config.
+fn registry_section(a: &InitArgs) -> Result<RegistryConfig> {
+    let mut registry = RegistryConfig {
+        insecure: a.registry_insecure.clone(),
+        ca_file: a.registry_ca_file.clone(),
+        docker_config: a.registry_docker_config.clone(),
+        ..RegistryConfig::default()
+    };
+    for spec in &a.registry_auth {
+        let (host, login) = spec.split_once('=').with_context(|| {
+            format!("--registry-auth {spec:?} must be HOST=USERNAME:PASSWORD_FILE")
+        })?;
+        let (username, file) = login.split_once(':').with_context(|| {
+            format!("--registry-auth {spec:?} must be HOST=USERNAME:PASSWORD_FILE")
+        })?;
+        let entry = registry.auth.entry(host.to_string()).or_default();
+        entry.username = Some(username.to_string());
+        entry.password_file = Some(PathBuf::from(file));
+    }
+    for spec in &a.registry_token {
+        let (host, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--registry-token {spec:?} must be HOST=TOKEN_FILE"))?;
+        registry
+            .auth
+            .entry(host.to_string())
+            .or_default()
+            .token_file = Some(PathBuf::from(file));
+    }
+    // Read the files now so a typo fails here rather than at the first pull.
+    registry.load().context("checking the --registry-* flags")?;
+    Ok(registry)
 }
 
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init(args) => init(&cli.config, args),
+        Command::Init(args) => init(&cli.config, *args),
         Command::Run => run(&cli.config),
         Command::Status { json } => status(&cli.config, json),
         Command::StopAll => stop_all(&cli.config),
@@ -306,6 +354,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
     let keyset = std::fs::read(&a.keyset)
         .with_context(|| format!("reading --keyset {}", a.keyset.display()))?;
     initial_trust(root, &keyset, &a.keyset.display().to_string())?;
+    let registry = registry_section(&a)?;
 
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating data dir {}", a.data_dir.display()))?;
@@ -323,9 +372,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
         keyset_file,
         data_dir: a.data_dir,
         run_dir: a.run_dir,
-        registry: RegistryConfig {
-            insecure: a.registry_insecure,
-        },
+        registry,
         images: Default::default(),
         logs: Default::default(),
         outbox_limit: 10_000,
@@ -366,12 +413,14 @@ fn adapters(
     Arc<crate::images::OciImages>,
     Arc<crate::runtime::RuntimeDriver>,
 )> {
-    let images = crate::images::OciImages::open(
-        &cfg.images_dir(),
-        cfg.budget_bytes()?,
-        cfg.registry.insecure.clone(),
-        handle,
-    )?;
+    // Credentials and CA are read once, at start; a bad file stops the agent
+    // with an error naming it.
+    let registry = cfg
+        .registry
+        .load()
+        .context("agent config [registry] section")?;
+    let images =
+        crate::images::OciImages::open(&cfg.images_dir(), cfg.budget_bytes()?, registry, handle)?;
     Ok((Arc::new(images), Arc::new(runtime_driver(cfg)?)))
 }
 

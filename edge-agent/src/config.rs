@@ -33,14 +33,11 @@ pub enum ConfigError {
     BadLogs { field: &'static str, why: String },
 }
 
-/// Registry access of the image provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// `host:port` registries reached over plain HTTP (test and lab setups only).
-    #[serde(default)]
-    pub insecure: Vec<String>,
-}
+/// Registry access of the image provider: the `[registry]` section shared with
+/// the hub (insecure hosts, CA file, Docker config, per-registry credentials
+/// files), defined and loaded by `outpost-oci`. It holds only paths to the
+/// secrets, so this file stays secret-free.
+pub use outpost_oci::RegistrySettings as RegistryConfig;
 
 /// A byte count written as a number or as text (`"1MiB"`, `"500MB"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

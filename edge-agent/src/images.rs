@@ -50,19 +50,19 @@ pub fn lock_store(dir: &Path) -> Result<Flock<std::fs::File>, DriverError> {
 }
 
 impl OciImages {
-    /// Open the store in `dir` with a budget of `budget_bytes`.
+    /// Open the store in `dir` with a budget of `budget_bytes`; `registry`: the
+    /// loaded `[registry]` section (credentials and CA already read from their
+    /// files).
     pub fn open(
         dir: &Path,
         budget_bytes: u64,
-        insecure_hosts: Vec<String>,
+        registry: RegistryConfig,
         handle: tokio::runtime::Handle,
     ) -> Result<OciImages, DriverError> {
         let store = ImageStore::open(dir, budget_bytes)
             .map_err(|e| DriverError::new("open image store", dir.display().to_string(), e))?;
-        let client = Client::new(RegistryConfig {
-            insecure_hosts,
-            ..RegistryConfig::default()
-        });
+        let client = Client::try_new(registry)
+            .map_err(|e| DriverError::new("configure registry client", "[registry]", e))?;
         Ok(OciImages {
             store,
             client,

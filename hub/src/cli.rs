@@ -188,8 +188,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 BrokerUrl::parse(&b)?;
                 config.mqtt.broker = Some(b);
             }
-            let resolver: Arc<dyn ImageResolver> =
-                Arc::new(OciResolver::new(config.registry.insecure.clone()));
+            // Credentials and CA files are read once, here: a bad one stops the
+            // hub with an error naming the file.
+            let registry = config
+                .registry
+                .load()
+                .context("hub.toml [registry] section")?;
+            let resolver: Arc<dyn ImageResolver> = Arc::new(
+                OciResolver::with_config(registry).context("hub.toml [registry] section")?,
+            );
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
             serve::serve(

@@ -70,14 +70,11 @@ pub struct MqttConfig {
     pub max_connections: usize,
 }
 
-/// Registry access for resolving image tags to digests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// Registries (`host:port`) reached over plain HTTP instead of HTTPS.
-    #[serde(default)]
-    pub insecure: Vec<String>,
-}
+/// Registry access for resolving image tags to digests: the `[registry]`
+/// section shared with the agent (insecure hosts, CA file, Docker config,
+/// per-registry credentials files), defined and loaded by `outpost-oci`. It
+/// holds only paths, so saving or printing `hub.toml` never writes a secret.
+pub use outpost_oci::RegistrySettings as RegistryConfig;
 
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8480))
@@ -255,6 +252,38 @@ mod tests {
     fn the_shipped_example_config_is_valid() {
         let c: HubConfig = toml::from_str(include_str!("../../examples/hub.toml")).unwrap();
         assert_eq!(c.registry.insecure, vec!["localhost:5000".to_string()]);
+    }
+
+    #[test]
+    fn registry_credentials_section_parses_and_refuses_inline_secrets() {
+        let c: HubConfig = toml::from_str(
+            r#"
+[registry]
+insecure = ["lab:5000"]
+ca_file = "/etc/outpost/registry-ca.pem"
+docker_config = "/root/.docker/config.json"
+[registry.auth."registry.example:5000"]
+username = "pi"
+password_file = "/etc/outpost/registry.pass"
+[registry.auth."tok.example"]
+token_file = "/etc/outpost/registry.token"
+"#,
+        )
+        .unwrap();
+        let auth = &c.registry.auth["registry.example:5000"];
+        assert_eq!(auth.username.as_deref(), Some("pi"));
+        assert_eq!(
+            c.registry.ca_file.as_deref(),
+            Some(Path::new("/etc/outpost/registry-ca.pem"))
+        );
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(toml::from_str::<HubConfig>(&text).unwrap(), c);
+        // Secrets live in files only: an inline password is a config error.
+        let err = toml::from_str::<HubConfig>(
+            "[registry.auth.\"r:5000\"]\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
     }
 
     #[test]

@@ -70,6 +70,15 @@ impl OciResolver {
             }),
         }
     }
+
+    /// A resolver with everything `hub.toml`'s `[registry]` section configured
+    /// (already loaded: credentials and CA read from their files). Fails on an
+    /// unusable CA rather than resolving without it.
+    pub fn with_config(config: outpost_oci::RegistryConfig) -> Result<Self, outpost_oci::OciError> {
+        Ok(OciResolver {
+            client: outpost_oci::Client::try_new(config)?,
+        })
+    }
 }
 
 impl std::fmt::Debug for OciResolver {

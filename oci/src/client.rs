@@ -15,8 +15,15 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use outpost_protocol::{Digest, ImageRef};
+use rustls::pki_types::CertificateDer;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
+
+/// A stalled link must fail (and be retried, resuming) rather than hang a
+/// pull forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Credentials for one registry host.
 #[derive(Clone, PartialEq, Eq)]
@@ -61,6 +68,9 @@ pub(crate) struct BlobBody {
 /// One registry client; cheap to share behind an `Arc` (it caches tokens).
 pub struct Client {
     inner: oci_client::Client,
+    /// Manifest GETs go through this client (same roots and timeouts) instead of
+    /// oci-client's, which reads a manifest body whole with no size limit.
+    http: reqwest::Client,
     config: RegistryConfig,
 }
 
@@ -78,10 +88,13 @@ impl Client {
                     extra_root_certificates_pem: Vec::new(),
                     ..config
                 };
-                // Without certificates the only inputs are plain strings: no failure left.
-                let inner = oci_client::Client::new(client_config(&without_certs));
+                // Without certificates the only inputs are plain strings; should
+                // the TLS backend still fail to start, fall back to defaults.
+                let inner = oci_client::Client::new(client_config(&without_certs, &[]));
+                let http = http_client(&[]).unwrap_or_default();
                 Client {
                     inner,
+                    http,
                     config: without_certs,
                 }
             }
@@ -92,9 +105,23 @@ impl Client {
     pub fn try_new(config: RegistryConfig) -> Result<Client, OciError> {
         // Err means a provider is already installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let inner = oci_client::Client::try_from(client_config(&config))
+        let mut roots = Vec::new();
+        for (i, pem) in config.extra_root_certificates_pem.iter().enumerate() {
+            roots.extend(pem_certificates(pem).map_err(|reason| {
+                OciError::Config(format!(
+                    "extra root certificate bundle #{}: {reason}",
+                    i + 1
+                ))
+            })?);
+        }
+        let inner = oci_client::Client::try_from(client_config(&config, &roots))
             .map_err(|e| OciError::Config(e.to_string()))?;
-        Ok(Client { inner, config })
+        let http = http_client(&roots).map_err(|e| OciError::Config(error_chain(&e)))?;
+        Ok(Client {
+            inner,
+            http,
+            config,
+        })
     }
 
     fn auth_for(&self, reference: &Reference) -> RegistryAuth {
@@ -124,16 +151,28 @@ impl Client {
             reason: why.to_string(),
         })?;
         let auth = self.auth_for(&parsed);
-        self.authenticate(&parsed, &auth).await?;
-        let digest = self
-            .inner
-            .fetch_manifest_digest(&parsed, &auth)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        let digest: Digest = digest.parse().map_err(|_| OciError::InvalidReference {
-            reference: reference.to_string(),
-            reason: format!("registry answered with a non-sha256 digest {digest:?}"),
-        })?;
+        // A GET rather than oci-client's HEAD: the bytes are what a device will
+        // fetch by digest, so their size is checked here, at apply time, and the
+        // pinned digest is the sha256 of exactly those bytes.
+        let (bytes, header_digest) = self.get_manifest(&parsed, &auth).await?;
+        let digest = Digest::of(&bytes);
+        let claimed = parsed
+            .digest()
+            .map(|d| (d.to_string(), "the reference"))
+            .into_iter()
+            .chain(header_digest.map(|d| (d, "the Docker-Content-Digest header")));
+        for (text, source) in claimed {
+            // Only sha256 claims can be compared; we pin by sha256 of the bytes.
+            if let Ok(expected) = text.parse::<Digest>() {
+                if expected != digest {
+                    return Err(OciError::DigestMismatch {
+                        what: format!("manifest served for {reference} (digest from {source})"),
+                        expected,
+                        actual: digest,
+                    });
+                }
+            }
+        }
         tracing::debug!(%reference, %digest, "resolved image reference");
         Ok(ImageRef { repository, digest })
     }
@@ -141,17 +180,97 @@ impl Client {
     /// Answer the registry's auth challenge for this repository (a `GET /v2/`, then
     /// a token request if it asks for a bearer token). oci-client does not do this
     /// by itself before manifest or blob requests. Done before every operation:
-    /// cheap, and it renews tokens that expired during a long pull.
+    /// cheap, and it renews tokens that expired during a long pull. Returns the
+    /// bearer token, if the registry issued one.
     async fn authenticate(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
-    ) -> Result<(), OciError> {
+    ) -> Result<Option<String>, OciError> {
         self.inner
             .auth(reference, auth, oci_client::RegistryOperation::Pull)
             .await
-            .map(|_| ())
-            .map_err(|e| classify(&reference.whole(), e))
+            .map_err(|e| self.classify(reference, e))
+    }
+
+    /// GET the manifest or index `reference` names (by tag or digest), reading at
+    /// most [`crate::spec::MAX_DOCUMENT_BYTES`]: checked against Content-Length
+    /// before reading and again while reading (a chunked or lying response).
+    /// Returns the body and the registry's `Docker-Content-Digest` header.
+    async fn get_manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<(Vec<u8>, Option<String>), OciError> {
+        use futures_util::StreamExt;
+        let limit = crate::spec::MAX_DOCUMENT_BYTES;
+        let shown = reference.whole();
+        let token = self.authenticate(reference, auth).await?;
+        let registry = reference.resolve_registry();
+        let scheme = if self.config.insecure_hosts.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let target = reference.digest().or(reference.tag()).unwrap_or("latest");
+        let mut url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{target}",
+            reference.repository()
+        );
+        if let Some(ns) = reference.namespace() {
+            url.push_str(&format!("?ns={ns}"));
+        }
+        let mut request = self.http.get(&url).header(
+            reqwest::header::ACCEPT,
+            crate::spec::ACCEPTED_MANIFEST_TYPES.join(", "),
+        );
+        request = match (&token, auth) {
+            (Some(token), _) | (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(username, password)) => {
+                request.basic_auth(username, Some(password))
+            }
+            (None, RegistryAuth::Anonymous) => request,
+        };
+        let failed = |detail: String| OciError::Registry {
+            reference: shown.clone(),
+            detail,
+        };
+        let response = request.send().await.map_err(|e| failed(error_chain(&e)))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(self.unauthorized(reference));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(OciError::NotFound { reference: shown });
+        }
+        if !status.is_success() {
+            return Err(failed(format!("GET {url} answered HTTP {status}")));
+        }
+        let too_large = |detail: String| OciError::ManifestTooLarge {
+            reference: shown.clone(),
+            limit,
+            detail,
+        };
+        if let Some(announced) = response.content_length().filter(|n| *n > limit) {
+            return Err(too_large(format!(
+                "the registry announced {announced} bytes"
+            )));
+        }
+        let header_digest = response
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| failed(error_chain(&e)))?;
+            if body.len() as u64 + chunk.len() as u64 > limit {
+                return Err(too_large(format!("more than {limit} bytes arrived")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, header_digest))
     }
 
     /// The oci-client reference of blob or manifest `digest` in `image`'s
@@ -183,12 +302,7 @@ impl Client {
     ) -> Result<Vec<u8>, OciError> {
         let reference = Self::pinned(image, digest)?;
         let auth = self.auth_for(&reference);
-        self.authenticate(&reference, &auth).await?;
-        let (bytes, _) = self
-            .inner
-            .pull_manifest_raw(&reference, &auth, crate::spec::ACCEPTED_MANIFEST_TYPES)
-            .await
-            .map_err(|e| classify(&reference.whole(), e))?;
+        let (bytes, _) = self.get_manifest(&reference, &auth).await?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
             return Err(OciError::DigestMismatch {
@@ -197,7 +311,7 @@ impl Client {
                 actual,
             });
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     /// Start downloading blob `digest` of `image`'s repository at byte `offset`.
@@ -215,7 +329,7 @@ impl Client {
             .inner
             .pull_blob_stream_partial(&reference, &digest_str.as_str(), offset, None)
             .await
-            .map_err(|e| classify(&reference.whole(), e))?;
+            .map_err(|e| self.classify(&reference, e))?;
         Ok(match response {
             BlobResponse::Full(s) => BlobBody {
                 resumed: offset == 0,
@@ -252,67 +366,72 @@ fn split_registry(name: &str) -> (String, String) {
     (registry.to_string(), path)
 }
 
-fn client_config(config: &RegistryConfig) -> ClientConfig {
+/// The certificates of a PEM bundle, each checked to be usable as a trust
+/// anchor. Errors never quote the input (a mistyped path could point at a
+/// secret).
+pub(crate) fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::{Error as PemError, PemObject};
+    let mut certs = Vec::new();
+    for item in CertificateDer::pem_slice_iter(pem) {
+        let cert = item.map_err(|e| match e {
+            PemError::IllegalSectionStart { .. } => "a PEM section start line is malformed".into(),
+            other => format!("it is not valid PEM ({other})"),
+        })?;
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| {
+                format!(
+                    "certificate #{} is not a usable CA certificate: {e}",
+                    certs.len() + 1
+                )
+            })?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
+}
+
+fn client_config(config: &RegistryConfig, roots: &[CertificateDer<'static>]) -> ClientConfig {
     ClientConfig {
         protocol: ClientProtocol::HttpsExcept(config.insecure_hosts.clone()),
         // We pick the platform ourselves, from the raw index.
         platform_resolver: None,
-        extra_root_certificates: config
-            .extra_root_certificates_pem
+        // One DER entry per certificate: oci-client's PEM path takes only the
+        // first certificate of a bundle.
+        extra_root_certificates: roots
             .iter()
-            .map(|pem| oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data: pem.clone(),
+            .map(|der| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Der,
+                data: der.to_vec(),
             })
             .collect(),
-        // A stalled link must fail (and be retried, resuming) rather than
-        // hang a pull forever.
-        connect_timeout: Some(std::time::Duration::from_secs(30)),
-        read_timeout: Some(std::time::Duration::from_secs(60)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..ClientConfig::default()
     }
 }
 
-/// Turn an oci-client error into one that says what went wrong with `reference`.
-fn classify(reference: &str, e: OciDistributionError) -> OciError {
-    let not_found = match &e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
-            matches!(
-                x.code,
-                oci_client::errors::OciErrorCode::ManifestUnknown
-                    | oci_client::errors::OciErrorCode::NameUnknown
-                    | oci_client::errors::OciErrorCode::BlobUnknown
-            )
-        }),
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        _ => false,
-    };
-    if not_found {
-        return OciError::NotFound {
-            reference: reference.to_string(),
-        };
-    }
-    let unauthorized = match &e {
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
-            matches!(
-                x.code,
-                oci_client::errors::OciErrorCode::Unauthorized
-                    | oci_client::errors::OciErrorCode::Denied
-            )
-        }),
-        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
-        _ => false,
-    };
-    if unauthorized {
-        return OciError::Unauthorized {
-            reference: reference.to_string(),
-        };
-    }
+/// The HTTP client for manifest GETs: the same trust and timeouts as oci-client's.
+fn http_client(roots: &[CertificateDer<'static>]) -> Result<reqwest::Client, reqwest::Error> {
+    let certs = roots
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()?;
+    reqwest::Client::builder()
+        .tls_certs_merge(certs)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// `e` and its causes (e.g. the TLS error under reqwest's "error sending
+/// request"), since callers often log only `to_string()`.
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut detail = e.to_string();
-    let mut cause = std::error::Error::source(&e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
         if !detail.contains(&text) {
@@ -320,9 +439,64 @@ fn classify(reference: &str, e: OciDistributionError) -> OciError {
         }
         cause = c.source();
     }
-    OciError::Registry {
-        reference: reference.to_string(),
-        detail,
+    detail
+}
+
+impl Client {
+    /// A 401/403 from `reference`'s registry, saying whether we sent credentials.
+    fn unauthorized(&self, reference: &Reference) -> OciError {
+        let registry = reference.registry().to_string();
+        OciError::Unauthorized {
+            reference: reference.whole(),
+            anonymous: !self.config.credentials.contains_key(&registry),
+            registry,
+        }
+    }
+
+    /// Turn an oci-client error into one that says what went wrong with `reference`.
+    fn classify(&self, reference: &Reference, e: OciDistributionError) -> OciError {
+        let not_found = match &e {
+            OciDistributionError::ImageManifestNotFoundError(_) => true,
+            OciDistributionError::RegistryError { envelope, .. } => {
+                envelope.errors.iter().any(|x| {
+                    matches!(
+                        x.code,
+                        oci_client::errors::OciErrorCode::ManifestUnknown
+                            | oci_client::errors::OciErrorCode::NameUnknown
+                            | oci_client::errors::OciErrorCode::BlobUnknown
+                    )
+                })
+            }
+            OciDistributionError::ServerError { code, .. } => *code == 404,
+            _ => false,
+        };
+        if not_found {
+            return OciError::NotFound {
+                reference: reference.whole(),
+            };
+        }
+        let unauthorized = match &e {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => true,
+            OciDistributionError::RegistryError { envelope, .. } => {
+                envelope.errors.iter().any(|x| {
+                    matches!(
+                        x.code,
+                        oci_client::errors::OciErrorCode::Unauthorized
+                            | oci_client::errors::OciErrorCode::Denied
+                    )
+                })
+            }
+            OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+            _ => false,
+        };
+        if unauthorized {
+            return self.unauthorized(reference);
+        }
+        OciError::Registry {
+            reference: reference.whole(),
+            detail: error_chain(&e),
+        }
     }
 }
 

@@ -14,10 +14,20 @@ pub enum OciError {
     InvalidReference { reference: String, reason: String },
     #[error("image {reference} was not found in the registry (unknown repository, tag or digest)")]
     NotFound { reference: String },
-    #[error(
-        "registry refused access to {reference}: check the credentials configured for its host"
-    )]
-    Unauthorized { reference: String },
+    /// `anonymous`: no credentials are configured for `registry`, so none were
+    /// sent (the usual cause); otherwise the configured ones were refused.
+    #[error("{}", unauthorized_message(registry, reference, *anonymous))]
+    Unauthorized {
+        reference: String,
+        registry: String,
+        anonymous: bool,
+    },
+    #[error("manifest {reference} is larger than the {limit}-byte limit: {detail}")]
+    ManifestTooLarge {
+        reference: String,
+        limit: u64,
+        detail: String,
+    },
     /// `detail` is the whole cause chain (e.g. the TLS error under reqwest's
     /// "error sending request"), since callers often log only `to_string()`.
     #[error("registry request for {reference} failed: {detail}")]
@@ -75,6 +85,14 @@ pub enum OciError {
     Config(String),
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+fn unauthorized_message(registry: &str, reference: &str, anonymous: bool) -> String {
+    if anonymous {
+        format!("registry {registry} refused anonymous access to {reference}: it needs credentials; configure them for {registry} ([registry.auth] or docker_config)")
+    } else {
+        format!("registry {registry} refused the credentials configured for it (accessing {reference}): check the username and password or token")
+    }
 }
 
 impl OciError {

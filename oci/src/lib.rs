@@ -6,6 +6,11 @@
 //! - [`client`]: [`Client::new`]`(`[`RegistryConfig`]`)` and
 //!   [`Client::resolve`]`("repo:tag") -> ImageRef` (pinned by the digest of the index
 //!   for multi-arch images). Used by the hub at apply time and by the store to pull.
+//!   Manifests and indexes are read up to [`spec::MAX_DOCUMENT_BYTES`] (4 MiB).
+//! - [`settings`]: the `[registry]` section of `hub.toml` and `agent.toml`
+//!   ([`RegistrySettings`]: insecure hosts, CA file, Docker `config.json`,
+//!   per-registry username + password file or token file) and
+//!   [`RegistrySettings::load`], which reads those files into a [`RegistryConfig`].
 //! - [`spec`]: the OCI JSON documents and the pure decisions on them (platform
 //!   selection from an index, manifest kind, layer compression).
 //! - [`blobs`]: the content-addressed blob store: verified, crash-safe writes
@@ -24,10 +29,14 @@
 //!   - `store.gc(&keep) -> GcReport`: removes images, blobs and unpacked layers
 //!     that no kept image references; `store.describe() -> Vec<HeldImage>`: each
 //!     held image with its size and the part only it uses.
+//!   - `store.with_layer_limits(LayerLimits { .. })`: how large a layer may
+//!     unpack to (absolute, and relative to its compressed size), so a
+//!     decompression bomb is refused instead of filling the disk.
 //!
 //!   Layout import lives in `store/import.rs`, garbage collection in `store/gc.rs`.
 //! - [`unpack`]: turns a layer tarball (plain, gzip or zstd) into a directory,
-//!   refusing path escapes and converting OCI whiteouts for overlayfs.
+//!   refusing path escapes and layers over their size limit, and converting OCI
+//!   whiteouts for overlayfs.
 //! - [`build`]: writes reproducible OCI image layouts from static binaries (used by
 //!   `outpost-image-build` and tests).
 //!
@@ -50,12 +59,15 @@ pub mod blobs;
 pub mod build;
 pub mod client;
 mod error;
+pub mod settings;
 pub mod spec;
 pub mod store;
 pub mod unpack;
 
 pub use client::{Client, Credentials, RegistryConfig};
 pub use error::OciError;
+pub use settings::{AuthSettings, RegistrySettings, SettingsError};
 pub use store::{
-    GcReport, HeldImage, ImageStore, ImportedImage, PreparedImage, PullProgress, PulledImage,
+    GcReport, HeldImage, ImageStore, ImportedImage, LayerLimits, PreparedImage, PullProgress,
+    PulledImage,
 };

@@ -14,11 +14,16 @@
 //!   device `NAME`, `.wh..wh..opq` → the `trusted.overlay.opaque=y` xattr on its
 //!   directory.
 //!
+//! The uncompressed stream is capped ([`unpack_layer_limited`]): a gzip or zstd
+//! bomb (kilobytes that inflate to gigabytes) stops at the cap instead of
+//! filling the disk, so at most `limit` bytes are ever written.
+//!
 //! The caller unpacks into a fresh private directory and publishes it only when
 //! this returns `Ok` and the digests match; a refused layer is deleted whole.
 
 use crate::blobs::HashingReader;
 use outpost_protocol::Digest;
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -55,6 +60,8 @@ pub enum UnpackError {
     UnsafeParent { entry: String, parent: String },
     #[error("entry {entry:?} has a uid or gid that does not fit 32 bits")]
     BadOwner { entry: String },
+    #[error("it unpacks to more than {limit} bytes, its size limit (a decompression bomb, or a layer too large for this store)")]
+    TooLarge { limit: u64 },
     #[error("writing {path} failed: {source}")]
     Write {
         path: PathBuf,
@@ -120,8 +127,34 @@ fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
     }
 }
 
-/// Unpack the layer blob read from `blob` into `dest` (an existing, empty directory).
+/// Unpack the layer blob read from `blob` into `dest` (an existing, empty
+/// directory), with no size limit beyond the disk's: for trusted input only.
 pub fn unpack_layer(blob: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
+    unpack_layer_limited(blob, dest, u64::MAX)
+}
+
+/// Like [`unpack_layer`], but refuse ([`UnpackError::TooLarge`]) a layer whose
+/// uncompressed tar stream is longer than `limit` bytes.
+pub fn unpack_layer_limited(
+    blob: impl Read,
+    dest: &Path,
+    limit: u64,
+) -> Result<Unpacked, UnpackError> {
+    let exceeded = Cell::new(false);
+    let result = unpack_capped(blob, dest, limit, &exceeded);
+    // The tar reader may wrap or replace our I/O error; the flag is the truth.
+    if exceeded.get() {
+        return Err(UnpackError::TooLarge { limit });
+    }
+    result
+}
+
+fn unpack_capped(
+    blob: impl Read,
+    dest: &Path,
+    limit: u64,
+    exceeded: &Cell<bool>,
+) -> Result<Unpacked, UnpackError> {
     let mut blob_hash = HashingReader::new(blob);
     let (diff_id, stats) = {
         let mut buffered = BufReader::new(&mut blob_hash);
@@ -142,7 +175,12 @@ pub fn unpack_layer(blob: impl Read, dest: &Path) -> Result<Unpacked, UnpackErro
         } else {
             Box::new(buffered)
         };
-        let mut diff_hash = HashingReader::new(decoder);
+        let capped = Capped {
+            inner: decoder,
+            remaining: limit,
+            exceeded,
+        };
+        let mut diff_hash = HashingReader::new(capped);
         let stats = unpack_tar(&mut diff_hash, dest)?;
         // Hash the tar's trailing padding too: the diff id covers the whole stream.
         std::io::copy(&mut diff_hash, &mut std::io::sink()).map_err(UnpackError::Read)?;
@@ -155,6 +193,39 @@ pub fn unpack_layer(blob: impl Read, dest: &Path) -> Result<Unpacked, UnpackErro
         diff_id,
         ..stats
     })
+}
+
+/// A reader that fails once more than `remaining` bytes would come out of it,
+/// and says so through `exceeded`.
+struct Capped<'a, R> {
+    inner: R,
+    remaining: u64,
+    exceeded: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Capped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.remaining == 0 {
+            // At the cap: the stream is fine only if it ends here.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.exceeded.set(true);
+                    Err(std::io::Error::other("layer exceeds its size limit"))
+                }
+            };
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
 }
 
 fn unpack_tar(tar_stream: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
@@ -385,6 +456,47 @@ mod tests {
         assert!(clean_path(b"../x").is_err());
         assert!(clean_path(b"a/../../x").is_err());
         assert!(clean_path(b"/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn the_uncompressed_stream_is_capped_for_every_compression() {
+        use std::io::Write;
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_path("zeros").unwrap();
+        header.set_size(2 << 20);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append(&header, std::io::Read::take(std::io::repeat(0), 2 << 20))
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let blobs = [
+            ("gzip", gz.finish().unwrap()),
+            (
+                "zstd",
+                ruzstd::encoding::compress_to_vec(
+                    &tar[..],
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                ),
+            ),
+            ("plain", tar.clone()),
+        ];
+        for (kind, blob) in blobs {
+            let dir = tempfile::tempdir().unwrap();
+            let err = unpack_layer_limited(&blob[..], dir.path(), 1 << 20).unwrap_err();
+            assert!(
+                matches!(err, UnpackError::TooLarge { limit } if limit == 1 << 20),
+                "{kind}: {err:?}"
+            );
+            // A cap equal to the stream's length is not exceeded.
+            let dir = tempfile::tempdir().unwrap();
+            let unpacked = unpack_layer_limited(&blob[..], dir.path(), tar.len() as u64)
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(unpacked.diff_id, Digest::of(&tar), "{kind}");
+        }
     }
 
     #[test]

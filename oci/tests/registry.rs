@@ -316,8 +316,20 @@ async fn https_with_a_private_ca_and_basic_auth() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, OciError::Unauthorized { .. }),
+            matches!(&err, OciError::Unauthorized { registry: r, anonymous, .. }
+                if *r == registry.host() && *anonymous == creds.is_none()),
             "{creds:?}: {err:?}"
+        );
+        // The message names the registry and says which case it is.
+        let text = err.to_string();
+        let case = if creds.is_none() {
+            "anonymous"
+        } else {
+            "credentials"
+        };
+        assert!(
+            text.contains(&registry.host()) && text.contains(case),
+            "{text}"
         );
     }
 

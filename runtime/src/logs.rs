@@ -165,7 +165,9 @@ pub fn rotate_if_larger(live: &Path, max_bytes: u64, files: usize) -> Result<boo
         // stretch of the app's output.
         let slots = files - 1;
         let m = max_bytes.max(1);
-        let k = usize::try_from((cut - start).div_ceil(m)).unwrap_or(usize::MAX).min(slots);
+        let k = usize::try_from((cut - start).div_ceil(m))
+            .unwrap_or(usize::MAX)
+            .min(slots);
         for n in (slots + 1 - k)..=slots {
             let p = rotated_path(live, n);
             if let Err(e) = std::fs::remove_file(&p) {
@@ -187,8 +189,7 @@ pub fn rotate_if_larger(live: &Path, max_bytes: u64, files: usize) -> Result<boo
             let tmp = rotated_path(live, 0);
             let mut dst = File::create(&tmp).map_err(err("create rotated copy", &tmp))?;
             f.seek(SeekFrom::Start(begin)).map_err(err("seek", live))?;
-            std::io::copy(&mut (&mut f).take(end - begin), &mut dst)
-                .map_err(err("copy", &tmp))?;
+            std::io::copy(&mut (&mut f).take(end - begin), &mut dst).map_err(err("copy", &tmp))?;
             dst.flush().map_err(err("write", &tmp))?;
             // Each copy is complete before the live file loses those bytes.
             let to = rotated_path(live, i as usize);

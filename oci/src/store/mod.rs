@@ -1,6 +1,7 @@
 //! [`ImageStore`]: the agent's images on disk. Pulls (resumable, verified),
-//! imports from OCI layouts, prepares unpacked layer directories for the runtime,
-//! enforces a disk budget and garbage-collects what no kept image references.
+//! imports from OCI layouts, prepares unpacked layer directories for the runtime
+//! (each layer capped by [`LayerLimits`]), enforces a disk budget and
+//! garbage-collects what no kept image references.
 //!
 //! `pull` is async (network); `import_layout`, `prepare` and `gc` do blocking
 //! file-system work: call them from `spawn_blocking` or a dedicated thread. The
@@ -14,7 +15,7 @@ mod import;
 use crate::blobs::{list_hex_names, sync_dir, BlobStore};
 use crate::client::Client;
 use crate::spec::{self, Document};
-use crate::unpack::unpack_layer;
+use crate::unpack::unpack_layer_limited;
 use crate::OciError;
 use futures_util::StreamExt;
 use outpost_protocol::{Digest, ImageConfig, ImageRef, Platform};
@@ -88,12 +89,49 @@ pub struct HeldImage {
     pub unique_bytes: u64,
 }
 
+/// How large one layer may get once decompressed. A layer over either cap is
+/// refused while unpacking (nothing of it is kept), so a small gzip or zstd
+/// bomb cannot fill the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerLimits {
+    /// Absolute cap on a layer's uncompressed size. Default: the store's budget
+    /// (a layer larger than that could never be kept anyway).
+    pub max_bytes: u64,
+    /// Cap relative to the compressed blob: uncompressed ≤ `max_ratio` × blob
+    /// size, but never below [`LayerLimits::RATIO_FLOOR_BYTES`] (small layers
+    /// compress far better than large ones). Real layers stay under ~20×; gzip
+    /// bombs reach ~1000×, zstd ones more.
+    pub max_ratio: u64,
+}
+
+impl LayerLimits {
+    pub const DEFAULT_MAX_RATIO: u64 = 100;
+    pub const RATIO_FLOOR_BYTES: u64 = 64 * 1024 * 1024;
+
+    /// The defaults for a store with `budget_bytes`.
+    pub fn for_budget(budget_bytes: u64) -> LayerLimits {
+        LayerLimits {
+            max_bytes: budget_bytes,
+            max_ratio: Self::DEFAULT_MAX_RATIO,
+        }
+    }
+
+    /// The cap for a layer blob of `compressed_bytes`.
+    pub fn limit_for(&self, compressed_bytes: u64) -> u64 {
+        let relative = compressed_bytes
+            .saturating_mul(self.max_ratio)
+            .max(Self::RATIO_FLOOR_BYTES);
+        self.max_bytes.min(relative)
+    }
+}
+
 /// Images on disk; cheap to clone (it is just paths).
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
     blobs: BlobStore,
     budget_bytes: u64,
+    layer_limits: LayerLimits,
 }
 
 impl ImageStore {
@@ -109,7 +147,14 @@ impl ImageStore {
             root,
             blobs,
             budget_bytes,
+            layer_limits: LayerLimits::for_budget(budget_bytes),
         })
+    }
+
+    /// Replace the default [`LayerLimits`] (see there).
+    pub fn with_layer_limits(mut self, limits: LayerLimits) -> ImageStore {
+        self.layer_limits = limits;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -454,13 +499,16 @@ impl ImageStore {
             }
             Err(e) => return Err(OciError::io("open", &blob)(e)),
         };
+        let compressed = file.metadata().map_err(OciError::io("stat", &blob))?.len();
+        let limit = self.layer_limits.limit_for(compressed);
         let tmp = self.blobs.tmp_path("layer");
         fs::create_dir(&tmp).map_err(OciError::io("create directory", &tmp))?;
         let result = (|| {
-            let unpacked = unpack_layer(file, &tmp).map_err(|source| OciError::Layer {
-                digest: *digest,
-                source,
-            })?;
+            let unpacked =
+                unpack_layer_limited(file, &tmp, limit).map_err(|source| OciError::Layer {
+                    digest: *digest,
+                    source,
+                })?;
             if unpacked.blob_digest != *digest {
                 // The stored blob rotted; drop it so the next pull fetches it again.
                 self.blobs.remove(digest)?;
