@@ -75,7 +75,9 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
     let behind = StatusReport {
         device_id: id.clone(),
         applied: None,
+        boot: 1,
         seq: 1,
+        event_floor: 0,
         reported_at: 0,
         agent_version: "t".into(),
         uptime_secs: 1,
