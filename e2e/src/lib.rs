@@ -903,6 +903,16 @@ impl World {
                     .filter(|b| b.contains(&format!("version {}", a.version)))
             })?;
         }
+        // The agent's local status file trails the apps answering by a moment
+        // (writes are coalesced); callers read pids from it, so wait for one
+        // written after the apps answered.
+        let answered = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        wait_for("the agent's status file to catch up", || {
+            let written = self.agent.status().ok()?["written_at_ms"].as_u64()?;
+            (written > answered).then_some(())
+        })?;
         Ok(())
     }
 }
