@@ -10,6 +10,7 @@ PACKAGES=(
   runc                    # reference runtime for the start-latency benchmark
   busybox-static          # tiny rootfs for runtime tests
   mosquitto               # external-broker tests
+  mosquitto-clients       # mosquitto_sub/_pub: e2e replay of a captured status
   docker-registry         # real OCI registry for pull/resolve tests
   skopeo                  # pushes OCI layouts into the test registry
   iproute2 procps psmisc util-linux

@@ -521,6 +521,16 @@ impl Hub {
     /// `external`: `(mqtts://host:port, CA file)` of a broker the hub connects to
     /// instead of starting its embedded one.
     pub fn start_with(registry: &Registry, external: Option<(&str, &Path)>) -> Result<Hub> {
+        Hub::start_retrying(registry, external.map(|(url, ca)| (url, Some(ca))))
+    }
+
+    /// A hub that uses the plain `mqtt://` broker at `url` (e.g. [`Mosquitto`])
+    /// instead of its embedded one.
+    pub fn start_with_broker(registry: &Registry, url: &str) -> Result<Hub> {
+        Hub::start_retrying(registry, Some((url, None)))
+    }
+
+    fn start_retrying(registry: &Registry, external: Option<(&str, Option<&Path>)>) -> Result<Hub> {
         // A port picked free can be taken by another test before the hub binds
         // it: retry with fresh ports.
         let mut last = None;
@@ -536,7 +546,7 @@ impl Hub {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("hub did not start")))
     }
 
-    fn try_start(registry: &Registry, external: Option<(&str, &Path)>) -> Result<Hub> {
+    fn try_start(registry: &Registry, external: Option<(&str, Option<&Path>)>) -> Result<Hub> {
         let dir = tempfile::tempdir()?;
         let http_port = free_port();
         let mqtt_port = free_port();
@@ -554,7 +564,7 @@ impl Hub {
         run(&mut init)?;
         let cfg_path = dir.path().join("hub.toml");
         let mut cfg = std::fs::read_to_string(&cfg_path)?;
-        if let Some((_, ca)) = external {
+        if let Some((_, Some(ca))) = external {
             cfg = cfg.replace(
                 "[mqtt]\n",
                 &format!("[mqtt]\nca_file = \"{}\"\n", ca.display()),
@@ -662,6 +672,17 @@ impl Hub {
                 Some((seq, kind, l.to_string()))
             })
             .collect())
+    }
+
+    /// The hub's `/v1/stats` (`outpost-hub stats`): ingest counters and more.
+    pub fn stats(&self) -> Result<Value> {
+        let out = self.cli(&["stats"])?;
+        serde_json::from_str(&out).with_context(|| format!("hub stats output: {out}"))
+    }
+
+    /// One ingest counter (0 when absent).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self.stats()?["counters"][name].as_u64().unwrap_or(0))
     }
 
     pub fn signing_key(&self) -> Result<outpost_protocol::SigningKey> {
@@ -1036,6 +1057,26 @@ impl Agent {
         Ok(())
     }
 
+    /// Set a top-level `key = value` (TOML) in the agent's config, replacing an
+    /// existing line for `key`; takes effect at the next start.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let text = std::fs::read_to_string(self.config())?;
+        let line = format!("{key} = {value}");
+        let mut out: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} = ")))
+            .map(str::to_string)
+            .collect();
+        // Top-level keys go before the first table header.
+        let at = out
+            .iter()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(out.len());
+        out.insert(at, line);
+        std::fs::write(self.config(), out.join("\n") + "\n")?;
+        Ok(())
+    }
+
     pub fn applied_generation(&self) -> Option<u64> {
         let st = self.status().ok()?;
         st["applied"][1].as_u64()
@@ -1189,6 +1230,16 @@ impl World {
                     .filter(|b| b.contains(&format!("version {}", a.version)))
             })?;
         }
+        // The agent's local status file trails the apps answering by a moment
+        // (writes are coalesced); callers read pids from it, so wait for one
+        // written after the apps answered.
+        let answered = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        wait_for("the agent's status file to catch up", || {
+            let written = self.agent.status().ok()?["written_at_ms"].as_u64()?;
+            (written > answered).then_some(())
+        })?;
         Ok(())
     }
 }
@@ -1266,6 +1317,67 @@ pub fn pid_alive(pid: u64) -> bool {
             .and_then(|(_, rest)| rest.trim_start().chars().next())
             .is_some_and(|state| state != 'Z' && state != 'X'),
         Err(_) => false,
+    }
+}
+
+/// A plain Mosquitto broker on a loopback port, without persistence (its
+/// default): killed and started again on the same port it has lost every
+/// retained message, session and queued message, as a real restart does.
+#[derive(Debug)]
+pub struct Mosquitto {
+    pub port: u16,
+    proc: Option<Proc>,
+    starts: u32,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Result<Mosquitto> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )?;
+        let mut m = Mosquitto {
+            port,
+            proc: None,
+            starts: 0,
+            dir,
+        };
+        m.restart()?;
+        Ok(m)
+    }
+
+    /// SIGKILL: whatever the broker held in memory is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// Start (again) on the same port, with the same config.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.starts += 1;
+        let d = self.dir.path();
+        let proc = Proc::spawn(
+            "mosquitto",
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(d.join("mosquitto.conf")),
+            &d.join(format!("mosquitto-{}.log", self.starts)),
+        )?;
+        self.proc = Some(proc);
+        wait_port(self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 

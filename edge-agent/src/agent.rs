@@ -6,9 +6,10 @@
 //! SIGTERM) stops the tasks and leaves every container running.
 
 use crate::config::{Config, ConfigError};
+use crate::delivery::{self, HubAck, Sender};
 use crate::driver::{ContainerDriver, ImageProvider};
 use crate::health::{self, HealthTarget};
-use crate::link::{self, Inbound, Sender};
+use crate::link::{self, Inbound};
 use crate::reconcile::execute::Executor;
 use crate::reconcile::plan::Policy;
 use crate::reconcile::Reconciler;
@@ -182,12 +183,14 @@ pub async fn run(
             let (in_tx, in_rx) = mpsc::unbounded_channel();
             let (ack_tx, ack_rx) = mpsc::unbounded_channel();
             let (conn_tx, conn_rx) = watch::channel(None);
+            let (hub_tx, hub_rx) = watch::channel(HubAck::default());
             tracker.spawn(driver.run(in_tx, ack_tx, cancel.clone()));
             let sender = Sender {
                 client: client.clone(),
                 reporter: reporter.clone(),
                 conn: conn_rx,
                 acks: ack_rx,
+                hub: hub_rx,
                 status_interval: Duration::from_secs(cfg.status_interval_secs.max(1)),
             };
             tracker.spawn(sender.run(cancel.clone()));
@@ -197,6 +200,7 @@ pub async fn run(
                 reporter: reporter.clone(),
                 desired: desired_tx,
                 conn: conn_tx,
+                hub: hub_tx,
                 epoch: 0,
                 held: None,
             };
@@ -264,6 +268,8 @@ struct Inbox {
     reporter: Arc<Reporter>,
     desired: watch::Sender<Option<Arc<Manifest>>>,
     conn: watch::Sender<Option<u64>>,
+    /// The hub's verified event watermark, for the sender.
+    hub: watch::Sender<HubAck>,
     epoch: u64,
     /// The last manifest refused for an unknown key or epoch: after a key
     /// rotation it may arrive before the new key set (two topics), so it is
@@ -318,6 +324,13 @@ impl Inbox {
     /// is only logged, as it was counted when it first arrived.
     async fn process(&mut self, topic: &str, payload: Vec<u8>, retry: bool) -> bool {
         let device = self.reporter.device_id().clone();
+        if topic == topics::acks(&device) {
+            if let Some(gate) = &self.gate {
+                let keyset = gate.state().keyset.clone();
+                delivery::on_watermark(&self.reporter, &keyset, payload, &self.hub).await;
+            }
+            return true;
+        }
         let is_manifest = topic == topics::manifest(&device);
         let is_keyset = topic == topics::keyset();
         if !is_manifest && !is_keyset {
@@ -477,6 +490,7 @@ mod tests {
         .unwrap();
         let (desired_tx, desired) = watch::channel(None);
         let (conn, _) = watch::channel(None);
+        let (hub, _) = watch::channel(HubAck::default());
         Rig {
             inbox: Inbox {
                 client,
@@ -484,6 +498,7 @@ mod tests {
                 reporter,
                 desired: desired_tx,
                 conn,
+                hub,
                 epoch: 0,
                 held: None,
             },

@@ -9,8 +9,9 @@
 //! - [`trust`]: the verifier gate (verify → persist → commit) for manifests and
 //!   key sets.
 //! - [`state`]: the redb file (accepted manifest, trust state, counters, outbox).
-//! - [`link`]: MQTT (rumqttc) with own jittered backoff, subscriptions, and the
-//!   in-order outbox sender.
+//! - [`link`]: MQTT (rumqttc) with own jittered backoff and subscriptions.
+//! - [`delivery`]: the status and outbox sender; events leave the outbox only
+//!   when the hub's signed watermark covers them.
 //! - [`reconcile`]: pure `plan` + executor + the loop that observes the runtime.
 //! - [`driver`]: the image-provider and container-driver traits (the seams).
 //! - [`images`], [`runtime`]: the real adapters over `outpost-oci` and
@@ -24,6 +25,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod driver;
 pub mod health;
 pub mod images;

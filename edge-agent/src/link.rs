@@ -1,17 +1,17 @@
-//! The MQTT link to the hub's broker: rumqttc with our own reconnect backoff, the
-//! subscriptions, and in-order at-least-once delivery of the redb outbox.
+//! The MQTT link to the hub's broker: rumqttc with our own reconnect backoff and
+//! the subscriptions. Delivery of status and the outbox is `delivery.rs`.
 //!
 //! rumqttc reconnects only while its event loop is polled and without any delay,
 //! auto-acks by default, forgets subscriptions on a fresh session and keeps unacked
-//! publishes only in memory (see PITFALLS.md). So: one task polls and does nothing
-//! else (no publishing from it), with jittered exponential backoff after errors;
-//! incoming publishes are acked by the handler after its durable commit; on every
-//! CONNACK we re-subscribe; rumqttc's in-memory retransmission queue is cleared after
+//! publishes only in memory. So: one task polls and does nothing else (no
+//! publishing from it), with jittered exponential backoff after errors that is
+//! reset only after a connection stayed up ([`STABLE_CONNECTION`]); incoming
+//! publishes are acked by the handler after its durable commit; on every CONNACK
+//! we re-subscribe; rumqttc's in-memory retransmission queue is cleared after
 //! each disconnect because the outbox in redb is the only source of truth, and the
-//! sender re-sends from the oldest undelivered entry on each new connection.
+//! sender re-sends every unacknowledged entry on each new connection.
 
 use crate::config::BrokerAddr;
-use crate::report::Reporter;
 use outpost_protocol::{topics, DeviceId, MAX_MESSAGE_BYTES};
 use rand::Rng;
 use rumqttc::{
@@ -19,9 +19,8 @@ use rumqttc::{
     Transport,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Incoming packets up to this size are read and then judged by the verifier
@@ -30,10 +29,14 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_INCOMING_PACKET: usize = 4 * 1024 * 1024;
 /// Our own messages never exceed the protocol limit plus MQTT framing.
 pub const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 4096;
-/// A publish not acknowledged within this time is treated as a dead link.
-const ACK_TIMEOUT: Duration = Duration::from_secs(20);
-/// Smallest gap between two status reports sent because the view changed.
-const MIN_STATUS_GAP: Duration = Duration::from_secs(1);
+/// A connection must stay up this long before the reconnect backoff starts
+/// again from its first step. A broker that sends CONNACK and then drops us
+/// (an auth plugin refusing after the handshake, a duplicate client id kicking
+/// us, a retained message over its size limit) would otherwise be hammered
+/// every 0.25-0.5 s forever, by every device of a fleet at once. 30 s is far
+/// longer than any such accept-then-drop and still short enough that a single
+/// drop after a long-lived connection is retried at once.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// Reconnect delay: exponential from `base`, capped at `max`, with "full jitter"
 /// (uniform in [delay/2, delay]) so a fleet coming back from a hub outage does not
@@ -42,6 +45,16 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, unit: f64) -> Durati
     let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
     let half = exp / 2;
     half + half.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The backoff attempt number after a connection ends: back to 0 only if it
+/// had been up (CONNACK received) for at least [`STABLE_CONNECTION`]; `up_for`
+/// is `None` when no CONNACK came since the last error. (Pure.)
+pub fn attempt_after_disconnect(attempt: u32, up_for: Option<Duration>) -> u32 {
+    match up_for {
+        Some(d) if d >= STABLE_CONNECTION => 0,
+        _ => attempt,
+    }
 }
 
 /// What the link tells the agent.
@@ -132,6 +145,8 @@ impl LinkDriver {
         cancel: CancellationToken,
     ) {
         let mut attempt: u32 = 0;
+        // When the current connection's CONNACK arrived.
+        let mut connected_at: Option<tokio::time::Instant> = None;
         loop {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -139,7 +154,8 @@ impl LinkDriver {
             };
             match ev {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                    attempt = 0;
+                    // Not `attempt = 0`: see `STABLE_CONNECTION`.
+                    connected_at = Some(tokio::time::Instant::now());
                     tracing::info!(device_id = %self.device, session_present = ack.session_present, "connected to broker");
                     let _ = inbound.send(Inbound::Connected {
                         session_present: ack.session_present,
@@ -160,6 +176,8 @@ impl LinkDriver {
                     // outbox replays instead (and subscriptions are redone on ConnAck).
                     self.eventloop.pending.clear();
                     let _ = inbound.send(Inbound::Disconnected);
+                    let up_for = connected_at.take().map(|t| t.elapsed());
+                    attempt = attempt_after_disconnect(attempt, up_for);
                     let delay = backoff(
                         attempt,
                         Duration::from_millis(500),
@@ -178,7 +196,8 @@ impl LinkDriver {
     }
 }
 
-/// Subscribe to the device's manifest and the key set (after every ConnAck).
+/// Subscribe to the key set, the device's manifest and its event watermark
+/// (after every ConnAck).
 pub async fn subscribe(
     client: &AsyncClient,
     device: &DeviceId,
@@ -186,148 +205,10 @@ pub async fn subscribe(
     client.subscribe(topics::keyset(), QoS::AtLeastOnce).await?;
     client
         .subscribe(topics::manifest(device), QoS::AtLeastOnce)
+        .await?;
+    client
+        .subscribe(topics::acks(device), QoS::AtLeastOnce)
         .await
-}
-
-/// Delivers status and the outbox, one message in flight at a time so the
-/// broker's PUBACK identifies exactly what may be deleted, in seq order.
-pub struct Sender {
-    pub client: AsyncClient,
-    pub reporter: Arc<Reporter>,
-    /// Connection number while connected, `None` while down.
-    pub conn: watch::Receiver<Option<u64>>,
-    pub acks: mpsc::UnboundedReceiver<AckEvent>,
-    pub status_interval: Duration,
-}
-
-#[derive(Debug)]
-struct Lost;
-
-impl Sender {
-    async fn publish_and_wait(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), Lost> {
-        while self.acks.try_recv().is_ok() {}
-        let epoch = *self.conn.borrow();
-        if self
-            .client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .is_err()
-        {
-            return Err(Lost);
-        }
-        let mut pkid = None;
-        let deadline = tokio::time::sleep(ACK_TIMEOUT);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => return Err(Lost),
-                changed = self.conn.changed() => {
-                    if changed.is_err() || *self.conn.borrow() != epoch {
-                        return Err(Lost);
-                    }
-                }
-                ev = self.acks.recv() => match ev {
-                    None => return Err(Lost),
-                    Some(AckEvent::Sent(p)) if pkid.is_none() => pkid = Some(p),
-                    Some(AckEvent::Acked(p)) if Some(p) == pkid => return Ok(()),
-                    Some(_) => {}
-                },
-            }
-        }
-    }
-
-    pub async fn run(mut self, cancel: CancellationToken) {
-        let device = self.reporter.device_id().clone();
-        let status_topic = topics::status(&device);
-        let events_topic = topics::events(&device);
-        let mut changes = self.reporter.subscribe();
-        'outer: loop {
-            // Wait for a connection.
-            while self.conn.borrow().is_none() {
-                tokio::select! {
-                    _ = cancel.cancelled() => break 'outer,
-                    r = self.conn.changed() => if r.is_err() { break 'outer },
-                }
-            }
-            // Status first on every (re)connect: the hub re-sends the manifest if
-            // our applied generation is behind.
-            changes.borrow_and_update();
-            if self
-                .publish_and_wait(&status_topic, self.reporter.sealed_status())
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            let mut last_status = tokio::time::Instant::now();
-            loop {
-                // Drain the outbox in order.
-                let mut after = 0;
-                loop {
-                    if cancel.is_cancelled() {
-                        break 'outer;
-                    }
-                    let store = self.reporter.store().clone();
-                    let next = tokio::task::spawn_blocking(move || store.outbox_next(after)).await;
-                    let (seq, bytes) = match next {
-                        Ok(Ok(Some(e))) => e,
-                        Ok(Ok(None)) => break,
-                        Ok(Err(e)) => {
-                            tracing::error!(device_id = %device, error = %e, "reading outbox");
-                            break;
-                        }
-                        Err(_) => break,
-                    };
-                    if self.publish_and_wait(&events_topic, bytes).await.is_err() {
-                        continue 'outer;
-                    }
-                    let store = self.reporter.store().clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if let Err(e) = store.outbox_remove(seq) {
-                            tracing::error!(seq, error = %e, "deleting delivered event");
-                        }
-                    })
-                    .await;
-                    tracing::debug!(device_id = %device, seq, "event delivered");
-                    after = seq;
-                }
-                if changes.has_changed().unwrap_or(false)
-                    || last_status.elapsed() >= self.status_interval
-                {
-                    // At most one change-driven status per second (a pull or a
-                    // backoff countdown changes the view often).
-                    let since = last_status.elapsed();
-                    if since < MIN_STATUS_GAP {
-                        tokio::select! {
-                            _ = cancel.cancelled() => break 'outer,
-                            _ = tokio::time::sleep(MIN_STATUS_GAP - since) => {}
-                        }
-                    }
-                    changes.borrow_and_update();
-                    last_status = tokio::time::Instant::now();
-                    if self
-                        .publish_and_wait(&status_topic, self.reporter.sealed_status())
-                        .await
-                        .is_err()
-                    {
-                        continue 'outer;
-                    }
-                    continue;
-                }
-                let wait = self.status_interval.saturating_sub(last_status.elapsed());
-                tokio::select! {
-                    _ = cancel.cancelled() => break 'outer,
-                    _ = self.reporter.outbox_wake.notified() => {}
-                    r = changes.changed() => if r.is_err() { break 'outer },
-                    _ = tokio::time::sleep(wait) => {}
-                    r = self.conn.changed() => {
-                        if r.is_err() { break 'outer }
-                        continue 'outer;
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -344,6 +225,27 @@ mod tests {
         for unit in [0.0, 0.3, 0.99] {
             let d = backoff(10, b, m, unit);
             assert!(d >= m / 2 && d <= m);
+        }
+    }
+
+    #[test]
+    fn attempts_reset_only_after_a_stable_connection() {
+        let s = Duration::from_secs;
+        // (attempt, up for, next attempt)
+        let cases = [
+            (0, None, 0),          // never connected: keep counting
+            (5, None, 5),          // refused / timed out again
+            (5, Some(s(0)), 5),    // CONNACK then dropped at once: no reset
+            (5, Some(s(29)), 5),   // still too short
+            (5, Some(s(30)), 0),   // up long enough: start over
+            (9, Some(s(3600)), 0), // a long-lived connection dropped
+        ];
+        for (attempt, up, want) in cases {
+            assert_eq!(
+                attempt_after_disconnect(attempt, up),
+                want,
+                "{attempt} {up:?}"
+            );
         }
     }
 

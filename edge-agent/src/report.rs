@@ -60,8 +60,11 @@ pub struct Reporter {
     changed: watch::Sender<u64>,
     /// Woken when an event was queued.
     pub outbox_wake: Notify,
-    /// High 32 bits: boot counter; low: sends in this boot. Monotonic across
-    /// restarts without persisting each status.
+    /// The persisted boot counter: with `status_seq` it orders status reports
+    /// across restarts (the hub accepts only a greater `(boot, seq)`) without
+    /// persisting each status.
+    boots: u64,
+    /// Status reports sealed in this boot.
     status_seq: AtomicU64,
     started: Instant,
     status_file: PathBuf,
@@ -92,7 +95,8 @@ impl Reporter {
             view: Mutex::new(initial),
             changed,
             outbox_wake: Notify::new(),
-            status_seq: AtomicU64::new(boots << 32),
+            boots,
+            status_seq: AtomicU64::new(0),
             started: Instant::now(),
             status_file,
         }
@@ -167,13 +171,16 @@ impl Reporter {
         }
     }
 
-    /// A fresh signed status built from the view.
-    pub fn sealed_status(&self) -> Vec<u8> {
+    /// A fresh signed status built from the view; `event_floor` is
+    /// [`Store::event_floor`], read by the caller off the async threads.
+    pub fn sealed_status(&self, event_floor: u64) -> Vec<u8> {
         let v = self.view();
         let report = StatusReport {
             device_id: self.device_id.clone(),
             applied: v.applied,
+            boot: self.boots,
             seq: self.status_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            event_floor,
             reported_at: now_ms() / 1000,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -192,7 +199,7 @@ impl Reporter {
         let local = LocalStatus {
             device_id: self.device_id.as_str(),
             agent_pid: std::process::id(),
-            boots: self.status_seq.load(Ordering::Relaxed) >> 32,
+            boots: self.boots,
             view: &v,
             outbox_pending,
             written_at_ms: now_ms(),
@@ -236,8 +243,10 @@ mod tests {
         let (seq, bytes) = store.outbox_next(0).unwrap().unwrap();
         let ev = Event::open(&bytes, &id, &pk).unwrap();
         assert_eq!((seq, ev.seq), (1, 1));
-        let st = StatusReport::open(&r.sealed_status(), &id, &pk).unwrap();
-        assert_eq!(st.seq, (3 << 32) + 1);
+        let st = StatusReport::open(&r.sealed_status(1), &id, &pk).unwrap();
+        assert_eq!((st.boot, st.seq, st.event_floor), (3, 1, 1));
+        let st = StatusReport::open(&r.sealed_status(1), &id, &pk).unwrap();
+        assert_eq!((st.boot, st.seq), (3, 2));
         assert_eq!(st.applied, Some((1, 2)));
         r.write_local_status().unwrap();
         let text = std::fs::read_to_string(dir.path().join("status.json")).unwrap();

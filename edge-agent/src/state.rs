@@ -3,9 +3,11 @@
 //! the bounded outbox of device-signed events.
 //!
 //! Anything the agent acts on is committed with `Durability::Immediate` first (an
-//! acknowledged manifest survives a power cut). Deleting a delivered outbox entry
-//! uses `Durability::None`: losing that delete only re-sends an event the hub
-//! deduplicates by `seq`, and it saves an fsync per message on an SD card.
+//! acknowledged manifest survives a power cut). Outbox entries are deleted only
+//! when the hub's signed event watermark covers them (not on the broker's PUBACK:
+//! a broker without persistence can lose what it acknowledged), and that delete
+//! uses `Durability::None`: losing it only re-sends events the hub deduplicates
+//! by `seq`, and it saves an fsync per watermark on an SD card.
 
 use outpost_protocol::{PublicKey, RejectCounters, TrustState};
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
@@ -302,12 +304,31 @@ impl Store {
         }
     }
 
-    /// Delete a delivered entry (after its PUBACK).
-    pub fn outbox_remove(&self, seq: u64) -> Result<(), StateError> {
+    /// Delete every entry the hub acknowledged (`seq <= acked`, from its signed
+    /// watermark). Returns how many were deleted.
+    pub fn outbox_ack_through(&self, acked: u64) -> Result<u64, StateError> {
         self.write(Durability::None, |tx| {
-            tx.open_table(OUTBOX)?.remove(seq)?;
-            Ok(())
+            let mut t = tx.open_table(OUTBOX)?;
+            let mut n = 0;
+            t.retain_in(..=acked, |_, _| {
+                n += 1;
+                false
+            })?;
+            Ok(n)
         })
+    }
+
+    /// The seq below which this device will never send an event again (they were
+    /// acknowledged or dropped by the bound): the oldest outbox entry, or the
+    /// next seq when the outbox is empty. Reported in every status.
+    pub fn event_floor(&self) -> Result<u64, StateError> {
+        match self.outbox_next(0)? {
+            Some((seq, _)) => Ok(seq),
+            None => Ok(self
+                .get::<u64>(K_EVENT_SEQ, "event seq")?
+                .unwrap_or(0)
+                .saturating_add(1)),
+        }
     }
 
     pub fn outbox_len(&self) -> Result<u64, StateError> {
@@ -377,7 +398,10 @@ mod tests {
         assert_eq!(s.outbox_len().unwrap(), 3);
         let (seq, bytes) = s.outbox_next(0).unwrap().unwrap();
         assert_eq!((seq, bytes), (3, vec![2, 3]));
-        s.outbox_remove(3).unwrap();
+        assert_eq!(s.event_floor().unwrap(), 3);
+        // A watermark below the oldest entry deletes nothing; one at 3 deletes 3.
+        assert_eq!(s.outbox_ack_through(2).unwrap(), 0);
+        assert_eq!(s.outbox_ack_through(3).unwrap(), 1);
         assert_eq!(s.outbox_next(0).unwrap().unwrap().0, 4);
         assert_eq!(s.outbox_next(4).unwrap().unwrap().0, 5);
         assert_eq!(s.outbox_next(5).unwrap(), None);
@@ -385,5 +409,7 @@ mod tests {
         let s = Store::open(&dir.path().join("s.redb")).unwrap();
         let l = s.load().unwrap();
         assert_eq!((l.event_seq, l.dropped, l.outbox_len), (5, 2, 2));
+        assert_eq!(s.outbox_ack_through(9).unwrap(), 2);
+        assert_eq!(s.event_floor().unwrap(), 6, "empty: the next seq");
     }
 }

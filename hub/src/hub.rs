@@ -220,6 +220,10 @@ impl Hub {
         self.send(Outbox::Manifests(
             recs.iter().map(|r| r.id.clone()).collect(),
         ));
+        // And its event watermark, so the device learns the hub's session.
+        self.send(Outbox::Watermarks(
+            recs.iter().map(|r| r.id.clone()).collect(),
+        ));
         Ok(recs)
     }
 

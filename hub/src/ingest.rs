@@ -1,6 +1,12 @@
 //! Status and event ingestion: verify every device message against the device's
-//! registered key, keep the last good status, append events (deduplicated by
-//! `seq`), count what was refused, and notice devices that are behind.
+//! registered key, keep the last good status (only a strictly newer signed
+//! `(boot, seq)`: an older one is a replay), append events (deduplicated by
+//! `seq`) and move each device's event watermark, count what was refused, and
+//! notice devices that are behind.
+//!
+//! The watermark is published (signed, retained, by the publisher) only after
+//! the batch's durable commit: the device deletes an event once the watermark
+//! covers it, so the watermark must never promise more than the disk holds.
 //!
 //! Messages are handled in batches, one redb transaction per batch, and acked
 //! only after that commit (QoS 1: an unacked message is redelivered). Forged or
@@ -16,8 +22,8 @@ use crate::publish::Outbox;
 use crate::store::{EventRecord, StatusRecord, StoreError, Tx};
 use outpost_protocol::topics::{self, DeviceTopic};
 use outpost_protocol::{DeviceId, DeviceMessageError, Event, OpenError, StatusReport};
-use rumqttc::{AsyncClient, Publish, QoS};
-use std::collections::BTreeMap;
+use rumqttc::{AsyncClient, Publish, QoS, SubscribeFilter};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -66,14 +72,16 @@ pub async fn sender(
     let _ = client.try_disconnect();
 }
 
+/// One SUBSCRIBE for both filters, so its one SUBACK tells the driver that the
+/// hub now hears devices (it then announces itself, see `publish`).
 async fn subscribe(client: &AsyncClient) -> Result<(), rumqttc::ClientError> {
     client
-        .subscribe(topics::all_status(), QoS::AtLeastOnce)
+        .subscribe_many([
+            SubscribeFilter::new(topics::all_status(), QoS::AtLeastOnce),
+            SubscribeFilter::new(topics::all_events(), QoS::AtLeastOnce),
+        ])
         .await?;
-    client
-        .subscribe(topics::all_events(), QoS::AtLeastOnce)
-        .await?;
-    tracing::info!("subscribed to device status and events");
+    tracing::info!("subscribing to device status and events");
     Ok(())
 }
 
@@ -107,14 +115,63 @@ pub fn is_ahead(applied: Option<(u64, u64)>, desired: Option<(u64, u64)>) -> Opt
     }
 }
 
-/// Should a report with `new_seq` replace the stored one? Older or equal seqs are
-/// stale (late or redelivered), unless the agent restarted with lost state
-/// (uptime went down).
-pub fn is_newer(stored: Option<&StatusReport>, new: &StatusReport) -> bool {
-    match stored {
-        None => true,
-        Some(old) => new.seq > old.seq || (new.uptime_secs < old.uptime_secs && new.seq != old.seq),
+/// Where a status stands against the last accepted one, by `(boot, seq)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusOrder {
+    /// Strictly newer: accept.
+    Newer,
+    /// The same report again (a QoS 1 redelivery): ignore quietly.
+    Same,
+    /// Older: late, or a captured report replayed. Refused and counted.
+    Older,
+}
+
+/// Order a status by its `(boot, seq)` against the last accepted one. The boot
+/// counter is persisted by the device and signed inside the report, so neither
+/// a restart of the device nor one of the hub reopens a replay window. (Pure.)
+pub fn status_order(last: Option<(u64, u64)>, new: (u64, u64)) -> StatusOrder {
+    match last {
+        None => StatusOrder::Newer,
+        Some(last) if new > last => StatusOrder::Newer,
+        Some(last) if new == last => StatusOrder::Same,
+        Some(_) => StatusOrder::Older,
     }
+}
+
+/// Is an event new to the hub?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventVerdict {
+    New,
+    /// At or below the watermark, or already stored: a re-send (after a lost
+    /// watermark, a reconnect or a broker restart) or a QoS 1 redelivery.
+    Duplicate,
+}
+
+/// Decide whether event `seq` is new, given the device's watermark and
+/// whether an event with that seq is stored. (Pure.)
+pub fn event_verdict(acked: u64, seq: u64, stored: bool) -> EventVerdict {
+    if seq <= acked || stored {
+        EventVerdict::Duplicate
+    } else {
+        EventVerdict::New
+    }
+}
+
+/// The new watermark: from `acked` (or the device's `floor - 1`, below which
+/// it will never send anything again because it was acknowledged or dropped
+/// by its bounded outbox), forward over every contiguous stored seq. A gap (an
+/// event the broker lost) holds the watermark, so the device keeps that event
+/// and sends it again. (Pure: `present` answers "is this seq stored?".)
+pub fn advance_watermark<E>(
+    acked: u64,
+    floor: u64,
+    mut present: impl FnMut(u64) -> Result<bool, E>,
+) -> Result<u64, E> {
+    let mut at = acked.max(floor.saturating_sub(1));
+    while at < u64::MAX && present(at + 1)? {
+        at += 1;
+    }
+    Ok(at)
 }
 
 /// What a batch decided.
@@ -124,6 +181,9 @@ pub struct BatchOutcome {
     pub behind: Vec<DeviceId>,
     /// Devices that accepted a generation above the hub's (with that generation).
     pub ahead: Vec<(DeviceId, u64)>,
+    /// Devices whose event watermark should be (re)published: it moved, or the
+    /// device re-sent events the hub already had (it may have missed it).
+    pub watermarks: BTreeSet<DeviceId>,
     pub counters: BTreeMap<String, u64>,
 }
 
@@ -166,10 +226,30 @@ fn handle(
                 return Ok(format!("status_rejected.{}", reject_reason(&e)));
             }
         };
-        let stored = tx.status(&id)?;
-        if !is_newer(stored.as_ref().map(|s| &s.report), &report) {
-            return Ok("status_stale".into());
+        let mut marks = tx.marks(&id, &device.public_key)?;
+        match status_order(marks.status, (report.boot, report.seq)) {
+            StatusOrder::Newer => {}
+            StatusOrder::Same => return Ok("status_duplicate".into()),
+            StatusOrder::Older => {
+                tracing::warn!(
+                    device_id = %id,
+                    boot = report.boot,
+                    seq = report.seq,
+                    last = ?marks.status,
+                    "status older than the last accepted one refused (late or replayed)"
+                );
+                return Ok("status_rejected.replayed".into());
+            }
         }
+        marks.status = Some((report.boot, report.seq));
+        let acked = advance_watermark(marks.events_acked, report.event_floor, |s| {
+            tx.has_event(&id, s)
+        })?;
+        if acked != marks.events_acked {
+            marks.events_acked = acked;
+            out.watermarks.insert(id.clone());
+        }
+        tx.put_marks(&id, &marks)?;
         let desired = tx.manifest_meta(&id)?.map(|m| (m.epoch, m.generation));
         if is_behind(report.applied, desired) {
             out.behind.push(id.clone());
@@ -177,7 +257,7 @@ fn handle(
         if let Some(generation) = is_ahead(report.applied, desired) {
             out.ahead.push((id.clone(), generation));
         }
-        tracing::debug!(device_id = %id, seq = report.seq, applied = ?report.applied, "status accepted");
+        tracing::debug!(device_id = %id, boot = report.boot, seq = report.seq, applied = ?report.applied, "status accepted");
         tx.put_status(
             &id,
             &StatusRecord {
@@ -195,17 +275,29 @@ fn handle(
             }
         };
         let seq = event.seq;
-        if tx.insert_event(
-            &id,
-            &EventRecord {
-                received_at: now,
-                event,
-            },
-        )? {
-            tracing::debug!(device_id = %id, seq, "event stored");
-            Ok("events_accepted".into())
-        } else {
-            Ok("events_duplicate".into())
+        let mut marks = tx.marks(&id, &device.public_key)?;
+        let stored = seq > marks.events_acked && tx.has_event(&id, seq)?;
+        // Either way the device gets the watermark again: a re-send means it
+        // has not seen the current one.
+        out.watermarks.insert(id.clone());
+        match event_verdict(marks.events_acked, seq, stored) {
+            EventVerdict::Duplicate => Ok("events_duplicate".into()),
+            EventVerdict::New => {
+                tx.insert_event(
+                    &id,
+                    &EventRecord {
+                        received_at: now,
+                        event,
+                    },
+                )?;
+                let acked = advance_watermark(marks.events_acked, 0, |s| tx.has_event(&id, s))?;
+                if acked != marks.events_acked {
+                    marks.events_acked = acked;
+                    tx.put_marks(&id, &marks)?;
+                }
+                tracing::debug!(device_id = %id, seq, acked, "event stored");
+                Ok("events_accepted".into())
+            }
         }
     }
 }
@@ -277,6 +369,10 @@ pub async fn run(
                         tracing::error!(device_id = %id, error = %e, "could not reissue manifest");
                     }
                 }
+                // After the durable commit: the watermark promises storage.
+                if !outcome.watermarks.is_empty() {
+                    hub.send(Outbox::Watermarks(outcome.watermarks.into_iter().collect()));
+                }
                 let due = due_republish(&hub, outcome.behind, now);
                 if !due.is_empty() {
                     tracing::info!(
@@ -297,21 +393,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_protocol::RejectCounters;
-
-    fn report(seq: u64, uptime: u64) -> StatusReport {
-        StatusReport {
-            device_id: "d".parse().unwrap(),
-            applied: None,
-            seq,
-            reported_at: 0,
-            agent_version: "x".into(),
-            uptime_secs: uptime,
-            apps: vec![],
-            rejected: RejectCounters::default(),
-            last_rejection: None,
-        }
-    }
 
     #[test]
     fn behind_table() {
@@ -338,12 +419,61 @@ mod tests {
     }
 
     #[test]
-    fn stale_reports_are_not_stored() {
-        assert!(is_newer(None, &report(1, 10)));
-        assert!(is_newer(Some(&report(1, 10)), &report(2, 40)));
-        assert!(!is_newer(Some(&report(2, 40)), &report(2, 40)));
-        assert!(!is_newer(Some(&report(5, 40)), &report(4, 50)));
-        // Agent lost its state and restarted: lower seq, lower uptime.
-        assert!(is_newer(Some(&report(5, 400)), &report(1, 3)));
+    fn status_order_table() {
+        use StatusOrder::*;
+        let cases = [
+            (None, (1, 1), Newer),
+            (Some((1, 5)), (1, 6), Newer),
+            // The agent restarted: a new boot, seq from 1 again.
+            (Some((1, 5)), (2, 1), Newer),
+            (Some((1, 5)), (1, 5), Same),
+            (Some((1, 5)), (1, 4), Older),
+            // The old rule let a lower uptime through: a replayed report from an
+            // earlier boot is refused whatever its uptime or seq.
+            (Some((3, 1)), (2, 999), Older),
+            (Some((3, 1)), (0, u64::MAX), Older),
+        ];
+        for (last, new, want) in cases {
+            assert_eq!(status_order(last, new), want, "{last:?} {new:?}");
+        }
+    }
+
+    #[test]
+    fn event_verdict_table() {
+        use EventVerdict::*;
+        let cases = [
+            (0, 1, false, New),
+            (5, 6, false, New),
+            (5, 9, false, New),
+            (5, 5, false, Duplicate),
+            (5, 3, false, Duplicate),
+            (5, 7, true, Duplicate),
+        ];
+        for (acked, seq, stored, want) in cases {
+            assert_eq!(
+                event_verdict(acked, seq, stored),
+                want,
+                "{acked} {seq} {stored}"
+            );
+        }
+    }
+
+    #[test]
+    fn watermark_advances_over_contiguous_events_and_the_device_floor_only() {
+        let run = |acked: u64, floor: u64, stored: &[u64]| {
+            let set: BTreeSet<u64> = stored.iter().copied().collect();
+            advance_watermark::<()>(acked, floor, |s| Ok(set.contains(&s))).unwrap()
+        };
+        assert_eq!(run(0, 0, &[]), 0);
+        assert_eq!(run(0, 0, &[1, 2, 3]), 3);
+        // A gap (the broker lost seq 3) holds it: the device keeps 3 and resends.
+        assert_eq!(run(0, 0, &[1, 2, 4, 5]), 2);
+        assert_eq!(run(2, 0, &[1, 2, 3, 4, 5]), 5);
+        // The device's outbox dropped 3 (bounded): its floor says so.
+        assert_eq!(run(2, 4, &[1, 2, 4, 5]), 5);
+        // A floor never moves it back.
+        assert_eq!(run(7, 2, &[]), 7);
+        assert_eq!(run(0, 1, &[]), 0);
+        assert_eq!(run(u64::MAX, 0, &[]), u64::MAX);
     }
 }

@@ -87,6 +87,9 @@ pub fn options(
 pub enum LinkEvent {
     /// A CONNACK arrived: re-subscribe (ingest link) or republish (publish link).
     Connected { session_present: bool },
+    /// A SUBACK arrived (only the ingest link subscribes): the hub hears device
+    /// messages again, so it tells devices to re-send what it may have missed.
+    Subscribed,
 }
 
 /// Exponential backoff with full jitter, capped.
@@ -125,6 +128,11 @@ pub async fn drive(
                 if !on_event(LinkEvent::Connected {
                     session_present: ack.session_present,
                 }) {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if !on_event(LinkEvent::Subscribed) {
                     return;
                 }
             }

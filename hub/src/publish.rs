@@ -5,12 +5,22 @@
 //! after each CONNACK of the publish link, publish manifests of devices whose
 //! generation changed, and clear the retained manifest of removed devices.
 //! Manifests are read from the store when sent, so a queued request always
-//! publishes the latest committed bytes. Acks of incoming messages do not pass
+//! publishes the latest committed bytes.
+//!
+//! It also publishes each device's signed event watermark (retained, on
+//! `topics::acks`), read from the store when sent, after ingest's durable
+//! commit. Each time the ingest link (re)subscribes it picks a new random
+//! `hub_session` and publishes every device's watermark with it
+//! ([`Outbox::Announce`]): a device that sees a new session knows the hub is
+//! back and may have missed its status and events, and re-sends them. That
+//! repairs a status sent while the hub was away (a non-persistent broker
+//! delivers it to nobody) within a round trip instead of the next heartbeat. Acks of incoming messages do not pass
 //! through here: they go out on the ingest link ([`crate::ingest::sender`]), so
 //! they never queue behind manifests waiting for the broker.
 
+use crate::hub::{now_secs, Hub};
 use crate::store::Store;
-use outpost_protocol::{topics, DeviceId};
+use outpost_protocol::{topics, DeviceId, EventWatermark};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,8 +34,12 @@ pub enum Outbox {
     Connected,
     /// Publish the current manifest of these devices (retained, QoS 1).
     Manifests(Vec<DeviceId>),
-    /// The device was removed: clear its retained manifest.
+    /// The device was removed: clear its retained manifest and watermark.
     Clear(DeviceId),
+    /// Publish these devices' current event watermarks (retained, QoS 1).
+    Watermarks(Vec<DeviceId>),
+    /// The ingest link (re)subscribed: new `hub_session`, every watermark.
+    Announce,
 }
 
 /// Counters the API exposes.
@@ -34,16 +48,19 @@ pub struct PublishStats {
     pub manifests_published: AtomicU64,
     pub republish_all: AtomicU64,
     pub publish_errors: AtomicU64,
+    pub watermarks_published: AtomicU64,
 }
 
 pub async fn run(
     client: AsyncClient,
-    store: Store,
+    hub: Arc<Hub>,
     keyset: Vec<u8>,
     mut rx: mpsc::UnboundedReceiver<Outbox>,
     stats: Arc<PublishStats>,
     shutdown: CancellationToken,
 ) {
+    let store = hub.store.clone();
+    let mut session = fastrand::u64(..);
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -52,10 +69,12 @@ pub async fn run(
         let result = match msg {
             Outbox::Connected => connected(&client, &store, &keyset, &stats).await,
             Outbox::Manifests(ids) => manifests(&client, &store, ids, &stats).await,
-            Outbox::Clear(id) => client
-                .publish(topics::manifest(&id), QoS::AtLeastOnce, true, Vec::new())
-                .await
-                .map_err(|e| e.to_string()),
+            Outbox::Clear(id) => clear(&client, &id).await,
+            Outbox::Watermarks(ids) => watermarks(&client, &hub, Some(ids), session, &stats).await,
+            Outbox::Announce => {
+                session = fastrand::u64(..);
+                watermarks(&client, &hub, None, session, &stats).await
+            }
         };
         if let Err(e) = result {
             stats.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -64,6 +83,65 @@ pub async fn run(
     }
     // Best effort: tell the broker we are leaving so it does not wait for keep-alive.
     let _ = client.try_disconnect();
+}
+
+async fn clear(client: &AsyncClient, id: &DeviceId) -> Result<(), String> {
+    for topic in [topics::manifest(id), topics::acks(id)] {
+        client
+            .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Publish the signed watermark of `ids` (`None`: every registered device).
+async fn watermarks(
+    client: &AsyncClient,
+    hub: &Arc<Hub>,
+    ids: Option<Vec<DeviceId>>,
+    session: u64,
+    stats: &PublishStats,
+) -> Result<(), String> {
+    let h = Arc::clone(hub);
+    let all = ids.is_none();
+    let marks = tokio::task::spawn_blocking(move || match ids {
+        None => h.store.registered_marks(),
+        Some(ids) => ids
+            .into_iter()
+            .filter_map(|id| match h.store.device_marks(&id) {
+                Ok(Some(m)) => Some(Ok((id, m))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect(),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let now = now_secs();
+    let n = marks.len();
+    for (id, m) in marks {
+        let sealed = hub.signer.seal_watermark(&EventWatermark {
+            device_id: id.clone(),
+            acked_through: m.events_acked,
+            hub_session: session,
+            issued_at: now,
+        });
+        client
+            .publish(topics::acks(&id), QoS::AtLeastOnce, true, sealed)
+            .await
+            .map_err(|e| e.to_string())?;
+        stats.watermarks_published.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(device_id = %id, acked_through = m.events_acked, "event watermark published");
+    }
+    if all {
+        tracing::info!(
+            devices = n,
+            "announced: new hub session, every event watermark published"
+        );
+    }
+    Ok(())
 }
 
 async fn connected(

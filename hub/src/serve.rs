@@ -147,12 +147,15 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
 
     {
         let inbox = inbox_tx.clone();
+        let outbox = outbox_tx.clone();
         tracker.spawn(link::drive(
             "ingest",
             ingest_eventloop,
             Some(incoming_tx),
             move |ev| match ev {
                 LinkEvent::Connected { .. } => inbox.send(Inbox::Connected).is_ok(),
+                // Subscribed: now a status sent by a device reaches us.
+                LinkEvent::Subscribed => outbox.send(Outbox::Announce).is_ok(),
             },
             shutdown.clone(),
         ));
@@ -165,6 +168,7 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
             None,
             move |ev| match ev {
                 LinkEvent::Connected { .. } => outbox.send(Outbox::Connected).is_ok(),
+                LinkEvent::Subscribed => true,
             },
             shutdown.clone(),
         ));
@@ -172,7 +176,7 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
     tracker.spawn(ingest::sender(ingest_client, inbox_rx, shutdown.clone()));
     tracker.spawn(publish::run(
         publish_client,
-        store,
+        Arc::clone(&hub),
         keyset,
         outbox_rx,
         Arc::clone(&publish_stats),

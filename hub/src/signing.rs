@@ -217,6 +217,11 @@ impl Signer {
         &self.keyset_bytes
     }
 
+    /// Seal a device's event watermark (its own envelope kind, same key).
+    pub fn seal_watermark(&self, w: &outpost_protocol::EventWatermark) -> Vec<u8> {
+        w.seal(&self.key)
+    }
+
     /// Seal a manifest for the wire.
     pub fn seal(&self, manifest: &Manifest) -> Result<Vec<u8>, KeyFileError> {
         envelope::seal_value(Kind::Manifest, &self.key, manifest)

@@ -104,7 +104,9 @@ fn spawn_device(
             let report = StatusReport {
                 device_id: id.clone(),
                 applied: Some((epoch, generation)),
+                boot: 1,
                 seq,
+                event_floor: 0,
                 reported_at: 0,
                 agent_version: "fleet-acks-test".into(),
                 uptime_secs: seq,

@@ -1,6 +1,7 @@
 //! The hub started in-process with `serve::start` on port 0 (how tests and the
-//! fleet simulator embed it): events are stored once per seq, and a device whose
-//! status shows it behind gets its manifest republished.
+//! fleet simulator embed it): events are stored once per seq, a device whose
+//! status shows it behind gets its manifest republished, and the signed event
+//! watermark covers only what is stored.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
@@ -75,7 +76,9 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
     let behind = StatusReport {
         device_id: id.clone(),
         applied: None,
+        boot: 1,
         seq: 1,
+        event_floor: 0,
         reported_at: 0,
         agent_version: "t".into(),
         uptime_secs: 1,
@@ -122,6 +125,135 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
 
     let stats: outpost_hub::api::Stats = api.get("/v1/stats").await.unwrap();
     assert_eq!(stats.counters.get("events_duplicate"), Some(&1));
+
+    shutdown.cancel();
+    running.wait().await;
+}
+
+/// The next verified watermark on the device's acks topic covering at least `n`.
+async fn watermark_at_least(
+    dev: &mut Subscriber,
+    id: &DeviceId,
+    keyset: &outpost_protocol::KeySet,
+    n: u64,
+) -> outpost_protocol::EventWatermark {
+    loop {
+        let p = dev.next_on(&topics::acks(id)).await;
+        let w = outpost_protocol::EventWatermark::open(&p.payload, id, keyset).unwrap();
+        if w.acked_through >= n {
+            return w;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signed_event_watermark_covers_only_contiguous_stored_events_and_the_device_floor() {
+    let InProcessHub {
+        tmp,
+        running,
+        shutdown,
+        api,
+        ..
+    } = InProcessHub::start().await;
+    let mqtt_port = running.embedded_broker.unwrap().port();
+    let key = SigningKey::generate().unwrap();
+    let id: DeviceId = "wm-1".parse().unwrap();
+    running
+        .hub
+        .add_device(
+            id.clone(),
+            key.public_key(),
+            Default::default(),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+    let acks = topics::acks(&id);
+    let mut dev = Subscriber::connect("wm-1", mqtt_port, std::slice::from_ref(&acks)).await;
+    // The agent's view: the provisioned key set verifies the watermark.
+    let keyset = verifier(tmp.path(), &id).state().keyset.clone();
+    let first = watermark_at_least(&mut dev, &id, &keyset, 0).await;
+    assert_eq!(first.acked_through, 0, "published with nothing stored yet");
+
+    let ev = |seq| Event {
+        device_id: id.clone(),
+        seq,
+        at: 5,
+        dropped_before: 0,
+        kind: EventKind::AppStopped { app: "a".into() },
+    };
+    // 3 is "lost by the broker": the watermark must stop at 2.
+    for seq in [1, 2, 4, 5] {
+        dev.client
+            .publish(
+                topics::events(&id),
+                QoS::AtLeastOnce,
+                false,
+                ev(seq).seal(&key),
+            )
+            .await
+            .unwrap();
+    }
+    let w = watermark_at_least(&mut dev, &id, &keyset, 2).await;
+    assert_eq!(w.acked_through, 2);
+    eventually("four events stored", || async {
+        let es: Vec<EventRecord> = api.get("/v1/devices/wm-1/events").await.ok()?;
+        (es.len() == 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let d = running.hub.store.device_marks(&id).unwrap().unwrap();
+    assert_eq!(d.events_acked, 2, "a gap holds the watermark");
+
+    // The re-sent 3 fills the gap: the watermark jumps over 4 and 5.
+    dev.client
+        .publish(
+            topics::events(&id),
+            QoS::AtLeastOnce,
+            false,
+            ev(3).seal(&key),
+        )
+        .await
+        .unwrap();
+    let w = watermark_at_least(&mut dev, &id, &keyset, 5).await;
+    assert_eq!(w.acked_through, 5);
+    assert_eq!(w.hub_session, first.hub_session, "same hub session");
+
+    // 7 arrives but 6 was dropped by the device's bounded outbox: its status
+    // says it will never send anything below 7 again.
+    dev.client
+        .publish(
+            topics::events(&id),
+            QoS::AtLeastOnce,
+            false,
+            ev(7).seal(&key),
+        )
+        .await
+        .unwrap();
+    let status = StatusReport {
+        device_id: id.clone(),
+        applied: None,
+        boot: 1,
+        seq: 1,
+        event_floor: 7,
+        reported_at: 0,
+        agent_version: "t".into(),
+        uptime_secs: 1,
+        apps: vec![],
+        rejected: RejectCounters::default(),
+        last_rejection: None,
+    };
+    dev.client
+        .publish(
+            topics::status(&id),
+            QoS::AtLeastOnce,
+            false,
+            status.seal(&key),
+        )
+        .await
+        .unwrap();
+    let w = watermark_at_least(&mut dev, &id, &keyset, 7).await;
+    assert_eq!(w.acked_through, 7);
 
     shutdown.cancel();
     running.wait().await;

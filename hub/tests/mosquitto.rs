@@ -51,7 +51,9 @@ async fn hub_with_external_mosquitto_delivers_manifests_and_ingests_status() {
     let r = StatusReport {
         device_id: id.clone(),
         applied: Some((1, 1)),
+        boot: 1,
         seq: 1,
+        event_floor: 0,
         reported_at: 0,
         agent_version: "t".into(),
         uptime_secs: 1,

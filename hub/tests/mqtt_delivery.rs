@@ -279,7 +279,9 @@ fn report(id: &str, seq: u64, applied: Option<(u64, u64)>) -> StatusReport {
     StatusReport {
         device_id: id.parse().unwrap(),
         applied,
+        boot: 1,
         seq,
+        event_floor: 0,
         reported_at: 1,
         agent_version: "test".into(),
         uptime_secs: 100 + seq,

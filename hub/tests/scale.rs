@@ -120,7 +120,9 @@ async fn status_from_every_device_is_ingested() {
             let r = StatusReport {
                 device_id: id.clone(),
                 applied: Some((1, 1)),
+                boot: 1,
                 seq: 1,
+                event_floor: 0,
                 reported_at: 0,
                 agent_version: "sim".into(),
                 uptime_secs: 1,

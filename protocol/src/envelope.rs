@@ -32,6 +32,9 @@ pub enum Kind {
     KeySet = 2,
     Status = 3,
     Event = 4,
+    /// The hub's signed event watermark (`watermark.rs`); its own kind so a
+    /// watermark can never be presented as a manifest signed by the same key.
+    Watermark = 5,
 }
 
 impl Kind {
@@ -41,6 +44,7 @@ impl Kind {
             2 => Kind::KeySet,
             3 => Kind::Status,
             4 => Kind::Event,
+            5 => Kind::Watermark,
             _ => return None,
         })
     }
@@ -224,6 +228,20 @@ mod tests {
         let mut msg = seal(Kind::Status, &k, b"body");
         msg[5] = Kind::Manifest as u8;
         let o = open(Kind::Manifest, &msg).unwrap();
+        assert!(!o.signed_by(&k.public_key()));
+    }
+
+    #[test]
+    fn a_watermark_cannot_pass_for_a_manifest_signed_by_the_same_key() {
+        let k = SigningKey::generate().unwrap();
+        let msg = seal(Kind::Watermark, &k, b"body");
+        assert!(matches!(
+            open(Kind::Manifest, &msg),
+            Err(OpenError::WrongKind { found: 5, .. })
+        ));
+        let mut relabelled = msg.clone();
+        relabelled[5] = Kind::Manifest as u8;
+        let o = open(Kind::Manifest, &relabelled).unwrap();
         assert!(!o.signed_by(&k.public_key()));
     }
 

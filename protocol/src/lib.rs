@@ -14,6 +14,8 @@
 //! - [`image`]: image references pinned by sha256 digest.
 //! - [`status`]: device-signed `StatusReport`s and `Event`s.
 //! - [`keyset`]: rotation of manifest-signing keys under an offline root key.
+//! - [`watermark`]: the hub-signed event watermark (`EventWatermark`) that lets
+//!   an agent delete an event only once the hub has stored it.
 //! - [`verify`]: the agent-side `Verifier` (accept / duplicate / reject with reason).
 //! - [`topics`]: MQTT topic names and device-id validation.
 //! - [`sample`]: a representative 5-app manifest for examples, benches and fuzz seeds.
@@ -30,6 +32,7 @@ pub mod sample;
 pub mod status;
 pub mod topics;
 pub mod verify;
+pub mod watermark;
 
 pub use envelope::{Kind, OpenError, Opened, FORMAT_VERSION, MAGIC, MAX_MESSAGE_BYTES};
 pub use image::{Digest, ImageConfig, ImageRef, Platform};
@@ -44,3 +47,4 @@ pub use status::{
 };
 pub use topics::{DeviceId, DeviceIdError};
 pub use verify::{Accepted, LastAccepted, RejectReason, TrustState, Verdict, Verifier};
+pub use watermark::{EventWatermark, WatermarkError};

@@ -17,8 +17,20 @@ pub struct StatusReport {
     pub device_id: DeviceId,
     /// `(epoch, generation)` of the last accepted manifest; `None` before the first.
     pub applied: Option<(u64, u64)>,
-    /// Per-device counter, so the hub can drop a stale report that arrives late.
+    /// The device's boot counter (persisted, +1 at every agent start). With
+    /// `seq` it orders reports: the hub accepts only a strictly greater
+    /// `(boot, seq)`, so a captured older report cannot be replayed.
+    /// (`default` lets the hub read status records it stored before this field
+    /// existed; postcard always carries it.)
+    #[serde(default)]
+    pub boot: u64,
+    /// Counter within `boot`, from 1; a late or replayed report has a lower one.
     pub seq: u64,
+    /// Every event with a lower `seq` was acknowledged by the hub or dropped by
+    /// the bounded outbox: the device will never send it (again). Lets the hub
+    /// move its event watermark over outbox drops instead of waiting forever.
+    #[serde(default)]
+    pub event_floor: u64,
     /// Device clock, unix seconds (may be wrong on devices without an RTC).
     pub reported_at: u64,
     pub agent_version: String,
@@ -217,7 +229,9 @@ mod tests {
         StatusReport {
             device_id: id.parse().unwrap(),
             applied: Some((1, 3)),
+            boot: 2,
             seq: 7,
+            event_floor: 1,
             reported_at: 1,
             agent_version: "0.1.0".into(),
             uptime_secs: 5,

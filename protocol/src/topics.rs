@@ -33,6 +33,12 @@ pub fn events(device: &DeviceId) -> String {
     format!("{PREFIX}/dev/{device}/events")
 }
 
+/// Retained, QoS 1: the hub-signed event watermark of the device (how far the
+/// hub has durably stored its events).
+pub fn acks(device: &DeviceId) -> String {
+    format!("{PREFIX}/dev/{device}/acks")
+}
+
 /// Subscription filters the hub uses for all devices.
 pub fn all_status() -> String {
     format!("{PREFIX}/dev/+/status")
@@ -48,6 +54,7 @@ pub enum DeviceTopic {
     Manifest(DeviceId),
     Status(DeviceId),
     Events(DeviceId),
+    Acks(DeviceId),
 }
 
 /// Parse a concrete topic back into a device topic; `None` for anything else.
@@ -59,6 +66,7 @@ pub fn parse(topic: &str) -> Option<DeviceTopic> {
         "manifest" => Some(DeviceTopic::Manifest(id)),
         "status" => Some(DeviceTopic::Status(id)),
         "events" => Some(DeviceTopic::Events(id)),
+        "acks" => Some(DeviceTopic::Acks(id)),
         _ => None,
     }
 }
@@ -180,6 +188,7 @@ mod tests {
         let id: DeviceId = "pi-01".parse().unwrap();
         assert_eq!(manifest(&id), "outpost/v1/dev/pi-01/manifest");
         assert_eq!(parse(&status(&id)), Some(DeviceTopic::Status(id.clone())));
+        assert_eq!(parse(&acks(&id)), Some(DeviceTopic::Acks(id.clone())));
         assert_eq!(parse(&events(&id)), Some(DeviceTopic::Events(id)));
         assert_eq!(parse("outpost/v1/dev/+/status"), None);
         assert_eq!(parse("other/topic"), None);

@@ -126,8 +126,8 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn status()(device_id in device_id(), applied in option::of(any::<(u64, u64)>()), seq in any::<u64>(), reported_at in any::<u64>(), agent_version in text(), uptime_secs in any::<u64>(), apps in vec(app_status(), 0..5), rejected in counters(), last_rejection in option::of(text())) -> StatusReport {
-        StatusReport { device_id, applied, seq, reported_at, agent_version, uptime_secs, apps, rejected, last_rejection }
+    fn status()(device_id in device_id(), applied in option::of(any::<(u64, u64)>()), (boot, seq, event_floor) in any::<(u64, u64, u64)>(), reported_at in any::<u64>(), agent_version in text(), uptime_secs in any::<u64>(), apps in vec(app_status(), 0..5), rejected in counters(), last_rejection in option::of(text())) -> StatusReport {
+        StatusReport { device_id, applied, boot, seq, event_floor, reported_at, agent_version, uptime_secs, apps, rejected, last_rejection }
     }
 }
 

@@ -182,6 +182,9 @@ pub fn spawn(
         client,
         runtime: SimRuntime::new(cfg.app_start),
         board: Arc::clone(&board),
+        // A fresh boot per run: the hub accepts only a greater (boot, seq), and a
+        // simulator run may follow another against the same hub.
+        boot: outpost_hub::hub::now_secs(),
         seq: 0,
         started: Instant::now(),
         apps: Vec::new(),
@@ -313,6 +316,7 @@ struct Handler {
     client: AsyncClient,
     runtime: SimRuntime,
     board: Arc<Board>,
+    boot: u64,
     seq: u64,
     started: Instant,
     apps: Vec<AppStatus>,
@@ -446,7 +450,10 @@ impl Handler {
         let report = StatusReport {
             device_id: self.id.clone(),
             applied: self.verifier.state().last.map(|l| (l.epoch, l.generation)),
+            boot: self.boot,
             seq: self.seq,
+            // The simulator sends no events.
+            event_floor: 0,
             reported_at: outpost_hub::hub::now_secs(),
             agent_version: concat!("outpost-sim/", env!("CARGO_PKG_VERSION")).into(),
             uptime_secs: self.started.elapsed().as_secs(),

@@ -349,6 +349,10 @@ async fn stats(State(s): State<ApiState>) -> Result<Json<Stats>, AppError> {
             .publish
             .publish_errors
             .load(std::sync::atomic::Ordering::Relaxed),
+        watermarks_published: s
+            .publish
+            .watermarks_published
+            .load(std::sync::atomic::Ordering::Relaxed),
     }))
 }
 

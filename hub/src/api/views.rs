@@ -118,4 +118,8 @@ pub struct Stats {
     pub manifests_published: u64,
     pub republish_all: u64,
     pub publish_errors: u64,
+    /// Signed event watermarks published (after ingest commits, and to every
+    /// device when the hub (re)subscribes).
+    #[serde(default)]
+    pub watermarks_published: u64,
 }

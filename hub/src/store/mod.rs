@@ -10,7 +10,8 @@
 mod records;
 
 pub use records::{
-    AuditEntry, DeploymentRecord, DeviceRecord, EventRecord, ManifestMeta, StatusRecord,
+    AuditEntry, DeploymentRecord, DeviceMarks, DeviceRecord, EventRecord, ManifestMeta,
+    StatusRecord,
 };
 
 use outpost_protocol::DeviceId;
@@ -33,6 +34,9 @@ const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("status");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Device id -> [`DeviceMarks`] (status order, event watermark). Kept when a
+/// device is removed, like its manifest.
+const MARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("marks");
 
 /// Events kept per device (by seq window); older ones are pruned on insert.
 pub const EVENTS_KEPT_PER_DEVICE: u64 = 10_000;
@@ -126,6 +130,7 @@ impl Store {
             tx.txn.open_table(EVENTS).ctx("create tables")?;
             tx.txn.open_table(AUDIT).ctx("create tables")?;
             tx.txn.open_table(COUNTERS).ctx("create tables")?;
+            tx.txn.open_table(MARKS).ctx("create tables")?;
             Ok::<_, StoreError>(())
         })?;
         Ok(store)
@@ -243,6 +248,42 @@ impl Store {
         self.read(|t| scan_map(&t.open_table(STATUS).ctx("read status")?, "status"))
     }
 
+    /// Delivery marks of every registered device, for the key it is registered
+    /// with (fresh marks where none are stored or they belong to an older key).
+    pub fn registered_marks(&self) -> Result<Vec<(DeviceId, DeviceMarks)>, StoreError> {
+        self.read(|t| {
+            let devices = t.open_table(DEVICES).ctx("read devices")?;
+            let marks = t.open_table(MARKS).ctx("read marks")?;
+            let mut out = Vec::new();
+            for row in devices.iter().ctx("scan devices")? {
+                let (k, v) = row.ctx("scan devices")?;
+                let d: DeviceRecord = decode("devices", k.value(), v.value())?;
+                let stored = marks.get(k.value()).ctx("read marks")?;
+                let m = stored
+                    .map(|v| decode::<DeviceMarks>("marks", k.value(), v.value()))
+                    .transpose()?;
+                out.push((d.id, for_key(m, &d.public_key)));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Delivery marks of one registered device (`None` if not registered).
+    pub fn device_marks(&self, id: &DeviceId) -> Result<Option<DeviceMarks>, StoreError> {
+        let Some(d) = self.device(id)? else {
+            return Ok(None);
+        };
+        self.read(|t| {
+            let marks = t.open_table(MARKS).ctx("read marks")?;
+            let m = marks
+                .get(id.as_str())
+                .ctx("read marks")?
+                .map(|v| decode::<DeviceMarks>("marks", id.as_str(), v.value()))
+                .transpose()?;
+            Ok(Some(for_key(m, &d.public_key)))
+        })
+    }
+
     /// Events of `id` with `seq > after`, oldest first, at most `limit`.
     pub fn events(
         &self,
@@ -292,6 +333,12 @@ impl Store {
             Ok(out)
         })
     }
+}
+
+/// Stored marks if they belong to `key`, else fresh ones for it.
+fn for_key(m: Option<DeviceMarks>, key: &outpost_protocol::PublicKey) -> DeviceMarks {
+    m.filter(|m| &m.key == key)
+        .unwrap_or_else(|| DeviceMarks::new(*key))
 }
 
 fn scan<T: DeserializeOwned>(
@@ -424,6 +471,36 @@ impl Tx {
             .insert(id.as_str(), encode(s).as_slice())
             .ctx("write status")?;
         Ok(())
+    }
+
+    /// The delivery marks of `id` for `key` (fresh ones if none are stored or
+    /// the stored ones belong to another key).
+    pub fn marks(
+        &self,
+        id: &DeviceId,
+        key: &outpost_protocol::PublicKey,
+    ) -> Result<DeviceMarks, StoreError> {
+        let table = self.txn.open_table(MARKS).ctx("read marks")?;
+        let v = table.get(id.as_str()).ctx("read marks")?;
+        let m = v
+            .map(|v| decode::<DeviceMarks>("marks", id.as_str(), v.value()))
+            .transpose()?;
+        Ok(for_key(m, key))
+    }
+
+    pub fn put_marks(&mut self, id: &DeviceId, m: &DeviceMarks) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(MARKS).ctx("write marks")?;
+        table
+            .insert(id.as_str(), encode(m).as_slice())
+            .ctx("write marks")?;
+        Ok(())
+    }
+
+    /// Is the event `(id, seq)` stored?
+    pub fn has_event(&self, id: &DeviceId, seq: u64) -> Result<bool, StoreError> {
+        let table = self.txn.open_table(EVENTS).ctx("read event")?;
+        let found = table.get((id.as_str(), seq)).ctx("read event")?.is_some();
+        Ok(found)
     }
 
     /// Insert an event unless one with the same `(device, seq)` exists (QoS 1 may

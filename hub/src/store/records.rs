@@ -44,6 +44,31 @@ pub struct StatusRecord {
     pub report: StatusReport,
 }
 
+/// Per-device delivery bookkeeping: the last accepted status order and the
+/// event watermark. Kept when a device is removed (re-adding it with the same
+/// key must not reopen the replay window), and bound to the device's key: a
+/// re-provisioned device (new key, counters from zero) starts from zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMarks {
+    pub key: PublicKey,
+    /// `(boot, seq)` of the last accepted status; only a strictly greater one
+    /// is accepted.
+    pub status: Option<(u64, u64)>,
+    /// Every event with a seq at or below this is stored (or was reported
+    /// dropped by the device's outbox): what the signed watermark says.
+    pub events_acked: u64,
+}
+
+impl DeviceMarks {
+    pub fn new(key: PublicKey) -> DeviceMarks {
+        DeviceMarks {
+            key,
+            status: None,
+            events_acked: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub received_at: u64,

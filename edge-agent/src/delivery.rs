@@ -1,0 +1,408 @@
+//! End-to-end delivery of status and events: the sender task, and the pure
+//! decisions it runs on.
+//!
+//! A broker's PUBACK only says the broker took a message. A broker without
+//! persistence (Mosquitto's default; the embedded broker always) that restarts
+//! while the hub is away loses what it had queued for the hub, and a status
+//! sent while the hub is not subscribed reaches nobody. So:
+//!
+//! - an event leaves the outbox only when the hub's signed event watermark
+//!   (`outpost_protocol::EventWatermark`, retained on `topics::acks`) covers
+//!   it; the inbox verifies the watermark, deletes what it covers and hands it
+//!   to the sender through a [`HubAck`] watch;
+//! - on every connection the sender sends a status, then every unacknowledged
+//!   event from the watermark up, one QoS 1 publish in flight at a time (the
+//!   broker's PUBACK paces us and keeps the order);
+//! - when a watermark with a new `hub_session` arrives the hub has just
+//!   (re)subscribed and may have missed what we sent: status and every
+//!   unacknowledged event again ([`hub_returned`]);
+//! - while the watermark lags behind what was sent, everything unacknowledged
+//!   is sent again after [`resend_after`] (30 s, doubling while nothing moves,
+//!   capped), which repairs a lost watermark or an event the broker dropped
+//!   while the hub stayed subscribed.
+//!
+//! The hub drops duplicates by `seq`, so re-sending is always safe.
+
+use crate::link::AckEvent;
+use crate::report::Reporter;
+use outpost_protocol::{topics, EventWatermark, KeySet};
+use rumqttc::{AsyncClient, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// A publish not acknowledged by the broker within this time is treated as a
+/// dead link.
+const ACK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Smallest gap between two status reports sent because the view changed.
+const MIN_STATUS_GAP: Duration = Duration::from_secs(1);
+/// First wait for the watermark to cover what was sent before sending it all
+/// again. The hub answers a batch within milliseconds when it is there, so 30 s
+/// means something was lost, not that the hub is slow.
+pub const RESEND_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait between two re-sends while the watermark does not move: with
+/// the hub away for hours, re-sending a full outbox every 30 s would only
+/// spend a metered link (the hub's return is announced anyway, see
+/// [`hub_returned`]).
+pub const RESEND_MAX: Duration = Duration::from_secs(600);
+
+/// The latest verified watermark, as the inbox hands it to the sender.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubAck {
+    /// Every event up to this seq is stored at the hub.
+    pub acked_through: u64,
+    /// `hub_session` of the watermark; `None` before the first one.
+    pub session: Option<u64>,
+}
+
+/// How long to wait for the watermark before re-sending, after `rounds`
+/// re-sends that did not move it: [`RESEND_FIRST`] doubling up to
+/// [`RESEND_MAX`]. (Pure.)
+pub fn resend_after(rounds: u32) -> Duration {
+    RESEND_FIRST
+        .saturating_mul(1u32 << rounds.min(16))
+        .min(RESEND_MAX)
+}
+
+/// Should everything unacknowledged be sent again now? Only if something sent
+/// is still not covered by the watermark and we have waited long enough since
+/// the watermark last moved (or since the last re-send). (Pure.)
+pub fn resend_due(acked: u64, sent_through: u64, waited: Duration, rounds: u32) -> bool {
+    sent_through > acked && waited >= resend_after(rounds)
+}
+
+/// Did the hub (re)subscribe since we last heard from it? A watermark with a
+/// session we have not seen says so. (Pure.)
+pub fn hub_returned(last_seen: Option<u64>, now: Option<u64>) -> bool {
+    now.is_some() && now != last_seen
+}
+
+/// Handle a message on the device's acks topic: verify the watermark with the
+/// trusted key set, delete the outbox entries it covers, and hand it to the
+/// sender. A refused one is logged and otherwise ignored (it cannot make us
+/// delete anything); an empty one is the hub clearing it (device removed).
+pub async fn on_watermark(
+    reporter: &Arc<Reporter>,
+    keyset: &KeySet,
+    payload: Vec<u8>,
+    hub: &watch::Sender<HubAck>,
+) {
+    let device = reporter.device_id();
+    if payload.is_empty() {
+        return;
+    }
+    let w = match EventWatermark::open(&payload, device, keyset) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(device_id = %device, error = %e, "event watermark refused");
+            return;
+        }
+    };
+    let store = reporter.store().clone();
+    let acked = w.acked_through;
+    match tokio::task::spawn_blocking(move || store.outbox_ack_through(acked)).await {
+        Ok(Ok(n)) if n > 0 => {
+            tracing::debug!(device_id = %device, acked_through = acked, deleted = n, "events acknowledged by the hub");
+        }
+        Ok(Ok(_)) => {}
+        // The entries stay and are sent again; the hub drops them as duplicates.
+        Ok(Err(e)) => {
+            tracing::error!(device_id = %device, error = %e, "deleting acknowledged events")
+        }
+        Err(e) => tracing::error!(device_id = %device, error = %e, "outbox task failed"),
+    }
+    hub.send_replace(HubAck {
+        acked_through: w.acked_through,
+        session: Some(w.hub_session),
+    });
+}
+
+/// Delivers status and the outbox (see the module docs).
+pub struct Sender {
+    pub client: AsyncClient,
+    pub reporter: Arc<Reporter>,
+    /// Connection number while connected, `None` while down.
+    pub conn: watch::Receiver<Option<u64>>,
+    pub acks: mpsc::UnboundedReceiver<AckEvent>,
+    /// The hub's watermark, from the inbox.
+    pub hub: watch::Receiver<HubAck>,
+    pub status_interval: Duration,
+}
+
+#[derive(Debug)]
+struct Lost;
+
+impl Sender {
+    async fn publish_and_wait(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), Lost> {
+        while self.acks.try_recv().is_ok() {}
+        let epoch = *self.conn.borrow();
+        if self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .is_err()
+        {
+            return Err(Lost);
+        }
+        let mut pkid = None;
+        let deadline = tokio::time::sleep(ACK_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Err(Lost),
+                changed = self.conn.changed() => {
+                    if changed.is_err() || *self.conn.borrow() != epoch {
+                        return Err(Lost);
+                    }
+                }
+                ev = self.acks.recv() => match ev {
+                    None => return Err(Lost),
+                    Some(AckEvent::Sent(p)) if pkid.is_none() => pkid = Some(p),
+                    Some(AckEvent::Acked(p)) if Some(p) == pkid => return Ok(()),
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+
+    /// A fresh signed status (the event floor read off the async threads).
+    async fn status(&self) -> Vec<u8> {
+        let store = self.reporter.store().clone();
+        let floor = match tokio::task::spawn_blocking(move || store.event_floor()).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                // 0 claims nothing; the hub then just waits for the events.
+                tracing::warn!(error = %e, "reading the outbox floor");
+                0
+            }
+            Err(_) => 0,
+        };
+        self.reporter.sealed_status(floor)
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let device = self.reporter.device_id().clone();
+        let status_topic = topics::status(&device);
+        let events_topic = topics::events(&device);
+        let mut changes = self.reporter.subscribe();
+        'outer: loop {
+            // Wait for a connection.
+            while self.conn.borrow().is_none() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'outer,
+                    r = self.conn.changed() => if r.is_err() { break 'outer },
+                }
+            }
+            // Status first on every (re)connect: the hub re-sends the manifest if
+            // our applied generation is behind.
+            changes.borrow_and_update();
+            let mut seen = *self.hub.borrow_and_update();
+            let status = self.status().await;
+            if self.publish_and_wait(&status_topic, status).await.is_err() {
+                continue;
+            }
+            let mut last_status = tokio::time::Instant::now();
+            // Everything not covered by the watermark goes out again on each
+            // connection: the broker may have lost it.
+            let mut sent_through = seen.acked_through;
+            let mut progress_at = tokio::time::Instant::now();
+            let mut rounds = 0u32;
+            loop {
+                // Drain the outbox in order, from what is neither acked nor sent.
+                loop {
+                    if cancel.is_cancelled() {
+                        break 'outer;
+                    }
+                    let after = sent_through.max(self.hub.borrow().acked_through);
+                    let store = self.reporter.store().clone();
+                    let next = tokio::task::spawn_blocking(move || store.outbox_next(after)).await;
+                    let (seq, bytes) = match next {
+                        Ok(Ok(Some(e))) => e,
+                        Ok(Ok(None)) => break,
+                        Ok(Err(e)) => {
+                            tracing::error!(device_id = %device, error = %e, "reading outbox");
+                            break;
+                        }
+                        Err(_) => break,
+                    };
+                    if self.publish_and_wait(&events_topic, bytes).await.is_err() {
+                        continue 'outer;
+                    }
+                    tracing::debug!(device_id = %device, seq, "event sent");
+                    sent_through = seq;
+                }
+                let hub = *self.hub.borrow_and_update();
+                if hub.acked_through > seen.acked_through {
+                    progress_at = tokio::time::Instant::now();
+                    rounds = 0;
+                }
+                let returned = hub_returned(seen.session, hub.session);
+                seen = hub;
+                if returned {
+                    tracing::info!(device_id = %device, acked_through = hub.acked_through, "the hub (re)subscribed: sending status and unacknowledged events again");
+                    sent_through = hub.acked_through;
+                    progress_at = tokio::time::Instant::now();
+                    changes.borrow_and_update();
+                    last_status = tokio::time::Instant::now();
+                    let status = self.status().await;
+                    if self.publish_and_wait(&status_topic, status).await.is_err() {
+                        continue 'outer;
+                    }
+                    continue;
+                }
+                if resend_due(
+                    hub.acked_through,
+                    sent_through,
+                    progress_at.elapsed(),
+                    rounds,
+                ) {
+                    tracing::info!(device_id = %device, acked_through = hub.acked_through, sent_through, "hub watermark lags: sending unacknowledged events again");
+                    sent_through = hub.acked_through;
+                    progress_at = tokio::time::Instant::now();
+                    rounds = rounds.saturating_add(1);
+                    continue;
+                }
+                if changes.has_changed().unwrap_or(false)
+                    || last_status.elapsed() >= self.status_interval
+                {
+                    // At most one change-driven status per second (a pull or a
+                    // backoff countdown changes the view often).
+                    let since = last_status.elapsed();
+                    if since < MIN_STATUS_GAP {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break 'outer,
+                            _ = tokio::time::sleep(MIN_STATUS_GAP - since) => {}
+                        }
+                    }
+                    changes.borrow_and_update();
+                    last_status = tokio::time::Instant::now();
+                    let status = self.status().await;
+                    if self.publish_and_wait(&status_topic, status).await.is_err() {
+                        continue 'outer;
+                    }
+                    continue;
+                }
+                let mut wait = self.status_interval.saturating_sub(last_status.elapsed());
+                if sent_through > hub.acked_through {
+                    wait = wait.min(resend_after(rounds).saturating_sub(progress_at.elapsed()));
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'outer,
+                    _ = self.reporter.outbox_wake.notified() => {}
+                    r = changes.changed() => if r.is_err() { break 'outer },
+                    r = self.hub.changed() => if r.is_err() { break 'outer },
+                    _ = tokio::time::sleep(wait) => {}
+                    r = self.conn.changed() => {
+                        if r.is_err() { break 'outer }
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resend_waits_grow_while_nothing_moves_and_are_capped() {
+        assert_eq!(resend_after(0), Duration::from_secs(30));
+        assert_eq!(resend_after(1), Duration::from_secs(60));
+        assert_eq!(resend_after(4), Duration::from_secs(480));
+        assert_eq!(resend_after(5), RESEND_MAX);
+        assert_eq!(resend_after(u32::MAX), RESEND_MAX);
+    }
+
+    #[test]
+    fn resend_due_table() {
+        let s = Duration::from_secs;
+        // (acked, sent_through, waited, rounds, due)
+        let cases = [
+            (5, 5, s(3600), 0, false), // everything sent is acked
+            (0, 0, s(3600), 0, false), // nothing sent
+            (7, 5, s(3600), 0, false), // watermark ahead (events sent before a restart)
+            (4, 5, s(29), 0, false),   // not waited long enough
+            (4, 5, s(30), 0, true),
+            (4, 5, s(59), 1, false), // second round waits twice as long
+            (4, 5, s(60), 1, true),
+            (4, 5, s(600), 9, true), // capped
+        ];
+        for (acked, sent, waited, rounds, due) in cases {
+            assert_eq!(
+                resend_due(acked, sent, waited, rounds),
+                due,
+                "acked {acked} sent {sent} waited {waited:?} rounds {rounds}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_verified_watermark_deletes_outbox_entries() {
+        use crate::report::View;
+        use crate::state::Store;
+        use outpost_protocol::{EventKind, SigningKey};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
+        let reporter = Arc::new(Reporter::new(
+            device.clone(),
+            SigningKey::generate().unwrap(),
+            store.clone(),
+            100,
+            1,
+            View::default(),
+            dir.path().join("status.json"),
+        ));
+        for _ in 0..3 {
+            reporter
+                .event_blocking(EventKind::AppStopped { app: "a".into() })
+                .unwrap();
+        }
+        let hub_key = SigningKey::generate().unwrap();
+        let keyset = KeySet {
+            version: 1,
+            issued_at: 0,
+            keys: vec![hub_key.public_key()],
+        };
+        let (tx, rx) = watch::channel(HubAck::default());
+        let wm = |n: u64, device: &str| EventWatermark {
+            device_id: device.parse().unwrap(),
+            acked_through: n,
+            hub_session: 7,
+            issued_at: 0,
+        };
+        // Forged (unknown key), for another device, junk: nothing deleted.
+        let forged = wm(3, "pi-1").seal(&SigningKey::generate().unwrap());
+        for bad in [forged, wm(3, "pi-2").seal(&hub_key), vec![1, 2, 3], vec![]] {
+            on_watermark(&reporter, &keyset, bad, &tx).await;
+        }
+        assert_eq!(store.outbox_len().unwrap(), 3);
+        assert_eq!(*rx.borrow(), HubAck::default());
+        on_watermark(&reporter, &keyset, wm(2, "pi-1").seal(&hub_key), &tx).await;
+        assert_eq!(store.outbox_next(0).unwrap().unwrap().0, 3);
+        assert_eq!(
+            *rx.borrow(),
+            HubAck {
+                acked_through: 2,
+                session: Some(7)
+            }
+        );
+    }
+
+    #[test]
+    fn hub_returned_table() {
+        let cases = [
+            (None, None, false),       // no watermark yet
+            (None, Some(1), true),     // first watermark this run
+            (Some(1), Some(1), false), // the same session (watermark moved, or retained re-delivery)
+            (Some(1), Some(2), true),  // the hub re-subscribed
+            (Some(1), None, false),
+        ];
+        for (last, now, want) in cases {
+            assert_eq!(hub_returned(last, now), want, "{last:?} {now:?}");
+        }
+    }
+}
