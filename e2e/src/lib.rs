@@ -988,6 +988,11 @@ impl Agent {
         self.proc.as_mut().is_some_and(Proc::is_running)
     }
 
+    /// Pid of the running agent process.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(Proc::pid)
+    }
+
     /// `outpost-agent status --json`.
     pub fn status(&self) -> Result<Value> {
         let out = run(Command::new(&bins().agent)
@@ -1251,6 +1256,40 @@ pub mod mqtt {
     use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
     use std::net::SocketAddr;
     use std::time::Duration;
+
+    /// Publish every payload on `topic` from one connection (QoS 1, pipelined)
+    /// and wait for all the broker's PUBACKs. Returns how many were acked.
+    pub fn flood(addr: SocketAddr, topic: &str, payloads: Vec<Vec<u8>>) -> Result<usize> {
+        rt()?.block_on(async {
+            let (c, mut el) = client(addr);
+            let n = payloads.len();
+            let topic = topic.to_string();
+            let sender = tokio::spawn(async move {
+                for p in payloads {
+                    c.publish(&topic, QoS::AtLeastOnce, false, p).await?;
+                }
+                Ok::<_, anyhow::Error>(c)
+            });
+            let mut acks = 0;
+            let res = tokio::time::timeout(super::PATIENCE, async {
+                while acks < n {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Incoming::PubAck(_))) => acks += 1,
+                        Ok(_) => {}
+                        Err(e) => bail!("flood connection failed after {acks} acks: {e}"),
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            match res {
+                Ok(r) => r?,
+                Err(_) => bail!("only {acks} of {n} publishes were acked"),
+            }
+            sender.await??;
+            Ok(acks)
+        })
+    }
 
     fn client(addr: SocketAddr) -> (AsyncClient, rumqttc::EventLoop) {
         let id = super::unique("e2e-client");

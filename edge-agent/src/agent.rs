@@ -13,6 +13,7 @@ use crate::link::{self, Inbound};
 use crate::reconcile::execute::Executor;
 use crate::reconcile::plan::Policy;
 use crate::reconcile::Reconciler;
+use crate::rejections::{OnReject, Throttle};
 use crate::report::{Reporter, View};
 use crate::state::{StateError, Store};
 use crate::trust::{initial_trust, KeySetOutcome, ManifestOutcome, TrustError, TrustGate};
@@ -203,6 +204,8 @@ pub async fn run(
                 hub: hub_tx,
                 epoch: 0,
                 held: None,
+                throttle: Throttle::default(),
+                started: tokio::time::Instant::now(),
             };
             tracker.spawn(inbox.run(in_rx, cancel.clone()));
         }
@@ -276,15 +279,61 @@ struct Inbox {
     /// verified once more when a newer key set is adopted instead of waiting
     /// for the hub to notice and resend it.
     held: Option<Vec<u8>>,
+    /// Reports refusals without a write per refusal (see [`crate::rejections`]).
+    throttle: Throttle,
+    /// Origin of the throttle's monotonic clock.
+    started: tokio::time::Instant,
 }
 
 impl Inbox {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Persist the counters and queue one `ManifestRejected` event.
+    async fn report_rejection(&self, text: String) {
+        let device = self.reporter.device_id().clone();
+        let counters = self.reporter.view().rejected;
+        let store = self.reporter.store().clone();
+        let t = text.clone();
+        match tokio::task::spawn_blocking(move || store.save_rejection(&counters, &t)).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!(device_id = %device, "could not persist the rejection counters"),
+        }
+        self.reporter
+            .event(EventKind::ManifestRejected { reason: text })
+            .await;
+    }
+
+    /// The end of a window with deferred refusals: one summary for all.
+    async fn flush_rejections(&mut self) {
+        let now = self.now_ms();
+        if let Some(summary) = self.throttle.flush(now) {
+            let device = self.reporter.device_id();
+            tracing::warn!(device_id = %device, refused = summary.count, last = %summary.last_reason, "refused messages in the last window");
+            self.report_rejection(summary.text()).await;
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Inbound>, cancel: CancellationToken) {
         let device = self.reporter.device_id().clone();
         loop {
+            let due = self
+                .throttle
+                .due_at()
+                .map(|at| self.started + Duration::from_millis(at));
             let msg = tokio::select! {
                 _ = cancel.cancelled() => break,
                 m = rx.recv() => match m { Some(m) => m, None => break },
+                _ = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.flush_rejections().await;
+                    continue;
+                }
             };
             match msg {
                 Inbound::Connected { .. } => {
@@ -396,7 +445,6 @@ impl Inbox {
                     self.held = Some(held_copy);
                 }
                 let text = reason.to_string();
-                tracing::warn!(device_id = %device, size, reason = %text, "manifest rejected; running apps untouched");
                 let mut counters = self.reporter.view().rejected;
                 reason.count_into(&mut counters);
                 Some((counters, text))
@@ -415,28 +463,27 @@ impl Inbox {
             Ok(Err(KeySetOutcome::AlreadyKnown)) => None,
             Ok(Err(KeySetOutcome::Rejected(e))) => {
                 let text = format!("key set: {e}");
-                tracing::warn!(device_id = %device, size, reason = %text, "key set rejected");
                 let mut counters = self.reporter.view().rejected;
                 counters.keyset += 1;
                 Some((counters, text))
             }
         };
         if let Some((counters, text)) = rejection {
-            let store = self.reporter.store().clone();
-            let (c, t) = (counters.clone(), text.clone());
-            match tokio::task::spawn_blocking(move || store.save_rejection(&c, &t)).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    tracing::error!(device_id = %device, "could not persist the rejection counters")
-                }
-            }
             self.reporter.update(|v| {
                 v.rejected = counters;
                 v.last_rejection = Some(text.clone());
             });
-            self.reporter
-                .event(EventKind::ManifestRejected { reason: text })
-                .await;
+            let now = self.now_ms();
+            match self.throttle.on_reject(now, &text) {
+                OnReject::Report => {
+                    tracing::warn!(device_id = %device, size, reason = %text, "refused; running apps untouched");
+                    self.report_rejection(text).await;
+                }
+                OnReject::Defer => {
+                    // trace, not debug: a flood must not become a flood of log lines.
+                    tracing::trace!(device_id = %device, size, reason = %text, "refused; counted, summarised at the end of the window");
+                }
+            }
         }
         true
     }
@@ -501,6 +548,8 @@ mod tests {
                 hub,
                 epoch: 0,
                 held: None,
+                throttle: Throttle::default(),
+                started: tokio::time::Instant::now(),
             },
             root,
             signer,
@@ -529,7 +578,7 @@ mod tests {
         seal_value(Kind::Manifest, signer, &m).unwrap()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn accepted_manifests_become_desired_and_rejections_are_counted_persisted_and_inert() {
         let mut r = rig();
         let topic = topics::manifest(&"pi-1".parse().unwrap());
@@ -564,14 +613,21 @@ mod tests {
         );
         assert!(v.last_rejection.unwrap().contains("over the"));
         let loaded = r.store.load().unwrap();
-        assert_eq!(loaded.rejected.total(), 3);
         assert_eq!(loaded.manifest.as_deref(), Some(good.as_slice()));
-        // Applied + 3 rejections were queued as events.
-        assert_eq!(loaded.event_seq, 4);
+        // The first refusal is persisted and reported at once, the next two
+        // only counted until the window ends (a flood costs no write each).
+        assert_eq!(loaded.rejected.total(), 1);
+        assert_eq!(loaded.event_seq, 2);
+        tokio::time::advance(Duration::from_millis(crate::rejections::WINDOW_MS)).await;
+        r.inbox.flush_rejections().await;
+        let loaded = r.store.load().unwrap();
+        assert_eq!(loaded.rejected.total(), 3);
+        // Applied + first refusal + one summary of the other two.
+        assert_eq!(loaded.event_seq, 3);
 
         // Other topics are ignored (and acked).
         assert!(r.inbox.handle("outpost/v1/dev/pi-1/other", vec![1]).await);
-        assert_eq!(r.store.load().unwrap().event_seq, 4);
+        assert_eq!(r.store.load().unwrap().event_seq, 3);
     }
 
     #[tokio::test]

@@ -17,6 +17,8 @@
 //! - [`images`], [`runtime`]: the real adapters over `outpost-oci` and
 //!   `outpost-runtime`.
 //! - [`health`]: exec/HTTP/TCP readiness probes.
+//! - [`rejections`]: refusals counted at once, reported without a write per
+//!   refusal (a flood costs bounded flash and leaves the outbox alone).
 //! - [`retention`]: which images are kept (current and previous release) and
 //!   the image disk budget.
 //! - [`report`]: the status view, signed events, the local status file.
@@ -32,6 +34,7 @@ pub mod images;
 pub mod link;
 pub mod logview;
 pub mod reconcile;
+pub mod rejections;
 pub mod report;
 pub mod retention;
 pub mod runtime;
