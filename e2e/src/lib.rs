@@ -742,6 +742,8 @@ pub struct AppDef {
     pub port: u16,
     pub version: String,
     pub health: bool,
+    /// More environment variables (e.g. the sample's `TICK_MS`).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl AppDef {
@@ -752,12 +754,18 @@ impl AppDef {
             port: free_port(),
             version: "1".into(),
             health: false,
+            extra_env: Vec::new(),
         }
     }
 
     fn to_toml(&self) -> String {
+        let extra: String = self
+            .extra_env
+            .iter()
+            .map(|(k, v)| format!(", {k} = \"{v}\""))
+            .collect();
         let mut s = format!(
-            "\n[[apps]]\nname = \"{}\"\nimage = \"{}\"\nenv = {{ PORT = \"{}\", HELLO_VERSION = \"{}\" }}\nvolumes = [{{ name = \"data\", path = \"/data\" }}]\n",
+            "\n[[apps]]\nname = \"{}\"\nimage = \"{}\"\nenv = {{ PORT = \"{}\", HELLO_VERSION = \"{}\"{extra} }}\nvolumes = [{{ name = \"data\", path = \"/data\" }}]\n",
             self.name, self.image, self.port, self.version
         );
         if self.health {

@@ -228,6 +228,18 @@ mod tests {
         seal_value(Kind::Manifest, &w.signer, &m).unwrap()
     }
 
+    /// Key set `version` listing only `key`, signed by the root.
+    fn rotated_keyset(w: &World, version: u64, key: &SigningKey) -> SignedKeySet {
+        SignedKeySet::sign(
+            &KeySet {
+                version,
+                issued_at: 0,
+                keys: vec![key.public_key()],
+            },
+            &w.root,
+        )
+    }
+
     #[test]
     fn accepted_manifest_is_persisted_before_it_is_returned() {
         let mut w = world();
@@ -252,14 +264,7 @@ mod tests {
         let b = manifest(&w, 4);
         w.gate.manifest(&b).unwrap();
         let k2 = SigningKey::generate().unwrap();
-        let set = SignedKeySet::sign(
-            &KeySet {
-                version: 2,
-                issued_at: 0,
-                keys: vec![k2.public_key()],
-            },
-            &w.root,
-        );
+        let set = rotated_keyset(&w, 2, &k2);
         assert_eq!(w.gate.keyset(&set.0).unwrap(), KeySetOutcome::Adopted(2));
         // A reboot: everything comes from the store.
         let loaded = w.store.load().unwrap();
@@ -317,14 +322,7 @@ mod tests {
     fn newer_keysets_are_adopted_and_redelivery_is_silent() {
         let mut w = world();
         let k2 = SigningKey::generate().unwrap();
-        let set = SignedKeySet::sign(
-            &KeySet {
-                version: 2,
-                issued_at: 0,
-                keys: vec![k2.public_key()],
-            },
-            &w.root,
-        );
+        let set = rotated_keyset(&w, 2, &k2);
         assert_eq!(w.gate.keyset(&set.0).unwrap(), KeySetOutcome::Adopted(2));
         assert_eq!(w.gate.keyset(&set.0).unwrap(), KeySetOutcome::AlreadyKnown);
         let forged = SignedKeySet::sign(

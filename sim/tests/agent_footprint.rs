@@ -120,9 +120,13 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
     std::thread::sleep(Duration::from_secs(10));
     let idle = agent::footprint(pid).unwrap();
 
-    let apps: Vec<AppDef> = (0..5)
+    let mut apps: Vec<AppDef> = (0..5)
         .map(|i| AppDef::hello(&unique(&format!("fp{i}")), &image))
         .collect();
+    // One app logs a line a second, as a real app does: its log is part of
+    // the device's flash writes (appends by the app, rotation copies by the
+    // agent).
+    apps[0].extra_env = vec![("TICK_MS".into(), "1000".into())];
     let before_deploy = procstat::write_bytes(pid).unwrap();
     let t = Instant::now();
     let gen_before = agent.applied_generation().unwrap_or(0);
@@ -139,6 +143,12 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
     let deploy_writes = procstat::write_bytes(pid).unwrap() - before_deploy;
     let busy = agent::footprint(pid).unwrap();
 
+    let ticker_pid =
+        wait_for("the logging app's pid", || agent.app_pid(&apps[0].name)).unwrap() as u32;
+    let logs_dir = agent.dir.path().join("data/logs");
+    let ticker_log = logs_dir.join(format!("{}.log", apps[0].name));
+    let ticker_before = procstat::write_bytes(ticker_pid).unwrap();
+    let log_len_before = std::fs::metadata(&ticker_log).map_or(0, |m| m.len());
     let wear = agent::wear(
         pid,
         Duration::from_secs(wear_secs),
@@ -151,6 +161,8 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
         },
     )
     .unwrap();
+    let ticker_written = procstat::write_bytes(ticker_pid).unwrap() - ticker_before;
+    let log_growth = std::fs::metadata(&ticker_log).map_or(0, |m| m.len()) - log_len_before;
     // Still 5 apps, still connected: the window was steady state.
     assert_eq!(agent.connected(), Some(true));
     for a in &apps {
@@ -192,6 +204,18 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
         wear.window.as_secs_f64(),
         wear.written as f64 * 3600.0 / wear.window.as_secs_f64() / 1024.0,
         wear.per_day / 1048576.0
+    );
+    let per_day = |b: u64| b as f64 * 86_400.0 / wear.window.as_secs_f64() / 1048576.0;
+    println!(
+        "app logging a line a second: its log grew {log_growth} bytes, the app's write_bytes {ticker_written} in {:.0} s",
+        wear.window.as_secs_f64()
+    );
+    println!(
+        "flash writes per day, agent state + logs: agent {:.3} MiB + app log {:.3} MiB; rotation copies each log byte once more (at {} per file), so logs cost ≈ {:.3} MiB/day",
+        per_day(wear.written),
+        per_day(log_growth),
+        "1 MiB",
+        2.0 * per_day(log_growth)
     );
     drop(running);
     agent.stop_all().unwrap();
