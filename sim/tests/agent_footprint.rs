@@ -211,10 +211,9 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
         wear.window.as_secs_f64()
     );
     println!(
-        "flash writes per day, agent state + logs: agent {:.3} MiB + app log {:.3} MiB; rotation copies each log byte once more (at {} per file), so logs cost ≈ {:.3} MiB/day",
+        "flash writes per day, agent state + logs: agent {:.3} MiB + app log {:.3} MiB; rotation copies each log byte once more (at 1 MiB per file), so logs cost ≈ {:.3} MiB/day",
         per_day(wear.written),
         per_day(log_growth),
-        "1 MiB",
         2.0 * per_day(log_growth)
     );
     drop(running);
