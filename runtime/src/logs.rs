@@ -21,6 +21,7 @@
 //! copies first.
 
 use nix::fcntl::{fallocate, FallocateFlags};
+use nix::libc::off_t;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -87,7 +88,11 @@ fn data_start(f: &mut File, from: u64, len: u64) -> u64 {
     // SEEK_DATA: ENXIO when no data follows; unsupported file systems treat
     // the whole file as data.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&*f);
-    match nix::unistd::lseek(fd, from as i64, nix::unistd::Whence::SeekData) {
+    // off_t is 32 bits on armv7: an offset past it is read as data.
+    let Ok(offset) = off_t::try_from(from) else {
+        return from;
+    };
+    match nix::unistd::lseek(fd, offset, nix::unistd::Whence::SeekData) {
         Ok(off) => u64::try_from(off).unwrap_or(from),
         Err(nix::Error::ENXIO) => len,
         Err(_) => from,
@@ -121,7 +126,14 @@ fn drop_prefix(live: &Path, cut: u64) -> Result<(), LogError> {
         .write(true)
         .open(live)
         .map_err(err("open for rotation", live))?;
-    let len = i64::try_from(cut).unwrap_or(i64::MAX);
+    // off_t is 32 bits on armv7; a log file is far below 2 GiB, but a cut
+    // that does not fit is refused rather than truncated to a wrong range.
+    let len = off_t::try_from(cut).map_err(|_| {
+        err("collapse range", live)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cut of {cut} bytes does not fit this platform's file offsets"),
+        ))
+    })?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
     match fallocate(fd, FallocateFlags::FALLOC_FL_COLLAPSE_RANGE, 0, len) {
         Ok(()) => Ok(()),
