@@ -16,6 +16,10 @@ use std::time::Duration;
 /// Room for MQTT headers and topic names on top of the largest message.
 pub const PACKET_OVERHEAD: usize = 4096;
 
+/// Size of one segment of a per-device commit log in the embedded broker: the
+/// smallest rumqttd accepts (see `config`).
+pub const DEVICE_SEGMENT_BYTES: usize = 1024;
+
 /// Largest MQTT packet hub and broker accept.
 pub const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + PACKET_OVERHEAD;
 
@@ -49,13 +53,21 @@ pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
         next_connection_delay_ms: 0,
         connections,
     };
-    // rumqttd keeps one in-memory commit log per subscription filter. Each device
-    // subscribes to its own manifest topic, so the default log is kept small (a
-    // segment may overflow by one packet, so even a maximum-size manifest fits):
-    // 10,000 devices × 3 × 64 KiB bounds the worst case. The hub's two wildcard
-    // filters carry the whole fleet's status and events and get room for
-    // minutes of traffic, so a briefly busy hub does not have its cursor jump
-    // (silent loss, see PITFALLS).
+    // rumqttd keeps one in-memory commit log per subscription filter, and a
+    // log keeps every packet until its segments are full. Each device
+    // subscribes to its own manifest and acks topics, so with room for a few
+    // manifests per device the hub's RSS grew by one manifest per device and
+    // deploy round until those logs filled (+50 MiB a round at 10,000
+    // devices; bound 10,000 × 192 KiB). Everything a device reads is
+    // latest-wins (manifest, key set, ack watermark), so its logs keep only
+    // the packet being delivered and the one before it: segments of the
+    // smallest size rumqttd allows (1 KiB; a segment overflows by one packet,
+    // so one manifest fills one) and two of them. A device that was away
+    // reads from the head of its log, which is the latest manifest.
+    // The hub's two wildcard filters carry the whole fleet's status and
+    // events and get room for minutes of traffic, so a briefly busy hub does
+    // not have its cursor jump (rumqttd moves a reader that fell behind the
+    // log's head to the head: silent loss).
     let fleet = rumqttd::SegmentConfig {
         max_segment_size: 16 * 1024 * 1024,
         max_segment_count: 4,
@@ -63,8 +75,8 @@ pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
     let router = rumqttd::RouterConfig {
         max_connections,
         max_outgoing_packet_count: 200,
-        max_segment_size: 64 * 1024,
-        max_segment_count: 3,
+        max_segment_size: DEVICE_SEGMENT_BYTES,
+        max_segment_count: 2,
         custom_segment: Some(HashMap::from([
             (topics::all_status(), fleet.clone()),
             (topics::all_events(), fleet),
