@@ -65,11 +65,16 @@ pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
     // so one manifest fills one) and two of them. A device that was away
     // reads from the head of its log, which is the latest manifest.
     // The hub's two wildcard filters carry the whole fleet's status and
-    // events and get room for minutes of traffic, so a briefly busy hub does
-    // not have its cursor jump (rumqttd moves a reader that fell behind the
-    // log's head to the head: silent loss).
+    // events. rumqttd moves a reader that fell behind the log's head to the
+    // head (silent loss), so they get room for a burst well beyond what the
+    // hub lags by: 16 MiB holds well over 10,000 statuses (a signed status
+    // with five apps is under 1 KiB), a whole fleet's answer to a deploy
+    // round. A loss past that heals: statuses are re-sent every 30 s
+    // and events until the hub acknowledges them. The log is held in memory
+    // whether or not the hub needs it, so it is not larger (64 MiB a filter
+    // was the hub's biggest cost after the connections themselves).
     let fleet = rumqttd::SegmentConfig {
-        max_segment_size: 16 * 1024 * 1024,
+        max_segment_size: 4 * 1024 * 1024,
         max_segment_count: 4,
     };
     let router = rumqttd::RouterConfig {

@@ -1214,6 +1214,15 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
+    // Outpost patch: detach topic and payload from the connection's read
+    // buffer. They are slices of one allocation (10 KiB or more) shared by
+    // every packet read into it, so each publish kept in a commit log or the
+    // retained map pinned that whole allocation: at 10,000 devices the hub's
+    // RSS grew by about 15 MiB a deploy round, past 1.1 GiB in 20 rounds.
+    // One copy per publish makes a kept message cost its own size.
+    publish.topic = bytes::Bytes::copy_from_slice(&publish.topic);
+    publish.payload = bytes::Bytes::copy_from_slice(&publish.payload);
+
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic

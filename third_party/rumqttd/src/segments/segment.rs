@@ -29,14 +29,21 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // Outpost patch: start empty (upstream: capacity 1024). The broker
+            // keeps one log per subscription filter, and the hub's per-device
+            // logs hold one or two messages: 1,024 reserved slots (about
+            // 64 KiB) a segment added up to 4.9 GB of heap at 10,000 devices,
+            // which the hub's RSS crept into round after round as the
+            // allocator recycled those chunks.
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // Outpost patch: start empty, see `with_offset`.
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }
