@@ -77,19 +77,13 @@ pub fn bins() -> &'static Bins {
 pub fn sample_layout() -> &'static PathBuf {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        // Retried once: it runs cargo, which may race with other builds.
-        let build = || {
-            Command::new("bash")
-                .arg(workspace().join("images/build.sh"))
-                .arg(target_dir().join("images"))
-                .output()
-                .expect("running images/build.sh")
-        };
-        let mut out = build();
-        if !out.status.success() {
-            std::thread::sleep(Duration::from_secs(2));
-            out = build();
-        }
+        // build.sh serializes concurrent runs itself (a lock in the output
+        // dir), so a failure here is a real one: no retry.
+        let out = Command::new("bash")
+            .arg(workspace().join("images/build.sh"))
+            .arg(target_dir().join("images"))
+            .output()
+            .expect("running images/build.sh");
         assert!(
             out.status.success(),
             "images/build.sh failed: {}",
