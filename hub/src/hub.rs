@@ -7,6 +7,7 @@
 //! ids to the publisher. The publisher reads the bytes back from the store, so
 //! whatever it sends is the latest committed manifest (latest wins).
 
+use crate::clock::{Clock, SystemClock};
 use crate::deploy::{check_label, DeploymentSpec, SpecError};
 use crate::publish::Outbox;
 use crate::render::{self, Current, Deployment, RenderError};
@@ -40,8 +41,8 @@ pub enum HubError {
     InvalidManifest { device: DeviceId, problem: String },
     #[error("{what} {name:?} not found")]
     NotFound { what: &'static str, name: String },
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -50,13 +51,16 @@ pub enum HubError {
     Internal(String),
 }
 
-/// Unix seconds now.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// A request that contradicts what the hub already holds (HTTP 409).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("device {device} is already registered; remove it first to change its key")]
+    DeviceRegistered { device: DeviceId },
+    #[error("device {device} appears more than once in the request")]
+    DeviceRepeated { device: DeviceId },
 }
+
+pub use crate::clock::now_secs;
 
 /// Result of an apply or delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +94,7 @@ pub struct Hub {
     pub store: Store,
     pub signer: Signer,
     pub resolver: Arc<dyn ImageResolver>,
+    clock: Arc<dyn Clock>,
     outbox: mpsc::UnboundedSender<Outbox>,
     /// Hub clock (unix seconds) of the last "you are behind" republish per device,
     /// so a device that is slow to apply is not flooded.
@@ -102,7 +107,66 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// A device and its labels, as rendering reads them.
+type Labelled = (DeviceId, BTreeMap<String, String>);
+
+/// What a committed operation hands to the publisher.
+#[derive(Debug, Default)]
+struct Publish {
+    manifests: Vec<DeviceId>,
+    watermarks: Vec<DeviceId>,
+    cleared: Vec<DeviceId>,
+}
+
+/// One operation's view inside its write transaction: the transaction, the
+/// operation's instant and author, and what to publish once it commits.
+struct Op<'a> {
+    hub: &'a Hub,
+    tx: &'a mut Tx,
+    now: u64,
+    who: &'a str,
+    publish: Publish,
+}
+
+impl Op<'_> {
+    /// Append this operation's audit entry.
+    fn audit(
+        &mut self,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .append_audit(AuditEntry {
+                seq: 0,
+                at: self.now,
+                who: self.who.to_string(),
+                action: action.to_string(),
+                target: target.to_string(),
+                detail,
+            })
+            .map(|_| ())
+    }
+
+    /// Render `devices` against `deployments`, store a new manifest for each
+    /// whose content changed, and publish those after the commit.
+    fn render(
+        &mut self,
+        devices: &[Labelled],
+        deployments: &[Deployment],
+    ) -> Result<Vec<GenerationUpdate>, HubError> {
+        let updated = self
+            .hub
+            .render_into(self.tx, devices, deployments, self.now)?;
+        self.publish
+            .manifests
+            .extend(updated.iter().map(|u| u.device.clone()));
+        Ok(updated)
+    }
+}
+
 impl Hub {
+    /// A hub on the system clock.
     pub fn new(
         store: Store,
         signer: Signer,
@@ -113,9 +177,21 @@ impl Hub {
             store,
             signer,
             resolver,
+            clock: Arc::new(SystemClock),
             outbox,
             republished: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same hub on another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Hub {
+        self.clock = clock;
+        self
+    }
+
+    /// Unix seconds now, on the hub's clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now_secs()
     }
 
     pub(crate) fn send(&self, msg: Outbox) {
@@ -125,15 +201,42 @@ impl Hub {
         }
     }
 
-    /// Run blocking store work off the async threads.
-    async fn blocking<T: Send + 'static>(
+    /// The skeleton every operation shares: off the async threads, read the
+    /// clock once, run `f` in one write transaction (nothing is stored if it
+    /// fails), and only after the commit hand what it touched to the publisher.
+    async fn transact<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Hub) -> Result<T, HubError> + Send + 'static,
+        who: impl Into<String>,
+        f: impl FnOnce(&mut Op) -> Result<T, HubError> + Send + 'static,
     ) -> Result<T, HubError> {
         let hub = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&hub))
-            .await
-            .map_err(|e| HubError::Internal(e.to_string()))?
+        let who = who.into();
+        let (value, publish) = tokio::task::spawn_blocking(move || {
+            let now = hub.now();
+            hub.store.write(|tx| {
+                let mut op = Op {
+                    hub: &hub,
+                    tx,
+                    now,
+                    who: &who,
+                    publish: Publish::default(),
+                };
+                let value = f(&mut op)?;
+                Ok::<_, HubError>((value, op.publish))
+            })
+        })
+        .await
+        .map_err(|e| HubError::Internal(format!("store task failed: {e}")))??;
+        for id in publish.cleared {
+            self.send(Outbox::Clear(id));
+        }
+        if !publish.manifests.is_empty() {
+            self.send(Outbox::Manifests(publish.manifests));
+        }
+        if !publish.watermarks.is_empty() {
+            self.send(Outbox::Watermarks(publish.watermarks));
+        }
+        Ok(value)
     }
 
     /// Register a device with its public key and labels; issues its first manifest.
@@ -174,56 +277,50 @@ impl Hub {
             }
         }
         let recs = self
-            .blocking(move |hub| {
-                let now = now_secs();
-                hub.store.write(|tx| {
-                    let mut recs = Vec::with_capacity(new.len());
-                    let mut seen = std::collections::BTreeSet::new();
-                    for d in new {
-                        if !seen.insert(d.id.clone()) || tx.device(&d.id)?.is_some() {
-                            return Err(HubError::Conflict(format!(
-                                "device {} is already registered; remove it first to change its key",
-                                d.id
-                            )));
-                        }
-                        let rec = DeviceRecord {
-                            id: d.id,
-                            public_key: d.public_key,
-                            labels: d.labels,
-                            registered_at: now,
-                        };
-                        tx.put_device(&rec)?;
-                        audit(
-                            tx,
-                            now,
-                            &who,
-                            "device.add",
-                            rec.id.as_str(),
-                            serde_json::json!({
-                                "public_key": rec.public_key.to_string(),
-                                "labels": rec.labels,
-                            }),
-                        )?;
-                        recs.push(rec);
+            .transact(who, move |op| {
+                let mut recs = Vec::with_capacity(new.len());
+                let mut seen = std::collections::BTreeSet::new();
+                for d in new {
+                    if !seen.insert(d.id.clone()) {
+                        return Err(Conflict::DeviceRepeated { device: d.id }.into());
                     }
-                    let deployments = pinned_deployments(tx)?;
-                    let only: Vec<_> = recs.iter().map(|r| (r.id.clone(), r.labels.clone())).collect();
-                    hub.render_into(tx, &only, &deployments, now)?;
-                    Ok(recs)
-                })
+                    if op.tx.device(&d.id)?.is_some() {
+                        return Err(Conflict::DeviceRegistered { device: d.id }.into());
+                    }
+                    let rec = DeviceRecord {
+                        id: d.id,
+                        public_key: d.public_key,
+                        labels: d.labels,
+                        registered_at: op.now,
+                    };
+                    op.tx.put_device(&rec)?;
+                    op.audit(
+                        "device.add",
+                        rec.id.as_str(),
+                        serde_json::json!({
+                            "public_key": rec.public_key.to_string(),
+                            "labels": rec.labels,
+                        }),
+                    )?;
+                    recs.push(rec);
+                }
+                let deployments = pinned_deployments(op.tx)?;
+                let only: Vec<_> = recs
+                    .iter()
+                    .map(|r| (r.id.clone(), r.labels.clone()))
+                    .collect();
+                op.render(&only, &deployments)?;
+                // Publish whatever each has now (new or, for a re-added
+                // device, its old one), and its event watermark, so the
+                // device learns the hub's session.
+                op.publish.manifests = recs.iter().map(|r| r.id.clone()).collect();
+                op.publish.watermarks = op.publish.manifests.clone();
+                Ok(recs)
             })
             .await?;
         for rec in &recs {
             tracing::info!(device_id = %rec.id, "device registered");
         }
-        // Publish whatever each has now (new or, for a re-added device, its old one).
-        self.send(Outbox::Manifests(
-            recs.iter().map(|r| r.id.clone()).collect(),
-        ));
-        // And its event watermark, so the device learns the hub's session.
-        self.send(Outbox::Watermarks(
-            recs.iter().map(|r| r.id.clone()).collect(),
-        ));
         Ok(recs)
     }
 
@@ -233,29 +330,19 @@ impl Hub {
         who: String,
     ) -> Result<(), HubError> {
         let id2 = id.clone();
-        self.blocking(move |hub| {
-            let now = now_secs();
-            hub.store.write(|tx| {
-                if !tx.remove_device(&id2)? {
-                    return Err(HubError::NotFound {
-                        what: "device",
-                        name: id2.to_string(),
-                    });
-                }
-                audit(
-                    tx,
-                    now,
-                    &who,
-                    "device.remove",
-                    id2.as_str(),
-                    serde_json::Value::Null,
-                )?;
-                Ok(())
-            })
+        self.transact(who, move |op| {
+            if !op.tx.remove_device(&id2)? {
+                return Err(HubError::NotFound {
+                    what: "device",
+                    name: id2.to_string(),
+                });
+            }
+            op.audit("device.remove", id2.as_str(), serde_json::Value::Null)?;
+            op.publish.cleared.push(id2);
+            Ok(())
         })
         .await?;
         tracing::info!(device_id = %id, "device removed");
-        self.send(Outbox::Clear(id));
         Ok(())
     }
 
@@ -269,40 +356,25 @@ impl Hub {
         for (k, v) in &changes {
             check_label("labels", k, v.as_deref().unwrap_or("x"))?;
         }
-        let (rec, updated) = self
-            .blocking(move |hub| {
-                let now = now_secs();
-                hub.store.write(|tx| {
-                    let mut rec = tx.device(&id)?.ok_or_else(|| HubError::NotFound {
-                        what: "device",
-                        name: id.to_string(),
-                    })?;
-                    for (k, v) in &changes {
-                        match v {
-                            Some(v) => rec.labels.insert(k.clone(), v.clone()),
-                            None => rec.labels.remove(k),
-                        };
-                    }
-                    tx.put_device(&rec)?;
-                    let deployments = pinned_deployments(tx)?;
-                    let only = [(rec.id.clone(), rec.labels.clone())];
-                    let updated = hub.render_into(tx, &only, &deployments, now)?;
-                    audit(
-                        tx,
-                        now,
-                        &who,
-                        "device.label",
-                        id.as_str(),
-                        serde_json::json!(changes),
-                    )?;
-                    Ok((rec, updated.first().map(|u| u.generation)))
-                })
-            })
-            .await?;
-        if updated.is_some() {
-            self.send(Outbox::Manifests(vec![rec.id.clone()]));
-        }
-        Ok((rec, updated))
+        self.transact(who, move |op| {
+            let mut rec = op.tx.device(&id)?.ok_or_else(|| HubError::NotFound {
+                what: "device",
+                name: id.to_string(),
+            })?;
+            for (k, v) in &changes {
+                match v {
+                    Some(v) => rec.labels.insert(k.clone(), v.clone()),
+                    None => rec.labels.remove(k),
+                };
+            }
+            op.tx.put_device(&rec)?;
+            let deployments = pinned_deployments(op.tx)?;
+            let only = [(rec.id.clone(), rec.labels.clone())];
+            let updated = op.render(&only, &deployments)?;
+            op.audit("device.label", id.as_str(), serde_json::json!(changes))?;
+            Ok((rec, updated.first().map(|u| u.generation)))
+        })
+        .await
     }
 
     /// Validate, pin images, render all devices, persist, then publish.
@@ -323,61 +395,51 @@ impl Hub {
             apps.push(app.to_app_spec(i, pinned)?);
         }
         let outcome = self
-            .blocking(move |hub| {
-                let now = now_secs();
-                hub.store.write(|tx| {
-                    let mut records = tx.deployments()?;
-                    let old = records.iter().position(|r| r.spec.name == spec.name);
-                    let (revision, changed) = match old.map(|i| &records[i]) {
-                        Some(r) if r.apps == apps && r.spec.selector == spec.selector => {
-                            (r.revision, false)
-                        }
-                        Some(r) => (r.revision + 1, true),
-                        None => (1, true),
-                    };
-                    let rec = DeploymentRecord {
-                        spec: spec.clone(),
-                        apps,
-                        revision,
-                        updated_at: now,
-                    };
-                    match old {
-                        Some(i) => records[i] = rec.clone(),
-                        None => records.push(rec.clone()),
+            .transact(who, move |op| {
+                let mut records = op.tx.deployments()?;
+                let old = records.iter().position(|r| r.spec.name == spec.name);
+                let (revision, changed) = match old.map(|i| &records[i]) {
+                    Some(r) if r.apps == apps && r.spec.selector == spec.selector => {
+                        (r.revision, false)
                     }
-                    let deployments: Vec<Deployment> = records.iter().map(to_render).collect();
-                    let devices: Vec<(DeviceId, BTreeMap<String, String>)> = tx
-                        .devices()?
-                        .into_iter()
-                        .map(|d| (d.id, d.labels))
-                        .collect();
-                    let matched = devices
-                        .iter()
-                        .filter(|(_, l)| render::matches(&spec.selector, l))
-                        .count();
-                    let updated = hub.render_into(tx, &devices, &deployments, now)?;
-                    tx.put_deployment(&rec)?;
-                    if changed || !updated.is_empty() {
-                        audit(
-                            tx,
-                            now,
-                            &who,
-                            "deployment.apply",
-                            &spec.name,
-                            serde_json::json!({
-                                "revision": revision,
-                                "spec": spec,
-                                "updated_devices": updated.len(),
-                            }),
-                        )?;
-                    }
-                    Ok(ApplyOutcome {
-                        name: spec.name.clone(),
-                        revision,
-                        changed,
-                        matched_devices: matched,
-                        updated,
-                    })
+                    Some(r) => (r.revision + 1, true),
+                    None => (1, true),
+                };
+                let rec = DeploymentRecord {
+                    spec: spec.clone(),
+                    apps,
+                    revision,
+                    updated_at: op.now,
+                };
+                match old {
+                    Some(i) => records[i] = rec.clone(),
+                    None => records.push(rec.clone()),
+                }
+                let deployments: Vec<Deployment> = records.iter().map(to_render).collect();
+                let devices = all_devices(op.tx)?;
+                let matched = devices
+                    .iter()
+                    .filter(|(_, l)| render::matches(&spec.selector, l))
+                    .count();
+                let updated = op.render(&devices, &deployments)?;
+                op.tx.put_deployment(&rec)?;
+                if changed || !updated.is_empty() {
+                    op.audit(
+                        "deployment.apply",
+                        &spec.name,
+                        serde_json::json!({
+                            "revision": revision,
+                            "spec": spec,
+                            "updated_devices": updated.len(),
+                        }),
+                    )?;
+                }
+                Ok(ApplyOutcome {
+                    name: spec.name.clone(),
+                    revision,
+                    changed,
+                    matched_devices: matched,
+                    updated,
                 })
             })
             .await?;
@@ -387,7 +449,6 @@ impl Hub {
             updated = outcome.updated.len(),
             "deployment applied"
         );
-        self.publish_updates(&outcome.updated);
         Ok(outcome)
     }
 
@@ -397,55 +458,44 @@ impl Hub {
         who: String,
     ) -> Result<ApplyOutcome, HubError> {
         let outcome = self
-            .blocking(move |hub| {
-                let now = now_secs();
-                hub.store.write(|tx| {
-                    let records = tx.deployments()?;
-                    let Some(old) = records.iter().find(|r| r.spec.name == name).cloned() else {
-                        return Err(HubError::NotFound {
-                            what: "deployment",
-                            name,
-                        });
-                    };
-                    tx.remove_deployment(&name)?;
-                    let deployments: Vec<Deployment> = records
-                        .iter()
-                        .filter(|r| r.spec.name != name)
-                        .map(to_render)
-                        .collect();
-                    let devices: Vec<(DeviceId, BTreeMap<String, String>)> = tx
-                        .devices()?
-                        .into_iter()
-                        .map(|d| (d.id, d.labels))
-                        .collect();
-                    let matched = devices
-                        .iter()
-                        .filter(|(_, l)| render::matches(&old.spec.selector, l))
-                        .count();
-                    let updated = hub.render_into(tx, &devices, &deployments, now)?;
-                    audit(
-                        tx,
-                        now,
-                        &who,
-                        "deployment.delete",
-                        &name,
-                        serde_json::json!({
-                            "revision": old.revision,
-                            "updated_devices": updated.len(),
-                        }),
-                    )?;
-                    Ok(ApplyOutcome {
+            .transact(who, move |op| {
+                let records = op.tx.deployments()?;
+                let Some(old) = records.iter().find(|r| r.spec.name == name).cloned() else {
+                    return Err(HubError::NotFound {
+                        what: "deployment",
                         name,
-                        revision: old.revision,
-                        changed: true,
-                        matched_devices: matched,
-                        updated,
-                    })
+                    });
+                };
+                op.tx.remove_deployment(&name)?;
+                let deployments: Vec<Deployment> = records
+                    .iter()
+                    .filter(|r| r.spec.name != name)
+                    .map(to_render)
+                    .collect();
+                let devices = all_devices(op.tx)?;
+                let matched = devices
+                    .iter()
+                    .filter(|(_, l)| render::matches(&old.spec.selector, l))
+                    .count();
+                let updated = op.render(&devices, &deployments)?;
+                op.audit(
+                    "deployment.delete",
+                    &name,
+                    serde_json::json!({
+                        "revision": old.revision,
+                        "updated_devices": updated.len(),
+                    }),
+                )?;
+                Ok(ApplyOutcome {
+                    name,
+                    revision: old.revision,
+                    changed: true,
+                    matched_devices: matched,
+                    updated,
                 })
             })
             .await?;
         tracing::info!(deployment = %outcome.name, updated = outcome.updated.len(), "deployment deleted");
-        self.publish_updates(&outcome.updated);
         Ok(outcome)
     }
 
@@ -456,35 +506,35 @@ impl Hub {
     /// manifests were re-issued.
     pub async fn reissue_for_current_epoch(self: &Arc<Self>) -> Result<usize, HubError> {
         let reissued = self
-            .blocking(|hub| {
-                let epoch = hub.signer.epoch();
-                let now = now_secs();
-                hub.store.write(|tx| {
-                    let mut stale = Vec::new();
-                    for d in tx.devices()? {
-                        if tx.manifest_meta(&d.id)?.is_some_and(|m| m.epoch != epoch) {
-                            stale.push((d.id, d.labels));
-                        }
+            .transact("hub", |op| {
+                let epoch = op.hub.signer.epoch();
+                let mut stale = Vec::new();
+                for d in op.tx.devices()? {
+                    if op
+                        .tx
+                        .manifest_meta(&d.id)?
+                        .is_some_and(|m| m.epoch != epoch)
+                    {
+                        stale.push((d.id, d.labels));
                     }
-                    if stale.is_empty() {
-                        return Ok(0);
-                    }
-                    let deployments = pinned_deployments(tx)?;
-                    let updated = hub.render_into(tx, &stale, &deployments, now)?;
-                    audit(
-                        tx,
-                        now,
-                        "hub",
-                        "keys.epoch",
-                        "*",
-                        serde_json::json!({
-                            "epoch": epoch,
-                            "key_id": hub.signer.key_id().0,
-                            "reissued": updated.len(),
-                        }),
-                    )?;
-                    Ok(updated.len())
-                })
+                }
+                if stale.is_empty() {
+                    return Ok(0);
+                }
+                let deployments = pinned_deployments(op.tx)?;
+                let updated = op.render(&stale, &deployments)?;
+                // Not published here: the caller republishes everything next.
+                op.publish.manifests.clear();
+                op.audit(
+                    "keys.epoch",
+                    "*",
+                    serde_json::json!({
+                        "epoch": epoch,
+                        "key_id": op.hub.signer.key_id().0,
+                        "reissued": updated.len(),
+                    }),
+                )?;
+                Ok(updated.len())
             })
             .await?;
         if reissued > 0 {
@@ -505,46 +555,38 @@ impl Hub {
         id: DeviceId,
         applied: u64,
     ) -> Result<Option<u64>, HubError> {
-        let id2 = id.clone();
-        let issued = self
-            .blocking(move |hub| {
-                let now = now_secs();
-                hub.store.write(|tx| {
-                    let Some(dev) = tx.device(&id2)? else {
-                        return Ok(None);
-                    };
-                    let epoch = hub.signer.epoch();
-                    if tx
-                        .manifest_meta(&id2)?
-                        .is_some_and(|m| m.epoch != epoch || m.generation > applied)
-                    {
-                        return Ok(None);
-                    }
-                    let deployments = pinned_deployments(tx)?;
-                    let apps = render::desired_apps(&id2, &dev.labels, &deployments)?;
-                    let generation = applied.saturating_add(1);
-                    let digest = render::apps_digest(&apps);
-                    let (meta, bytes) = hub.seal_one(&id2, epoch, generation, apps, digest, now)?;
-                    tx.put_manifests([(&id2, &meta, bytes.as_slice())])?;
-                    audit(
-                        tx,
-                        now,
-                        "hub",
-                        "manifest.reissue",
-                        id2.as_str(),
-                        serde_json::json!({
-                            "device_applied": applied,
-                            "generation": generation,
-                        }),
-                    )?;
-                    Ok(Some(generation))
-                })
-            })
-            .await?;
-        if issued.is_some() {
-            self.send(Outbox::Manifests(vec![id]));
-        }
-        Ok(issued)
+        self.transact("hub", move |op| {
+            let Some(dev) = op.tx.device(&id)? else {
+                return Ok(None);
+            };
+            let epoch = op.hub.signer.epoch();
+            if op
+                .tx
+                .manifest_meta(&id)?
+                .is_some_and(|m| m.epoch != epoch || m.generation > applied)
+            {
+                return Ok(None);
+            }
+            let deployments = pinned_deployments(op.tx)?;
+            let apps = render::desired_apps(&id, &dev.labels, &deployments)?;
+            let generation = applied.saturating_add(1);
+            let digest = render::apps_digest(&apps);
+            let (meta, bytes) = op
+                .hub
+                .seal_one(&id, epoch, generation, apps, digest, op.now)?;
+            op.tx.put_manifests([(&id, &meta, bytes.as_slice())])?;
+            op.audit(
+                "manifest.reissue",
+                id.as_str(),
+                serde_json::json!({
+                    "device_applied": applied,
+                    "generation": generation,
+                }),
+            )?;
+            op.publish.manifests.push(id);
+            Ok(Some(generation))
+        })
+        .await
     }
 
     /// Build, validate, sign and size-check one manifest.
@@ -587,21 +629,13 @@ impl Hub {
         Ok((meta, bytes))
     }
 
-    fn publish_updates(&self, updated: &[GenerationUpdate]) {
-        if !updated.is_empty() {
-            self.send(Outbox::Manifests(
-                updated.iter().map(|u| u.device.clone()).collect(),
-            ));
-        }
-    }
-
     /// Render `devices`, and seal and store a new manifest for each whose content
     /// changed. Runs inside the caller's transaction: nothing is stored if any
     /// device fails.
     fn render_into(
         &self,
         tx: &mut Tx,
-        devices: &[(DeviceId, BTreeMap<String, String>)],
+        devices: &[Labelled],
         deployments: &[Deployment],
         now: u64,
     ) -> Result<Vec<GenerationUpdate>, HubError> {
@@ -658,21 +692,11 @@ fn pinned_deployments(tx: &Tx) -> Result<Vec<Deployment>, StoreError> {
     Ok(tx.deployments()?.iter().map(to_render).collect())
 }
 
-fn audit(
-    tx: &mut Tx,
-    now: u64,
-    who: &str,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<(), StoreError> {
-    tx.append_audit(AuditEntry {
-        seq: 0,
-        at: now,
-        who: who.to_string(),
-        action: action.to_string(),
-        target: target.to_string(),
-        detail,
-    })
-    .map(|_| ())
+/// Every registered device with its labels, the input of a fleet-wide render.
+fn all_devices(tx: &Tx) -> Result<Vec<Labelled>, StoreError> {
+    Ok(tx
+        .devices()?
+        .into_iter()
+        .map(|d| (d.id, d.labels))
+        .collect())
 }

@@ -17,7 +17,7 @@
 //! the [`sender`] task; never on the publish link, where they would queue behind
 //! manifests (the rumqttd deadlock described in [`crate::link`]).
 
-use crate::hub::{now_secs, Hub};
+use crate::hub::Hub;
 use crate::publish::Outbox;
 use crate::store::{EventRecord, StatusRecord, StoreError, Tx};
 use outpost_protocol::topics::{self, DeviceTopic};
@@ -342,7 +342,7 @@ pub async fn run(
         }
         let h = Arc::clone(&hub);
         let result = tokio::task::spawn_blocking(move || {
-            let now = now_secs();
+            let now = h.now();
             let r = process_batch(&h, &batch, now);
             (r, batch, now)
         })

@@ -23,11 +23,14 @@
 //!   (used by tests and the fleet simulator).
 //! - [`cli`] and [`client`]: the command line and its HTTP client.
 //! - [`memory`]: allocator settings for a long-running hub process.
+//! - [`clock`]: the one reader of the wall clock; operations take time from
+//!   the hub's clock.
 
 pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod hub;

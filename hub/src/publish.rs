@@ -18,7 +18,7 @@
 //! through here: they go out on the ingest link ([`crate::ingest::sender`]), so
 //! they never queue behind manifests waiting for the broker.
 
-use crate::hub::{now_secs, Hub};
+use crate::hub::Hub;
 use crate::store::Store;
 use outpost_protocol::{topics, DeviceId, EventWatermark};
 use rumqttc::{AsyncClient, QoS};
@@ -119,7 +119,7 @@ async fn watermarks(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    let now = now_secs();
+    let now = hub.now();
     let n = marks.len();
     for (id, m) in marks {
         let sealed = hub.signer.seal_watermark(&EventWatermark {

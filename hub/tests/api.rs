@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use outpost_hub::api::{self, ApiState};
+use outpost_hub::clock::{Clock, ManualClock, SystemClock};
 use outpost_hub::config::DataDir;
 use outpost_hub::hub::Hub;
 use outpost_hub::publish::{Outbox, PublishStats};
@@ -28,13 +29,17 @@ struct Fixture {
 }
 
 fn fixture(resolver: Arc<dyn ImageResolver>) -> Fixture {
+    fixture_on(resolver, Arc::new(SystemClock))
+}
+
+fn fixture_on(resolver: Arc<dyn ImageResolver>, clock: Arc<dyn Clock>) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DataDir::new(tmp.path());
     signing::create_keys(&dir, 0).unwrap();
     let signer = Signer::load(&dir).unwrap();
     let store = Store::open(&dir.database()).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    let hub = Arc::new(Hub::new(store, signer, resolver, tx));
+    let hub = Arc::new(Hub::new(store, signer, resolver, tx).with_clock(clock));
     Fixture {
         state: ApiState {
             hub,
@@ -282,6 +287,81 @@ async fn device_registration_validates_input() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = call(&f, "DELETE", "/v1/deployments/nope", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn every_write_of_an_operation_carries_the_hubs_clock() {
+    let clock = Arc::new(ManualClock::new(1_000));
+    let f = fixture_on(Arc::new(PinnedOnly), clock.clone());
+    let (s, v) = call(
+        &f,
+        "POST",
+        "/v1/devices",
+        Some(json!({ "id": "d1", "public_key": key_hex(), "labels": { "site": "lab" } })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["registered_at"], 1_000, "{v}");
+    clock.set(5_000);
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let (s, v) = call(
+        &f,
+        "PUT",
+        "/v1/deployments",
+        Some(deployment(json!([app(
+            "web",
+            &format!("reg.example/web@{digest}")
+        )]))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let meta = f
+        .state
+        .hub
+        .store
+        .manifest_meta(&"d1".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.issued_at, 5_000);
+    let (_, audit) = call(&f, "GET", "/v1/audit", None).await;
+    let at: Vec<(String, u64)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["at"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        at,
+        [
+            ("deployment.apply".to_string(), 5_000),
+            ("device.add".to_string(), 1_000)
+        ],
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_naming_a_device_twice_is_a_conflict_that_stores_nothing() {
+    let f = fixture(Arc::new(PinnedOnly));
+    let body = json!({ "devices": [
+        { "id": "a", "public_key": key_hex() },
+        { "id": "b", "public_key": key_hex() },
+        { "id": "a", "public_key": key_hex() },
+    ] });
+    let (s, v) = call(&f, "POST", "/v1/devices/batch", Some(body)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v.to_string().contains("device a appears more than once"),
+        "{v}"
+    );
+    let (s, devices) = call(&f, "GET", "/v1/devices", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(devices, json!([]));
 }
 
 /// Push a one-layer image to the registry with skopeo; returns its digest.

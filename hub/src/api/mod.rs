@@ -12,7 +12,7 @@ pub use error::AppError;
 pub use views::{AppCounts, DeviceDetail, DeviceSummary, GenerationView, Stats};
 
 use crate::deploy::DeploymentSpec;
-use crate::hub::{now_secs, ApplyOutcome, Hub};
+use crate::hub::{ApplyOutcome, Hub};
 use crate::publish::PublishStats;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -142,7 +142,7 @@ async fn add_device(
     let meta = s.hub.store.manifest_meta(&rec.id)?;
     Ok((
         StatusCode::CREATED,
-        Json(DeviceSummary::new(&rec, meta.as_ref(), None, now_secs())),
+        Json(DeviceSummary::new(&rec, meta.as_ref(), None, s.hub.now())),
     ))
 }
 
@@ -185,11 +185,11 @@ async fn add_devices(
 
 async fn list_devices(State(s): State<ApiState>) -> Result<Json<Vec<DeviceSummary>>, AppError> {
     let store = s.hub.store.clone();
+    let now = s.hub.now();
     let out = tokio::task::spawn_blocking(move || -> Result<Vec<DeviceSummary>, AppError> {
         let devices = store.devices()?;
         let metas = store.manifest_metas()?;
         let statuses = store.statuses()?;
-        let now = now_secs();
         Ok(devices
             .iter()
             .map(|d| {
@@ -219,7 +219,7 @@ async fn get_device(
         .ok_or_else(|| AppError::not_found(format!("device {id:?} not found")))?;
     let meta = s.hub.store.manifest_meta(&id)?;
     let status = s.hub.store.status(&id)?;
-    Ok(Json(DeviceDetail::new(&rec, meta, status, now_secs())))
+    Ok(Json(DeviceDetail::new(&rec, meta, status, s.hub.now())))
 }
 
 async fn remove_device(
@@ -265,7 +265,7 @@ async fn label_device(
         &rec,
         meta.as_ref(),
         status.as_ref(),
-        now_secs(),
+        s.hub.now(),
     )))
 }
 
@@ -328,7 +328,7 @@ async fn stats(State(s): State<ApiState>) -> Result<Json<Stats>, AppError> {
     let counters = s.hub.store.counters()?;
     let statuses = s.hub.store.statuses()?;
     let devices = s.hub.store.devices()?.len();
-    let now = now_secs();
+    let now = s.hub.now();
     let online = statuses
         .values()
         .filter(|st| views::is_online(st.received_at, now))
