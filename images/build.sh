@@ -22,6 +22,13 @@ HELLO=$ROOT/images/hello/Cargo.toml
 # Same inputs, same binary: no absolute source paths in panic messages.
 export RUSTFLAGS="--remap-path-prefix=$ROOT=/src --remap-path-prefix=$HOME=/home"
 
+# Test processes run this concurrently (each wants the sample image): one at a
+# time, so two rustup or cargo runs never race on the same toolchain or target
+# dir. The second finds everything built and returns at once.
+mkdir -p "$TARGET_DIR"
+exec 9>"$TARGET_DIR/.build.lock"
+flock 9
+
 installed=$(rustup target list --installed 2>/dev/null || true)
 has_target() { grep -qx "$1" <<<"$installed"; }
 
