@@ -1,23 +1,27 @@
-//! `outpost-agent run`: loads state, then runs the link, the trust gate, the
-//! reconcile loop, health probes and the outbox sender until cancelled.
+//! `outpost-agent run`: loads state, then runs the link, the inbox (trust
+//! gate), the reconcile loop, health probes and the outbox sender until
+//! cancelled. It makes the view's parts and hands each writer to the one task
+//! that owns it (see [`crate::view`]); the link task here owns the link state.
 //!
 //! Start-up never waits for the network: the persisted manifest (if any) is
 //! reconciled at once, while the link connects in the background. Cancelling (on
 //! SIGTERM) stops the tasks and leaves every container running.
 
 use crate::config::{Config, ConfigError};
-use crate::delivery::{self, HubAck, Sender};
+use crate::delivery::{HubAck, Sender};
 use crate::driver::{ContainerDriver, ImageProvider};
 use crate::health::{self, HealthTarget};
+use crate::inbox::Inbox;
 use crate::link::{self, Inbound};
+use crate::outbox::Outbox;
 use crate::reconcile::execute::Executor;
 use crate::reconcile::plan::Policy;
 use crate::reconcile::Reconciler;
-use crate::rejections::{OnReject, Throttle};
-use crate::report::{Reporter, View};
-use crate::state::{StateError, Store};
-use crate::trust::{initial_trust, KeySetOutcome, ManifestOutcome, TrustError, TrustGate};
-use outpost_protocol::{topics, EventKind, Manifest, RejectReason, SigningKey};
+use crate::report::Reporter;
+use crate::state::{RestartLog, StateError, Store};
+use crate::trust::{initial_trust, TrustError, TrustGate};
+use crate::view::{self, Link, Rejections, Writer};
+use outpost_protocol::{Manifest, SigningKey};
 use rumqttc::AsyncClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -124,24 +128,34 @@ pub async fn run(
         outbox = loaded.outbox_len,
         "agent starting"
     );
-    let view = View {
-        applied: manifest.as_ref().map(|m| (m.epoch, m.generation)),
-        rejected: loaded.rejected.clone(),
-        last_rejection: loaded.last_rejection.clone(),
-        ..View::default()
-    };
+    let key = Arc::new(key);
+    let outbox = Outbox::new(device.clone(), key.clone(), store.clone(), cfg.outbox_limit);
+    // Every part of the view, each writer handed below to the task that owns it.
+    let (writers, parts) = view::parts(
+        manifest,
+        Rejections {
+            counters: loaded.rejected.clone(),
+            last: loaded.last_rejection.clone(),
+        },
+    );
+    let view::Writers {
+        desired,
+        rejections,
+        link: link_state,
+        apps,
+        pulls,
+        readiness,
+    } = writers;
     let reporter = Arc::new(Reporter::new(
-        device.clone(),
+        outbox.clone(),
         key,
-        store.clone(),
-        cfg.outbox_limit,
+        parts,
         boots,
-        view,
         cfg.status_file(),
     ));
 
     let tracker = TaskTracker::new();
-    let (desired_tx, desired_rx) = watch::channel(manifest);
+    let desired_rx = desired.subscribe();
     let (targets_tx, targets_rx) = watch::channel(BTreeMap::<String, HealthTarget>::new());
     let (ready_tx, ready_rx) = watch::channel(BTreeSet::<String>::new());
 
@@ -149,13 +163,16 @@ pub async fn run(
     let exec = Executor {
         images,
         driver,
-        reporter: reporter.clone(),
+        outbox: outbox.clone(),
+        pulls: Arc::new(pulls),
         volumes_dir: cfg.volumes_dir(),
         stop_grace: Duration::from_secs(10),
     };
     let reconciler = Reconciler::new(
         exec,
-        reporter.clone(),
+        outbox.clone(),
+        apps,
+        RestartLog::new(store.clone()),
         Policy::default(),
         Duration::from_millis(cfg.resync_interval_ms.max(100)),
         desired_rx,
@@ -167,7 +184,8 @@ pub async fn run(
     tracker.spawn(reconciler.run(cancel.clone()));
     tracker.spawn(health::run(
         targets_rx,
-        reporter.clone(),
+        readiness,
+        outbox.clone(),
         ready_tx,
         cancel.clone(),
     ));
@@ -178,36 +196,42 @@ pub async fn run(
     match link::connect(&device, &broker, cfg.ca_file.as_deref()) {
         Err(e) => {
             // Apps keep running from the persisted manifest; only the link is off.
+            // The inbox's and the link's writers stay unused in this scope until
+            // shutdown: their readers (the reconciler follows `desired`) keep
+            // the start values.
             tracing::error!(device_id = %device, broker = %cfg.broker, error = %e, "cannot set up the broker link; running offline");
         }
         Ok((client, driver)) => {
             let (in_tx, in_rx) = mpsc::unbounded_channel();
             let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-            let (conn_tx, conn_rx) = watch::channel(None);
+            let conn_rx = link_state.subscribe();
             let (hub_tx, hub_rx) = watch::channel(HubAck::default());
             tracker.spawn(driver.run(in_tx, ack_tx, cancel.clone()));
             let sender = Sender {
                 client: client.clone(),
                 reporter: reporter.clone(),
+                outbox: outbox.clone(),
                 conn: conn_rx,
                 acks: ack_rx,
                 hub: hub_rx,
                 status_interval: Duration::from_secs(cfg.status_interval_secs.max(1)),
             };
             tracker.spawn(sender.run(cancel.clone()));
-            let inbox = Inbox {
+            let inbox = Inbox::new(
+                gate,
+                outbox.clone(),
+                store.clone(),
+                desired,
+                rejections,
+                hub_tx,
+            );
+            tracker.spawn(link_events(
                 client,
-                gate: Some(gate),
-                reporter: reporter.clone(),
-                desired: desired_tx,
-                conn: conn_tx,
-                hub: hub_tx,
-                epoch: 0,
-                held: None,
-                throttle: Throttle::default(),
-                started: tokio::time::Instant::now(),
-            };
-            tracker.spawn(inbox.run(in_rx, cancel.clone()));
+                link_state,
+                inbox,
+                in_rx,
+                cancel.clone(),
+            ));
         }
     }
 
@@ -263,414 +287,140 @@ async fn status_file_writer(reporter: Arc<Reporter>, cancel: CancellationToken) 
     }
 }
 
-/// Handles what arrives over the link: connection changes and messages.
-struct Inbox {
+/// The link task: the only writer of the link state (the connection number
+/// the sender waits on, `connected` in the view). It re-subscribes on every
+/// connection and hands messages to the inbox, acknowledging those the inbox
+/// decided.
+async fn link_events(
     client: AsyncClient,
-    /// `Option` so it can move into `spawn_blocking` for the durable commit.
-    gate: Option<TrustGate>,
-    reporter: Arc<Reporter>,
-    desired: watch::Sender<Option<Arc<Manifest>>>,
-    conn: watch::Sender<Option<u64>>,
-    /// The hub's verified event watermark, for the sender.
-    hub: watch::Sender<HubAck>,
-    epoch: u64,
-    /// The last manifest refused for an unknown key or epoch: after a key
-    /// rotation it may arrive before the new key set (two topics), so it is
-    /// verified once more when a newer key set is adopted instead of waiting
-    /// for the hub to notice and resend it.
-    held: Option<Vec<u8>>,
-    /// Reports refusals without a write per refusal (see [`crate::rejections`]).
-    throttle: Throttle,
-    /// Origin of the throttle's monotonic clock.
-    started: tokio::time::Instant,
-}
-
-impl Inbox {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Persist the counters and queue one `ManifestRejected` event.
-    async fn report_rejection(&self, text: String) {
-        let device = self.reporter.device_id().clone();
-        let counters = self.reporter.view().rejected;
-        let store = self.reporter.store().clone();
-        let t = text.clone();
-        match tokio::task::spawn_blocking(move || store.save_rejection(&counters, &t)).await {
-            Ok(Ok(())) => {}
-            _ => tracing::error!(device_id = %device, "could not persist the rejection counters"),
-        }
-        self.reporter
-            .event(EventKind::ManifestRejected { reason: text })
-            .await;
-    }
-
-    /// The end of a window with deferred refusals: one summary for all.
-    async fn flush_rejections(&mut self) {
-        let now = self.now_ms();
-        if let Some(summary) = self.throttle.flush(now) {
-            let device = self.reporter.device_id();
-            tracing::warn!(device_id = %device, refused = summary.count, last = %summary.last_reason, "refused messages in the last window");
-            self.report_rejection(summary.text()).await;
-        }
-    }
-
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Inbound>, cancel: CancellationToken) {
-        let device = self.reporter.device_id().clone();
-        loop {
-            let due = self
-                .throttle
-                .due_at()
-                .map(|at| self.started + Duration::from_millis(at));
-            let msg = tokio::select! {
-                _ = cancel.cancelled() => break,
-                m = rx.recv() => match m { Some(m) => m, None => break },
-                _ = async {
-                    match due {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    self.flush_rejections().await;
-                    continue;
+    link_state: Writer<Link>,
+    mut inbox: Inbox,
+    mut rx: mpsc::UnboundedReceiver<Inbound>,
+    cancel: CancellationToken,
+) {
+    let device = inbox.device_id().clone();
+    let mut connections = 0u64;
+    loop {
+        let due = inbox.flush_due();
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-            };
-            match msg {
-                Inbound::Connected { .. } => {
-                    // Re-subscribe on every CONNACK: a fresh session has none.
-                    if let Err(e) = link::subscribe(&self.client, &device).await {
-                        tracing::warn!(device_id = %device, error = %e, "subscribe failed");
-                    }
-                    self.epoch += 1;
-                    self.conn.send_replace(Some(self.epoch));
-                    self.reporter.update(|v| v.connected = true);
+            } => {
+                inbox.flush_rejections().await;
+                continue;
+            }
+        };
+        match msg {
+            Inbound::Connected { .. } => {
+                // Re-subscribe on every CONNACK: a fresh session has none.
+                if let Err(e) = link::subscribe(&client, &device).await {
+                    tracing::warn!(device_id = %device, error = %e, "subscribe failed");
                 }
-                Inbound::Disconnected => {
-                    if self.conn.borrow().is_some() {
-                        self.conn.send_replace(None);
-                    }
-                    self.reporter.update(|v| v.connected = false);
-                }
-                Inbound::Message(p) => {
-                    let ack = self.handle(&p.topic, p.payload.to_vec()).await;
-                    if ack {
-                        if let Err(e) = self.client.ack(&p).await {
-                            tracing::warn!(device_id = %device, error = %e, "ack failed");
-                        }
+                connections += 1;
+                link_state.send_replace(Some(connections));
+            }
+            Inbound::Disconnected => {
+                link_state.send_replace(None);
+            }
+            Inbound::Message(p) => {
+                if inbox.handle(&p.topic, p.payload.to_vec()).await {
+                    if let Err(e) = client.ack(&p).await {
+                        tracing::warn!(device_id = %device, error = %e, "ack failed");
                     }
                 }
             }
         }
-    }
-
-    /// Returns whether to ack (false only when the decision could not be
-    /// persisted: the broker then redelivers).
-    async fn handle(&mut self, topic: &str, payload: Vec<u8>) -> bool {
-        self.process(topic, payload, false).await
-    }
-
-    /// `handle`; with `retry` (a held manifest verified again) a second refusal
-    /// is only logged, as it was counted when it first arrived.
-    async fn process(&mut self, topic: &str, payload: Vec<u8>, retry: bool) -> bool {
-        let device = self.reporter.device_id().clone();
-        if topic == topics::acks(&device) {
-            if let Some(gate) = &self.gate {
-                let keyset = gate.state().keyset.clone();
-                delivery::on_watermark(&self.reporter, &keyset, payload, &self.hub).await;
-            }
-            return true;
-        }
-        let is_manifest = topic == topics::manifest(&device);
-        let is_keyset = topic == topics::keyset();
-        if !is_manifest && !is_keyset {
-            tracing::debug!(device_id = %device, topic, "message on an unexpected topic ignored");
-            return true;
-        }
-        let Some(mut gate) = self.gate.take() else {
-            return false;
-        };
-        let size = payload.len();
-        // Only a manifest can be held for a later key set (see `held`).
-        let held_copy = if is_manifest {
-            payload.clone()
-        } else {
-            Vec::new()
-        };
-        let (gate, result) = match tokio::task::spawn_blocking(move || {
-            let r = if is_manifest {
-                gate.manifest(&payload).map(Ok)
-            } else {
-                gate.keyset(&payload).map(Err)
-            };
-            (gate, r)
-        })
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(device_id = %device, error = %e, "trust task failed");
-                return false;
-            }
-        };
-        self.gate = Some(gate);
-        let rejection = match result {
-            Err(e) => {
-                tracing::error!(device_id = %device, error = %e, "could not persist; not acking so the broker redelivers");
-                return false;
-            }
-            Ok(Ok(ManifestOutcome::Applied(m))) => {
-                tracing::info!(device_id = %device, epoch = m.epoch, generation = m.generation, apps = m.apps.len(), "manifest accepted and persisted");
-                let (epoch, generation) = (m.epoch, m.generation);
-                self.desired.send_replace(Some(Arc::new(m)));
-                self.reporter
-                    .update(|v| v.applied = Some((epoch, generation)));
-                self.reporter
-                    .event(EventKind::ManifestApplied { epoch, generation })
-                    .await;
-                None
-            }
-            Ok(Ok(ManifestOutcome::Duplicate)) => {
-                tracing::debug!(device_id = %device, "manifest re-delivered; already applied");
-                None
-            }
-            Ok(Ok(ManifestOutcome::Rejected(reason))) if retry => {
-                tracing::warn!(device_id = %device, reason = %reason, "held manifest still refused after the new key set");
-                None
-            }
-            Ok(Ok(ManifestOutcome::Rejected(reason))) => {
-                if matches!(
-                    reason,
-                    RejectReason::UnknownKey { .. } | RejectReason::UnknownEpoch { .. }
-                ) {
-                    self.held = Some(held_copy);
-                }
-                let text = reason.to_string();
-                let mut counters = self.reporter.view().rejected;
-                reason.count_into(&mut counters);
-                Some((counters, text))
-            }
-            Ok(Err(KeySetOutcome::Adopted(version))) => {
-                tracing::info!(device_id = %device, version, "key set adopted");
-                self.reporter
-                    .event(EventKind::KeySetAccepted { version })
-                    .await;
-                if let Some(held) = self.held.take() {
-                    tracing::info!(device_id = %device, "re-verifying the manifest held for a newer key set");
-                    return Box::pin(self.process(&topics::manifest(&device), held, true)).await;
-                }
-                None
-            }
-            Ok(Err(KeySetOutcome::AlreadyKnown)) => None,
-            Ok(Err(KeySetOutcome::Rejected(e))) => {
-                let text = format!("key set: {e}");
-                let mut counters = self.reporter.view().rejected;
-                counters.keyset += 1;
-                Some((counters, text))
-            }
-        };
-        if let Some((counters, text)) = rejection {
-            self.reporter.update(|v| {
-                v.rejected = counters;
-                v.last_rejection = Some(text.clone());
-            });
-            let now = self.now_ms();
-            match self.throttle.on_reject(now, &text) {
-                OnReject::Report => {
-                    tracing::warn!(device_id = %device, size, reason = %text, "refused; running apps untouched");
-                    self.report_rejection(text).await;
-                }
-                OnReject::Defer => {
-                    // trace, not debug: a flood must not become a flood of log lines.
-                    tracing::trace!(device_id = %device, size, reason = %text, "refused; counted, summarised at the end of the window");
-                }
-            }
-        }
-        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::initial_trust;
-    use outpost_protocol::envelope::{seal_value, Kind};
-    use outpost_protocol::{AppSpec, KeySet, RejectCounters, SignedKeySet};
+    use crate::view::{parts, Rejections};
+    use outpost_protocol::{KeySet, SignedKeySet};
 
-    struct Rig {
-        inbox: Inbox,
-        root: SigningKey,
-        signer: SigningKey,
-        desired: watch::Receiver<Option<Arc<Manifest>>>,
-        store: Arc<Store>,
-        _dir: tempfile::TempDir,
+    async fn next(conn: &mut watch::Receiver<Link>) -> Link {
+        tokio::time::timeout(Duration::from_secs(5), conn.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        *conn.borrow_and_update()
     }
 
-    fn rig() -> Rig {
+    /// The link task alone moves `connected` and the connection number, and
+    /// hands messages to the inbox.
+    #[tokio::test]
+    async fn the_link_task_owns_the_link_state() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
         let root = SigningKey::generate().unwrap();
-        let signer = SigningKey::generate().unwrap();
         let ks = SignedKeySet::sign(
             &KeySet {
                 version: 1,
                 issued_at: 0,
-                keys: vec![signer.public_key()],
+                keys: vec![root.public_key()],
             },
             &root,
         );
         let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin").unwrap();
         let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
-        let reporter = Arc::new(Reporter::new(
-            device.clone(),
-            SigningKey::generate().unwrap(),
-            store.clone(),
-            100,
-            1,
-            View::default(),
-            dir.path().join("status.json"),
-        ));
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let outbox = Outbox::new(device.clone(), key.clone(), store.clone(), 100);
+        let (w, parts) = parts(None, Rejections::default());
+        let reporter = Reporter::new(outbox.clone(), key, parts, 1, dir.path().join("s.json"));
+        let mut conn = w.link.subscribe();
+        let (hub, _) = watch::channel(HubAck::default());
+        let gate = TrustGate::new(device.clone(), trust, store.clone());
+        let inbox = Inbox::new(gate, outbox, store.clone(), w.desired, w.rejections, hub);
+        // A client whose event loop is never polled: subscribing only queues.
         let (client, _driver) = link::connect(
             &device,
             &crate::config::parse_broker("mqtt://127.0.0.1:1").unwrap(),
             None,
         )
         .unwrap();
-        let (desired_tx, desired) = watch::channel(None);
-        let (conn, _) = watch::channel(None);
-        let (hub, _) = watch::channel(HubAck::default());
-        Rig {
-            inbox: Inbox {
-                client,
-                gate: Some(TrustGate::new(device, trust, store.clone())),
-                reporter,
-                desired: desired_tx,
-                conn,
-                hub,
-                epoch: 0,
-                held: None,
-                throttle: Throttle::default(),
-                started: tokio::time::Instant::now(),
-            },
-            root,
-            signer,
-            desired,
-            store,
-            _dir: dir,
-        }
-    }
-
-    fn sealed(signer: &SigningKey, generation: u64) -> Vec<u8> {
-        sealed_at(signer, 1, generation)
-    }
-
-    fn sealed_at(signer: &SigningKey, epoch: u64, generation: u64) -> Vec<u8> {
-        let image = format!("reg/app@sha256:{}", "11".repeat(32))
-            .parse()
-            .unwrap();
-        let m = Manifest {
-            device_id: "pi-1".parse().unwrap(),
-            epoch,
-            generation,
-            issued_at: 0,
-            key_id: signer.key_id(),
-            apps: vec![AppSpec::new("web", image)],
-        };
-        seal_value(Kind::Manifest, signer, &m).unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn accepted_manifests_become_desired_and_rejections_are_counted_persisted_and_inert() {
-        let mut r = rig();
-        let topic = topics::manifest(&"pi-1".parse().unwrap());
-        let good = sealed(&r.signer, 2);
-        assert!(r.inbox.handle(&topic, good.clone()).await);
-        assert_eq!(r.desired.borrow().as_ref().unwrap().generation, 2);
-        assert_eq!(r.inbox.reporter.view().applied, Some((1, 2)));
-
-        // Duplicate: silent.
-        r.desired.mark_unchanged();
-        assert!(r.inbox.handle(&topic, good.clone()).await);
-        assert!(!r.desired.has_changed().unwrap());
-        assert_eq!(r.inbox.reporter.view().rejected, RejectCounters::default());
-
-        // Replay, tamper, junk: acked (no redelivery loop), counted, persisted,
-        // desired state untouched.
-        let mut flipped = good.clone();
-        let n = flipped.len();
-        flipped[n - 1] ^= 1;
-        for bad in [sealed(&r.signer, 1), flipped, vec![7u8; 1 << 20]] {
-            assert!(r.inbox.handle(&topic, bad).await);
-        }
-        assert!(!r.desired.has_changed().unwrap());
-        let v = r.inbox.reporter.view();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(link_events(client, w.link, inbox, rx, cancel.clone()));
+        tx.send(Inbound::Connected {
+            session_present: false,
+        })
+        .unwrap();
+        assert_eq!(next(&mut conn).await, Some(1));
+        assert!(reporter.view().connected);
+        tx.send(Inbound::Disconnected).unwrap();
+        assert_eq!(next(&mut conn).await, None);
+        assert!(!reporter.view().connected);
+        tx.send(Inbound::Connected {
+            session_present: true,
+        })
+        .unwrap();
         assert_eq!(
-            (
-                v.rejected.rollback,
-                v.rejected.bad_signature,
-                v.rejected.too_large
-            ),
-            (1, 1, 1)
+            next(&mut conn).await,
+            Some(2),
+            "a new number for a new session"
         );
-        assert!(v.last_rejection.unwrap().contains("over the"));
-        let loaded = r.store.load().unwrap();
-        assert_eq!(loaded.manifest.as_deref(), Some(good.as_slice()));
-        // The first refusal is persisted and reported at once, the next two
-        // only counted until the window ends (a flood costs no write each).
-        assert_eq!(loaded.rejected.total(), 1);
-        assert_eq!(loaded.event_seq, 2);
-        tokio::time::advance(Duration::from_millis(crate::rejections::WINDOW_MS)).await;
-        r.inbox.flush_rejections().await;
-        let loaded = r.store.load().unwrap();
-        assert_eq!(loaded.rejected.total(), 3);
-        // Applied + first refusal + one summary of the other two.
-        assert_eq!(loaded.event_seq, 3);
-
-        // Other topics are ignored (and acked).
-        assert!(r.inbox.handle("outpost/v1/dev/pi-1/other", vec![1]).await);
-        assert_eq!(r.store.load().unwrap().event_seq, 3);
-    }
-
-    #[tokio::test]
-    async fn a_manifest_that_arrives_before_its_key_set_is_applied_when_the_key_set_comes() {
-        let mut r = rig();
-        let topic = topics::manifest(&"pi-1".parse().unwrap());
-        assert!(r.inbox.handle(&topic, sealed(&r.signer, 3)).await);
-        // After a rotation: the re-signed manifest first, then its key set.
-        let next = SigningKey::generate().unwrap();
-        assert!(r.inbox.handle(&topic, sealed_at(&next, 2, 1)).await);
-        let v = r.inbox.reporter.view();
-        assert_eq!((v.applied, v.rejected.total()), (Some((1, 3)), 1));
-        let ks = SignedKeySet::sign(
-            &KeySet {
-                version: 2,
-                issued_at: 0,
-                keys: vec![next.public_key()],
-            },
-            &r.root,
+        // Junk on the manifest topic reaches the inbox, which counts it.
+        let mut publish = rumqttc::Publish::new(
+            outpost_protocol::topics::manifest(&device),
+            rumqttc::QoS::AtLeastOnce,
+            vec![1u8, 2, 3],
         );
-        assert!(r.inbox.handle(&topics::keyset(), ks.0).await);
-        let v = r.inbox.reporter.view();
-        assert_eq!(v.applied, Some((2, 1)));
-        assert_eq!(
-            v.rejected.total(),
-            1,
-            "the held manifest is not counted twice"
-        );
-        assert_eq!(r.desired.borrow().as_ref().unwrap().epoch, 2);
-        // Junk signed by a key nobody trusts is held too, and stays refused
-        // (logged, not counted again) when a later key set arrives.
-        let stranger = SigningKey::generate().unwrap();
-        assert!(r.inbox.handle(&topic, sealed_at(&stranger, 3, 1)).await);
-        let ks3 = SignedKeySet::sign(
-            &KeySet {
-                version: 3,
-                issued_at: 0,
-                keys: vec![next.public_key()],
-            },
-            &r.root,
-        );
-        assert!(r.inbox.handle(&topics::keyset(), ks3.0).await);
-        let v = r.inbox.reporter.view();
-        assert_eq!((v.applied, v.rejected.total()), (Some((2, 1)), 2));
+        publish.pkid = 1;
+        tx.send(Inbound::Message(publish)).unwrap();
+        for _ in 0..500 {
+            if reporter.view().rejected.total() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(reporter.view().rejected.total(), 1);
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

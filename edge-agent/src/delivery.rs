@@ -24,6 +24,7 @@
 //! The hub drops duplicates by `seq`, so re-sending is always safe.
 
 use crate::link::AckEvent;
+use crate::outbox::Outbox;
 use crate::report::Reporter;
 use outpost_protocol::{topics, EventWatermark, KeySet};
 use rumqttc::{AsyncClient, QoS};
@@ -83,12 +84,12 @@ pub fn hub_returned(last_seen: Option<u64>, now: Option<u64>) -> bool {
 /// sender. A refused one is logged and otherwise ignored (it cannot make us
 /// delete anything); an empty one is the hub clearing it (device removed).
 pub async fn on_watermark(
-    reporter: &Arc<Reporter>,
+    outbox: &Outbox,
     keyset: &KeySet,
     payload: Vec<u8>,
     hub: &watch::Sender<HubAck>,
 ) {
-    let device = reporter.device_id();
+    let device = outbox.device_id();
     if payload.is_empty() {
         return;
     }
@@ -99,9 +100,9 @@ pub async fn on_watermark(
             return;
         }
     };
-    let store = reporter.store().clone();
     let acked = w.acked_through;
-    match tokio::task::spawn_blocking(move || store.outbox_ack_through(acked)).await {
+    let o = outbox.clone();
+    match tokio::task::spawn_blocking(move || o.ack_through(acked)).await {
         Ok(Ok(n)) if n > 0 => {
             tracing::debug!(device_id = %device, acked_through = acked, deleted = n, "events acknowledged by the hub");
         }
@@ -121,7 +122,9 @@ pub async fn on_watermark(
 /// Delivers status and the outbox (see the module docs).
 pub struct Sender {
     pub client: AsyncClient,
+    /// Seals status from the view.
     pub reporter: Arc<Reporter>,
+    pub outbox: Outbox,
     /// Connection number while connected, `None` while down.
     pub conn: watch::Receiver<Option<u64>>,
     pub acks: mpsc::UnboundedReceiver<AckEvent>,
@@ -168,8 +171,8 @@ impl Sender {
 
     /// A fresh signed status (the event floor read off the async threads).
     async fn status(&self) -> Vec<u8> {
-        let store = self.reporter.store().clone();
-        let floor = match tokio::task::spawn_blocking(move || store.event_floor()).await {
+        let outbox = self.outbox.clone();
+        let floor = match tokio::task::spawn_blocking(move || outbox.floor()).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 // 0 claims nothing; the hub then just waits for the events.
@@ -182,7 +185,7 @@ impl Sender {
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
-        let device = self.reporter.device_id().clone();
+        let device = self.outbox.device_id().clone();
         let status_topic = topics::status(&device);
         let events_topic = topics::events(&device);
         let mut changes = self.reporter.subscribe();
@@ -215,8 +218,8 @@ impl Sender {
                         break 'outer;
                     }
                     let after = sent_through.max(self.hub.borrow().acked_through);
-                    let store = self.reporter.store().clone();
-                    let next = tokio::task::spawn_blocking(move || store.outbox_next(after)).await;
+                    let outbox = self.outbox.clone();
+                    let next = tokio::task::spawn_blocking(move || outbox.next_after(after)).await;
                     let (seq, bytes) = match next {
                         Ok(Ok(Some(e))) => e,
                         Ok(Ok(None)) => break,
@@ -289,7 +292,7 @@ impl Sender {
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break 'outer,
-                    _ = self.reporter.outbox_wake.notified() => {}
+                    _ = self.outbox.queued() => {}
                     r = changes.changed() => if r.is_err() { break 'outer },
                     r = self.hub.changed() => if r.is_err() { break 'outer },
                     _ = tokio::time::sleep(wait) => {}
@@ -341,23 +344,19 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_verified_watermark_deletes_outbox_entries() {
-        use crate::report::View;
         use crate::state::Store;
         use outpost_protocol::{EventKind, SigningKey};
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
         let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
-        let reporter = Arc::new(Reporter::new(
+        let outbox = Outbox::new(
             device.clone(),
-            SigningKey::generate().unwrap(),
+            Arc::new(SigningKey::generate().unwrap()),
             store.clone(),
             100,
-            1,
-            View::default(),
-            dir.path().join("status.json"),
-        ));
+        );
         for _ in 0..3 {
-            reporter
+            outbox
                 .event_blocking(EventKind::AppStopped { app: "a".into() })
                 .unwrap();
         }
@@ -377,11 +376,11 @@ mod tests {
         // Forged (unknown key), for another device, junk: nothing deleted.
         let forged = wm(3, "pi-1").seal(&SigningKey::generate().unwrap());
         for bad in [forged, wm(3, "pi-2").seal(&hub_key), vec![1, 2, 3], vec![]] {
-            on_watermark(&reporter, &keyset, bad, &tx).await;
+            on_watermark(&outbox, &keyset, bad, &tx).await;
         }
         assert_eq!(store.outbox_len().unwrap(), 3);
         assert_eq!(*rx.borrow(), HubAck::default());
-        on_watermark(&reporter, &keyset, wm(2, "pi-1").seal(&hub_key), &tx).await;
+        on_watermark(&outbox, &keyset, wm(2, "pi-1").seal(&hub_key), &tx).await;
         assert_eq!(store.outbox_next(0).unwrap().unwrap().0, 3);
         assert_eq!(
             *rx.borrow(),

@@ -5,15 +5,19 @@
 //! `AppHealth` event on each change, and the set of ready apps the planner uses
 //! for start-first updates. Readiness never restarts an app by itself.
 //!
+//! This task is the only writer of readiness: its last verdict per app is the
+//! [`Readiness`] part of the view (see [`crate::view`]), kept across container
+//! restarts until a probe says otherwise.
+//!
 //! TCP and HTTP probes connect to 127.0.0.1: the host's for host-network apps,
 //! the container's own loopback for isolated ones (the socket is created in the
 //! container's network namespace); exec probes run inside the container's
 //! namespaces via `nsenter`.
 
-use crate::report::Reporter;
+use crate::outbox::Outbox;
+use crate::view::{Readiness, Writer};
 use outpost_protocol::{EventKind, HealthCheck, Probe};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -141,7 +145,8 @@ struct Track {
 /// Probe every target on its own interval until cancelled.
 pub async fn run(
     mut targets: watch::Receiver<BTreeMap<String, HealthTarget>>,
-    reporter: Arc<Reporter>,
+    verdicts: Writer<Readiness>,
+    outbox: Outbox,
     ready_tx: watch::Sender<BTreeSet<String>>,
     cancel: CancellationToken,
 ) {
@@ -168,7 +173,7 @@ pub async fn run(
                 }
                 Err(why) => {
                     track.failures += 1;
-                    tracing::debug!(device_id = %reporter.device_id(), app = %app, failures = track.failures, reason = %why, "health probe failed");
+                    tracing::debug!(device_id = %outbox.device_id(), app = %app, failures = track.failures, reason = %why, "health probe failed");
                     if track.failures >= target.check.retries.max(1) {
                         track.ready = Some(false);
                     }
@@ -176,13 +181,11 @@ pub async fn run(
             }
             if track.ready != was {
                 if let Some(ready) = track.ready {
-                    tracing::info!(device_id = %reporter.device_id(), app = %app, ready, "app health changed");
-                    reporter.update(|v| {
-                        if let Some(a) = v.apps.get_mut(app) {
-                            a.ready = Some(ready);
-                        }
+                    tracing::info!(device_id = %outbox.device_id(), app = %app, ready, "app health changed");
+                    verdicts.send_modify(|v| {
+                        v.insert(app.clone(), ready);
                     });
-                    reporter
+                    outbox
                         .event(EventKind::AppHealth {
                             app: app.clone(),
                             ready,
@@ -292,6 +295,56 @@ mod tests {
             .args(["-9", "--", &format!("-{pid}")])
             .status();
         let _ = child.wait();
+    }
+
+    /// The health task is the writer of readiness: its verdicts reach the
+    /// view's part and the planner's ready set, each change an event.
+    #[tokio::test]
+    async fn verdicts_go_to_the_readiness_part_the_ready_set_and_the_outbox() {
+        use crate::state::Store;
+        use crate::view::{parts, Rejections};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let key = std::sync::Arc::new(outpost_protocol::SigningKey::generate().unwrap());
+        let outbox = Outbox::new("pi-1".parse().unwrap(), key, store.clone(), 100);
+        let (w, _parts) = parts(None, Rejections::default());
+        let mut verdicts = w.readiness.subscribe();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (targets_tx, targets_rx) = watch::channel(BTreeMap::new());
+        let (ready_tx, mut ready_rx) = watch::channel(BTreeSet::new());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            targets_rx,
+            w.readiness,
+            outbox.clone(),
+            ready_tx,
+            cancel.clone(),
+        ));
+        targets_tx.send_replace([("web".to_string(), target(Probe::Tcp { port }))].into());
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            verdicts.wait_for(|v| !v.is_empty()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            *verdicts.borrow(),
+            BTreeMap::from([("web".to_string(), true)])
+        );
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            ready_rx.wait_for(|r| !r.is_empty()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(*ready_rx.borrow(), BTreeSet::from(["web".to_string()]));
+        assert_eq!(outbox.pending().unwrap(), 1, "one AppHealth event");
+        cancel.cancel();
+        task.await.unwrap();
+        drop(listener);
     }
 
     #[tokio::test]

@@ -10,6 +10,10 @@
 //!   key sets.
 //! - [`state`]: the redb file (accepted manifest, trust state, counters, outbox).
 //! - [`link`]: MQTT (rumqttc) with own jittered backoff and subscriptions.
+//! - [`inbox`]: what the hub sends: manifests and key sets through the trust
+//!   gate to a [`inbox::Delivery`] decision, held manifests, watermarks.
+//! - [`outbox`]: device-signed events committed to the outbox, read back by
+//!   the sender.
 //! - [`delivery`]: the status and outbox sender; events leave the outbox only
 //!   when the hub's signed watermark covers them.
 //! - [`reconcile`]: pure `plan` + executor + the loop that observes the runtime.
@@ -21,8 +25,11 @@
 //!   refusal (a flood costs bounded flash and leaves the outbox alone).
 //! - [`retention`]: which images are kept (current and previous release) and
 //!   the image disk budget.
-//! - [`report`]: the status view, signed events, the local status file.
-//! - [`agent`]: wires the tasks of `outpost-agent run` together.
+//! - [`view`]: the status view as parts with one writer each, and its pure
+//!   composition.
+//! - [`report`]: signed status reports from the view, the local status file.
+//! - [`agent`]: wires the tasks of `outpost-agent run` together (and runs the
+//!   link task, the writer of the link state).
 
 pub mod agent;
 pub mod cli;
@@ -31,8 +38,10 @@ pub mod delivery;
 pub mod driver;
 pub mod health;
 pub mod images;
+pub mod inbox;
 pub mod link;
 pub mod logview;
+pub mod outbox;
 pub mod reconcile;
 pub mod rejections;
 pub mod report;
@@ -40,3 +49,4 @@ pub mod retention;
 pub mod runtime;
 pub mod state;
 pub mod trust;
+pub mod view;

@@ -1,39 +1,27 @@
-//! What the device tells about itself: the in-memory view behind `StatusReport`s,
-//! device-signed events queued in the redb outbox, and the local status file read by
-//! `outpost-agent status`.
+//! What the device tells about itself: signed `StatusReport`s built from the
+//! composed view (see [`crate::view`] for its parts and their writers), and the
+//! local status file read by `outpost-agent status`.
 //!
 //! Status is a latest-wins snapshot rebuilt from the view whenever it is sent, so it
-//! is not written to disk (SD-card wear); events are history, so each one is
-//! committed to the outbox before anything tries to send it.
+//! is not written to disk (SD-card wear). Events are history and live in the
+//! outbox ([`crate::outbox`]); the reporter only reads how many are pending.
+//! The reporter writes no part of the view: it only reads and seals it.
 
-use crate::state::{StateError, Store};
-use outpost_protocol::{
-    AppStatus, DeviceId, Event, EventKind, RejectCounters, SigningKey, StatusReport,
-};
+use crate::outbox::Outbox;
+use crate::view::{Parts, View};
+use outpost_protocol::{DeviceId, SigningKey, StatusReport};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// Milliseconds since the Unix epoch by the device clock (0 if it is before 1970).
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The device's current view of itself, shared by the tasks that change it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct View {
-    pub applied: Option<(u64, u64)>,
-    pub apps: BTreeMap<String, AppStatus>,
-    pub rejected: RejectCounters,
-    pub last_rejection: Option<String>,
-    /// Is the MQTT link up (local view only).
-    pub connected: bool,
 }
 
 /// Events queued but not yet acknowledged by the broker, plus what the local
@@ -51,15 +39,10 @@ struct LocalStatus<'a> {
 }
 
 pub struct Reporter {
-    device_id: DeviceId,
-    key: SigningKey,
-    store: Arc<Store>,
-    outbox_limit: u64,
-    view: Mutex<View>,
-    /// Bumped on every view change; the sender and the status-file writer watch it.
-    changed: watch::Sender<u64>,
-    /// Woken when an event was queued.
-    pub outbox_wake: Notify,
+    /// For the device id and the pending count in the local status file.
+    outbox: Outbox,
+    key: Arc<SigningKey>,
+    parts: Parts,
     /// The persisted boot counter: with `status_seq` it orders status reports
     /// across restarts (the hub accepts only a greater `(boot, seq)`) without
     /// persisting each status.
@@ -72,29 +55,22 @@ pub struct Reporter {
 
 impl std::fmt::Debug for Reporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Reporter({})", self.device_id)
+        write!(f, "Reporter({})", self.outbox.device_id())
     }
 }
 
 impl Reporter {
     pub fn new(
-        device_id: DeviceId,
-        key: SigningKey,
-        store: Arc<Store>,
-        outbox_limit: u64,
+        outbox: Outbox,
+        key: Arc<SigningKey>,
+        parts: Parts,
         boots: u64,
-        initial: View,
         status_file: PathBuf,
     ) -> Reporter {
-        let (changed, _) = watch::channel(0);
         Reporter {
-            device_id,
+            outbox,
             key,
-            store,
-            outbox_limit,
-            view: Mutex::new(initial),
-            changed,
-            outbox_wake: Notify::new(),
+            parts,
             boots,
             status_seq: AtomicU64::new(0),
             started: Instant::now(),
@@ -103,80 +79,26 @@ impl Reporter {
     }
 
     pub fn device_id(&self) -> &DeviceId {
-        &self.device_id
+        self.outbox.device_id()
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
-    fn lock(&self) -> MutexGuard<'_, View> {
-        // A panic while holding the lock leaves a view that is still plain data.
-        self.view.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+    /// The view as of now, composed from its parts.
     pub fn view(&self) -> View {
-        self.lock().clone()
+        self.parts.view()
     }
 
+    /// Bumped on every change of any part; the sender and the status-file
+    /// writer watch it.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    /// Change the view; observers are woken only if something actually changed.
-    pub fn update(&self, f: impl FnOnce(&mut View)) {
-        let mut v = self.lock();
-        let before = v.clone();
-        f(&mut v);
-        if *v != before {
-            drop(v);
-            self.changed.send_modify(|n| *n += 1);
-        }
-    }
-
-    /// Seal `kind` as the next event and commit it to the outbox (blocking: fsync).
-    pub fn event_blocking(&self, kind: EventKind) -> Result<u64, StateError> {
-        let at = now_ms() / 1000;
-        let device_id = self.device_id.clone();
-        let key = &self.key;
-        let k = kind.clone();
-        let seq = self
-            .store
-            .push_event(self.outbox_limit, |seq, dropped_before| {
-                Event {
-                    device_id,
-                    seq,
-                    at,
-                    dropped_before,
-                    kind: k,
-                }
-                .seal(key)
-            })?;
-        tracing::debug!(device_id = %self.device_id, seq, event = ?kind, "event queued");
-        self.outbox_wake.notify_one();
-        Ok(seq)
-    }
-
-    /// [`Self::event_blocking`] off the async threads; failures are logged, since
-    /// an event that cannot be stored must not stop the agent from running apps.
-    pub async fn event(self: &Arc<Self>, kind: EventKind) {
-        let me = Arc::clone(self);
-        let res = tokio::task::spawn_blocking(move || me.event_blocking(kind)).await;
-        match res {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(device_id = %self.device_id, error = %e, "could not queue event")
-            }
-            Err(e) => tracing::error!(device_id = %self.device_id, error = %e, "event task failed"),
-        }
+        self.parts.subscribe()
     }
 
     /// A fresh signed status built from the view; `event_floor` is
-    /// [`Store::event_floor`], read by the caller off the async threads.
+    /// [`Outbox::floor`], read by the caller off the async threads.
     pub fn sealed_status(&self, event_floor: u64) -> Vec<u8> {
         let v = self.view();
         let report = StatusReport {
-            device_id: self.device_id.clone(),
+            device_id: self.device_id().clone(),
             applied: v.applied,
             boot: self.boots,
             seq: self.status_seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -195,9 +117,9 @@ impl Reporter {
     /// command. Lives in the run dir (tmpfs on a device).
     pub fn write_local_status(&self) -> std::io::Result<()> {
         let v = self.view();
-        let outbox_pending = self.store.outbox_len().unwrap_or(0);
+        let outbox_pending = self.outbox.pending().unwrap_or(0);
         let local = LocalStatus {
-            device_id: self.device_id.as_str(),
+            device_id: self.device_id().as_str(),
             agent_pid: std::process::id(),
             boots: self.boots,
             view: &v,
@@ -217,28 +139,40 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Store;
+    use crate::view::{parts, Rejections};
+    use outpost_protocol::{Event, EventKind, KeyId, Manifest};
 
     #[test]
     fn events_are_signed_sequenced_and_views_notify_only_on_change() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
-        let key = SigningKey::generate().unwrap();
+        let key = Arc::new(SigningKey::generate().unwrap());
         let pk = key.public_key();
         let id: DeviceId = "d1".parse().unwrap();
+        let outbox = Outbox::new(id.clone(), key.clone(), store.clone(), 100);
+        let (writers, parts) = parts(None, Rejections::default());
         let r = Reporter::new(
-            id.clone(),
+            outbox.clone(),
             key,
-            store.clone(),
-            100,
+            parts,
             3,
-            View::default(),
             dir.path().join("status.json"),
         );
         let rx = r.subscribe();
-        r.update(|v| v.applied = Some((1, 2)));
-        r.update(|v| v.applied = Some((1, 2)));
+        let accepted = Arc::new(Manifest {
+            device_id: id.clone(),
+            epoch: 1,
+            generation: 2,
+            issued_at: 0,
+            key_id: KeyId("k".into()),
+            apps: vec![],
+        });
+        writers.desired.send_replace(Some(accepted.clone()));
+        writers.desired.send_replace(Some(accepted));
         assert_eq!(*rx.borrow(), 1);
-        r.event_blocking(EventKind::AppStopped { app: "a".into() })
+        outbox
+            .event_blocking(EventKind::AppStopped { app: "a".into() })
             .unwrap();
         let (seq, bytes) = store.outbox_next(0).unwrap().unwrap();
         let ev = Event::open(&bytes, &id, &pk).unwrap();

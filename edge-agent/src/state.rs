@@ -14,6 +14,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableD
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Event seq -> sealed event bytes.
@@ -338,6 +339,23 @@ impl Store {
     }
 }
 
+/// The reconciler's one record in the store: its per-app restart counters
+/// (loaded at start with [`Store::load`]). A handle that can write nothing
+/// else.
+#[derive(Debug, Clone)]
+pub struct RestartLog(Arc<Store>);
+
+impl RestartLog {
+    pub fn new(store: Arc<Store>) -> RestartLog {
+        RestartLog(store)
+    }
+
+    /// Persist the counters (blocking: fsync).
+    pub fn save(&self, restarts: &BTreeMap<String, u32>) -> Result<(), StateError> {
+        self.0.save_restarts(restarts)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +390,15 @@ mod tests {
         assert_eq!(l.trust, Some(t));
         assert_eq!(l.manifest.as_deref(), Some(&b"manifest-bytes"[..]));
         assert_eq!(s.bump_boots().unwrap(), 2);
+    }
+
+    #[test]
+    fn the_restart_log_writes_the_counters_load_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let counters: BTreeMap<String, u32> = [("web".to_string(), 3)].into();
+        RestartLog::new(s.clone()).save(&counters).unwrap();
+        assert_eq!(s.load().unwrap().restarts, counters);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use super::plan::{Action, CreateReason};
 use crate::driver::{ContainerDriver, CreateRequest, DriverError, ImageProvider};
-use crate::report::Reporter;
+use crate::outbox::Outbox;
+use crate::view::{Pulls, Writer};
 use outpost_protocol::{AppSpec, EventKind};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,7 +50,9 @@ pub enum Outcome {
 pub struct Executor {
     pub images: Arc<dyn ImageProvider>,
     pub driver: Arc<dyn ContainerDriver>,
-    pub reporter: Arc<Reporter>,
+    pub outbox: Outbox,
+    /// Pull progress; the executor is its only writer (see `crate::view`).
+    pub pulls: Arc<Writer<Pulls>>,
     pub volumes_dir: PathBuf,
     pub stop_grace: Duration,
 }
@@ -89,8 +92,8 @@ impl Executor {
                 Ok(o) => out.push(o),
                 Err(e) => {
                     let error = e.to_string();
-                    tracing::warn!(device_id = %self.reporter.device_id(), app = %app, error = %error, "action failed");
-                    self.reporter
+                    tracing::warn!(device_id = %self.outbox.device_id(), app = %app, error = %error, "action failed");
+                    self.outbox
                         .event(EventKind::AppFailed {
                             app: app.clone(),
                             error: error.clone(),
@@ -111,13 +114,14 @@ impl Executor {
         restarts: &BTreeMap<String, u32>,
         pending_reason: &mut BTreeMap<String, CreateReason>,
     ) -> Result<Outcome, DriverError> {
-        let device = self.reporter.device_id().clone();
+        let device = self.outbox.device_id().clone();
         match action {
             Action::Keep { app, .. } => Ok(Outcome::Kept { app: app.clone() }),
             Action::Pull { app, image } => {
                 let images = self.images.clone();
                 let image = image.clone();
-                let reporter = self.reporter.clone();
+                let outbox = self.outbox.clone();
+                let pulls = self.pulls.clone();
                 let a = app.clone();
                 tracing::info!(device_id = %device, app = %app, image = %image, "pulling image");
                 blocking(move || {
@@ -126,22 +130,25 @@ impl Executor {
                     let last_quarter = std::sync::Mutex::new(None);
                     let progress = |done: u64, total: u64| {
                         let quarter = (done * 4).checked_div(total).map_or(4, |q| q.min(4));
-                        reporter.update(|v| {
-                            if let Some(s) = v.apps.get_mut(&a) {
-                                s.state = outpost_protocol::AppState::Pulling { done, total };
-                            }
+                        pulls.send_modify(|p| {
+                            p.insert(a.clone(), (done, total));
                         });
                         let mut last = last_quarter.lock().unwrap_or_else(|p| p.into_inner());
                         if *last != Some(quarter) {
                             *last = Some(quarter);
-                            let _ = reporter.event_blocking(EventKind::PullProgress {
+                            let _ = outbox.event_blocking(EventKind::PullProgress {
                                 app: a.clone(),
                                 done,
                                 total,
                             });
                         }
                     };
-                    images.pull(&image, &progress)
+                    let pulled = images.pull(&image, &progress);
+                    // Shown as pulling only while the pull runs.
+                    pulls.send_modify(|p| {
+                        p.remove(&a);
+                    });
+                    pulled
                 })
                 .await?;
                 Ok(Outcome::Pulled { app: app.clone() })
@@ -183,7 +190,7 @@ impl Executor {
                 let pid = blocking(move || driver.start(&c)).await?;
                 let reason = pending_reason.remove(app).unwrap_or(CreateReason::Initial);
                 tracing::info!(device_id = %device, app = %app, container = %container, pid, "app started");
-                self.reporter
+                self.outbox
                     .event(EventKind::AppStarted {
                         app: app.clone(),
                         pid,
@@ -191,7 +198,7 @@ impl Executor {
                     .await;
                 if reason == CreateReason::Restart {
                     let n = restarts.get(app).copied().unwrap_or(0) + 1;
-                    self.reporter
+                    self.outbox
                         .event(EventKind::AppRestarted {
                             app: app.clone(),
                             restarts: n,
@@ -210,7 +217,7 @@ impl Executor {
                 let grace = self.stop_grace;
                 blocking(move || driver.stop(&c, grace)).await?;
                 tracing::info!(device_id = %device, app = %app, container = %container, "container stopped");
-                self.reporter
+                self.outbox
                     .event(EventKind::AppStopped { app: app.clone() })
                     .await;
                 Ok(Outcome::Stopped {

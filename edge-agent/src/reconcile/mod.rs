@@ -11,8 +11,11 @@ pub mod plan;
 
 use crate::driver::{container_name, ContainerDriver, ContainerStatus, DriverError, ImageProvider};
 use crate::health::HealthTarget;
-use crate::report::{now_ms, Reporter};
+use crate::outbox::Outbox;
+use crate::report::now_ms;
 use crate::retention::{self, Release, Releases};
+use crate::state::RestartLog;
+use crate::view::{Apps, Writer};
 use execute::{Executor, Outcome};
 use outpost_protocol::{AppState, AppStatus, Digest, EventKind, Manifest, RestartPolicy};
 use plan::{AppBook, CreateReason, DesiredApp, Observed, Policy};
@@ -28,7 +31,10 @@ const STABLE_AFTER_MS: u64 = 10_000;
 
 pub struct Reconciler {
     pub exec: Executor,
-    pub reporter: Arc<Reporter>,
+    pub outbox: Outbox,
+    /// The `apps` part of the view; the reconciler is its only writer.
+    pub apps: Writer<Apps>,
+    restart_log: RestartLog,
     pub policy: Policy,
     pub resync: Duration,
     pub desired: watch::Receiver<Option<Arc<Manifest>>>,
@@ -105,7 +111,9 @@ impl Reconciler {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         exec: Executor,
-        reporter: Arc<Reporter>,
+        outbox: Outbox,
+        apps: Writer<Apps>,
+        restart_log: RestartLog,
         policy: Policy,
         resync: Duration,
         desired: watch::Receiver<Option<Arc<Manifest>>>,
@@ -127,7 +135,9 @@ impl Reconciler {
             .collect();
         Reconciler {
             exec,
-            reporter,
+            outbox,
+            apps,
+            restart_log,
             policy,
             resync,
             desired,
@@ -197,7 +207,7 @@ impl Reconciler {
         let Some(next) = releases.settled(&Release::of(manifest)) else {
             return;
         };
-        let device = self.reporter.device_id().clone();
+        let device = self.outbox.device_id().clone();
         let dir = dir.clone();
         let saved = {
             let (dir, next) = (dir.clone(), next.clone());
@@ -242,7 +252,7 @@ impl Reconciler {
             }
             wait = self.pass().await.min(self.resync);
         }
-        tracing::info!(device_id = %self.reporter.device_id(), "reconcile loop stopped; containers left running");
+        tracing::info!(device_id = %self.outbox.device_id(), "reconcile loop stopped; containers left running");
     }
 
     /// One observe → plan → execute pass; returns when the next is due.
@@ -250,7 +260,7 @@ impl Reconciler {
         let Some(manifest) = self.desired.borrow_and_update().clone() else {
             return self.resync;
         };
-        let device = self.reporter.device_id().clone();
+        let device = self.outbox.device_id().clone();
         let desired = desired_apps(&manifest);
         let Observation {
             containers,
@@ -285,7 +295,7 @@ impl Reconciler {
             self.running.remove(&name);
             let app = crate::driver::app_of(&name).unwrap_or("?").to_string();
             tracing::warn!(device_id = %device, app = %app, container = %name, code, "app exited");
-            self.reporter
+            self.outbox
                 .event(EventKind::AppExited {
                     app: app.clone(),
                     code: code.unwrap_or(-1),
@@ -407,7 +417,7 @@ impl Reconciler {
         if settled {
             self.release_settled(&manifest, &desired, &in_use).await;
         }
-        self.publish_view(&manifest, &desired, &after, now);
+        self.publish_view(&desired, &after, now);
         let targets = desired
             .values()
             .filter_map(|d| {
@@ -449,9 +459,9 @@ impl Reconciler {
         if now == self.saved_restarts {
             return;
         }
-        let store = self.reporter.store().clone();
+        let log = self.restart_log.clone();
         let copy = now.clone();
-        match tokio::task::spawn_blocking(move || store.save_restarts(&copy)).await {
+        match tokio::task::spawn_blocking(move || log.save(&copy)).await {
             Ok(Ok(())) => self.saved_restarts = now,
             Ok(Err(e)) => tracing::error!(error = %e, "persisting restart counters"),
             Err(e) => tracing::error!(error = %e, "persisting restart counters"),
@@ -460,7 +470,6 @@ impl Reconciler {
 
     fn publish_view(
         &self,
-        manifest: &Manifest,
         desired: &BTreeMap<String, DesiredApp>,
         containers: &BTreeMap<String, crate::driver::ObservedContainer>,
         now: u64,
@@ -505,17 +514,15 @@ impl Reconciler {
                 },
             );
         }
-        let applied = (manifest.epoch, manifest.generation);
-        self.reporter.update(|v| {
-            for (name, a) in apps.iter_mut() {
-                // Readiness belongs to the health task; keep its last verdict.
-                if d_has_health(desired, name) {
-                    a.ready = v.apps.get(name).and_then(|old| old.ready).or(Some(false));
-                }
+        for (name, a) in apps.iter_mut() {
+            // Readiness belongs to the health task: `Some(false)` only says the
+            // app has a check; the view shows the task's verdict (`crate::view`).
+            if d_has_health(desired, name) {
+                a.ready = Some(false);
             }
-            v.apps = apps;
-            v.applied = Some(applied);
-        });
+        }
+        // `applied` is the inbox's (it accepted the manifest), not written here.
+        self.apps.send_replace(apps);
     }
 }
 

@@ -2,8 +2,9 @@
 
 use super::*;
 use crate::driver::{CreateRequest, ObservedContainer, PreparedImage};
-use crate::report::View;
+use crate::report::Reporter;
 use crate::state::Store;
+use crate::view::{parts, Rejections};
 use outpost_protocol::{AppSpec, Digest, ImageRef, KeyId, SigningKey};
 use std::sync::Mutex;
 
@@ -106,32 +107,36 @@ impl ContainerDriver for FakeDriver {
 struct Rig {
     world: Arc<FakeWorld>,
     rec: Reconciler,
-    desired_tx: watch::Sender<Option<Arc<Manifest>>>,
+    desired_tx: Writer<crate::view::Desired>,
     reporter: Arc<Reporter>,
+    store: Arc<Store>,
     _dir: tempfile::TempDir,
 }
 
 fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+    let key = Arc::new(SigningKey::generate().unwrap());
+    let outbox = Outbox::new("pi-1".parse().unwrap(), key.clone(), store.clone(), 100);
+    let (writers, parts) = parts(None, Rejections::default());
     let reporter = Arc::new(Reporter::new(
-        "pi-1".parse().unwrap(),
-        SigningKey::generate().unwrap(),
-        store,
-        100,
+        outbox.clone(),
+        key,
+        parts,
         1,
-        View::default(),
         dir.path().join("status.json"),
     ));
     let world = Arc::new(FakeWorld::default());
     let exec = Executor {
         images: Arc::new(FakeImages(world.clone())),
         driver: Arc::new(FakeDriver(world.clone())),
-        reporter: reporter.clone(),
+        outbox: outbox.clone(),
+        pulls: Arc::new(writers.pulls),
         volumes_dir: dir.path().join("volumes"),
         stop_grace: Duration::from_secs(1),
     };
-    let (desired_tx, desired_rx) = watch::channel(None);
+    let desired_tx = writers.desired;
+    let desired_rx = desired_tx.subscribe();
     let (health_tx, _) = watch::channel(BTreeMap::new());
     let (_ready_tx, ready_rx) = watch::channel(BTreeSet::new());
     let policy = Policy {
@@ -140,7 +145,9 @@ fn rig() -> Rig {
     };
     let rec = Reconciler::new(
         exec,
-        reporter.clone(),
+        outbox,
+        writers.apps,
+        RestartLog::new(store.clone()),
         policy,
         Duration::from_secs(1),
         desired_rx,
@@ -153,6 +160,7 @@ fn rig() -> Rig {
         rec,
         desired_tx,
         reporter,
+        store,
         _dir: dir,
     }
 }
@@ -241,7 +249,7 @@ async fn deploys_restarts_a_crash_and_replaces_on_update() {
     assert_eq!(r.world.containers.lock().unwrap().len(), 1);
 
     // The events went to the outbox in order.
-    let store = r.reporter.store().clone();
+    let store = r.store.clone();
     let mut kinds = vec![];
     let mut after = 0;
     while let Some((seq, _)) = store.outbox_next(after).unwrap() {
