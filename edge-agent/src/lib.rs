@@ -16,7 +16,10 @@
 //!   the sender.
 //! - [`delivery`]: the status and outbox sender; events leave the outbox only
 //!   when the hub's signed watermark covers them.
-//! - [`reconcile`]: pure `plan` + executor + the loop that observes the runtime.
+//! - [`reconcile`]: pure `plan` and per-app books + executor + the loop that
+//!   observes the runtime.
+//! - [`clock`]: the one reader of the wall clock, and the monotonic clock every
+//!   delay and deadline is measured on.
 //! - [`driver`]: the image-provider and container-driver traits (the seams).
 //! - [`images`], [`runtime`]: the real adapters over `outpost-oci` and
 //!   `outpost-runtime`.
@@ -33,6 +36,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod driver;

@@ -1240,6 +1240,9 @@ impl World {
         // The agent's local status file trails the apps answering by a moment
         // (writes are coalesced); callers read pids from it, so wait for one
         // written after the apps answered.
+        // `written_at_ms` is the agent's wall clock (edge-agent/src/clock.rs),
+        // on this same machine: compare wall time with wall time.
+        #[allow(clippy::disallowed_methods)]
         let answered = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

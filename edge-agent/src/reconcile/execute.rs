@@ -1,11 +1,14 @@
 //! Carries out planned actions through the image provider and container driver.
 //!
 //! Each action runs in `spawn_blocking` (registry I/O, unpacking, libcontainer).
-//! An app's actions stop at its first failure; the error becomes the app's
-//! `last_error`, an `AppFailed` event and a retry delay, never a panic.
+//! An app's actions stop at its first failure; the typed error (with its causes
+//! and a retry verdict) becomes the app's `last_error`, an `AppFailed` event and
+//! a retry delay, never a panic.
 
 use super::plan::{Action, CreateReason};
-use crate::driver::{ContainerDriver, CreateRequest, DriverError, ImageProvider};
+use crate::driver::{
+    error_chain, ContainerDriver, CreateRequest, DriverCause, DriverError, ImageProvider,
+};
 use crate::outbox::Outbox;
 use crate::view::{Pulls, Writer};
 use outpost_protocol::{AppSpec, EventKind};
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What happened to one action.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     Kept {
         app: String,
@@ -40,9 +43,10 @@ pub enum Outcome {
         app: String,
         container: String,
     },
+    /// The app's first failed action this pass; the error keeps its causes.
     Failed {
         app: String,
-        error: String,
+        error: DriverError,
     },
 }
 
@@ -91,8 +95,8 @@ impl Executor {
             match res {
                 Ok(o) => out.push(o),
                 Err(e) => {
-                    let error = e.to_string();
-                    tracing::warn!(device_id = %self.outbox.device_id(), app = %app, error = %error, "action failed");
+                    let error = error_chain(&e);
+                    tracing::warn!(device_id = %self.outbox.device_id(), app = %app, error = %error, retryable = e.retryable(), "action failed");
                     self.outbox
                         .event(EventKind::AppFailed {
                             app: app.clone(),
@@ -100,7 +104,7 @@ impl Executor {
                         })
                         .await;
                     failed.insert(app.clone(), ());
-                    out.push(Outcome::Failed { app, error });
+                    out.push(Outcome::Failed { app, error: e });
                 }
             }
         }
@@ -159,7 +163,7 @@ impl Executor {
                 reason,
             } => {
                 let spec = specs.get(app).cloned().ok_or_else(|| {
-                    DriverError::new("create", container.clone(), "app is no longer desired")
+                    DriverError::new("create", container.clone(), DriverCause::NotDesired)
                 })?;
                 let images = self.images.clone();
                 let driver = self.driver.clone();

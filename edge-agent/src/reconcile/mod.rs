@@ -1,33 +1,37 @@
-//! Level-triggered reconciliation: observe the runtime, `plan` (pure), execute.
+//! Level-triggered reconciliation: observe the runtime, book what it shows
+//! (`book.rs`, pure), `plan` (`plan.rs`, pure), execute (`execute.rs`), book the
+//! outcomes (pure again), publish.
 //!
 //! One loop runs a pass on every accepted manifest, every `resync` interval (which
 //! is how container exits are noticed: the runtime is polled, since a container
 //! whose parent agent died reports no exit to us) and whenever a backoff is due.
 //! With no manifest yet it does nothing at all, so containers are never removed
 //! because state is missing.
+//!
+//! Every time the loop decides with (backoff, retries, stability) is the
+//! injected clock's monotonic reading, never the wall clock (`crate::clock`).
 
+pub mod book;
 pub mod execute;
 pub mod plan;
 
-use crate::driver::{container_name, ContainerDriver, ContainerStatus, DriverError, ImageProvider};
+use crate::clock::{Clock, SystemClock};
+use crate::driver::{container_name, ContainerDriver, DriverError, ImageProvider};
 use crate::health::HealthTarget;
 use crate::outbox::Outbox;
-use crate::report::now_ms;
 use crate::retention::{self, Release, Releases};
 use crate::state::RestartLog;
 use crate::view::{Apps, Writer};
-use execute::{Executor, Outcome};
-use outpost_protocol::{AppState, AppStatus, Digest, EventKind, Manifest, RestartPolicy};
-use plan::{AppBook, CreateReason, DesiredApp, Observed, Policy};
+use book::{Exit, Ledger};
+use execute::Executor;
+use outpost_protocol::{Digest, EventKind, Manifest};
+use plan::{DesiredApp, Observed, Policy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-/// A container running this long resets its app's consecutive-restart count.
-const STABLE_AFTER_MS: u64 = 10_000;
 
 pub struct Reconciler {
     pub exec: Executor,
@@ -40,11 +44,13 @@ pub struct Reconciler {
     pub desired: watch::Receiver<Option<Arc<Manifest>>>,
     pub health_targets: watch::Sender<BTreeMap<String, HealthTarget>>,
     pub ready: watch::Receiver<BTreeSet<String>>,
-    books: BTreeMap<String, AppBook>,
-    last_errors: BTreeMap<String, String>,
-    /// Containers we last saw (or made) running, to notice exits.
-    running: BTreeMap<String, u32>,
+    /// Per-app books, failed actions, containers seen running (`book.rs`).
+    ledger: Ledger,
+    /// Restart counts as last persisted, to write only on change.
     saved_restarts: BTreeMap<String, u32>,
+    /// Monotonic time for every decision; `SystemClock` from construction
+    /// (agent start) unless a test injects another.
+    clock: Arc<dyn Clock>,
     /// Where the record of settled releases lives (the image store's dir), and
     /// the record; `None` until [`Reconciler::with_retention`] (tests).
     retention: Option<(PathBuf, Releases)>,
@@ -121,18 +127,6 @@ impl Reconciler {
         ready: watch::Receiver<BTreeSet<String>>,
         restarts: BTreeMap<String, u32>,
     ) -> Reconciler {
-        let books = restarts
-            .iter()
-            .map(|(app, n)| {
-                (
-                    app.clone(),
-                    AppBook {
-                        restarts: *n,
-                        ..AppBook::default()
-                    },
-                )
-            })
-            .collect();
         Reconciler {
             exec,
             outbox,
@@ -143,12 +137,17 @@ impl Reconciler {
             desired,
             health_targets,
             ready,
-            books,
-            last_errors: BTreeMap::new(),
-            running: BTreeMap::new(),
+            ledger: Ledger::with_restarts(&restarts),
             saved_restarts: restarts,
+            clock: Arc::new(SystemClock::new()),
             retention: None,
         }
+    }
+
+    /// Decide with `clock`'s monotonic time instead of the system's (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Reconciler {
+        self.clock = clock;
+        self
     }
 
     /// Keep the record of settled releases in `images_dir` and collect images
@@ -277,23 +276,14 @@ impl Reconciler {
             &self.keep(&desired, &in_use),
             &self.essential(&desired, &in_use),
         );
-        let now = now_ms();
+        let now = self.clock.mono_ms();
 
-        // Notice exits: containers we saw running that are now exited or gone.
-        let mut exits = vec![];
-        for (name, pid) in &self.running {
-            let status = containers.get(name).map(|c| c.status);
-            if !matches!(status, Some(ContainerStatus::Running { pid: p }) if p == *pid) {
-                let code = match status {
-                    Some(ContainerStatus::Exited { code }) => code,
-                    _ => None,
-                };
-                exits.push((name.clone(), code));
-            }
-        }
-        for (name, code) in exits {
-            self.running.remove(&name);
-            let app = crate::driver::app_of(&name).unwrap_or("?").to_string();
+        for Exit {
+            app,
+            container: name,
+            code,
+        } in self.ledger.observe(&desired, &containers, now)
+        {
             tracing::warn!(device_id = %device, app = %app, container = %name, code, "app exited");
             self.outbox
                 .event(EventKind::AppExited {
@@ -302,38 +292,11 @@ impl Reconciler {
                 })
                 .await;
         }
-        for (name, c) in &containers {
-            let Some(d) = desired.get(&c.app).filter(|d| &d.container == name) else {
-                continue;
-            };
-            let book = self.books.entry(d.spec.name.clone()).or_default();
-            match c.status {
-                ContainerStatus::Running { pid } => {
-                    if self.running.insert(name.clone(), pid).is_none() {
-                        // Adopted (agent restart) or started elsewhere: count
-                        // stability from now.
-                        book.started_at_ms.get_or_insert(now);
-                    }
-                    if book.consecutive > 0
-                        && book
-                            .started_at_ms
-                            .is_some_and(|t| now.saturating_sub(t) >= STABLE_AFTER_MS)
-                    {
-                        book.consecutive = 0;
-                    }
-                }
-                ContainerStatus::Exited { .. } => {
-                    book.exited_at_ms.get_or_insert(now);
-                    book.started_at_ms = None;
-                }
-                ContainerStatus::Created => {}
-            }
-        }
 
         let observed = Observed {
             containers: containers.clone(),
             images,
-            books: self.books.clone(),
+            books: self.ledger.books.clone(),
             ready: self.ready.borrow().clone(),
         };
         let plan = plan::plan(&desired, &observed, now, &self.policy);
@@ -345,97 +308,27 @@ impl Reconciler {
             .iter()
             .map(|(k, d)| (k.clone(), d.spec.clone()))
             .collect();
-        let restarts = self
-            .books
-            .iter()
-            .map(|(k, b)| (k.clone(), b.restarts))
-            .collect();
-        let outcomes = self.exec.run(&plan.actions, &specs, &restarts).await;
+        let outcomes = self
+            .exec
+            .run(&plan.actions, &specs, &self.ledger.restarts())
+            .await;
+        // Outcomes are booked when execution is over (a pull may take minutes):
+        // a start counts toward stability, a failure's retry delay, from then.
+        let done = self.clock.mono_ms();
         let mut after = containers;
         for o in outcomes {
-            let now = now_ms();
-            match o {
-                Outcome::Started {
-                    app,
-                    container,
-                    pid,
-                } => {
-                    self.running.insert(container.clone(), pid);
-                    if let Some(c) = after.get_mut(&container) {
-                        c.status = ContainerStatus::Running { pid };
-                    }
-                    let b = self.books.entry(app.clone()).or_default();
-                    b.started_at_ms = Some(now);
-                    b.failures = 0;
-                    b.retry_at_ms = None;
-                    self.last_errors.remove(&app);
-                }
-                Outcome::Created { app, reason } => {
-                    let b = self.books.entry(app.clone()).or_default();
-                    b.exited_at_ms = None;
-                    if reason == CreateReason::Restart {
-                        b.restarts += 1;
-                        b.consecutive += 1;
-                    }
-                    if let Some(d) = desired.get(&app) {
-                        after.insert(
-                            d.container.clone(),
-                            crate::driver::ObservedContainer {
-                                name: d.container.clone(),
-                                app: app.clone(),
-                                status: ContainerStatus::Created,
-                            },
-                        );
-                    }
-                }
-                Outcome::Stopped { container, .. } => {
-                    self.running.remove(&container);
-                }
-                Outcome::Removed { container, .. } => {
-                    self.running.remove(&container);
-                    after.remove(&container);
-                }
-                Outcome::Failed { app, error } => {
-                    let b = self.books.entry(app.clone()).or_default();
-                    b.retry_at_ms = Some(now + self.policy.backoff_ms(b.failures));
-                    b.failures = b.failures.saturating_add(1);
-                    self.last_errors.insert(app, error);
-                }
-                Outcome::Pulled { .. } | Outcome::Kept { .. } => {}
-            }
+            self.ledger
+                .record(o, &desired, &mut after, done, &self.policy);
         }
-        self.books.retain(|app, _| desired.contains_key(app));
+        self.ledger.forget_undesired(&desired);
         self.persist_restarts().await;
-        let settled = !acted
-            && self.last_errors.is_empty()
-            && desired.values().all(|d| {
-                after.get(&d.container).is_some_and(|c| {
-                    c.status.is_running()
-                        || matches!(c.status, ContainerStatus::Exited { code: Some(0) })
-                })
-            });
-        if settled {
+        if book::settled(acted, &self.ledger, &desired, &after) {
             self.release_settled(&manifest, &desired, &in_use).await;
         }
+        // The status uses the instant the plan was made at, so an app the plan
+        // left backing off shows `BackingOff`, not a state its next pass changes.
         self.publish_view(&desired, &after, now);
-        let targets = desired
-            .values()
-            .filter_map(|d| {
-                let check = d.spec.health.clone()?;
-                match after.get(&d.container)?.status {
-                    ContainerStatus::Running { pid } => Some((
-                        d.spec.name.clone(),
-                        HealthTarget {
-                            container: d.container.clone(),
-                            pid,
-                            check,
-                            isolated: d.spec.network == outpost_protocol::NetworkMode::Isolated,
-                        },
-                    )),
-                    _ => None,
-                }
-            })
-            .collect::<BTreeMap<_, _>>();
+        let targets = book::health_targets(&desired, &after);
         self.health_targets.send_if_modified(|t| {
             let changed = *t != targets;
             *t = targets;
@@ -450,12 +343,7 @@ impl Reconciler {
     }
 
     async fn persist_restarts(&mut self) {
-        let now: BTreeMap<String, u32> = self
-            .books
-            .iter()
-            .filter(|(_, b)| b.restarts > 0)
-            .map(|(k, b)| (k.clone(), b.restarts))
-            .collect();
+        let now = self.ledger.persisted_restarts();
         if now == self.saved_restarts {
             return;
         }
@@ -471,49 +359,10 @@ impl Reconciler {
     fn publish_view(
         &self,
         desired: &BTreeMap<String, DesiredApp>,
-        containers: &BTreeMap<String, crate::driver::ObservedContainer>,
+        containers: &book::Containers,
         now: u64,
     ) {
-        let observed = Observed {
-            containers: containers.clone(),
-            books: self.books.clone(),
-            ..Observed::default()
-        };
-        let mut apps = BTreeMap::new();
-        for (name, d) in desired {
-            let book = self.books.get(name).cloned().unwrap_or_default();
-            let state = match containers.get(&d.container).map(|c| c.status) {
-                Some(ContainerStatus::Running { pid }) => AppState::Running { pid },
-                Some(ContainerStatus::Created) => AppState::Starting,
-                Some(ContainerStatus::Exited { code }) => {
-                    if let Some(ms) = plan::backoff_remaining(d, &observed, now, &self.policy) {
-                        AppState::BackingOff {
-                            retry_in_secs: ms.div_ceil(1000),
-                        }
-                    } else {
-                        match d.spec.restart {
-                            RestartPolicy::OnFailure { .. } if code != Some(0) => AppState::Failed,
-                            _ => AppState::Exited {
-                                code: code.unwrap_or(-1),
-                            },
-                        }
-                    }
-                }
-                None if self.last_errors.contains_key(name) => AppState::Failed,
-                None => AppState::Pending,
-            };
-            apps.insert(
-                name.clone(),
-                AppStatus {
-                    name: name.clone(),
-                    state,
-                    restarts: book.restarts,
-                    last_error: self.last_errors.get(name).cloned(),
-                    image_digest: Some(d.spec.image.digest),
-                    ready: None,
-                },
-            );
-        }
+        let mut apps = book::app_statuses(desired, containers, &self.ledger, now, &self.policy);
         for (name, a) in apps.iter_mut() {
             // Readiness belongs to the health task: `Some(false)` only says the
             // app has a check; the view shows the task's verdict (`crate::view`).

@@ -1,8 +1,9 @@
 //! The pure reconcile decision: `plan(desired, observed, now, policy) -> Plan`.
 //!
-//! No I/O and no clock: everything the decision needs is passed in, so the same
-//! inputs always give the same actions (BTreeMap order). Boot, a new manifest, a
-//! crashed container and the periodic resync all go through this one function; the
+//! No I/O and no clock: everything the decision needs is passed in (`now_ms` is
+//! the agent's monotonic time, see `crate::clock`), so the same inputs always
+//! give the same actions (BTreeMap order). Boot, a new manifest, a crashed
+//! container and the periodic resync all go through this one function; the
 //! executor (`execute.rs`) carries the actions out.
 
 use crate::driver::{ContainerStatus, ObservedContainer};
@@ -19,7 +20,9 @@ pub struct DesiredApp {
     pub container: String,
 }
 
-/// Restart and error bookkeeping for one app, kept by the reconcile loop.
+/// Restart and error bookkeeping for one app, kept by the reconcile loop
+/// (`book.rs`). Times are the agent's monotonic milliseconds (`crate::clock`),
+/// which a wall-clock step does not move.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppBook {
     /// Restarts since the agent first ran this app (reported in status).
@@ -27,7 +30,7 @@ pub struct AppBook {
     /// Restarts without a stable run in between; drives the exponential backoff
     /// and the on-failure retry limit.
     pub consecutive: u32,
-    /// When the loop first saw the current container exited (ms since epoch).
+    /// When the loop first saw the current container exited.
     pub exited_at_ms: Option<u64>,
     /// An action for this app failed (pull, create…); don't retry before this.
     pub retry_at_ms: Option<u64>,

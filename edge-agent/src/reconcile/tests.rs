@@ -1,11 +1,15 @@
-//! Reconcile loop against an in-memory device (fake image store and runtime).
+//! Reconcile loop against an in-memory device (fake image store and runtime),
+//! on tokio's paused clock: time moves only when a test advances it.
 
 use super::*;
-use crate::driver::{CreateRequest, ObservedContainer, PreparedImage};
+use crate::clock::SteppableClock;
+use crate::driver::{ContainerStatus, CreateRequest, ObservedContainer, PreparedImage};
 use crate::report::Reporter;
 use crate::state::Store;
 use crate::view::{parts, Rejections};
-use outpost_protocol::{AppSpec, Digest, ImageRef, KeyId, SigningKey};
+use outpost_oci::OciError;
+use outpost_protocol::{AppSpec, AppState, Digest, ImageRef, KeyId, SigningKey};
+use outpost_runtime::RuntimeError;
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -13,7 +17,11 @@ pub struct FakeWorld {
     pub images: Mutex<BTreeSet<Digest>>,
     pub containers: Mutex<BTreeMap<String, (String, ContainerStatus)>>,
     pub next_pid: Mutex<u32>,
+    /// Pulls fail as an unreachable registry makes them fail.
     pub fail_pulls: Mutex<bool>,
+    /// Pulls fail as an image without a manifest for this platform does.
+    pub wrong_platform: Mutex<bool>,
+    pub pull_attempts: Mutex<u32>,
 }
 
 pub struct FakeImages(pub Arc<FakeWorld>);
@@ -28,11 +36,26 @@ impl ImageProvider for FakeImages {
         image: &ImageRef,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), DriverError> {
+        *self.0.pull_attempts.lock().unwrap() += 1;
         if *self.0.fail_pulls.lock().unwrap() {
             return Err(DriverError::new(
                 "pull",
                 image.to_string(),
-                "registry unreachable",
+                OciError::Registry {
+                    reference: image.to_string(),
+                    detail: "registry unreachable".into(),
+                },
+            ));
+        }
+        if *self.0.wrong_platform.lock().unwrap() {
+            return Err(DriverError::new(
+                "pull",
+                image.to_string(),
+                OciError::NoPlatform {
+                    image: image.digest,
+                    wanted: "linux/riscv64".into(),
+                    available: "linux/amd64, linux/arm64".into(),
+                },
             ));
         }
         progress(0, 10);
@@ -45,7 +68,7 @@ impl ImageProvider for FakeImages {
             return Err(DriverError::new(
                 "prepare",
                 image.to_string(),
-                "not present",
+                OciError::UnknownImage(image.digest),
             ));
         }
         Ok(PreparedImage {
@@ -74,7 +97,11 @@ impl ContainerDriver for FakeDriver {
     fn create(&self, req: &CreateRequest) -> Result<(), DriverError> {
         let mut c = self.0.containers.lock().unwrap();
         if c.contains_key(&req.container) {
-            return Err(DriverError::new("create", req.container.clone(), "exists"));
+            return Err(DriverError::new(
+                "create",
+                req.container.clone(),
+                RuntimeError::Exists(req.container.clone()),
+            ));
         }
         c.insert(
             req.container.clone(),
@@ -86,9 +113,9 @@ impl ContainerDriver for FakeDriver {
         let mut pid = self.0.next_pid.lock().unwrap();
         *pid += 1;
         let mut c = self.0.containers.lock().unwrap();
-        let e = c
-            .get_mut(container)
-            .ok_or_else(|| DriverError::new("start", container, "missing"))?;
+        let e = c.get_mut(container).ok_or_else(|| {
+            DriverError::new("start", container, RuntimeError::NotFound(container.into()))
+        })?;
         e.1 = ContainerStatus::Running { pid: *pid };
         Ok(*pid)
     }
@@ -114,6 +141,16 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with(
+        Policy {
+            base_backoff_ms: 1,
+            max_backoff_ms: 1,
+        },
+        Arc::new(SystemClock::new()),
+    )
+}
+
+fn rig_with(policy: Policy, clock: Arc<dyn Clock>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
     let key = Arc::new(SigningKey::generate().unwrap());
@@ -139,10 +176,6 @@ fn rig() -> Rig {
     let desired_rx = desired_tx.subscribe();
     let (health_tx, _) = watch::channel(BTreeMap::new());
     let (_ready_tx, ready_rx) = watch::channel(BTreeSet::new());
-    let policy = Policy {
-        base_backoff_ms: 1,
-        max_backoff_ms: 1,
-    };
     let rec = Reconciler::new(
         exec,
         outbox,
@@ -154,7 +187,8 @@ fn rig() -> Rig {
         health_tx,
         ready_rx,
         BTreeMap::new(),
-    );
+    )
+    .with_clock(clock);
     Rig {
         world,
         rec,
@@ -195,7 +229,7 @@ fn running(w: &FakeWorld) -> Vec<(String, u32)> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_a_manifest_nothing_is_touched() {
     let mut r = rig();
     r.world.containers.lock().unwrap().insert(
@@ -206,7 +240,7 @@ async fn without_a_manifest_nothing_is_touched() {
     assert_eq!(running(&r.world).len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn deploys_restarts_a_crash_and_replaces_on_update() {
     let mut r = rig();
     r.desired_tx
@@ -230,7 +264,7 @@ async fn deploys_restarts_a_crash_and_replaces_on_update() {
         .unwrap()
         .1 = ContainerStatus::Exited { code: Some(137) };
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
         r.rec.pass().await;
     }
     let second = running(&r.world);
@@ -260,7 +294,7 @@ async fn deploys_restarts_a_crash_and_replaces_on_update() {
     assert!(kinds.len() >= 6, "{kinds:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failing_pull_is_reported_and_retried_without_touching_other_apps() {
     let mut r = rig();
     r.desired_tx
@@ -280,7 +314,168 @@ async fn a_failing_pull_is_reported_and_retried_without_touching_other_apps() {
         .contains("registry unreachable"));
     assert_eq!(running(&r.world), a);
     *r.world.fail_pulls.lock().unwrap() = false;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::advance(Duration::from_millis(5)).await;
     r.rec.pass().await;
     assert_eq!(running(&r.world).len(), 2);
+}
+
+const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
+
+fn crash(w: &FakeWorld, container: &str, code: i32) {
+    w.containers.lock().unwrap().get_mut(container).unwrap().1 =
+        ContainerStatus::Exited { code: Some(code) };
+}
+
+/// A device without a real-time clock boots in 1970 and is stepped by decades
+/// when NTP answers (and may be set back by hand): the restart backoff, and
+/// the `BackingOff` countdown the status shows, run on monotonic time and
+/// ignore both steps.
+#[tokio::test(start_paused = true)]
+async fn restart_backoff_and_its_status_ignore_wall_clock_steps() {
+    let clock = Arc::new(SteppableClock::new(0));
+    let policy = Policy {
+        base_backoff_ms: 10_000,
+        max_backoff_ms: 60_000,
+    };
+    let mut r = rig_with(policy, clock.clone());
+    r.desired_tx
+        .send_replace(Some(manifest(1, vec![app("web", 1)])));
+    r.rec.pass().await;
+    let first = running(&r.world);
+    assert_eq!(first.len(), 1);
+    let state = |r: &Rig| r.reporter.view().apps["web"].state.clone();
+
+    crash(&r.world, &first[0].0, 137);
+    assert_eq!(r.rec.pass().await, Duration::from_secs(10));
+    assert_eq!(state(&r), AppState::BackingOff { retry_in_secs: 10 });
+
+    // NTP answers: 1970 becomes 2026. Nothing is due yet.
+    clock.step_wall(56 * YEAR_MS);
+    assert_eq!(r.rec.pass().await, Duration::from_secs(10));
+    assert_eq!(state(&r), AppState::BackingOff { retry_in_secs: 10 });
+    assert!(running(&r.world).is_empty());
+
+    // 4 s later someone sets the clock back 30 years: 6 s still to wait.
+    tokio::time::advance(Duration::from_secs(4)).await;
+    clock.step_wall(-30 * YEAR_MS);
+    assert_eq!(r.rec.pass().await, Duration::from_secs(6));
+    assert_eq!(state(&r), AppState::BackingOff { retry_in_secs: 6 });
+    assert!(running(&r.world).is_empty());
+
+    tokio::time::advance(Duration::from_millis(5_999)).await;
+    r.rec.pass().await;
+    assert!(running(&r.world).is_empty(), "restarted before the backoff");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    r.rec.pass().await;
+    let second = running(&r.world);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].1, first[0].1);
+    assert!(state(&r).is_running());
+    assert_eq!(r.reporter.view().apps["web"].restarts, 1);
+}
+
+/// The retry delay after a failed pull runs on monotonic time too: wall-clock
+/// steps neither bring the retry forward nor push it back.
+#[tokio::test(start_paused = true)]
+async fn a_failed_pull_is_retried_after_its_delay_whatever_the_wall_clock_does() {
+    let clock = Arc::new(SteppableClock::new(1_700_000_000_000));
+    let policy = Policy {
+        base_backoff_ms: 10_000,
+        max_backoff_ms: 60_000,
+    };
+    let mut r = rig_with(policy, clock.clone());
+    *r.world.fail_pulls.lock().unwrap() = true;
+    r.desired_tx
+        .send_replace(Some(manifest(1, vec![app("web", 1)])));
+    r.rec.pass().await;
+    assert_eq!(*r.world.pull_attempts.lock().unwrap(), 1);
+    assert_eq!(r.reporter.view().apps["web"].state, AppState::Failed);
+    assert!(r.rec.ledger.errors["web"].retryable);
+
+    clock.step_wall(YEAR_MS);
+    assert_eq!(r.rec.pass().await, Duration::from_secs(10));
+    clock.step_wall(-2 * YEAR_MS);
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert_eq!(r.rec.pass().await, Duration::from_millis(1));
+    assert_eq!(*r.world.pull_attempts.lock().unwrap(), 1);
+
+    *r.world.fail_pulls.lock().unwrap() = false;
+    tokio::time::advance(Duration::from_millis(1)).await;
+    r.rec.pass().await;
+    assert_eq!(*r.world.pull_attempts.lock().unwrap(), 2);
+    assert_eq!(running(&r.world).len(), 1);
+    assert_eq!(r.reporter.view().apps["web"].last_error, None);
+}
+
+/// A crash loop backs off harder with each restart; a run stable for
+/// `STABLE_AFTER_MS` of monotonic time (not of wall time) ends the streak.
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_backs_off_harder_until_a_stable_run() {
+    let clock = Arc::new(SteppableClock::new(0));
+    let mut r = rig_with(Policy::default(), clock.clone());
+    r.desired_tx
+        .send_replace(Some(manifest(1, vec![app("web", 1)])));
+    r.rec.pass().await;
+    let name = running(&r.world)[0].0.clone();
+    let state = |r: &Rig| r.reporter.view().apps["web"].state.clone();
+
+    for (restarts, backoff_secs) in [(1, 1), (2, 2), (3, 4)] {
+        crash(&r.world, &name, 1);
+        r.rec.pass().await;
+        assert_eq!(
+            state(&r),
+            AppState::BackingOff {
+                retry_in_secs: backoff_secs
+            }
+        );
+        tokio::time::advance(Duration::from_secs(backoff_secs)).await;
+        r.rec.pass().await;
+        assert!(state(&r).is_running());
+        assert_eq!(r.reporter.view().apps["web"].restarts, restarts);
+    }
+
+    // A forward wall step is not a stable run.
+    clock.step_wall(YEAR_MS);
+    r.rec.pass().await;
+    crash(&r.world, &name, 1);
+    r.rec.pass().await;
+    assert_eq!(state(&r), AppState::BackingOff { retry_in_secs: 8 });
+    tokio::time::advance(Duration::from_secs(8)).await;
+    r.rec.pass().await;
+    assert!(state(&r).is_running());
+
+    // Ten seconds of running is.
+    tokio::time::advance(Duration::from_millis(book::STABLE_AFTER_MS)).await;
+    r.rec.pass().await;
+    crash(&r.world, &name, 1);
+    r.rec.pass().await;
+    assert_eq!(state(&r), AppState::BackingOff { retry_in_secs: 1 });
+    assert_eq!(r.reporter.view().apps["web"].restarts, 4);
+}
+
+/// An image without a manifest for this platform is a failure no retry will
+/// fix: the ledger (and the log) says so, the status shows the error's text as
+/// always, and the app is still retried with the same backoff as any failure.
+#[tokio::test(start_paused = true)]
+async fn a_pull_for_another_platform_fails_as_not_retryable_and_still_backs_off() {
+    let mut r = rig_with(Policy::default(), Arc::new(SystemClock::new()));
+    *r.world.wrong_platform.lock().unwrap() = true;
+    r.desired_tx
+        .send_replace(Some(manifest(1, vec![app("web", 1)])));
+    r.rec.pass().await;
+    let v = r.reporter.view();
+    assert_eq!(v.apps["web"].state, AppState::Failed);
+    let shown = v.apps["web"].last_error.clone().unwrap();
+    assert!(
+        shown.starts_with("pull of reg/web@sha256:")
+            && shown.contains("no manifest for platform linux/riscv64"),
+        "{shown}"
+    );
+    let e = &r.rec.ledger.errors["web"];
+    assert!(!e.retryable);
+    assert_eq!(e.message, shown);
+    assert_eq!(r.rec.pass().await, Duration::from_secs(1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    r.rec.pass().await;
+    assert_eq!(*r.world.pull_attempts.lock().unwrap(), 2);
 }
