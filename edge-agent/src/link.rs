@@ -267,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn options_follow_the_pitfalls() {
+    fn options_replace_rumqttc_defaults() {
         let o = options(
             &"pi-1".parse().unwrap(),
             &BrokerAddr {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 // Referencing libcontainer's seccomp module makes this crate fail to compile if
 // libcontainer is ever built without its `libseccomp` feature, in which case it
-// would only *warn* and run containers unfiltered (see PITFALLS).
+// would only *warn* and run containers unfiltered (docs/dependencies.md).
 #[allow(unused_imports)]
 use libcontainer::seccomp::is_notify as _libseccomp_is_linked;
 

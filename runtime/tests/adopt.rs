@@ -1,7 +1,7 @@
 //! Containers outlive the process that created them: kill -9 the creator, and a
 //! fresh runtime re-adopts the running container exactly once and can stop it.
 
-// Tests may unwrap (STYLE.md); this also covers the shared `common` fixtures.
+// Tests may unwrap; this also covers the shared `common` fixtures.
 #![allow(clippy::unwrap_used)]
 
 mod common;

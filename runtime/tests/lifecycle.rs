@@ -1,7 +1,7 @@
 //! End-to-end lifecycle of real containers through libcontainer (run as root):
 //! running, volumes, limits, devices, seccomp, stop semantics, logs.
 
-// Tests may unwrap (STYLE.md); this also covers the shared `common` fixtures.
+// Tests may unwrap; this also covers the shared `common` fixtures.
 #![allow(clippy::unwrap_used)]
 
 mod common;

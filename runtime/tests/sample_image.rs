@@ -5,7 +5,7 @@
 //! cgroup above its memory limit, and sees a declared device node but not an
 //! undeclared one. `lifecycle.rs` shows the same with busybox scripts.
 
-// Tests may unwrap (STYLE.md); this also covers the shared `common` fixtures.
+// Tests may unwrap; this also covers the shared `common` fixtures.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -180,6 +180,7 @@ const CONSOLE_PATH: &str = "/dev/console";
 fn verify_ptmx_handle(ptmx: &OwnedFd) -> Result<()> {
     verify_inode(ptmx, |stat, fs_stat| {
         // 1. Check filesystem type is devpts
+        // Outpost patch: the statfs magic is 32 bits on armv7.
         if fs_stat.filesystem_type() != FsType(DEVPTS_SUPER_MAGIC as _) {
             return Err(VerifyInodeError::Verification(format!(
                 "ptmx handle is not on a real devpts mount: super magic is {:#x}",
@@ -188,6 +189,7 @@ fn verify_ptmx_handle(ptmx: &OwnedFd) -> Result<()> {
         }
 
         // 2. Check inode number
+        // Outpost patch: ino_t is 32 bits on armv7.
         if stat.st_ino as u64 != PTMX_INO {
             return Err(VerifyInodeError::Verification(format!(
                 "ptmx handle has wrong inode number: {}",
@@ -231,6 +233,7 @@ fn verify_ptmx_handle(ptmx: &OwnedFd) -> Result<()> {
 fn verify_pty_slave(slave: &OwnedFd) -> Result<()> {
     verify_inode(slave, |stat, fs_stat| {
         // 1. Check filesystem type is devpts
+        // Outpost patch: the statfs magic is 32 bits on armv7.
         if fs_stat.filesystem_type() != FsType(DEVPTS_SUPER_MAGIC as _) {
             return Err(VerifyInodeError::Verification(format!(
                 "slave handle is not on a real devpts mount: super magic is {:#x}",

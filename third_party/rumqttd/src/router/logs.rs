@@ -87,6 +87,7 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                // Outpost patch: keep the wildcard filters apart (see `wildcard_filters`).
                 if is_wildcard(&filter) {
                     wildcard_filters.push((filter.clone(), idx));
                 }
@@ -183,6 +184,9 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
+                // Outpost patch: only a wildcard filter is matched against every
+                // topic seen (upstream did this for every filter); it is also
+                // kept in `wildcard_filters` for the topics still to come.
                 if is_wildcard(filter) {
                     self.wildcard_filters.push((filter.to_owned(), idx));
                     for (topic, filters) in publish_filters.iter_mut() {
@@ -326,6 +330,7 @@ impl DataLog {
         }
 
         // discard expired retained messages
+        // (Outpost patch: upstream's check, moved unchanged into `retained_is_valid`.)
         self.retained_publishes
             .retain(|_, pubdata| retained_is_valid(pubdata, now));
 
@@ -338,6 +343,8 @@ impl DataLog {
     }
 }
 
+/// Outpost patch: upstream's expiry check from `read_retained_messages`, moved
+/// here unchanged so the exact-filter lookup applies it too.
 /// Whether a retained message has not expired yet; updates its remaining
 /// expiry interval as the spec asks.
 /// ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
