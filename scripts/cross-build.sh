@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/apt.sh
 
 TARGETS=${TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
 PROFILE=${PROFILE:-release}
@@ -33,8 +34,8 @@ setup_packages() {
   done
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
+    apt_update
+    apt_install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
       libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static
   fi
 }
@@ -54,7 +55,7 @@ target_libs() { # DEB_ARCH TRIPLE -> prints the library dir
       (cd "$dl" && apt-get download -qq "${pkgs[@]}" >&2) && break
       [ "$try" = 4 ] && { echo "cross-build: could not download ${pkgs[*]}" >&2; exit 1; }
       # Lists may lack the architecture yet, or apt may be busy: refresh and retry.
-      sleep 5; apt-get update -qq >&2 || true
+      sleep 5; apt_update >&2
     done
     mkdir -p "$root"
     for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$root"; done

@@ -33,10 +33,11 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  . "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+  apt_update
   # Do not let package post-install scripts start services on the host.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt_install "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
 fi
 
