@@ -148,6 +148,18 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// Whether `pid` is a live process (a zombie waiting to be reaped is not).
+pub fn pid_alive(pid: impl std::fmt::Display) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
 /// The last `n` lines of `text` (for logs in failure messages).
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -157,16 +169,6 @@ pub fn tail(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn alive(pid: u32) -> bool {
-        // Not a zombie: a killed, unreaped child is not alive.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                let state = s.rsplit(')').next().unwrap_or("").trim_start();
-                !state.starts_with('Z') && !state.starts_with('X')
-            })
-            .unwrap_or(false)
-    }
 
     #[test]
     fn drop_kills_the_whole_group_and_reaps() -> Result<()> {
@@ -182,12 +184,12 @@ mod tests {
         let grandchild: u32 = crate::eventually(Duration::from_secs(10), "the pid line", || {
             std::fs::read_to_string(&log).ok()?.trim().parse().ok()
         });
-        assert!(alive(pid) && alive(grandchild));
+        assert!(pid_alive(pid) && pid_alive(grandchild));
         drop(guard);
         crate::eventually(Duration::from_secs(10), "the group to be gone", || {
-            !alive(grandchild)
+            !pid_alive(grandchild)
         });
-        assert!(!alive(pid));
+        assert!(!pid_alive(pid));
         Ok(())
     }
 
