@@ -105,7 +105,7 @@ impl HubServe {
         self
     }
 
-    /// Where stdout and stderr go (appended).
+    /// Where stdout and stderr go (emptied first).
     pub fn log(mut self, path: &Path) -> HubServe {
         self.log = path.to_path_buf();
         self

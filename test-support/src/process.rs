@@ -28,12 +28,10 @@ pub struct ProcessGuard {
 
 impl ProcessGuard {
     /// Spawn `cmd` (named `name` in messages) in a new process group, stdin
-    /// from /dev/null, stdout and stderr appended to `log` (created).
+    /// from /dev/null, stdout and stderr to `log` (created, or emptied: the log
+    /// of this run only).
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<ProcessGuard> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
+        let out = std::fs::File::create(log)
             .with_context(|| format!("creating the log file {}", log.display()))?;
         let err = out
             .try_clone()
