@@ -163,10 +163,7 @@ mod tests {
             })
         })
         .expect_err("must give up");
-        let msg = failure
-            .downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_default();
+        let msg = panic_text(failure);
         assert!(msg.contains("waiting for the answer"), "{msg}");
         assert!(msg.contains("saw 41"), "{msg}");
         // The last look's observation, not the first one's.
@@ -178,11 +175,14 @@ mod tests {
         let failure =
             std::panic::catch_unwind(|| eventually(Duration::from_millis(20), "nothing", || false))
                 .expect_err("must give up");
-        let msg = failure
+        assert!(panic_text(failure).contains("nothing was observed"));
+    }
+
+    fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+        payload
             .downcast_ref::<String>()
             .cloned()
-            .unwrap_or_default();
-        assert!(msg.contains("nothing was observed"), "{msg}");
+            .unwrap_or_default()
     }
 
     #[test]
