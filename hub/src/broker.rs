@@ -36,8 +36,13 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// The rumqttd configuration the hub uses.
-pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
+/// The rumqttd configuration the hub uses, serving `listener` (already bound to
+/// `listen`).
+pub fn config(
+    listen: SocketAddr,
+    listener: TcpListener,
+    max_connections: usize,
+) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: MAX_PACKET_BYTES,
@@ -52,6 +57,7 @@ pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
         tls: None,
         next_connection_delay_ms: 0,
         connections,
+        listener: Some(rumqttd::BoundListener::new(listener)),
     };
     // rumqttd keeps one in-memory commit log per subscription filter, and a
     // log keeps every packet until its segments are full. Each device
@@ -98,23 +104,25 @@ pub fn config(listen: SocketAddr, max_connections: usize) -> rumqttd::Config {
 }
 
 /// Start the broker on `listen` (port 0 picks a free port) and wait until it
-/// accepts TCP connections. rumqttd runs on its own threads for the rest of the
-/// process: it has no shutdown API.
+/// accepts MQTT connections; returns the address it listens on. rumqttd runs on
+/// its own threads for the rest of the process: it has no shutdown API.
 pub fn start_embedded(
     listen: SocketAddr,
     max_connections: usize,
 ) -> Result<SocketAddr, BrokerError> {
-    // Bind first so an address in use is reported by name; rumqttd only logs it.
-    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+    // The hub binds the socket and rumqttd serves it (our patch, see
+    // third_party/README.md): an address in use is reported by name (rumqttd
+    // only logs it), and the bound port is known without a window in which
+    // another process could take it.
+    let listener = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
         source,
     })?;
-    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+    let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
         addr: listen,
         source,
     })?;
-    drop(probe);
-    let cfg = config(addr, max_connections);
+    let cfg = config(addr, listener, max_connections);
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {

@@ -58,6 +58,11 @@ pub enum Command {
         /// Use an external broker instead of the embedded one.
         #[arg(long)]
         broker: Option<String>,
+        /// Once listening, write the addresses actually bound (JSON:
+        /// `http_addr`, `mqtt_addr`) to this file, so the hub can be started
+        /// on port 0 by a supervisor or a test and found.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Key management.
     #[command(subcommand)]
@@ -171,6 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             http_listen,
             mqtt_listen,
             broker,
+            ready_file,
         } => {
             let mut config = HubConfig::load(&dir.config()).with_context(|| {
                 format!(
@@ -205,6 +211,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     config,
                     resolver,
                 },
+                ready_file.as_deref(),
                 shutdown,
             )
             .await?;

@@ -3,7 +3,9 @@
 //! one sending task), ingest and the HTTP server until shutdown.
 //!
 //! [`start`] returns once everything listens, with the bound addresses, so tests
-//! and the fleet simulator can run a hub in-process on port 0.
+//! and the fleet simulator can run a hub in-process on port 0. A hub run as a
+//! process reports the same addresses through its ready file
+//! ([`write_ready_file`], `outpost-hub serve --ready-file`).
 
 use crate::api::{self, ApiState};
 use crate::broker::{self, BrokerError};
@@ -15,7 +17,9 @@ use crate::publish::{self, Outbox, PublishStats};
 use crate::resolve::ImageResolver;
 use crate::signing::{KeyFileError, Signer};
 use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +49,11 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot write the ready file {path}: {source}")]
+    ReadyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Everything `start` needs. `resolver` pins image tags (the registry client).
@@ -64,7 +73,23 @@ pub struct Running {
     tracker: TaskTracker,
 }
 
+/// The addresses a running hub bound, as its ready file has them (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyFile {
+    pub http_addr: SocketAddr,
+    /// The embedded broker's address; `None` when an external broker is used.
+    pub mqtt_addr: Option<SocketAddr>,
+}
+
 impl Running {
+    /// What the ready file says about this hub.
+    pub fn ready_file(&self) -> ReadyFile {
+        ReadyFile {
+            http_addr: self.http_addr,
+            mqtt_addr: self.embedded_broker,
+        }
+    }
+
     /// Wait until every task has stopped (after the shutdown token fired).
     pub async fn wait(self) {
         self.tracker.close();
@@ -227,8 +252,90 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
     })
 }
 
-/// Start and run until `shutdown` fires.
-pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
-    start(opts, shutdown).await?.wait().await;
+/// Start and run until `shutdown` fires. With `ready_file`, the bound addresses
+/// are written there once everything listens.
+pub async fn serve(
+    opts: ServeOptions,
+    ready_file: Option<&Path>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let running = start(opts, shutdown.clone()).await?;
+    if let Some(path) = ready_file {
+        if let Err(e) = write_ready_file(path, &running.ready_file()) {
+            // Whoever waits for the file would wait forever: stop instead.
+            shutdown.cancel();
+            running.wait().await;
+            return Err(e);
+        }
+    }
+    running.wait().await;
     Ok(())
+}
+
+/// Write `ready` to `path` as JSON: to a temporary file next to it, then
+/// renamed over it, so a reader polling `path` sees nothing or all of it.
+pub fn write_ready_file(path: &Path, ready: &ReadyFile) -> Result<(), ServeError> {
+    let err = |source| ServeError::ReadyFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let json = serde_json::to_vec(ready).map_err(|e| err(std::io::Error::other(e)))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(std::io::Error::other("the path names no file")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, json).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_file_is_written_whole_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ready.json");
+        let ready = ReadyFile {
+            http_addr: "127.0.0.1:41000".parse().unwrap(),
+            mqtt_addr: None,
+        };
+        write_ready_file(&path, &ready).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, r#"{"http_addr":"127.0.0.1:41000","mqtt_addr":null}"#);
+        assert_eq!(serde_json::from_str::<ReadyFile>(&text).unwrap(), ready);
+        // Overwritten in place by a restart; no temporary file is left.
+        let again = ReadyFile {
+            mqtt_addr: Some("127.0.0.1:41001".parse().unwrap()),
+            ..ready
+        };
+        write_ready_file(&path, &again).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ready.json")]);
+        let back: ReadyFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, again);
+    }
+
+    #[test]
+    fn an_unwritable_ready_file_is_an_error_naming_it() {
+        let path = Path::new("/nonexistent-dir/ready.json");
+        let ready = ReadyFile {
+            http_addr: "127.0.0.1:1".parse().unwrap(),
+            mqtt_addr: None,
+        };
+        let err = write_ready_file(path, &ready).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent-dir/ready.json"),
+            "{err}"
+        );
+    }
 }

@@ -388,32 +388,16 @@ fn push_image(dir: &std::path::Path, dest: &str) -> String {
         .add_image(&platform, &[layer], RuntimeConfig::default())
         .unwrap();
     w.finish("latest", &desc).unwrap();
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--insecure-policy",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:latest", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .expect("skopeo must be installed");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    outpost_test_support::registry::skopeo_copy(&layout, "latest", dest, &Default::default())
+        .unwrap();
     desc.digest
 }
 
 #[tokio::test]
 async fn tags_resolve_to_digests_through_a_real_registry_and_unknown_tags_are_400() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let _registry = common::registry(tmp.path(), port);
-    let host = format!("127.0.0.1:{port}");
+    let registry = outpost_test_support::registry::Registry::start().unwrap();
+    let host = registry.host();
     let f = fixture(Arc::new(OciResolver::new(vec![host.clone()])));
 
     let (s, v) = call(

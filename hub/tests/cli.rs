@@ -7,13 +7,14 @@ mod common;
 use common::*;
 use outpost_hub::api::DeviceDetail;
 use outpost_protocol::{topics, DeviceId, SigningKey};
+use outpost_test_support::eventually_async;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_delete_remove_and_root_export_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
     init(&dir);
-    let hub = HubProc::start(&dir, free_port(), free_port(), None).await;
+    let hub = HubProc::start(&dir, None).await;
     let key = SigningKey::generate().unwrap();
     hub.cli(&[
         "device",
@@ -33,7 +34,7 @@ async fn label_delete_remove_and_root_export_through_the_cli() {
 
     let id: DeviceId = "c-1".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("c-1", hub.mqtt_port, std::slice::from_ref(&topic)).await;
+    let mut sub = Subscriber::connect("c-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let mut v = verifier(&dir, &id);
     let (first, _) = manifest_where(&mut sub, &topic, &mut v, |_| true).await;
     assert!(first.apps.is_empty());
@@ -68,11 +69,15 @@ async fn label_delete_remove_and_root_export_through_the_cli() {
     hub.cli(&["device", "remove", "c-1"]);
     let gone: Result<DeviceDetail, _> = hub.api.get("/v1/devices/c-1").await;
     assert!(gone.is_err());
-    let cleared = eventually("empty retained publish clears the manifest", || {
-        let p = sub.rx.try_recv().ok();
-        let topic = topic.clone();
-        async move { p.filter(|p| p.topic == topic && p.payload.is_empty()) }
-    })
+    let cleared = eventually_async(
+        DEADLINE,
+        "empty retained publish clears the manifest",
+        || {
+            let p = sub.rx.try_recv().ok();
+            let topic = topic.clone();
+            async move { p.filter(|p| p.topic == topic && p.payload.is_empty()) }
+        },
+    )
     .await;
     assert!(cleared.payload.is_empty());
 

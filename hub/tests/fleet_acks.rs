@@ -23,6 +23,7 @@ use outpost_hub::deploy::DeploymentSpec;
 use outpost_protocol::{
     topics, DeviceId, RejectCounters, SigningKey, StatusReport, Verdict, Verifier,
 };
+use outpost_test_support::eventually_async;
 use reqwest::Method;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
@@ -141,24 +142,13 @@ fn spawn_device(
 /// hub's API shows every device applied at its desired generation, which must be
 /// at least `generation`.
 async fn converged(api: &ApiClient, applied: &[watch::Receiver<u64>], generation: u64) {
-    let wait = async {
+    let devices = async {
         for rx in applied {
             let mut rx = rx.clone();
             rx.wait_for(|g| *g >= generation).await.unwrap();
         }
-        loop {
-            let devices: Vec<DeviceSummary> = api.get("/v1/devices").await.unwrap();
-            assert_eq!(devices.len(), applied.len());
-            let done = devices.iter().all(|d| {
-                d.desired.is_some_and(|x| x.generation >= generation) && d.applied == d.desired
-            });
-            if done {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     };
-    if tokio::time::timeout(HANG_GUARD, wait).await.is_err() {
+    if tokio::time::timeout(HANG_GUARD, devices).await.is_err() {
         let behind = applied
             .iter()
             .filter(|rx| *rx.borrow() < generation)
@@ -169,6 +159,26 @@ async fn converged(api: &ApiClient, applied: &[watch::Receiver<u64>], generation
             applied.len()
         );
     }
+    let what = format!("the hub to record every device at generation {generation}");
+    eventually_async(HANG_GUARD, &what, || async {
+        let devices: Vec<DeviceSummary> = api.get("/v1/devices").await.unwrap();
+        assert_eq!(devices.len(), applied.len());
+        let behind = devices
+            .iter()
+            .filter(|d| {
+                !(d.desired.is_some_and(|x| x.generation >= generation) && d.applied == d.desired)
+            })
+            .count();
+        if behind == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{behind} of {} devices not recorded at it",
+                devices.len()
+            ))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ use outpost_hub::store::EventRecord;
 use outpost_protocol::{
     topics, DeviceId, Event, EventKind, RejectCounters, SigningKey, StatusReport, Verdict,
 };
+use outpost_test_support::eventually_async;
 use rumqttc::QoS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +63,7 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
             .await
             .unwrap();
     }
-    let events = eventually("two events stored", || async {
+    let events = eventually_async(DEADLINE, "two events stored", || async {
         let es: Vec<EventRecord> = api.get("/v1/devices/ev-1/events").await.ok()?;
         (es.len() == 2).then_some(es)
     })
@@ -196,12 +197,13 @@ async fn the_signed_event_watermark_covers_only_contiguous_stored_events_and_the
     }
     let w = watermark_at_least(&mut dev, &id, &keyset, 2).await;
     assert_eq!(w.acked_through, 2);
-    eventually("four events stored", || async {
+    eventually_async(DEADLINE, "four events stored", || async {
         let es: Vec<EventRecord> = api.get("/v1/devices/wm-1/events").await.ok()?;
         (es.len() == 4).then_some(())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // No pause needed: the watermark moves in the transaction that stores the
+    // event (hub/src/ingest.rs), so four stored events are four decisions made.
     let d = running.hub.store.device_marks(&id).unwrap().unwrap();
     assert_eq!(d.events_acked, 2, "a gap holds the watermark");
 

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use outpost_hub::api::{DeviceDetail, DeviceSummary, Stats};
 use outpost_protocol::{topics, DeviceId, RejectCounters, SigningKey, StatusReport, Verdict};
+use outpost_test_support::eventually_async;
 use rumqttc::QoS;
 
 fn device_key() -> SigningKey {
@@ -20,7 +21,7 @@ async fn registered_device_receives_a_verifiable_manifest_and_unchanged_reapply_
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
     init(&dir);
-    let hub = HubProc::start(&dir, free_port(), free_port(), None).await;
+    let hub = HubProc::start(&dir, None).await;
     let key = device_key();
     hub.cli(&[
         "device",
@@ -44,7 +45,7 @@ async fn registered_device_receives_a_verifiable_manifest_and_unchanged_reapply_
     // A plain MQTT client, subscribed as the device.
     let id: DeviceId = "pi-1".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("pi-1", hub.mqtt_port, std::slice::from_ref(&topic)).await;
+    let mut sub = Subscriber::connect("pi-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let mut verifier = verifier(&dir, &id);
     let (manifest, got) =
         manifest_where(&mut sub, &topic, &mut verifier, |m| !m.apps.is_empty()).await;
@@ -98,9 +99,7 @@ async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manif
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
     init(&dir);
-    let http = free_port();
-    let mqtt = free_port();
-    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let hub = HubProc::start(&dir, None).await;
     let key = device_key();
     hub.cli(&[
         "device",
@@ -131,8 +130,9 @@ async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manif
     assert_eq!(desired.generation, 3);
     hub.kill();
 
-    // Same data dir, same ports: a fresh embedded broker with no retained messages.
-    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    // Same data dir (fresh ports: nothing here is configured with the old
+    // ones): a fresh embedded broker with no retained messages.
+    let hub = HubProc::start(&dir, None).await;
     let devices: Vec<DeviceSummary> = hub.api.get("/v1/devices").await.unwrap();
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].id, "gw-7");
@@ -146,7 +146,7 @@ async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manif
 
     let id: DeviceId = "gw-7".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("gw-7", mqtt, std::slice::from_ref(&topic)).await;
+    let mut sub = Subscriber::connect("gw-7", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let got = sub.next_on(&topic).await;
     let v = verifier(&dir, &id);
     match v.verify(&got.payload).unwrap() {
@@ -166,8 +166,7 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
     init(&dir);
-    let (http, mqtt) = (free_port(), free_port());
-    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let hub = HubProc::start(&dir, None).await;
     let key = device_key();
     hub.cli(&[
         "device",
@@ -190,7 +189,8 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
     // The device as provisioned: trusts the root key and key set version 1.
     let mut verifier = verifier(&dir, &id);
     {
-        let mut sub = Subscriber::connect("rot-1", mqtt, std::slice::from_ref(&topic)).await;
+        let mut sub =
+            Subscriber::connect("rot-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
         let (m, _) = manifest_where(&mut sub, &topic, &mut verifier, |m| !m.apps.is_empty()).await;
         assert_eq!((m.epoch, m.generation), (1, 2));
     }
@@ -236,14 +236,14 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
     assert!(out.status.success() && text.contains("is now 2"), "{text}");
 
     // Restart: the new key set, then the manifest re-signed under epoch 2.
-    let hub = HubProc::start(&dir, http, mqtt, None).await;
-    let mut watcher = Subscriber::connect("rot-watch", mqtt, &[topics::keyset()]).await;
+    let hub = HubProc::start(&dir, None).await;
+    let mut watcher = Subscriber::connect("rot-watch", hub.mqtt_port(), &[topics::keyset()]).await;
     let set = verifier
         .verify_keyset(&watcher.next_on(&topics::keyset()).await.payload)
         .unwrap();
     assert_eq!(set.version, 2);
     verifier.adopt_keyset(set);
-    let mut sub = Subscriber::connect("rot-1", mqtt, std::slice::from_ref(&topic)).await;
+    let mut sub = Subscriber::connect("rot-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let (m, _) = manifest_where(&mut sub, &topic, &mut verifier, |m| m.epoch == 2).await;
     assert_eq!(m.generation, 1, "generations restart in a new epoch");
     assert_eq!(m.apps[0].image.to_string(), pinned("reg/svc", 1));
@@ -270,7 +270,7 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
     let audit = hub.cli(&["audit"]);
     assert!(audit.contains("keys.epoch"), "{audit}");
     hub.kill();
-    let hub = HubProc::start(&dir, http, mqtt, None).await;
+    let hub = HubProc::start(&dir, None).await;
     let again: DeviceDetail = hub.api.get("/v1/devices/rot-1").await.unwrap();
     assert_eq!(again.summary.desired.unwrap(), desired);
 }
@@ -296,7 +296,7 @@ async fn status_signed_by_another_devices_key_is_rejected_and_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
     init(&dir);
-    let hub = HubProc::start(&dir, free_port(), free_port(), None).await;
+    let hub = HubProc::start(&dir, None).await;
     let k1 = device_key();
     let k2 = device_key();
     hub.cli(&[
@@ -319,7 +319,7 @@ async fn status_signed_by_another_devices_key_is_rejected_and_counted() {
     ]);
     let d1: DeviceId = "d1".parse().unwrap();
 
-    let publisher = Subscriber::connect("test-publisher", hub.mqtt_port, &[]).await;
+    let publisher = Subscriber::connect("test-publisher", hub.mqtt_port(), &[]).await;
     // A genuine report first.
     publisher
         .client
@@ -331,7 +331,7 @@ async fn status_signed_by_another_devices_key_is_rejected_and_counted() {
         )
         .await
         .unwrap();
-    eventually("genuine status stored", || async {
+    eventually_async(DEADLINE, "genuine status stored", || async {
         let d: DeviceDetail = hub.api.get("/v1/devices/d1").await.ok()?;
         d.status.filter(|s| s.seq == 1).map(|_| ())
     })
@@ -360,7 +360,7 @@ async fn status_signed_by_another_devices_key_is_rejected_and_counted() {
         )
         .await
         .unwrap();
-    let stats = eventually("forged and malformed status counted", || async {
+    let stats = eventually_async(DEADLINE, "forged and malformed status counted", || async {
         let s: Stats = hub.api.get("/v1/stats").await.ok()?;
         (s.counters.get("status_rejected.wrong_key") == Some(&1)
             && s.counters.get("status_rejected.malformed") == Some(&1))

@@ -147,7 +147,7 @@ async fn status_from_every_device_is_ingested() {
             .unwrap();
     }
     let store = running.hub.store.clone();
-    common::eventually("every status stored", || {
+    outpost_test_support::eventually_async(common::DEADLINE, "every status stored", || {
         let store = store.clone();
         async move {
             let c = store.counters().ok()?;

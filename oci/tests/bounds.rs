@@ -58,7 +58,7 @@ async fn a_manifest_just_under_the_limit_from_a_real_registry_resolves_and_pulls
     // ("request body too large", "storage: read exceeds limit"), so the
     // oversized cases below need a hostile server; this checks that our limit
     // is not below what a real registry serves.
-    let registry = Registry::start();
+    let registry = registry();
     let layout = tempfile::tempdir().unwrap();
     let desc = single_image_layout(layout.path(), &[layer_of(&[file("app", b"small")])]);
     skopeo_push(
@@ -237,7 +237,7 @@ fn gzip_bomb(zeros: u64) -> Layer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gzip_bomb_layer_is_refused_while_unpacking_and_leaves_the_store_clean() {
-    let registry = Registry::start();
+    let registry = registry();
     let layout = tempfile::tempdir().unwrap();
     // 96 MiB of zeros: about 100 KiB of gzip, a ratio near 1000.
     let bomb = gzip_bomb(96 * 1024 * 1024);

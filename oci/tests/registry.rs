@@ -11,6 +11,7 @@ use common::*;
 use outpost_oci::build::Layer;
 use outpost_oci::{Client, ImageStore, OciError, PullProgress, RegistryConfig};
 use outpost_protocol::{Digest, Platform};
+use outpost_test_support::{eventually_async, ProcessGuard};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -45,7 +46,7 @@ fn push_sample(registry: &Registry) -> String {
 
 #[tokio::test]
 async fn resolve_returns_the_index_digest_and_missing_tags_are_clear_errors() {
-    let registry = Registry::start();
+    let registry = registry();
     let index_digest = push_sample(&registry);
     let client = client_for(&[registry.host()]);
 
@@ -79,8 +80,10 @@ async fn resolve_returns_the_index_digest_and_missing_tags_are_clear_errors() {
     let err = client.resolve("UPPER/Case:tag").await.unwrap_err();
     assert!(matches!(err, OciError::InvalidReference { .. }), "{err:?}");
 
-    // A registry nobody listens on: a named error, no panic.
-    let dead = format!("127.0.0.1:{}/x/y:latest", free_port());
+    // A registry nobody listens on (a port reserved for this test, so nobody
+    // else can start listening there either): a named error, no panic.
+    let unused = outpost_test_support::PortLease::new().unwrap();
+    let dead = format!("{}/x/y:latest", unused.addr());
     let err = client_for(&[dead.split('/').next().unwrap().to_string()])
         .resolve(&dead)
         .await
@@ -90,7 +93,7 @@ async fn resolve_returns_the_index_digest_and_missing_tags_are_clear_errors() {
 
 #[tokio::test]
 async fn pulls_the_sample_image_for_each_platform_and_prepares_it() {
-    let registry = Registry::start();
+    let registry = registry();
     push_sample(&registry);
     let client = client_for(&[registry.host()]);
     let image = client
@@ -160,7 +163,7 @@ async fn an_interrupted_pull_resumes_from_the_bytes_on_disk() {
     let layout = tempfile::tempdir().unwrap();
     single_image_layout(layout.path(), &[layer]);
 
-    let registry = Registry::start();
+    let registry = registry();
     skopeo_push(
         layout.path(),
         "latest",
@@ -238,7 +241,7 @@ async fn a_pull_over_the_disk_budget_is_refused_before_downloading() {
     );
     let layer_digest = Digest::of(&layer.blob);
     single_image_layout(layout.path(), &[layer]);
-    let registry = Registry::start();
+    let registry = registry();
     skopeo_push(
         layout.path(),
         "latest",
@@ -268,7 +271,7 @@ async fn a_pull_over_the_disk_budget_is_refused_before_downloading() {
 async fn https_with_a_private_ca_and_basic_auth() {
     let certs = tempfile::tempdir().unwrap();
     let tls = make_tls(certs.path());
-    let registry = Registry::start_with(Some(&tls), Some(("edge", "s3cret")));
+    let registry = registry_with(&tls, ("edge", "s3cret"));
     let layout = tempfile::tempdir().unwrap();
     single_image_layout(layout.path(), &[layer_of(&[file("app", b"secure")])]);
     skopeo_push_as(
@@ -386,7 +389,7 @@ async fn helper_pull_in_child_process() {
 #[tokio::test]
 async fn a_pull_killed_mid_download_resumes_in_the_next_process() {
     let (layout, layer_digest, layer_size) = big_image(4 << 20, 42);
-    let registry = Registry::start();
+    let registry = registry();
     skopeo_push(
         layout.path(),
         "latest",
@@ -407,7 +410,9 @@ async fn a_pull_killed_mid_download_resumes_in_the_next_process() {
         Ordering::SeqCst,
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut child = KillOnDrop(
+    let logs = tempfile::tempdir().unwrap();
+    let mut child = ProcessGuard::spawn(
+        "the pulling child",
         std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -417,25 +422,27 @@ async fn a_pull_killed_mid_download_resumes_in_the_next_process() {
             ])
             .env("OUTPOST_TEST_PULL_REF", image.to_string())
             .env("OUTPOST_TEST_PULL_DIR", dir.path())
-            .env("OUTPOST_TEST_PULL_HOST", &via)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+            .env("OUTPOST_TEST_PULL_HOST", &via),
+        &logs.path().join("child.log"),
+    )
+    .unwrap();
     let store = ImageStore::open(dir.path(), 1 << 30).unwrap();
     let partial = store.blobs().partial_path(&layer_digest);
-    // Wait (bounded) until the child has most of the allowed bytes on disk.
-    let mut on_disk = 0;
-    for _ in 0..1500 {
-        on_disk = std::fs::metadata(&partial).map_or(0, |m| m.len());
-        if on_disk >= 1_900_000 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(on_disk >= 1_900_000, "child wrote only {on_disk} bytes");
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    eventually_async(
+        std::time::Duration::from_secs(30),
+        "the child to have most of the allowed bytes on disk",
+        || async {
+            let on_disk = std::fs::metadata(&partial).map_or(0, |m| m.len());
+            if on_disk >= 1_900_000 {
+                Ok(())
+            } else {
+                Err(format!("child wrote only {on_disk} bytes"))
+            }
+        },
+    )
+    .await;
+    // SIGKILL while it is stuck.
+    child.kill_group();
     let on_disk = std::fs::metadata(&partial).unwrap().len();
 
     // The next "process" (this one) continues from the partial file.
@@ -461,21 +468,13 @@ async fn a_pull_killed_mid_download_resumes_in_the_next_process() {
     assert!(store.blobs().contains(&layer_digest));
 }
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 // Multi-threaded: skopeo (a blocking child process) fetches tokens from the
 // in-process token service while this thread waits for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_auth_through_a_token_service() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = token::TokenServer::start(dir.path(), "edge", "t0ken-pw").await;
-    let registry = Registry::start_with_token_auth(&tokens);
+    let registry = registry_with_token_auth(&tokens);
     let layout = tempfile::tempdir().unwrap();
     single_image_layout(layout.path(), &[layer_of(&[file("app", b"token")])]);
     let reference = format!("{}/outpost/tokened:latest", registry.host());

@@ -11,8 +11,9 @@ use outpost_oci::build::{build_static_image, PlatformBinary};
 use outpost_oci::spec::{OciPlatform, RuntimeConfig};
 use outpost_oci::ImageStore;
 use outpost_protocol::Platform;
+use outpost_test_support::{eventually, listening_addrs, ProcessGuard, STARTUP};
 use std::io::{Read, Write};
-use std::process::{Child, Command};
+use std::process::Command;
 
 #[test]
 fn building_the_sample_image_twice_gives_the_same_index_digest() {
@@ -32,8 +33,20 @@ fn the_builder_ignores_file_timestamps_and_locations() {
     let src = tempfile::tempdir().unwrap();
     let (x, y) = (src.path().join("x"), src.path().join("sub-y"));
     std::fs::write(&x, b"\x7fELF pretend binary").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&y, b"\x7fELF pretend binary").unwrap();
+    // Different timestamps, set rather than waited for.
+    let later =
+        std::fs::metadata(&x).unwrap().modified().unwrap() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&y)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_ne!(
+        std::fs::metadata(&x).unwrap().modified().unwrap(),
+        std::fs::metadata(&y).unwrap().modified().unwrap()
+    );
     let build = |bin: &std::path::Path, out: &std::path::Path| {
         build_static_image(
             out,
@@ -60,26 +73,12 @@ fn the_builder_ignores_file_timestamps_and_locations() {
     );
 }
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn get(port: u16, path: &str) -> String {
-    // Wait for the listener (bounded readiness loop, not a timing assertion).
-    for _ in 0..200 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            return out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("hello did not listen on {port}");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
 }
 
 #[test]
@@ -100,15 +99,19 @@ fn the_sample_binary_from_the_image_serves_version_count_and_alloc() {
     let data = dir.path().join("volume");
 
     for start in 1..=2 {
-        let port = free_port();
-        let _child = Kill(
+        // Port 0: the binary binds a free port itself, read back from /proc.
+        let hello = ProcessGuard::spawn(
+            "hello",
             Command::new(&bin)
-                .env("PORT", port.to_string())
+                .env("PORT", "0")
                 .env("HELLO_VERSION", "v7")
-                .env("DATA_DIR", &data)
-                .spawn()
-                .unwrap(),
-        );
+                .env("DATA_DIR", &data),
+            &dir.path().join(format!("hello-{start}.log")),
+        )
+        .unwrap();
+        let port = eventually(STARTUP, "hello to listen", || {
+            listening_addrs(hello.pid()).ok()?.first().map(|a| a.port())
+        });
         assert_eq!(get(port, "/"), "hello from outpost version v7\n");
         assert_eq!(get(port, "/count"), format!("{start}\n"));
         assert_eq!(get(port, "/alloc?mb=8"), "allocated 8 MiB\n");

@@ -9,6 +9,8 @@ mod common;
 use common::*;
 use outpost_protocol::VolumeMount;
 use outpost_runtime::{ContainerStatus, Runtime};
+use outpost_test_support::process::pid_alive;
+use outpost_test_support::ProcessGuard;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -53,8 +55,9 @@ fn child_creates_a_container_and_waits_to_be_killed() {
     .unwrap();
     rt.start("beater-1").unwrap();
     std::fs::write(base.join("ready"), "").unwrap();
+    // Until killed: nothing to poll for.
     loop {
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::park();
     }
 }
 
@@ -68,24 +71,30 @@ fn killed_creator_leaves_container_running_and_a_new_process_adopts_it() {
     // cleaned up even if an assertion below fails.
     let f = Fixture::new();
     let base = f.tmp.path();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_creates_a_container_and_waits_to_be_killed",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, base)
-        .env(LAYER_ENV, &f.layer)
-        .spawn()
-        .unwrap();
-    let child_pid = child.id() as i32;
-    wait_for("the child to create and start the container", || {
-        base.join("ready").exists() || child.try_wait().unwrap().is_some()
-    });
+    let mut child = ProcessGuard::spawn(
+        "the creating child",
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_creates_a_container_and_waits_to_be_killed",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, base)
+            .env(LAYER_ENV, &f.layer),
+        &base.join("child.log"),
+    )
+    .unwrap();
+    let child_pid = child.pid() as i32;
+    eventually(
+        PATIENCE,
+        "the child to create and start the container",
+        || base.join("ready").exists() || child.try_exit().is_some(),
+    );
     assert!(
         base.join("ready").exists(),
-        "child failed before starting the container"
+        "child failed before starting the container; log:\n{}",
+        child.log_text()
     );
 
     let before = f.rt.list().unwrap();
@@ -104,17 +113,14 @@ fn killed_creator_leaves_container_running_and_a_new_process_adopts_it() {
         "the container init is the creator's child before the kill"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child_pid),
-        nix::sys::signal::SIGKILL,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    // SIGKILL of the creator alone (the container's init has a session of its
+    // own, so the guard's group kill after the exit does not reach it).
+    child.stop(nix::sys::signal::SIGKILL, PATIENCE);
 
     // Still running: its heartbeat keeps advancing after the creator died.
     let beat = heartbeat(&f.rt);
     let seen = read_count(&beat).unwrap_or(0);
-    wait_for("the heartbeat to advance after the kill", || {
+    eventually(PATIENCE, "the heartbeat to advance after the kill", || {
         read_count(&beat).is_some_and(|n| n > seen + 2)
     });
     assert!(pid_alive(pid));

@@ -9,16 +9,9 @@ mod common;
 use common::*;
 use outpost_protocol::{DeviceNode, VolumeMount};
 use outpost_runtime::{ContainerStatus, Rootfs};
+use outpost_test_support::process::pid_alive;
 use std::io::{Read, Write};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn http_get(port: u16) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -32,12 +25,10 @@ fn http_get(port: u16) -> Option<String> {
 #[test]
 fn container_writes_to_its_volume_and_serves_http_on_host_network() {
     let f = Fixture::new();
-    let port = free_port();
+    // Port 0: httpd binds a free port itself; the fixture reads it back.
     let mut app = sh_app(
         "web",
-        &format!(
-            "echo written-by-$(hostname) > /data/out; exec httpd -f -p 127.0.0.1:{port} -h /www"
-        ),
+        "echo written-by-$(hostname) > /data/out; exec httpd -f -p 127.0.0.1:0 -h /www",
     );
     app.volumes = vec![VolumeMount {
         name: "state".into(),
@@ -46,7 +37,8 @@ fn container_writes_to_its_volume_and_serves_http_on_host_network() {
     }];
     let info = f.run("web-1", &app);
     assert_eq!(info.app, "web");
-    wait_for("http answer", || {
+    let port = f.listening_port("web-1");
+    eventually(PATIENCE, "http answer", || {
         http_get(port).is_some_and(|r| r.contains("hello from outpost"))
     });
     let out = std::fs::read_to_string(f.rt.volume_path("web", "state").join("out")).unwrap();

@@ -18,22 +18,14 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-/// Upper bound of every wait: only keeps a broken test from hanging.
-const PATIENCE: Duration = Duration::from_secs(60);
+use std::time::Duration;
 
 /// Run `images/build.sh` into `out`; returns the layout directory and the index
-/// digest from its last stdout line. The script runs cargo, which may wait on
-/// (or race with) other builds in the shared target dir, so it is retried once.
+/// digest from its last stdout line. The script serializes concurrent runs
+/// itself (a lock), so a failure is a real one: no retry.
 fn build_sample_layout(out: &Path) -> (PathBuf, Digest) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/build.sh");
-    let run = || Command::new("bash").arg(&script).arg(out).output().unwrap();
-    let mut output = run();
-    if !output.status.success() {
-        std::thread::sleep(Duration::from_secs(2));
-        output = run();
-    }
+    let output = Command::new("bash").arg(&script).arg(out).output().unwrap();
     assert!(
         output.status.success(),
         "images/build.sh failed: {}",
@@ -74,14 +66,15 @@ impl Sample {
         Sample { f, image }
     }
 
-    /// The sample app listening on `port` with host networking, its start log in
+    /// The sample app with host networking, told to listen on port 0 (it binds
+    /// a free port itself; see [`Fixture::listening_port`]), its start log in
     /// the named volume `data` at `/data` (the image's `DATA_DIR`).
-    fn app(&self, name: &str, port: u16, version: &str) -> AppSpec {
+    fn app(&self, name: &str, version: &str) -> AppSpec {
         let image = format!("localhost/outpost/hello@{}", self.image.digest)
             .parse()
             .unwrap();
         let mut app = AppSpec::new(name, image);
-        app.env.insert("PORT".into(), port.to_string());
+        app.env.insert("PORT".into(), "0".into());
         app.env.insert("HELLO_VERSION".into(), version.into());
         app.volumes = vec![VolumeMount {
             name: "data".into(),
@@ -105,38 +98,31 @@ impl Sample {
             .unwrap()
     }
 
-    /// Start `id` and wait until it answers `/health` on `port`. Fails with the
-    /// container's log if it ends first or does not answer within [`PATIENCE`].
-    fn start_and_wait_ready(&self, id: &str, port: u16) {
+    /// Start `id`, find the port it bound and wait until it answers `/health`
+    /// there; returns the port. Fails with the container's log if it ends
+    /// first or does not answer within [`PATIENCE`].
+    fn start_and_wait_ready(&self, id: &str) -> u16 {
         self.f.rt.start(id).unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some((200, body)) = http_get(port, "/health") {
-                assert_eq!(body, "ok\n");
-                return;
-            }
-            let status = self.f.status(id);
-            assert!(
-                matches!(status, ContainerStatus::Running | ContainerStatus::Created),
-                "{id} ended ({status:?}) before answering; log:\n{}",
-                self.f.log(id)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{id} did not answer /health on port {port}; log:\n{}",
-                self.f.log(id)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let port = self.f.listening_port(id);
+        let body = eventually(
+            PATIENCE,
+            &format!("{id} to answer /health on port {port}"),
+            || {
+                let status = self.f.status(id);
+                assert!(
+                    matches!(status, ContainerStatus::Running | ContainerStatus::Created),
+                    "{id} ended ({status:?}) before answering; log:\n{}",
+                    self.f.log(id)
+                );
+                match http_get(port, "/health") {
+                    Some((200, body)) => Ok(body),
+                    other => Err(format!("{other:?}; log:\n{}", self.f.log(id))),
+                }
+            },
+        );
+        assert_eq!(body, "ok\n");
+        port
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET path` on 127.0.0.1:`port`: `(status code, body)`, or `None` when the
@@ -161,10 +147,9 @@ fn sample_image_serves_http_and_its_volume_survives_stop_delete_recreate() {
     let s = Sample::new();
     let rt = &s.f.rt;
 
-    let port = free_port();
-    let app = s.app("hello", port, "one");
+    let app = s.app("hello", "one");
     s.create("hello-1", &app);
-    s.start_and_wait_ready("hello-1", port);
+    let port = s.start_and_wait_ready("hello-1");
     assert_eq!(
         http_get(port, "/"),
         Some((200, "hello from outpost version one\n".into()))
@@ -180,10 +165,9 @@ fn sample_image_serves_http_and_its_volume_survives_stop_delete_recreate() {
     assert!(rt.list().unwrap().is_empty());
 
     // Recreated (a new version, as an update would) with the same named volume.
-    let port = free_port();
-    let app = s.app("hello", port, "two");
+    let app = s.app("hello", "two");
     s.create("hello-2", &app);
-    s.start_and_wait_ready("hello-2", port);
+    let port = s.start_and_wait_ready("hello-2");
     assert_eq!(
         http_get(port, "/"),
         Some((200, "hello from outpost version two\n".into()))
@@ -204,8 +188,7 @@ fn sample_image_is_oom_killed_by_its_cgroup_memory_limit() {
         "this host must support memory limits"
     );
     let limit: u64 = 32 << 20;
-    let port = free_port();
-    let mut app = s.app("hog", port, "hog");
+    let mut app = s.app("hog", "hog");
     app.resources.memory_bytes = Some(limit);
     s.create("hog-1", &app);
     let cgroup = rt.cgroup_path("hog-1");
@@ -221,7 +204,7 @@ fn sample_image_is_oom_killed_by_its_cgroup_memory_limit() {
     .unwrap();
     assert_eq!(set, limit);
 
-    s.start_and_wait_ready("hog-1", port);
+    let port = s.start_and_wait_ready("hog-1");
     assert_eq!(
         http_get(port, "/alloc?mb=4"),
         Some((200, "allocated 4 MiB\n".into())),
@@ -272,15 +255,14 @@ fn sample_image_sees_its_declared_device_node_and_not_an_undeclared_one() {
         "{undeclared} must exist on the host for the negative check to mean anything"
     );
 
-    let port = free_port();
-    let mut app = s.app("devices", port, "dev");
+    let mut app = s.app("devices", "dev");
     app.devices = vec![DeviceNode {
         host_path: declared.into(),
         container_path: declared.into(),
         permissions: "rw".into(),
     }];
     s.create("devices-1", &app);
-    s.start_and_wait_ready("devices-1", port);
+    s.start_and_wait_ready("devices-1");
 
     // The image has no shell: look into the container's mount namespace from
     // the host through its init's root.

@@ -293,9 +293,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
     let mosquitto = match opts.broker {
         Broker::Embedded => None,
         Broker::Mosquitto => {
-            let port = hub::free_port()?;
             let mdir = dir.with_file_name("mosquitto");
-            Some(crate::mosquitto::Mosquitto::start(&mdir, port).await?)
+            Some(crate::mosquitto::Mosquitto::start(&mdir).await?)
         }
     };
     let broker_url = mosquitto.as_ref().map(|m| format!("mqtt://{}", m.addr));

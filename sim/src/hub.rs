@@ -5,12 +5,16 @@
 //!
 //! The simulator talks to it only through its public interfaces: the HTTP API,
 //! MQTT, and the provisioning files an agent is given (`root.pub`, `keyset.bin`).
+//! The hub binds port 0 for both listeners and reports what it got in its ready
+//! file (`serve --ready-file`), so nothing here picks a port and hopes it stays
+//! free.
 
 use crate::device::Provisioning;
 use outpost_hub::client::{ApiClient, ClientError};
 use outpost_hub::config::{ConfigError, DataDir, HubConfig};
+use outpost_hub::serve::ReadyFile;
 use outpost_protocol::{KeyError, KeySetError, PublicKey, SignedKeySet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,8 +22,6 @@ use std::time::{Duration, Instant};
 /// Why the hub could not be started or provisioned from.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("cannot pick a free local port: {0}")]
-    Port(std::io::Error),
     #[error("cannot run {exe}: {source}")]
     Spawn {
         exe: PathBuf,
@@ -40,16 +42,19 @@ pub enum HubError {
     KeySet { path: PathBuf, source: KeySetError },
     #[error("hub exited before it was ready ({status}); see {log}")]
     Exited { status: String, log: PathBuf },
-    #[error("hub did not answer /v1/health within {0:?}")]
+    #[error("hub wrote no ready file within {0:?}")]
     NotReady(Duration),
+    #[error("hub ready file {path} names no embedded broker")]
+    NoBroker { path: PathBuf },
+    #[error("broker URL {url} is not an IP address and port (the simulator dials it)")]
+    BrokerAddr { url: String },
+    #[error("hub ready file {path}: {source}")]
+    ReadyFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Api(#[from] ClientError),
-}
-
-/// Pick a free port on 127.0.0.1 (bind, read, release).
-pub fn free_port() -> Result<u16, HubError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(HubError::Port)?;
-    Ok(l.local_addr().map_err(HubError::Port)?.port())
 }
 
 /// A hub running as a child process.
@@ -102,8 +107,6 @@ impl HubProcess {
         max_connections: usize,
         broker: Option<String>,
     ) -> Result<Self, HubError> {
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let data_dir = DataDir::new(dir);
         let dir_arg = dir.display().to_string();
         let spawn_err = |source| HubError::Spawn {
@@ -112,8 +115,6 @@ impl HubProcess {
         };
         let init = tokio::process::Command::new(exe)
             .args(["hub", "--data-dir", &dir_arg, "init"])
-            .args(["--http-listen", &http.to_string()])
-            .args(["--mqtt-listen", &mqtt.to_string()])
             .args(broker.iter().flat_map(|b| ["--broker", b.as_str()]))
             .output()
             .await
@@ -137,8 +138,17 @@ impl HubProcess {
             path: log.clone(),
             source,
         })?;
+        let ready_path = dir.join("ready.json");
         let mut child = tokio::process::Command::new(exe)
             .args(["hub", "--data-dir", &dir_arg, "serve"])
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--ready-file")
+            .arg(&ready_path)
             .env(
                 "RUST_LOG",
                 std::env::var("OUTPOST_SIM_HUB_LOG").unwrap_or_else(|_| "warn".into()),
@@ -150,34 +160,41 @@ impl HubProcess {
             .spawn()
             .map_err(spawn_err)?;
         let pid = child.id().unwrap_or(0);
-        let token = String::from_utf8_lossy(&read(data_dir.token())?)
-            .trim()
-            .to_string();
-        let api = ApiClient::new(format!("http://{http}"), token);
-
+        // The ready file appears, whole, once both listeners are up.
         let deadline = Duration::from_secs(30);
         let started = Instant::now();
-        loop {
+        let ready: ReadyFile = loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(HubError::Exited {
                     status: status.to_string(),
                     log,
                 });
             }
-            if api.get::<serde_json::Value>("/v1/health").await.is_ok() {
-                break;
+            if let Ok(bytes) = std::fs::read(&ready_path) {
+                break serde_json::from_slice(&bytes).map_err(|source| HubError::ReadyFile {
+                    path: ready_path.clone(),
+                    source,
+                })?;
             }
             if started.elapsed() > deadline {
                 return Err(HubError::NotReady(deadline));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mqtt = match &broker {
-            Some(url) => {
+        };
+        let http = ready.http_addr;
+        let token = String::from_utf8_lossy(&read(data_dir.token())?)
+            .trim()
+            .to_string();
+        let api = ApiClient::new(format!("http://{http}"), token);
+        let mqtt = match (&broker, ready.mqtt_addr) {
+            (None, Some(addr)) => addr,
+            (None, None) => return Err(HubError::NoBroker { path: ready_path }),
+            (Some(url), _) => {
                 let b = outpost_hub::config::BrokerUrl::parse(url)?;
-                format!("{}:{}", b.host, b.port).parse().unwrap_or(mqtt)
+                format!("{}:{}", b.host, b.port)
+                    .parse()
+                    .map_err(|_| HubError::BrokerAddr { url: url.clone() })?
             }
-            None => mqtt,
         };
         tracing::info!(pid, %http, %mqtt, dir = %dir.display(), "hub started");
         Ok(HubProcess {

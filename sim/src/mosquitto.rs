@@ -1,8 +1,13 @@
 //! An external Mosquitto broker for the fleet benchmark (`--broker mosquitto`):
 //! the hub's `mqtt.broker` mode. Used to tell apart what the embedded rumqttd
 //! costs or breaks from what the hub and the protocol cost.
+//!
+//! Mosquitto cannot bind port 0 (`listener 0 ADDR` is a Unix socket), so its
+//! port is a lease from `outpost-test-support` (below the kernel's ephemeral
+//! range, locked against other leases), held as long as the broker runs.
 
 use crate::device::MAX_PACKET;
+use outpost_test_support::PortLease;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,6 +21,8 @@ pub enum MosquittoError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot reserve a port for mosquitto: {0:#}")]
+    Port(anyhow::Error),
     #[error("cannot run mosquitto (apt-get install mosquitto): {0}")]
     Spawn(std::io::Error),
     #[error("mosquitto did not listen on {addr} within {waited:?}; see {log}")]
@@ -32,6 +39,7 @@ pub struct Mosquitto {
     child: tokio::process::Child,
     pub pid: u32,
     pub addr: SocketAddr,
+    _port: PortLease,
 }
 
 /// The configuration used: no connection limit, no per-client queue limit (the
@@ -53,8 +61,10 @@ pub fn config(port: u16, log: &Path) -> String {
 }
 
 impl Mosquitto {
-    /// Start Mosquitto on 127.0.0.1:`port` with its files in `dir`.
-    pub async fn start(dir: &Path, port: u16) -> Result<Mosquitto, MosquittoError> {
+    /// Start Mosquitto on a leased 127.0.0.1 port with its files in `dir`.
+    pub async fn start(dir: &Path) -> Result<Mosquitto, MosquittoError> {
+        let lease = PortLease::new().map_err(MosquittoError::Port)?;
+        let port = lease.port();
         std::fs::create_dir_all(dir).map_err(|source| MosquittoError::Write {
             path: dir.to_path_buf(),
             source,
@@ -84,7 +94,12 @@ impl Mosquitto {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Mosquitto { child, pid, addr })
+        Ok(Mosquitto {
+            child,
+            pid,
+            addr,
+            _port: lease,
+        })
     }
 
     pub async fn stop(mut self) {

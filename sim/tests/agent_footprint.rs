@@ -20,27 +20,12 @@
 // Test code: a failed step should stop the benchmark with its error.
 #![allow(clippy::unwrap_used)]
 
-use outpost_e2e::{unique, wait_for, Agent, AppDef, Hub, Registry};
+use outpost_e2e::{eventually, unique, Agent, AppDef, Hub, Registry, PATIENCE};
 use outpost_sim::{agent, machine, procstat};
+use outpost_test_support::ProcessGuard;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// The release agent process; SIGTERM then reap on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while matches!(self.0.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn agent_bin() -> PathBuf {
     std::env::var_os("OUTPOST_AGENT_BIN")
@@ -100,23 +85,20 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
         "run_dir",
         &run_dir.path().display().to_string(),
     );
-    let log = std::fs::File::create(run_dir.path().join("agent.log")).unwrap();
-    let child = Command::new(&bin)
-        .arg("--config")
-        .arg(agent.config())
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let running = Running(child);
-
-    wait_for("the release agent to connect", || {
-        agent.connected().filter(|c| *c)
-    })
+    let mut running = ProcessGuard::spawn(
+        "the release agent",
+        Command::new(&bin)
+            .arg("--config")
+            .arg(agent.config())
+            .arg("run"),
+        &run_dir.path().join("agent.log"),
+    )
     .unwrap();
+    let pid = running.pid();
+
+    eventually(PATIENCE, "the release agent to connect", || {
+        agent.connected().filter(|c| *c)
+    });
     std::thread::sleep(Duration::from_secs(10));
     let idle = agent::footprint(pid).unwrap();
 
@@ -131,20 +113,22 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
     let t = Instant::now();
     let gen_before = agent.applied_generation().unwrap_or(0);
     hub.deploy(&device, &apps).unwrap();
-    wait_for("the agent to apply the deployment", || {
+    eventually(PATIENCE, "the agent to apply the deployment", || {
         agent.applied_generation().filter(|g| *g > gen_before)
-    })
-    .unwrap();
+    });
     for a in &apps {
-        wait_for(&format!("app {} to answer", a.name), || a.get("/")).unwrap();
+        eventually(PATIENCE, &format!("app {} to answer", a.name), || {
+            a.get("/")
+        });
     }
     let deploy_time = t.elapsed();
     std::thread::sleep(Duration::from_secs(15));
     let deploy_writes = procstat::write_bytes(pid).unwrap() - before_deploy;
     let busy = agent::footprint(pid).unwrap();
 
-    let ticker_pid =
-        wait_for("the logging app's pid", || agent.app_pid(&apps[0].name)).unwrap() as u32;
+    let ticker_pid = eventually(PATIENCE, "the logging app's pid", || {
+        agent.app_pid(&apps[0].name)
+    }) as u32;
     let logs_dir = agent.dir.path().join("data/logs");
     let ticker_log = logs_dir.join(format!("{}.log", apps[0].name));
     let ticker_before = procstat::write_bytes(ticker_pid).unwrap();
@@ -216,6 +200,6 @@ fn agent_footprint_and_flash_wear_with_five_sample_apps() {
         per_day(log_growth),
         2.0 * per_day(log_growth)
     );
-    drop(running);
+    running.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20));
     agent.stop_all().unwrap();
 }

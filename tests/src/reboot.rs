@@ -8,10 +8,11 @@
 //! The agent's run dir is a real tmpfs (mounted by [`mount_tmpfs`] when the fixture
 //! is created), so a power cut loses it exactly as a device's `/run` does.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use outpost_test_support::eventually;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -129,24 +130,26 @@ fn cgroup_dirs(ids: &BTreeSet<String>) -> Vec<PathBuf> {
 /// already killed or not: every process is found from outside.
 pub fn power_cut(device_dir: &Path, run_dir: &Path, containers: &BTreeSet<String>) -> Result<()> {
     let needle = device_dir.to_string_lossy().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut victims = pids_mentioning(&needle);
-        victims.extend(pids_in_cgroups(containers));
-        if victims.is_empty() {
-            break;
-        }
-        for pid in &victims {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        }
-        if Instant::now() > deadline {
-            bail!("processes {victims:?} survived SIGKILL for 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(30),
+        "every process of the device to die by SIGKILL",
+        || {
+            let mut victims = pids_mentioning(&needle);
+            victims.extend(pids_in_cgroups(containers));
+            for pid in &victims {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            if victims.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("processes {victims:?} survived SIGKILL"))
+            }
+        },
+    );
     // Killed processes leave the cgroup once reaped; the test harness reaps the
     // agent, PID 1 or the agent's subreaper the rest. Cgroups do not survive a
-    // reboot, so remove them (retry while the last zombies go).
+    // reboot, so remove them (retry while the last zombies go). Best effort, so
+    // not `eventually`: a cgroup that stays is left to the agent's cleanup.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: Vec<PathBuf> = cgroup_dirs(containers)

@@ -1,7 +1,7 @@
 //! Hostile input on the manifest topic: each attack is rejected, counted, visible
 //! in status, and leaves the running app untouched.
 
-use outpost_e2e::{mqtt, pid_alive, wait_for, World};
+use outpost_e2e::{eventually, mqtt, pid_alive, World, PATIENCE};
 use outpost_protocol::envelope::{seal_value, Kind};
 use outpost_protocol::{topics, DeviceId, Manifest, SigningKey};
 
@@ -18,7 +18,7 @@ fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_un
     w.deploy_and_wait(std::slice::from_ref(&app))?;
     let current = mqtt::retained(w.hub.mqtt_addr(), &topic)?;
     let generation = w.agent.applied_generation().unwrap();
-    let pid = wait_for("app pid", || w.agent.app_pid(&app.name))?;
+    let pid = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
     let starts = app.get("/count").unwrap();
 
     let signer = w.hub.signing_key()?;
@@ -46,20 +46,24 @@ fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_un
     for (counter, bytes) in &attacks {
         let before = w.agent.status()?["rejected"][counter].as_u64().unwrap_or(0);
         assert!(mqtt::publish(w.hub.mqtt_addr(), &topic, bytes.clone())?);
-        wait_for(&format!("the agent to count a {counter} rejection"), || {
-            let st = w.agent.status().ok()?;
-            (st["rejected"][counter].as_u64()? > before).then_some(())
-        })?;
+        eventually(
+            PATIENCE,
+            &format!("the agent to count a {counter} rejection"),
+            || {
+                let st = w.agent.status().ok()?;
+                (st["rejected"][counter].as_u64()? > before).then_some(())
+            },
+        );
     }
     // 1 MiB of random bytes: the broker may refuse it (then the attacker is
     // disconnected); if it gets through, the agent counts it as too large.
     let junk: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
     let delivered = mqtt::publish(w.hub.mqtt_addr(), &topic, junk)?;
     if delivered {
-        wait_for("the agent to count the oversized message", || {
+        eventually(PATIENCE, "the agent to count the oversized message", || {
             let st = w.agent.status().ok()?;
             (st["rejected"]["too_large"].as_u64()? >= 1).then_some(())
-        })?;
+        });
     }
     // A legitimate update still goes through afterwards (the agent is not wedged).
     let st = w.agent.status()?;
@@ -70,12 +74,12 @@ fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_un
     assert!(st["last_rejection"].as_str().is_some());
 
     // The hub sees the rejections in the device's status.
-    wait_for("the hub to see the rejections", || {
+    eventually(PATIENCE, "the hub to see the rejections", || {
         let d = w.hub.device(&w.agent.device_id).ok()?;
         let r = d["status"]["rejected"].as_object()?;
         let total: u64 = r.values().filter_map(|v| v.as_u64()).sum();
         (total >= 4).then_some(())
-    })?;
+    });
     let mut w = w;
     assert!(w.agent.is_running(), "agent died under attack");
     app.version = "3".into();

@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use outpost_e2e::{unique, wait_for, Agent, AppDef, Hub, Mosquitto, Registry};
+use outpost_e2e::{eventually, unique, Agent, AppDef, Hub, Mosquitto, Registry, PATIENCE};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -54,11 +54,11 @@ fn events_sent(agent: &Agent) -> usize {
 }
 
 fn kill_app_and_wait_restart(agent: &Agent, app: &AppDef) -> Result<u64> {
-    let pid = wait_for("app pid", || agent.app_pid(&app.name))?;
+    let pid = eventually(PATIENCE, "app pid", || agent.app_pid(&app.name));
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
-    wait_for("the agent to restart the app", || {
+    Ok(eventually(PATIENCE, "the agent to restart the app", || {
         agent.app_pid(&app.name).filter(|p| *p != pid)
-    })
+    }))
 }
 
 #[test]
@@ -68,20 +68,24 @@ fn events_lost_by_a_restarted_mosquitto_while_the_hub_is_down_reach_the_hub_exac
     let app = AppDef::hello(&unique("deliver-app"), &s.image);
     s.hub
         .deploy(&s.agent.device_id, std::slice::from_ref(&app))?;
-    wait_for("the app to answer", || app.get("/"))?;
-    wait_for("the hub to acknowledge every event so far", || {
-        (s.agent.outbox_pending()? == 0).then_some(())
-    })?;
-    let status_before = wait_for("a status at the hub", || hub_status_order(&s))?;
+    eventually(PATIENCE, "the app to answer", || app.get("/"));
+    eventually(
+        PATIENCE,
+        "the hub to acknowledge every event so far",
+        || (s.agent.outbox_pending()? == 0).then_some(()),
+    );
+    let status_before = eventually(PATIENCE, "a status at the hub", || hub_status_order(&s));
 
     // The hub goes away; its persistent session stays on the broker, which
     // queues the device's events for it (and PUBACKs them to the agent).
     s.hub.stop();
     let sent_before = events_sent(&s.agent);
     kill_app_and_wait_restart(&s.agent, &app)?;
-    wait_for("the agent to hand the new events to the broker", || {
-        (events_sent(&s.agent) >= sent_before + 3).then_some(())
-    })?;
+    eventually(
+        PATIENCE,
+        "the agent to hand the new events to the broker",
+        || (events_sent(&s.agent) >= sent_before + 3).then_some(()),
+    );
     let pending = s.agent.outbox_pending().context("agent status")?;
     assert!(
         pending >= 3,
@@ -91,21 +95,21 @@ fn events_lost_by_a_restarted_mosquitto_while_the_hub_is_down_reach_the_hub_exac
     // The broker restarts without persistence: the queue for the hub is gone.
     s.broker.kill();
     s.broker.restart()?;
-    wait_for("the agent to reconnect to the new broker", || {
+    eventually(PATIENCE, "the agent to reconnect to the new broker", || {
         s.agent.connected()?.then_some(())
-    })?;
+    });
     // More events while the hub is still away (sent to nobody).
     kill_app_and_wait_restart(&s.agent, &app)?;
 
     let t = Instant::now();
     s.hub.serve()?;
-    let status_after = wait_for("a fresh status at the restarted hub", || {
+    let status_after = eventually(PATIENCE, "a fresh status at the restarted hub", || {
         hub_status_order(&s).filter(|o| *o > status_before)
-    })?;
+    });
     let fresh_status = t.elapsed();
-    wait_for("the hub to acknowledge every event", || {
+    eventually(PATIENCE, "the hub to acknowledge every event", || {
         (s.agent.outbox_pending()? == 0).then_some(())
-    })?;
+    });
     let all_acked = t.elapsed();
     eprintln!(
         "measured: hub restarted -> fresh status {fresh_status:?} (status {status_before:?} -> {status_after:?}); -> every event acknowledged {all_acked:?}"
@@ -173,7 +177,7 @@ fn replay(s: &Setup, file: &std::path::Path) -> Result<()> {
 fn a_captured_status_replayed_later_is_refused_and_counted_even_after_a_hub_restart() -> Result<()>
 {
     let mut s = setup("replay", &[("status_interval_secs", "1")])?;
-    let file = s.broker.dir.path().join("captured-status.bin");
+    let file = s.broker.dir().join("captured-status.bin");
     capture_status(&s, &file)?;
     let bytes = std::fs::read(&file)?;
     let id: outpost_protocol::DeviceId = s.agent.device_id.parse()?;
@@ -181,16 +185,16 @@ fn a_captured_status_replayed_later_is_refused_and_counted_even_after_a_hub_rest
     let captured = outpost_protocol::StatusReport::open(&bytes, &id, &key)
         .context("the captured bytes are a genuine status")?;
     let old = (captured.boot, captured.seq);
-    wait_for("a newer status at the hub", || {
+    eventually(PATIENCE, "a newer status at the hub", || {
         hub_status_order(&s).filter(|o| *o > old)
-    })?;
+    });
 
     for round in 1..=2u64 {
         let before = s.hub.counter("status_rejected.replayed")?;
         replay(&s, &file)?;
-        wait_for("the replay to be counted", || {
+        eventually(PATIENCE, "the replay to be counted", || {
             (s.hub.counter("status_rejected.replayed").ok()? > before).then_some(())
-        })?;
+        });
         let now = hub_status_order(&s).context("status at the hub")?;
         assert!(now > old, "round {round}: the hub went back to {old:?}");
         assert!(
@@ -201,9 +205,9 @@ fn a_captured_status_replayed_later_is_refused_and_counted_even_after_a_hub_rest
             // The order is persisted: a restarted hub refuses it too.
             s.hub.stop();
             s.hub.serve()?;
-            wait_for("the restarted hub to hear the agent", || {
+            eventually(PATIENCE, "the restarted hub to hear the agent", || {
                 hub_status_order(&s).filter(|o| *o > now)
-            })?;
+            });
         }
     }
     Ok(())

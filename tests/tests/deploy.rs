@@ -1,6 +1,6 @@
 //! Apply on the hub → the agent pulls, runs, and the hub sees it.
 
-use outpost_e2e::{wait_for, World};
+use outpost_e2e::{eventually, World, PATIENCE};
 
 #[test]
 fn applied_deployment_runs_and_hub_sees_generation_and_running_app() -> anyhow::Result<()> {
@@ -13,7 +13,8 @@ fn applied_deployment_runs_and_hub_sees_generation_and_running_app() -> anyhow::
         t.elapsed()
     );
     let generation = w.agent.applied_generation().unwrap();
-    let view = wait_for(
+    let view = eventually(
+        PATIENCE,
         "the hub to show the app running at the applied generation",
         || {
             let d = w.hub.device(&w.agent.device_id).ok()?;
@@ -24,7 +25,7 @@ fn applied_deployment_runs_and_hub_sees_generation_and_running_app() -> anyhow::
                 .any(|a| a["name"] == app.name.as_str() && a["state"]["Running"]["pid"].is_u64());
             (applied == generation && running).then_some(d)
         },
-    )?;
+    );
     assert_eq!(view["desired"]["generation"].as_u64(), Some(generation));
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! images` and `outpost-agent logs`. Real registry, real containers.
 
 use anyhow::Result;
-use outpost_e2e::{unique, wait_for, AppDef, World};
+use outpost_e2e::{eventually, unique, AppDef, World, PATIENCE};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -38,24 +38,37 @@ fn digest_text(v: &Value) -> Option<String> {
     ))
 }
 
+/// Whether process `pid` is inside a sleep system call (`/proc/PID/syscall`).
+fn in_sleep(pid: u32) -> bool {
+    use nix::libc::{SYS_clock_nanosleep, SYS_nanosleep};
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+        .is_some_and(|n| n == SYS_clock_nanosleep || n == SYS_nanosleep)
+}
+
 fn deploy_version(w: &World, app: &mut AppDef, image: &str, version: u32) -> Result<String> {
     app.image = image.to_string();
     app.version = version.to_string();
     w.deploy_and_wait(std::slice::from_ref(app))?;
-    wait_for("the agent to report the new image", || {
-        let st = w.agent.status().ok()?;
-        let d = digest_text(&st["apps"][&app.name]["image_digest"])?;
-        let h = held(w).ok()?;
-        // The release settled once the listing names it current.
-        let current = h["images"].as_array()?.iter().any(|i| {
-            i["digest"] == d.as_str()
-                && i["used_by"].as_array().is_some_and(|u| {
-                    u.iter()
-                        .any(|s| s.as_str().is_some_and(|s| s.starts_with("current")))
-                })
-        });
-        current.then_some(d)
-    })
+    Ok(eventually(
+        PATIENCE,
+        "the agent to report the new image",
+        || {
+            let st = w.agent.status().ok()?;
+            let d = digest_text(&st["apps"][&app.name]["image_digest"])?;
+            let h = held(w).ok()?;
+            // The release settled once the listing names it current.
+            let current = h["images"].as_array()?.iter().any(|i| {
+                i["digest"] == d.as_str()
+                    && i["used_by"].as_array().is_some_and(|u| {
+                        u.iter()
+                            .any(|s| s.as_str().is_some_and(|s| s.starts_with("current")))
+                    })
+            });
+            current.then_some(d)
+        },
+    ))
 }
 
 /// Three successive versions under a budget that fits three: once the third
@@ -79,10 +92,10 @@ fn releases_under_a_small_budget_keep_current_and_previous_and_shared_layers() -
         BTreeSet::from([d1.clone(), d2.clone()])
     );
     let d3 = deploy_version(&w, &mut app, &versions[2], 3)?;
-    let h = wait_for("the oldest image to be collected", || {
+    let h = eventually(PATIENCE, "the oldest image to be collected", || {
         let h = held(&w).ok()?;
         (held_digests(&h) == BTreeSet::from([d2.clone(), d3.clone()])).then_some(h)
-    })?;
+    });
     // Shared: each image is larger than what only it uses (the base layer).
     for i in h["images"].as_array().unwrap() {
         assert!(i["unique_bytes"].as_u64() < i["bytes"].as_u64(), "{i}");
@@ -108,10 +121,14 @@ fn releases_under_a_small_budget_keep_current_and_previous_and_shared_layers() -
             .contains("collected the previous release to make room"),
         "no collection before the pull"
     );
-    wait_for("only the current and the new version to remain", || {
-        let h = held(&w).ok()?;
-        (held_digests(&h) == BTreeSet::from([d3.clone(), d4.clone()])).then_some(())
-    })?;
+    eventually(
+        PATIENCE,
+        "only the current and the new version to remain",
+        || {
+            let h = held(&w).ok()?;
+            (held_digests(&h) == BTreeSet::from([d3.clone(), d4.clone()])).then_some(())
+        },
+    );
     // `images prune` keeps what is in use.
     let out = w.agent.cli(&["images", "prune"])?;
     assert!(out.contains("removed 0 image(s)"), "{out}");
@@ -168,10 +185,12 @@ fn a_chatty_app_log_is_rotated_without_losing_lines_and_shown_by_logs() -> Resul
             })
             .unwrap_or_default()
     };
-    wait_for("rotation to bring the logs under the cap", || {
-        (used() <= 256 << 10 && logs_dir.join(format!("{}.log.1", app.name)).exists()).then_some(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}: {}", listing()))?;
+    eventually(PATIENCE, "rotation to bring the logs under the cap", || {
+        // The listing is the last observation in the failure message.
+        (used() <= 256 << 10 && logs_dir.join(format!("{}.log.1", app.name)).exists())
+            .then_some(())
+            .ok_or_else(listing)
+    });
     let shown = w.agent.cli(&["logs", &app.name])?;
     let seen: Vec<u64> = shown
         .lines()
@@ -197,8 +216,14 @@ fn a_chatty_app_log_is_rotated_without_losing_lines_and_shown_by_logs() -> Resul
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut out = follow.stdout.take().expect("piped");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Following from the end once it sleeps in its poll loop (it measured
+    // the file's end just before): then what the app writes is new to it.
+    let follower = follow.id();
+    eventually(PATIENCE, "logs --follow to wait for new lines", || {
+        in_sleep(follower)
+    });
     app.get("/say?n=3");
+    let (done, finished) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         use std::io::Read;
         let mut buf = vec![0u8; 4096];
@@ -209,12 +234,11 @@ fn a_chatty_app_log_is_rotated_without_losing_lines_and_shown_by_logs() -> Resul
                 Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
             }
         }
+        let _ = done.send(());
         got
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // Bounded: without the lines, the assertion below shows what came.
+    let _ = finished.recv_timeout(std::time::Duration::from_secs(30));
     let _ = follow.kill();
     let _ = follow.wait();
     let got = reader.join().expect("reader thread");

@@ -2,7 +2,7 @@
 //! adopts the new root-signed key set and the manifest re-signed under the new
 //! epoch, without being re-provisioned, and its app keeps running untouched.
 
-use outpost_e2e::{mqtt, wait_for, World};
+use outpost_e2e::{eventually, mqtt, World, PATIENCE};
 
 #[test]
 fn a_rotated_signing_key_reaches_the_agent_without_reprovisioning() -> anyhow::Result<()> {
@@ -10,7 +10,7 @@ fn a_rotated_signing_key_reaches_the_agent_without_reprovisioning() -> anyhow::R
     let app = w.app("hello");
     w.deploy_and_wait(std::slice::from_ref(&app))?;
     // The agent's local status file trails the app answering by a moment.
-    let pid = wait_for("app pid", || w.agent.app_pid(&app.name))?;
+    let pid = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
 
     let t = std::time::Instant::now();
     w.hub.stop();
@@ -18,19 +18,23 @@ fn a_rotated_signing_key_reaches_the_agent_without_reprovisioning() -> anyhow::R
     assert!(out.contains("is now 2"), "{out}");
     w.hub.serve()?;
 
-    let status = wait_for("the agent to apply its manifest under epoch 2", || {
-        let st = w.agent.status().ok()?;
-        (st["applied"][0].as_u64()? == 2).then_some(st)
-    })?;
+    let status = eventually(
+        PATIENCE,
+        "the agent to apply its manifest under epoch 2",
+        || {
+            let st = w.agent.status().ok()?;
+            (st["applied"][0].as_u64()? == 2).then_some(st)
+        },
+    );
     eprintln!(
         "measured: hub stop, key rotation, restart -> agent applied epoch 2: {:?}",
         t.elapsed()
     );
     assert_eq!(status["applied"][1].as_u64(), Some(1), "{status}");
-    wait_for("the hub to see epoch 2 applied", || {
+    eventually(PATIENCE, "the hub to see epoch 2 applied", || {
         let d = w.hub.device(&w.agent.device_id).ok()?;
         (d["applied"]["epoch"].as_u64()? == 2).then_some(())
-    })?;
+    });
     // Same desired apps: nothing restarted, the app still answers.
     assert_eq!(w.agent.app_pid(&app.name), Some(pid));
     assert!(app.get("/").is_some(), "app stopped answering");
@@ -56,15 +60,17 @@ fn a_device_that_adopted_a_rotated_key_set_reboots_offline_with_every_app() -> a
         &outpost_protocol::topics::keyset(),
         keyset
     )?);
-    wait_for("the device to adopt key set 2", || {
+    eventually(PATIENCE, "the device to adopt key set 2", || {
         w.agent.logs().contains("key set adopted").then_some(())
-    })?;
+    });
     w.hub.stop();
     w.agent.reboot_offline()?;
     for a in &apps {
-        wait_for(&format!("{} to answer after the reboot", a.name), || {
-            w.agent.http_get_in_netns(a.port, "/")
-        })?;
+        eventually(
+            PATIENCE,
+            &format!("{} to answer after the reboot", a.name),
+            || w.agent.http_get_in_netns(a.port, "/"),
+        );
     }
     let st = w.agent.status()?;
     assert_eq!(st["applied"][0].as_u64(), Some(1), "{st}");

@@ -4,7 +4,7 @@
 //! dir kept; the agent then boots in a fresh network namespace with only
 //! loopback. No Outpost command cleans up in between.
 
-use outpost_e2e::{pid_alive, wait_for, World};
+use outpost_e2e::{eventually, pid_alive, World, PATIENCE};
 
 /// SIGTERM leaves apps running; a power cut with the hub down brings them back
 /// from the persisted manifest.
@@ -14,7 +14,7 @@ fn agent_restarted_while_offline_reconciles_from_persisted_manifest() -> anyhow:
     let app = w.app("persisted");
     w.deploy_and_wait(std::slice::from_ref(&app))?;
     let generation = w.agent.applied_generation().unwrap();
-    let pid = wait_for("app pid", || w.agent.app_pid(&app.name))?;
+    let pid = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
 
     w.agent.stop();
     assert!(pid_alive(pid), "graceful shutdown stopped the app");
@@ -25,9 +25,9 @@ fn agent_restarted_while_offline_reconciles_from_persisted_manifest() -> anyhow:
     assert!(!pid_alive(pid), "the power cut left the app running");
     assert!(app.get("/").is_none());
     w.agent.start_without_network()?;
-    wait_for("the app to come back offline", || {
+    eventually(PATIENCE, "the app to come back offline", || {
         w.agent.http_get_in_netns(app.port, "/")
-    })?;
+    });
     let st = w.agent.status()?;
     assert_eq!(st["applied"][1].as_u64(), Some(generation));
     assert_eq!(st["connected"].as_bool(), Some(false));
@@ -50,13 +50,17 @@ fn cold_boot_without_network_or_dns_brings_up_every_app() -> anyhow::Result<()> 
     for boot in 2..=3 {
         w.agent.reboot_offline()?;
         for a in &apps {
-            let pid = wait_for(&format!("{} to run (boot {boot})", a.name), || {
-                w.agent.app_pid(&a.name)
-            })?;
+            let pid = eventually(
+                PATIENCE,
+                &format!("{} to run (boot {boot})", a.name),
+                || w.agent.app_pid(&a.name),
+            );
             assert!(pid_alive(pid));
-            wait_for(&format!("{} to answer (boot {boot})", a.name), || {
-                w.agent.http_get_in_netns(a.port, "/")
-            })?;
+            eventually(
+                PATIENCE,
+                &format!("{} to answer (boot {boot})", a.name),
+                || w.agent.http_get_in_netns(a.port, "/"),
+            );
             assert_eq!(w.agent.volume_starts(&a.name), boot);
         }
         assert!(w.agent.is_running());
@@ -77,7 +81,7 @@ fn balena_agent_container_restart_with_a_fresh_tmpfs_brings_every_app_back_once(
     let mut w = World::start("balena")?;
     let app = w.app("svc");
     w.deploy_and_wait(std::slice::from_ref(&app))?;
-    let old = wait_for("app pid", || w.agent.app_pid(&app.name))?;
+    let old = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
 
     w.agent.kill9();
     w.agent.lose_run_dir_and_mounts()?;
@@ -86,13 +90,13 @@ fn balena_agent_container_restart_with_a_fresh_tmpfs_brings_every_app_back_once(
         "the app should outlive its agent's container"
     );
     w.agent.start()?;
-    let new = wait_for("a new app process", || {
+    let new = eventually(PATIENCE, "a new app process", || {
         w.agent.app_pid(&app.name).filter(|p| *p != old)
-    })?;
-    wait_for("the old process to be gone", || {
+    });
+    eventually(PATIENCE, "the old process to be gone", || {
         (!pid_alive(old)).then_some(())
-    })?;
-    wait_for("the app to answer", || app.get("/"))?;
+    });
+    eventually(PATIENCE, "the app to answer", || app.get("/"));
     assert!(pid_alive(new));
     assert_eq!(w.agent.volume_starts(&app.name), 2);
     Ok(())

@@ -3,7 +3,7 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use outpost_e2e::{wait_for, World};
+use outpost_e2e::{eventually, World, PATIENCE};
 
 #[test]
 fn agent_restarts_crashed_app_while_partitioned_and_hub_gets_every_event_in_order(
@@ -11,27 +11,27 @@ fn agent_restarts_crashed_app_while_partitioned_and_hub_gets_every_event_in_orde
     let w = World::start("partition")?;
     let app = w.app("crashy");
     w.deploy_and_wait(std::slice::from_ref(&app))?;
-    let pid = wait_for("app pid", || w.agent.app_pid(&app.name))?;
-    wait_for("events before the cut to reach the hub", || {
+    let pid = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
+    eventually(PATIENCE, "events before the cut to reach the hub", || {
         (w.agent.outbox_pending()? == 0).then_some(())
-    })?;
+    });
     let before_cut = w.hub.events(&w.agent.device_id)?;
     let last_seq_before = before_cut.last().map_or(0, |e| e.0);
 
     w.proxy.cut();
-    wait_for("the agent to notice the cut", || {
+    eventually(PATIENCE, "the agent to notice the cut", || {
         (!w.agent.connected()?).then_some(())
-    })?;
+    });
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
     let t = std::time::Instant::now();
-    let new_pid = wait_for("the agent to restart the app offline", || {
+    let new_pid = eventually(PATIENCE, "the agent to restart the app offline", || {
         w.agent.app_pid(&app.name).filter(|p| *p != pid)
-    })?;
+    });
     eprintln!(
         "measured: kill -9 of the app -> restarted offline: {:?}",
         t.elapsed()
     );
-    wait_for("the restarted app to answer", || app.get("/"))?;
+    eventually(PATIENCE, "the restarted app to answer", || app.get("/"));
     assert_eq!(w.agent.volume_starts(&app.name), 2);
     assert!(
         w.agent.outbox_pending().unwrap() > 0,
@@ -42,19 +42,19 @@ fn agent_restarts_crashed_app_while_partitioned_and_hub_gets_every_event_in_orde
 
     w.proxy.restore();
     let t = std::time::Instant::now();
-    let events = wait_for("the hub to receive the events of the cut", || {
+    let events = eventually(PATIENCE, "the hub to receive the events of the cut", || {
         let ev = w.hub.events(&w.agent.device_id).ok()?;
         ev.iter()
             .any(|e| e.1 == "AppRestarted" && e.2.contains(&app.name))
             .then_some(ev)
-    })?;
+    });
     eprintln!(
         "measured: link restored -> hub has the cut's events: {:?}",
         t.elapsed()
     );
-    wait_for("the outbox to drain", || {
+    eventually(PATIENCE, "the outbox to drain", || {
         (w.agent.outbox_pending()? == 0).then_some(())
-    })?;
+    });
     let events = {
         let all = w.hub.events(&w.agent.device_id)?;
         if all.len() >= events.len() {
@@ -91,31 +91,31 @@ fn reconnect_after_partition_restarts_no_healthy_app() -> anyhow::Result<()> {
     let mut app = w.app("steady");
     app.health = true;
     w.deploy_and_wait(std::slice::from_ref(&app))?;
-    wait_for("the app to be ready", || {
+    eventually(PATIENCE, "the app to be ready", || {
         let st = w.agent.status().ok()?;
         (st["apps"][&app.name]["ready"].as_bool()?).then_some(())
-    })?;
-    let pid = wait_for("app pid", || w.agent.app_pid(&app.name))?;
+    });
+    let pid = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
     let status_seq = |w: &World| -> Option<u64> {
         w.hub.device(&w.agent.device_id).ok()?["status"]["seq"].as_u64()
     };
-    let seq_before = wait_for("a status at the hub", || status_seq(&w))?;
+    let seq_before = eventually(PATIENCE, "a status at the hub", || status_seq(&w));
 
     w.proxy.cut();
-    wait_for("the agent to notice the cut", || {
+    eventually(PATIENCE, "the agent to notice the cut", || {
         (!w.agent.connected()?).then_some(())
-    })?;
+    });
     w.proxy.restore();
-    wait_for("the agent to reconnect", || {
+    eventually(PATIENCE, "the agent to reconnect", || {
         (w.agent.connected()?).then_some(())
-    })?;
-    wait_for("a status sent after the reconnect", || {
+    });
+    eventually(PATIENCE, "a status sent after the reconnect", || {
         status_seq(&w).filter(|s| *s > seq_before)
-    })?;
+    });
     // Let the agent process the re-delivered manifest, then compare.
-    wait_for("the outbox to drain", || {
+    eventually(PATIENCE, "the outbox to drain", || {
         (w.agent.outbox_pending()? == 0).then_some(())
-    })?;
+    });
     assert_eq!(
         w.agent.app_pid(&app.name),
         Some(pid),

@@ -6,7 +6,7 @@
 //! password never shows up in either log, the hub's API answers, the
 //! configs or the published manifest.
 
-use outpost_e2e::{mqtt, unique, wait_for, Agent, AppDef, Hub, Registry};
+use outpost_e2e::{eventually, mqtt, unique, Agent, AppDef, Hub, Registry, PATIENCE};
 
 #[test]
 fn hub_resolves_and_agent_pulls_from_a_private_registry_with_configured_credentials(
@@ -51,13 +51,13 @@ fn hub_resolves_and_agent_pulls_from_a_private_registry_with_configured_credenti
     agent.set_registry(registry.client_settings(false))?;
     agent.start()?;
     hub.deploy(&device, std::slice::from_ref(&app))?;
-    let error = wait_for("the agent to report the refused pull", || {
+    let error = eventually(PATIENCE, "the agent to report the refused pull", || {
         let st = agent.status().ok()?;
         st["apps"][&app.name]["last_error"]
             .as_str()
             .filter(|e| e.contains("refused anonymous access"))
             .map(str::to_string)
-    })?;
+    });
     println!("agent pull without credentials: {error}");
     assert!(error.contains(&registry.host()), "{error}");
     assert!(app.get("/").is_none());
@@ -66,15 +66,15 @@ fn hub_resolves_and_agent_pulls_from_a_private_registry_with_configured_credenti
     agent.stop();
     agent.set_registry(registry.client_settings(true))?;
     agent.start()?;
-    wait_for("the app to answer", || app.get("/"))?;
-    wait_for("the hub to see the app running", || {
+    eventually(PATIENCE, "the app to answer", || app.get("/"));
+    eventually(PATIENCE, "the hub to see the app running", || {
         let d = hub.device(&device).ok()?;
         d["status"]["apps"]
             .as_array()?
             .iter()
             .any(|a| a["name"] == app.name.as_str() && a["state"]["Running"].is_object())
             .then_some(())
-    })?;
+    });
 
     // Docker's config.json works as the credentials source too: the hub,
     // restarted with only `docker_config`, resolves the tag again (a changed
@@ -99,9 +99,9 @@ fn hub_resolves_and_agent_pulls_from_a_private_registry_with_configured_credenti
     let mut app_v2 = app.clone();
     app_v2.version = "2".into();
     hub.deploy(&device, std::slice::from_ref(&app_v2))?;
-    wait_for("the app to answer as version 2", || {
+    eventually(PATIENCE, "the app to answer as version 2", || {
         app_v2.get("/").filter(|b| b.contains("version 2"))
-    })?;
+    });
 
     // The password is nowhere it could leak from.
     let mut places: Vec<(String, String)> = vec![

@@ -1,18 +1,18 @@
 //! A new version of an app replaces the old container; volume data survives.
 
-use outpost_e2e::{wait_for, World};
+use outpost_e2e::{eventually, World, PATIENCE};
 
 #[test]
 fn update_replaces_the_app_and_keeps_volume_data() -> anyhow::Result<()> {
     let w = World::start("update")?;
     let mut app = w.app("web");
     w.deploy_and_wait(std::slice::from_ref(&app))?;
-    let pid1 = wait_for("app pid", || w.agent.app_pid(&app.name))?;
+    let pid1 = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
     assert_eq!(app.get("/count").unwrap().trim(), "1");
 
     app.version = "2".into();
     w.deploy_and_wait(std::slice::from_ref(&app))?;
-    let pid2 = wait_for("new app pid", || w.agent.app_pid(&app.name))?;
+    let pid2 = eventually(PATIENCE, "new app pid", || w.agent.app_pid(&app.name));
     assert_ne!(pid1, pid2);
     assert!(app.get("/").unwrap().contains("version 2"));
     // The volume kept the first container's start record.

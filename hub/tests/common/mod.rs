@@ -1,16 +1,18 @@
-//! Shared fixtures for the hub's integration tests: free ports, a hub process, a
-//! Mosquitto process, a Docker registry process, a plain MQTT subscriber, and a
-//! bounded "eventually" wait. Every process is killed by a Drop guard, so a
-//! failing test leaves nothing running.
+//! Shared fixtures for the hub's integration tests: a hub process (on port 0,
+//! found through its ready file), a plain MQTT subscriber, provisioning as an
+//! agent does, deployment files, and an in-process hub. Processes, polling,
+//! Mosquitto and the registry come from `outpost-test-support`; every process
+//! is killed by a drop guard, so a failing test leaves nothing running.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use outpost_hub::client::ApiClient;
 use outpost_hub::config::DataDir;
 use outpost_protocol::{topics, DeviceId, KeySet, PublicKey, SignedKeySet, TrustState, Verifier};
+use outpost_test_support::hub::{HubAddrs, HubServe};
+use outpost_test_support::ProcessGuard;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -19,63 +21,6 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_outpost-hub");
 /// Upper bound for waiting on something asynchronous; a hang guard, not a
 /// performance assertion.
 pub const DEADLINE: Duration = Duration::from_secs(60);
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Poll `f` until it returns `Some`, or panic naming `what` after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "gave up waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    Proc {
-        child,
-        log: log.to_path_buf(),
-    }
-}
 
 /// Run `outpost-hub init` in `dir`.
 pub fn init(dir: &Path) {
@@ -94,77 +39,61 @@ pub fn init(dir: &Path) {
 
 /// A running `outpost-hub serve`.
 pub struct HubProc {
-    pub proc: Proc,
+    pub proc: ProcessGuard,
     pub dir: PathBuf,
-    pub http_port: u16,
-    pub mqtt_port: u16,
+    /// What the hub reported in its ready file.
+    pub addrs: HubAddrs,
     pub api: ApiClient,
 }
 
 impl HubProc {
-    /// Start on `dir` with the embedded broker (or `broker` when given) and wait
-    /// until the API answers.
-    pub async fn start(
-        dir: &Path,
-        http_port: u16,
-        mqtt_port: u16,
-        broker: Option<&str>,
-    ) -> HubProc {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--data-dir")
-            .arg(dir)
-            .arg("serve")
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--mqtt-listen")
-            .arg(format!("127.0.0.1:{mqtt_port}"))
-            .env("RUST_LOG", "info,outpost_hub=debug");
-        if let Some(b) = broker {
-            cmd.arg("--broker").arg(b);
-        }
-        let log = dir.join(format!("serve-{http_port}.log"));
-        let proc = spawn(&mut cmd, &log);
-        let token = std::fs::read_to_string(DataDir::new(dir).token()).unwrap();
-        let api = ApiClient::new(format!("http://127.0.0.1:{http_port}"), token.trim());
-        let hub = HubProc {
-            proc,
-            dir: dir.to_path_buf(),
-            http_port,
-            mqtt_port,
+    /// Serve `dir` on port 0 with the embedded broker (or `broker` when given);
+    /// returns once the hub reported its addresses.
+    pub async fn start(dir: &Path, broker: Option<&str>) -> HubProc {
+        let serve = HubServe::new(Path::new(BIN), dir);
+        HubProc::start_with(match broker {
+            Some(b) => serve.broker(b),
+            None => serve,
+        })
+        .await
+    }
+
+    /// Serve as `serve` says (debug logs, a log file per start in the data dir).
+    pub async fn start_with(serve: HubServe) -> HubProc {
+        let dir = serve.data_dir().to_path_buf();
+        let starts = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("serve-"))
+            .count();
+        let serve = serve
+            .rust_log("info,outpost_hub=debug")
+            .log(&dir.join(format!("serve-{}.log", starts + 1)));
+        let hub = tokio::task::spawn_blocking(move || serve.start())
+            .await
+            .unwrap()
+            .unwrap();
+        let token = std::fs::read_to_string(DataDir::new(&dir).token()).unwrap();
+        let api = ApiClient::new(hub.addrs.url(), token.trim());
+        HubProc {
+            proc: hub.proc,
+            dir,
+            addrs: hub.addrs,
             api,
-        };
-        let url = format!("http://127.0.0.1:{http_port}/v1/health");
-        let http = reqwest::Client::new();
-        let start = std::time::Instant::now();
-        loop {
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "hub did not come up; log:\n{}",
-                hub.proc.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        hub
+    }
+
+    /// The embedded broker's port.
+    pub fn mqtt_port(&self) -> u16 {
+        self.addrs
+            .mqtt
+            .expect("this hub runs no embedded broker")
+            .port()
     }
 
     /// Run a CLI command against this hub; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--url")
-            .arg(format!("http://127.0.0.1:{}", self.http_port))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.cli_output(args);
         assert!(
             out.status.success(),
             "outpost-hub {args:?} failed: {}",
@@ -175,14 +104,7 @@ impl HubProc {
 
     /// Run a CLI command expected to fail; returns stderr.
     pub fn cli_err(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--url")
-            .arg(format!("http://127.0.0.1:{}", self.http_port))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.cli_output(args);
         assert!(
             !out.status.success(),
             "outpost-hub {args:?} unexpectedly succeeded"
@@ -190,58 +112,20 @@ impl HubProc {
         String::from_utf8(out.stderr).unwrap()
     }
 
+    fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--url")
+            .arg(self.addrs.url())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// Stop hard (SIGKILL): the restart test relies on commits being durable.
     pub fn kill(self) {
         drop(self.proc);
-    }
-}
-
-/// A Mosquitto broker on a free port with its own config file.
-pub fn mosquitto(dir: &Path, port: u16) -> Proc {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )
-    .unwrap();
-    let proc = spawn(
-        Command::new("mosquitto").arg("-c").arg(&conf),
-        &dir.join("mosquitto.log"),
-    );
-    wait_port(port, &proc);
-    proc
-}
-
-/// A Docker registry (Debian `docker-registry`) with filesystem storage in `dir`.
-pub fn registry(dir: &Path, port: u16) -> Proc {
-    let storage = dir.join("registry-data");
-    std::fs::create_dir_all(&storage).unwrap();
-    let conf = dir.join("registry.yml");
-    std::fs::write(
-        &conf,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        ),
-    )
-    .unwrap();
-    let proc = spawn(
-        Command::new("docker-registry").arg("serve").arg(&conf),
-        &dir.join("registry.log"),
-    );
-    wait_port(port, &proc);
-    proc
-}
-
-fn wait_port(port: u16, proc: &Proc) {
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "process did not listen on {port}; log:\n{}",
-            proc.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,33 +1,23 @@
-//! Test fixtures: a real `docker-registry` process, `skopeo` pushes, a byte-counting
-//! TCP proxy that can cut connections, and helpers that build small OCI layouts.
-//! Every process started here is stopped by a Drop guard, even when a test fails.
+//! Test fixtures: a real `docker-registry` process (from `outpost-test-support`,
+//! configured here for TLS, basic or token auth), `skopeo` pushes, a
+//! byte-counting TCP proxy that can cut connections, and helpers that build
+//! small OCI layouts. Every process started here is stopped by a Drop guard,
+//! even when a test fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod token;
 
 use outpost_oci::build::{reproducible_tar, Entry, Layer, LayoutWriter};
 use outpost_oci::spec::{Descriptor, OciPlatform, RuntimeConfig};
-use std::net::{SocketAddr, TcpListener as StdListener};
+pub use outpost_test_support::registry::Registry;
+use outpost_test_support::registry::{skopeo_copy, CopyTo, RegistryConfig, TokenAuth};
+use outpost_test_support::tls::TestCa;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `docker-registry serve` child process on a free loopback port.
-pub struct Registry {
-    child: Child,
-    pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
 
 /// TLS files for a registry: a CA and a 127.0.0.1 server certificate it signed.
 pub struct TestTls {
@@ -36,167 +26,48 @@ pub struct TestTls {
     pub key: PathBuf,
 }
 
-/// Make a throwaway CA and server certificate with the `openssl` CLI.
+/// Make a throwaway CA and a server certificate for 127.0.0.1 in `dir`.
 pub fn make_tls(dir: &Path) -> TestTls {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=outpost test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    let ca = TestCa::new("outpost test CA").unwrap();
+    let (cert, key) = ca
+        .server_cert(&["127.0.0.1"])
+        .unwrap()
+        .write(dir, "server")
+        .unwrap();
     TestTls {
-        ca_pem: std::fs::read(dir.join("ca.pem")).unwrap(),
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
+        ca_pem: ca.cert_pem().into_bytes(),
+        cert,
+        key,
     }
 }
 
-impl Registry {
-    pub fn start() -> Registry {
-        Registry::start_with(None, None)
-    }
-
-    /// Optionally serve HTTPS with `tls` and require basic auth for `(user, password)`.
-    pub fn start_with(tls: Option<&TestTls>, user: Option<(&str, &str)>) -> Registry {
-        Registry::start_full(tls, user, None)
-    }
-
-    /// Require bearer tokens from `token` (realm URL, trusted signing cert).
-    pub fn start_with_token_auth(token: &token::TokenServer) -> Registry {
-        Registry::start_full(None, None, Some(token))
-    }
-
-    fn start_full(
-        tls: Option<&TestTls>,
-        user: Option<(&str, &str)>,
-        token: Option<&token::TokenServer>,
-    ) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if let Some(tls) = tls {
-            yaml += &format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                tls.cert.display(),
-                tls.key.display()
-            );
-        }
-        if let Some((name, password)) = user {
-            let hash = bcrypt::hash(password, 4).unwrap();
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, format!("{name}:{hash}\n")).unwrap();
-            yaml += &format!(
-                "auth:\n  htpasswd:\n    realm: outpost-test\n    path: {}\n",
-                htpasswd.display()
-            );
-        }
-        if let Some(t) = token {
-            yaml += &format!(
-                "auth:\n  token:\n    realm: http://{}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
-                t.addr,
-                token::SERVICE,
-                token::ISSUER,
-                t.cert_pem.display()
-            );
-        }
-        std::fs::write(&config, yaml).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry must be installed (Debian package docker-registry)");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let registry = Registry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        // Readiness: wait until the port accepts connections (bounded, not a
-        // timing assertion).
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return registry;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("docker-registry did not start listening on {addr}");
-    }
-
-    pub fn host(&self) -> String {
-        self.addr.to_string()
-    }
+/// An open registry over HTTP.
+pub fn registry() -> Registry {
+    Registry::start().unwrap()
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A registry serving HTTPS with `tls`, requiring basic auth for `(user, password)`.
+pub fn registry_with(tls: &TestTls, (user, password): (&str, &str)) -> Registry {
+    Registry::start_with(&RegistryConfig {
+        tls: Some((tls.cert.clone(), tls.key.clone())),
+        users: vec![(user.into(), password.into())],
+        ..RegistryConfig::default()
+    })
+    .unwrap()
+}
+
+/// A registry requiring bearer tokens from `token` (realm URL, trusted signing cert).
+pub fn registry_with_token_auth(token: &token::TokenServer) -> Registry {
+    Registry::start_with(&RegistryConfig {
+        token: Some(TokenAuth {
+            realm: format!("http://{}/token", token.addr),
+            service: token::SERVICE.into(),
+            issuer: token::ISSUER.into(),
+            root_cert_bundle: token.cert_pem.clone(),
+        }),
+        ..RegistryConfig::default()
+    })
+    .unwrap()
 }
 
 /// Push an OCI layout (all platforms, digests preserved) with skopeo.
@@ -205,28 +76,11 @@ pub fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
 }
 
 pub fn skopeo_push_as(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
-    let mut cmd = Command::new("skopeo");
-    if let Some(creds) = creds {
-        cmd.arg("copy").arg("--dest-creds").arg(creds);
-    } else {
-        cmd.arg("copy");
-    }
-    let out = cmd
-        .args([
-            "--all",
-            "--preserve-digests",
-            "--insecure-policy",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .expect("skopeo must be installed");
-    assert!(
-        out.status.success(),
-        "skopeo copy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let to = CopyTo {
+        creds: creds.map(str::to_string),
+        cert_dir: None,
+    };
+    skopeo_copy(layout, tag, dest, &to).unwrap();
 }
 
 /// A TCP proxy that counts bytes sent from upstream to the client and can cut

@@ -1,12 +1,11 @@
 //! A minimal registry token service (the Docker/OCI "bearer token" flow): checks
 //! HTTP basic credentials and issues ES256 JWTs signed by a throwaway key whose
-//! self-signed certificate the registry trusts (`auth.token.rootcertbundle`).
+//! self-signed certificate (rcgen) the registry trusts (`auth.token.rootcertbundle`).
 
 use base64::Engine;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -51,57 +50,15 @@ fn sign_token(key: &(EcdsaKeyPair, String), scope_repo: &str, actions: &[&str]) 
 impl TokenServer {
     /// Start on a free port; accepts `user:password` only.
     pub async fn start(dir: &Path, user: &'static str, password: &'static str) -> TokenServer {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "openssl {args:?}");
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "token.key",
-            "-out",
-            "token.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=token signer",
-        ]);
-        run(&[
-            "pkcs8",
-            "-topk8",
-            "-nocrypt",
-            "-in",
-            "token.key",
-            "-outform",
-            "DER",
-            "-out",
-            "token.key.der",
-        ]);
-        run(&[
-            "x509",
-            "-in",
-            "token.pem",
-            "-outform",
-            "DER",
-            "-out",
-            "token.der",
-        ]);
-        let pkcs8 = std::fs::read(dir.join("token.key.der")).unwrap();
+        // The token signer: an ECDSA P-256 key and a self-signed certificate
+        // the registry trusts (`rootcertbundle`) and each token names (`x5c`).
+        let signer = outpost_test_support::tls::self_signed_signer("token signer").unwrap();
+        std::fs::write(dir.join("token.pem"), &signer.cert_pem).unwrap();
         let rng = ring::rand::SystemRandom::new();
         let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
-        let cert_b64 = base64::engine::general_purpose::STANDARD
-            .encode(std::fs::read(dir.join("token.der")).unwrap());
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &signer.key_pkcs8, &rng)
+                .unwrap();
+        let cert_b64 = base64::engine::general_purpose::STANDARD.encode(&signer.cert_der);
         let key = Arc::new((pair, cert_b64));
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,6 +1,6 @@
 //! Shared fixtures for the runtime's end-to-end tests: a busybox root filesystem,
 //! a runtime rooted in a temp dir that deletes its containers on drop, and
-//! polling helpers.
+//! waits on containers (polling with `outpost-test-support`'s `eventually`).
 #![allow(dead_code)]
 
 use outpost_protocol::{AppSpec, Digest, ImageConfig, ImageRef};
@@ -8,9 +8,14 @@ use outpost_runtime::{
     check_host, ContainerInfo, ContainerRequest, ContainerStatus, HelperCommand, HostReport,
     Rootfs, Runtime, RuntimeConfig,
 };
+pub use outpost_test_support::eventually;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// Upper bound of every wait: only keeps a broken test from hanging; nothing
+/// asserts on how long it took.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
@@ -148,13 +153,38 @@ impl Fixture {
 
     /// Wait until the container is no longer running; returns its status.
     pub fn wait_exit(&self, id: &str) -> ContainerStatus {
-        let mut last = None;
-        wait_for(&format!("container {id} to exit"), || {
-            let s = self.status(id);
-            last = Some(s);
-            !matches!(s, ContainerStatus::Running | ContainerStatus::Created)
-        });
-        last.unwrap()
+        eventually(
+            PATIENCE,
+            &format!("container {id} to exit"),
+            || match self.status(id) {
+                s @ (ContainerStatus::Running | ContainerStatus::Created) => Err(format!("{s:?}")),
+                s => Ok(s),
+            },
+        )
+    }
+
+    /// The port container `id` listens on: its app was told to bind port 0,
+    /// and the bound port is read from `/proc` through the container's init.
+    /// Fails with the container's log if it ends first.
+    pub fn listening_port(&self, id: &str) -> u16 {
+        eventually(PATIENCE, &format!("{id} to listen"), || {
+            let info = self.rt.info(id).unwrap();
+            assert!(
+                matches!(
+                    info.status,
+                    ContainerStatus::Running | ContainerStatus::Created
+                ),
+                "{id} ended ({:?}) before listening; log:\n{}",
+                info.status,
+                self.log(id)
+            );
+            let pid = u32::try_from(info.pid.ok_or("no pid yet")?).map_err(|e| e.to_string())?;
+            let addrs = outpost_test_support::listening_addrs(pid).map_err(|e| format!("{e:#}"))?;
+            addrs
+                .first()
+                .map(|a| a.port())
+                .ok_or_else(|| "not listening yet".to_string())
+        })
     }
 
     pub fn log(&self, id: &str) -> String {
@@ -163,7 +193,7 @@ impl Fixture {
 
     /// Wait until the container's log contains `needle`.
     pub fn wait_log(&self, id: &str, needle: &str) {
-        wait_for(&format!("{needle:?} in the log of {id}"), || {
+        eventually(PATIENCE, &format!("{needle:?} in the log of {id}"), || {
             self.log(id).contains(needle)
         });
     }
@@ -188,24 +218,4 @@ impl Drop for Fixture {
         }
         let _ = std::fs::remove_dir(format!("/sys/fs/cgroup{parent}"));
     }
-}
-
-/// Poll `cond` until it holds. The 60 s ceiling only keeps a broken test from
-/// hanging forever; nothing asserts on how long it took.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// Whether `pid` is a live (non-zombie) process.
-pub fn pid_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        })
-        .unwrap_or(false)
 }

@@ -116,6 +116,27 @@ pub struct ServerSettings {
     pub tls: Option<TlsConfig>,
     pub next_connection_delay_ms: u64,
     pub connections: ConnectionSettings,
+    /// Outpost patch: a socket the embedding program bound and listens on
+    /// itself. The server accepts on it instead of binding `listen`, so the
+    /// program knows the address (port 0 included) before the broker runs,
+    /// with no window between binding and serving.
+    #[serde(skip)]
+    pub listener: Option<BoundListener>,
+}
+
+/// Outpost patch: a listening socket handed to [`ServerSettings::listener`].
+/// Shared by clones of the settings; the first server to start takes it.
+#[derive(Debug, Clone)]
+pub struct BoundListener(Arc<std::sync::Mutex<Option<std::net::TcpListener>>>);
+
+impl BoundListener {
+    pub fn new(listener: std::net::TcpListener) -> BoundListener {
+        BoundListener(Arc::new(std::sync::Mutex::new(Some(listener))))
+    }
+
+    fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 impl ServerSettings {

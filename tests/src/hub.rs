@@ -1,0 +1,248 @@
+//! The hub as the scenarios drive it: `outpost-hub init` in a temp data dir,
+//! `serve` through `outpost-test-support` (HTTP API on port 0, found through the
+//! ready file), and the operator's command line (`device add`, `apply`,
+//! `status`, `events`, `stats`) against it.
+//!
+//! The embedded broker keeps its address across [`Hub::stop`] / [`Hub::serve`],
+//! as a real hub's does: devices are provisioned with it. So it listens on a
+//! leased port ([`PortLease`]) rather than port 0, and a restart binds it again
+//! with no window for anyone else to take it.
+
+use crate::apps::AppDef;
+use crate::bins::bins;
+use crate::registry::{set_registry_section, Registry};
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+use outpost_test_support::hub::{HubProcess, HubServe};
+use outpost_test_support::process::{run, tail};
+use outpost_test_support::PortLease;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A hub in a temp data dir, with its embedded broker or an external one.
+#[derive(Debug)]
+pub struct Hub {
+    pub dir: tempfile::TempDir,
+    /// The port of the broker the hub uses: its embedded one (leased, kept
+    /// across restarts) or the external one's.
+    pub mqtt_port: u16,
+    mqtt_lease: Option<PortLease>,
+    external: Option<String>,
+    /// Where the HTTP API listens (this run's, or the last run's when stopped).
+    http: Option<SocketAddr>,
+    proc: Option<HubProcess>,
+}
+
+impl Hub {
+    pub fn start(registry: &Registry) -> Result<Hub> {
+        Hub::start_inner(registry, None)
+    }
+
+    /// `external`: `(mqtts://host:port, CA file)` of a broker the hub connects to
+    /// instead of starting its embedded one.
+    pub fn start_with(registry: &Registry, external: Option<(&str, &Path)>) -> Result<Hub> {
+        Hub::start_inner(registry, external.map(|(url, ca)| (url, Some(ca))))
+    }
+
+    /// A hub that uses the plain `mqtt://` broker at `url` (e.g.
+    /// [`crate::Mosquitto`]) instead of its embedded one.
+    pub fn start_with_broker(registry: &Registry, url: &str) -> Result<Hub> {
+        Hub::start_inner(registry, Some((url, None)))
+    }
+
+    fn start_inner(registry: &Registry, external: Option<(&str, Option<&Path>)>) -> Result<Hub> {
+        let dir = tempfile::tempdir()?;
+        let mut init = Command::new(&bins().hub);
+        init.arg("--data-dir").arg(dir.path()).arg("init");
+        if let Some((url, _)) = external {
+            init.args(["--broker", url]);
+        }
+        run(&mut init)?;
+        let cfg_path = dir.path().join("hub.toml");
+        if let Some((_, Some(ca))) = external {
+            let cfg = std::fs::read_to_string(&cfg_path)?.replace(
+                "[mqtt]\n",
+                &format!("[mqtt]\nca_file = \"{}\"\n", ca.display()),
+            );
+            std::fs::write(&cfg_path, cfg)?;
+        }
+        set_registry_section(&cfg_path, registry.client_settings(true))?;
+        let (mqtt_lease, mqtt_port) = match external {
+            None => {
+                let lease = PortLease::new()?;
+                let port = lease.port();
+                (Some(lease), port)
+            }
+            Some((url, _)) => {
+                let port = url
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+                    .with_context(|| format!("no port in the broker URL {url}"))?;
+                (None, port)
+            }
+        };
+        let mut hub = Hub {
+            dir,
+            mqtt_port,
+            mqtt_lease,
+            external: external.map(|(url, _)| url.to_string()),
+            http: None,
+            proc: None,
+        };
+        hub.serve()?;
+        Ok(hub)
+    }
+
+    /// Start (again) `outpost-hub serve`; returns once it reported its
+    /// addresses, or with its log if it exited first.
+    pub fn serve(&mut self) -> Result<()> {
+        let mut serve = HubServe::new(&bins().hub, self.dir.path())
+            .rust_log("info")
+            .log(&self.dir.path().join("hub.log"));
+        if let Some(lease) = &self.mqtt_lease {
+            serve = serve.mqtt_listen(lease.addr());
+        }
+        if let Some(url) = &self.external {
+            serve = serve.broker(url);
+        }
+        let proc = serve.start()?;
+        let want = self.mqtt_lease.as_ref().map(PortLease::addr);
+        ensure!(
+            proc.addrs.mqtt == want,
+            "the hub reports its broker at {:?}, not {want:?}",
+            proc.addrs.mqtt
+        );
+        self.http = Some(proc.addrs.http);
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// SIGTERM and wait for the hub to end.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.proc.stop(Signal::SIGTERM, Duration::from_secs(30));
+        }
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.mqtt_port))
+    }
+
+    /// `outpost-hub --data-dir … [--url …] ARGS…`; its standard output.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(&bins().hub);
+        cmd.arg("--data-dir").arg(self.dir.path());
+        // hub.toml says port 0: the address is the one the hub reported.
+        if let Some(http) = self.http {
+            cmd.arg("--url").arg(format!("http://{http}"));
+        }
+        let out = run(cmd.args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn add_device(&self, id: &str, public_key: &str) -> Result<()> {
+        self.cli(&[
+            "device",
+            "add",
+            id,
+            "--public-key",
+            public_key,
+            "--label",
+            &format!("e2e={id}"),
+        ])
+        .map(|_| ())
+    }
+
+    /// Apply a deployment of the sample image to exactly one device.
+    pub fn deploy(&self, device: &str, apps: &[AppDef]) -> Result<()> {
+        let mut toml = format!("name = \"{device}\"\nselector = {{ e2e = \"{device}\" }}\n");
+        for a in apps {
+            toml.push_str(&a.to_toml());
+        }
+        let path = self.dir.path().join(format!("deploy-{device}.toml"));
+        std::fs::write(&path, toml)?;
+        self.cli(&["apply", "-f", &path.display().to_string()])
+            .map(|_| ())
+    }
+
+    /// The hub's view of a device (`outpost-hub status DEVICE --json`).
+    pub fn device(&self, id: &str) -> Result<Value> {
+        let out = self.cli(&["status", id, "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("hub status output: {out}"))
+    }
+
+    /// Events the hub received: (seq, kind name, full line).
+    pub fn events(&self, id: &str) -> Result<Vec<(u64, String, String)>> {
+        let out = self.cli(&["events", id])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let seq = it.next()?.parse().ok()?;
+                let _at = it.next()?;
+                let kind = it.next()?.to_string();
+                Some((seq, kind, l.to_string()))
+            })
+            .collect())
+    }
+
+    /// The hub's `/v1/stats` (`outpost-hub stats`): ingest counters and more.
+    pub fn stats(&self) -> Result<Value> {
+        let out = self.cli(&["stats"])?;
+        serde_json::from_str(&out).with_context(|| format!("hub stats output: {out}"))
+    }
+
+    /// One ingest counter (0 when absent).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self.stats()?["counters"][name].as_u64().unwrap_or(0))
+    }
+
+    pub fn signing_key(&self) -> Result<outpost_protocol::SigningKey> {
+        let bytes = std::fs::read(self.dir.path().join("signing.key"))?;
+        Ok(outpost_protocol::SigningKey::from_pkcs8(&bytes)?)
+    }
+
+    /// The log of the current (or last) run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+
+    /// Replace hub.toml's `[registry]` section (takes effect at the next `serve`).
+    pub fn set_registry(&self, section: toml::Table) -> Result<()> {
+        set_registry_section(&self.dir.path().join("hub.toml"), section)
+    }
+
+    /// GET an HTTP API path with the hub's token; the raw response body.
+    pub fn api_get(&self, path: &str) -> Result<String> {
+        let token = std::fs::read_to_string(self.dir.path().join("token"))?;
+        let http = self.http.context("the hub has not been started")?;
+        let mut s = TcpStream::connect(http)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+            token.trim()
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let (head, body) = buf
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("malformed answer to GET {path}"))?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            bail!("GET {path}: {head}");
+        }
+        Ok(body.to_string())
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop();
+        // Captured by the test harness; shown when the test fails.
+        eprintln!("---- hub log (tail) ----\n{}", tail(&self.log(), 40));
+    }
+}

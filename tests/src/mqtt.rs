@@ -1,0 +1,95 @@
+//! MQTT helpers speaking directly to the broker, as an attacker (or observer)
+//! with network access to it would.
+
+use anyhow::{bail, Result};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Publish every payload on `topic` from one connection (QoS 1, pipelined)
+/// and wait for all the broker's PUBACKs. Returns how many were acked.
+pub fn flood(addr: SocketAddr, topic: &str, payloads: Vec<Vec<u8>>) -> Result<usize> {
+    rt()?.block_on(async {
+        let (c, mut el) = client(addr);
+        let n = payloads.len();
+        let topic = topic.to_string();
+        let sender = tokio::spawn(async move {
+            for p in payloads {
+                c.publish(&topic, QoS::AtLeastOnce, false, p).await?;
+            }
+            Ok::<_, anyhow::Error>(c)
+        });
+        let mut acks = 0;
+        let res = tokio::time::timeout(crate::PATIENCE, async {
+            while acks < n {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => acks += 1,
+                    Ok(_) => {}
+                    Err(e) => bail!("flood connection failed after {acks} acks: {e}"),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match res {
+            Ok(r) => r?,
+            Err(_) => bail!("only {acks} of {n} publishes were acked"),
+        }
+        sender.await??;
+        Ok(acks)
+    })
+}
+
+fn client(addr: SocketAddr) -> (AsyncClient, rumqttc::EventLoop) {
+    let id = crate::unique("e2e-client");
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_max_packet_size(4 << 20, 4 << 20)
+        .set_keep_alive(Duration::from_secs(30));
+    AsyncClient::new(o, 16)
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The retained message on `topic`.
+pub fn retained(addr: SocketAddr, topic: &str) -> Result<Vec<u8>> {
+    rt()?.block_on(async {
+        let (c, mut el) = client(addr);
+        c.subscribe(topic, QoS::AtLeastOnce).await?;
+        let res = tokio::time::timeout(crate::PATIENCE, async {
+            loop {
+                if let Event::Incoming(Incoming::Publish(p)) = el.poll().await? {
+                    return Ok::<_, anyhow::Error>(p.payload.to_vec());
+                }
+            }
+        })
+        .await;
+        match res {
+            Ok(r) => r,
+            Err(_) => bail!("no retained message on {topic}"),
+        }
+    })
+}
+
+/// Publish once (QoS 1, not retained) and wait for the broker's PUBACK or
+/// for the broker to drop us (which it may do for an oversized payload).
+pub fn publish(addr: SocketAddr, topic: &str, payload: Vec<u8>) -> Result<bool> {
+    rt()?.block_on(async {
+        let (c, mut el) = client(addr);
+        c.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+        let res = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await;
+        Ok(res.unwrap_or(false))
+    })
+}
