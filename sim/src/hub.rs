@@ -9,6 +9,8 @@
 //! file (`serve --ready-file`), so nothing here picks a port and hopes it stays
 //! free.
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use crate::device::Provisioning;
 use outpost_hub::client::{ApiClient, ClientError};
 use outpost_hub::config::{ConfigError, DataDir, HubConfig};
@@ -67,6 +69,8 @@ pub struct HubProcess {
     pub mqtt: SocketAddr,
     pub data_dir: DataDir,
     pub log: PathBuf,
+    /// Run under `OUTPOST_SIM_HUB_WRAPPER`: `pid` is the wrapper's.
+    wrapped: bool,
 }
 
 fn read(path: PathBuf) -> Result<Vec<u8>, HubError> {
@@ -139,7 +143,21 @@ impl HubProcess {
             source,
         })?;
         let ready_path = dir.join("ready.json");
-        let mut child = tokio::process::Command::new(exe)
+        // OUTPOST_SIM_HUB_WRAPPER (e.g. `heaptrack`) runs the hub under a
+        // profiler (docs/benchmarks.md); the RSS and CPU figures are then the
+        // wrapper's, not the hub's. The hub gets its own process group so that
+        // stopping it reaches the hub behind the wrapper too.
+        let wrapper = std::env::var_os("OUTPOST_SIM_HUB_WRAPPER");
+        let wrapped = wrapper.is_some();
+        let mut command = match wrapper {
+            Some(wrapper) => {
+                let mut c = tokio::process::Command::new(wrapper);
+                c.arg(exe);
+                c
+            }
+            None => tokio::process::Command::new(exe),
+        };
+        let mut child = command
             .args(["hub", "--data-dir", &dir_arg, "serve"])
             .args([
                 "--http-listen",
@@ -157,6 +175,7 @@ impl HubProcess {
             .stdout(log_file)
             .stderr(log_err)
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .map_err(spawn_err)?;
         let pid = child.id().unwrap_or(0);
@@ -205,12 +224,36 @@ impl HubProcess {
             mqtt,
             data_dir,
             log,
+            wrapped,
         })
     }
 
-    /// Stop the hub (SIGKILL: its data directory is thrown away anyway).
+    /// Stop the hub (SIGKILL: its data directory is thrown away anyway). A
+    /// wrapped hub gets SIGTERM first, so a profiler can finish its recording.
     pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
+        if self.wrapped {
+            self.signal_group(Signal::SIGTERM);
+            let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+            // The wrapper may exit before the hub it started.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        self.signal_group(Signal::SIGKILL);
         let _ = self.child.wait().await;
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            if pid > 0 {
+                let _ = killpg(Pid::from_raw(pid), signal);
+            }
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    /// A hub dropped without `stop` (an error path) takes its whole process
+    /// group with it, wrapper or not.
+    fn drop(&mut self) {
+        self.signal_group(Signal::SIGKILL);
     }
 }

@@ -120,7 +120,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // Outpost patch: start empty (see `router::iobufs::Outgoing::new`).
+            notifications: VecDeque::new(),
             will_delay_interval,
         })
     }

@@ -444,8 +444,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // Outpost patch: start empty (see `router::iobufs::Outgoing::new`).
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
