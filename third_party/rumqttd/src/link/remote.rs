@@ -160,6 +160,10 @@ impl<P: Protocol> RemoteLink<P> {
                         }
 
                     }
+                    // Outpost patch: this queue is swapped with the
+                    // router's outgoing buffer on every exchange; give back
+                    // what a burst needed (see `KEPT_BUFFER_CAPACITY`).
+                    self.notifications.shrink_to(crate::router::KEPT_BUFFER_CAPACITY);
                     self.network.writev(packets).await?;
                     if unscheduled {
                         self.link_rx.wake().await?;

@@ -32,6 +32,10 @@ pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;
 pub const MAX_CHANNEL_CAPACITY: usize = 200;
+/// Outpost patch: capacity a drained per-connection queue keeps. Queues grow
+/// for a burst and are shrunk back to this once drained, so a connection's
+/// memory follows its traffic instead of the largest burst it ever had.
+pub const KEPT_BUFFER_CAPACITY: usize = 8;
 
 pub(crate) type FilterIdx = usize;
 

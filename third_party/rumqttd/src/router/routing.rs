@@ -140,7 +140,8 @@ impl Router {
             router_rx,
             router_tx,
             router_meters: router_metrics,
-            cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
+            // Outpost patch: start empty (see `router::iobufs::Outgoing::new`).
+            cache: Some(VecDeque::new()),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
         }
@@ -880,6 +881,13 @@ impl Router {
             }
         }
 
+        // Outpost patch: this buffer is swapped into the next connection that
+        // has packets (`exchange` above), so its capacity travels from
+        // connection to connection and every buffer ratchets up to the
+        // largest burst any connection ever had: at 10,000 connections that
+        // high-water mark, never given back, was the hub's RSS creep. Give
+        // back what a burst needed once it is drained.
+        packets.shrink_to(crate::router::KEPT_BUFFER_CAPACITY);
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -1397,6 +1405,9 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
         buffer.push_back(message);
         count += 1;
     }
+    // Outpost patch: give back what a burst of acks needed (see `cache` in
+    // `handle_device_payload`).
+    acks.shrink_to(super::KEPT_BUFFER_CAPACITY);
 
     debug!(acks_count = count, "Acks sent to device");
     outgoing.handle.try_send(()).ok();
