@@ -38,6 +38,19 @@ pub const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 4096;
 /// drop after a long-lived connection is retried at once.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
+/// How long a connection attempt (TCP, TLS, CONNECT until CONNACK) may take;
+/// rumqttc also bounds each socket flush by it. Not rumqttc's default of 5 s:
+/// when a fleet connects at once (10,000 devices after a hub restart, the
+/// embedded broker on 2 cores) CONNACKs take up to ~18 s. A device that gives
+/// up leaves its CONNECT queued in the broker, which later takes over the
+/// client id and drops the device's newer, live connection: every timeout
+/// adds load instead of shedding it (`docs/benchmarks.md`: at 5 s, 10,000
+/// devices needed ~13,600 CONNACKs and saw ~10,000 connection errors). A
+/// broker at its connection limit sends no CONNACK at all; waiting 30 s for it
+/// is no worse than the backoff's own 30 s cap, and a dead peer is noticed by
+/// the 15 s keep-alive in about the same time.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reconnect delay: exponential from `base`, capped at `max`, with "full jitter"
 /// (uniform in [delay/2, delay]) so a fleet coming back from a hub outage does not
 /// reconnect in lockstep. `unit` in [0, 1) is the random draw (passed in: pure).
@@ -132,7 +145,9 @@ pub fn connect(
 /// keep-alive of them.
 pub fn connect_with(device: &DeviceId, options: MqttOptions) -> (AsyncClient, LinkDriver) {
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    eventloop.network_options.set_connection_timeout(5);
+    eventloop
+        .network_options
+        .set_connection_timeout(CONNECT_TIMEOUT.as_secs());
     (
         client,
         LinkDriver {
@@ -286,6 +301,28 @@ mod tests {
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
         let o = options(&"pi-1".parse().unwrap(), &broker, Some(&ca)).unwrap();
         assert!(matches!(o.transport(), Transport::Tls(_)));
+    }
+
+    #[test]
+    fn a_connection_attempt_waits_for_a_loaded_brokers_connack() {
+        let device: DeviceId = "pi-1".parse().unwrap();
+        let broker = BrokerAddr {
+            host: "h".into(),
+            port: 1,
+            tls: false,
+        };
+        let (_client, driver) = connect(&device, &broker, None).unwrap();
+        let o = options(&device, &broker, None).unwrap();
+        let (_client, with) = connect_with(&device, o);
+        for d in [driver, with] {
+            assert_eq!(
+                d.eventloop.network_options.connection_timeout(),
+                CONNECT_TIMEOUT.as_secs()
+            );
+        }
+        // Longer than rumqttc's 5 s, no longer than the backoff's cap.
+        assert!(CONNECT_TIMEOUT > Duration::from_secs(5));
+        assert!(CONNECT_TIMEOUT <= Duration::from_secs(30));
     }
 
     #[test]
