@@ -683,7 +683,7 @@ impl fmt::Display for FleetReport {
         };
         writeln!(
             f,
-            "hub: child process pid {} (outpost-hub serve); broker: {broker}; devices: {} rumqttc clients in this process",
+            "hub: child process pid {} (outpost-hub serve); broker: {broker}; devices: {} in this process, each on the agent's link, inbox and sender (redb in memory, simulated runtime)",
             self.hub_pid, self.devices
         )?;
         writeln!(
