@@ -73,6 +73,20 @@ pub fn resend_due(acked: u64, sent_through: u64, waited: Duration, rounds: u32) 
     sent_through > acked && waited >= resend_after(rounds)
 }
 
+/// How long until the next status is due, `since_last` the last one was
+/// sent: a view change is reported at once, but no sooner than
+/// [`MIN_STATUS_GAP`] after the last status (a pull or a backoff countdown
+/// changes the view often); without a change, when `interval` has passed.
+/// Zero: send now. (Pure.)
+pub fn next_status_in(changed: bool, since_last: Duration, interval: Duration) -> Duration {
+    let periodic = interval.saturating_sub(since_last);
+    if changed {
+        periodic.min(MIN_STATUS_GAP.saturating_sub(since_last))
+    } else {
+        periodic
+    }
+}
+
 /// Did the hub (re)subscribe since we last heard from it? A watermark with a
 /// session we have not seen says so. (Pure.)
 pub fn hub_returned(last_seen: Option<u64>, now: Option<u64>) -> bool {
@@ -211,10 +225,11 @@ impl Sender {
             let mut sent_through = seen.acked_through;
             let mut progress_at = tokio::time::Instant::now();
             let mut rounds = 0u32;
-            // A view change the wait below woke up for. `changes.changed()`
-            // marks the change as seen, so `changes.has_changed()` is false
-            // after it: without this the change would wait for the periodic
-            // status.
+            // A view change not reported yet. The wait below wakes on
+            // `changes.changed()`, which marks the change as seen (so
+            // `changes.has_changed()` is false after it), and a change seen
+            // while the status waits out `MIN_STATUS_GAP` is marked seen so
+            // that wait does not wake for it again: the flag remembers both.
             let mut view_changed = false;
             loop {
                 // Drain the outbox in order, from what is neither acked nor sent.
@@ -272,20 +287,13 @@ impl Sender {
                     rounds = rounds.saturating_add(1);
                     continue;
                 }
-                if view_changed
-                    || changes.has_changed().unwrap_or(false)
-                    || last_status.elapsed() >= self.status_interval
-                {
-                    // At most one change-driven status per second (a pull or a
-                    // backoff countdown changes the view often).
-                    let since = last_status.elapsed();
-                    if since < MIN_STATUS_GAP {
-                        tokio::select! {
-                            _ = cancel.cancelled() => break 'outer,
-                            _ = tokio::time::sleep(MIN_STATUS_GAP - since) => {}
-                        }
-                    }
+                if changes.has_changed().unwrap_or(false) {
                     changes.borrow_and_update();
+                    view_changed = true;
+                }
+                let status_in =
+                    next_status_in(view_changed, last_status.elapsed(), self.status_interval);
+                if status_in.is_zero() {
                     view_changed = false;
                     last_status = tokio::time::Instant::now();
                     let status = self.status().await;
@@ -294,7 +302,9 @@ impl Sender {
                     }
                     continue;
                 }
-                let mut wait = self.status_interval.saturating_sub(last_status.elapsed());
+                // A status waiting out the gap is waited for here, where
+                // events queued meanwhile still wake us and go out first.
+                let mut wait = status_in;
                 if sent_through > hub.acked_through {
                     wait = wait.min(resend_after(rounds).saturating_sub(progress_at.elapsed()));
                 }
@@ -410,6 +420,7 @@ mod tests {
         requests: flume::Receiver<rumqttc::Request>,
         acks: mpsc::UnboundedSender<AckEvent>,
         writers: crate::view::Writers,
+        outbox: Outbox,
         /// Held so the sender's watch stays open (no watermark is sent).
         _hub: watch::Sender<HubAck>,
         device: outpost_protocol::DeviceId,
@@ -443,7 +454,7 @@ mod tests {
         let sender = Sender {
             client: AsyncClient::from_senders(request_tx),
             reporter,
-            outbox,
+            outbox: outbox.clone(),
             conn: writers.link.subscribe(),
             acks: acks_rx,
             hub,
@@ -455,6 +466,7 @@ mod tests {
             requests,
             acks,
             writers,
+            outbox,
             _hub: hub_tx,
             device,
             device_key,
@@ -546,6 +558,66 @@ mod tests {
         assert_eq!(st.applied, Some((1, 3)));
         assert!(last.elapsed() >= interval, "{:?}", last.elapsed());
         rig.cancel.cancel();
+    }
+
+    /// An event queued while a change-driven status waits out
+    /// [`MIN_STATUS_GAP`] goes out at once, not after that status: a
+    /// manifest's `ManifestApplied` and the pull and start events that
+    /// follow it must not wait for the status the change asked for.
+    #[tokio::test(start_paused = true)]
+    async fn events_are_not_held_back_while_a_status_waits_out_the_gap() {
+        let mut rig = sender_rig(Duration::from_secs(30));
+        rig.writers.link.send_replace(Some(1));
+        rig.next_status(Duration::from_secs(1)).await.unwrap();
+        let first_status_at = tokio::time::Instant::now();
+        // Right after that status a change, whose status must wait for the
+        // gap; once the sender waits for it, an event.
+        rig.writers.desired.send_replace(Some(manifest(2)));
+        tokio::time::sleep(MIN_STATUS_GAP / 10).await;
+        rig.outbox
+            .event(outpost_protocol::EventKind::ManifestApplied {
+                epoch: 1,
+                generation: 2,
+            })
+            .await;
+        let (topic, _) = rig
+            .next_publish(Duration::from_secs(30))
+            .await
+            .expect("a publish");
+        assert_eq!(topic, topics::events(&rig.device), "the event first");
+        assert!(
+            first_status_at.elapsed() < MIN_STATUS_GAP,
+            "the event waited {:?}",
+            first_status_at.elapsed()
+        );
+        let st = rig.next_status(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(st.applied, Some((1, 2)));
+        assert!(first_status_at.elapsed() >= MIN_STATUS_GAP);
+        rig.cancel.cancel();
+    }
+
+    #[test]
+    fn next_status_in_table() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        let gap = MIN_STATUS_GAP;
+        // (changed, since the last status, interval, due in)
+        let cases = [
+            (true, s(5), s(30), ms(0)), // a change, last status long ago: now
+            (true, ms(300), s(30), gap - ms(300)), // a change right after a status: the gap
+            (true, gap, s(30), ms(0)),
+            (false, s(5), s(30), s(25)), // no change: the periodic status
+            (false, s(30), s(30), ms(0)),
+            (false, s(31), s(30), ms(0)),
+            (true, ms(300), ms(500), ms(200)), // an interval shorter than the gap wins
+            (false, ms(0), Duration::MAX, Duration::MAX), // no periodic status
+        ];
+        for (changed, since, interval, want) in cases {
+            assert_eq!(
+                next_status_in(changed, since, interval),
+                want,
+                "changed {changed} since {since:?} interval {interval:?}"
+            );
+        }
     }
 
     #[test]
