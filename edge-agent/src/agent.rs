@@ -290,8 +290,9 @@ async fn status_file_writer(reporter: Arc<Reporter>, cancel: CancellationToken) 
 /// The link task: the only writer of the link state (the connection number
 /// the sender waits on, `connected` in the view). It re-subscribes on every
 /// connection and hands messages to the inbox, acknowledging those the inbox
-/// decided.
-async fn link_events(
+/// decided. Public for the fleet simulator (`sim/src/device.rs`), whose
+/// devices run this task as the agent does.
+pub async fn link_events(
     client: AsyncClient,
     link_state: Writer<Link>,
     mut inbox: Inbox,

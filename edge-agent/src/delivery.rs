@@ -73,6 +73,20 @@ pub fn resend_due(acked: u64, sent_through: u64, waited: Duration, rounds: u32) 
     sent_through > acked && waited >= resend_after(rounds)
 }
 
+/// How long until the next status is due, `since_last` the last one was
+/// sent: a view change is reported at once, but no sooner than
+/// [`MIN_STATUS_GAP`] after the last status (a pull or a backoff countdown
+/// changes the view often); without a change, when `interval` has passed.
+/// Zero: send now. (Pure.)
+pub fn next_status_in(changed: bool, since_last: Duration, interval: Duration) -> Duration {
+    let periodic = interval.saturating_sub(since_last);
+    if changed {
+        periodic.min(MIN_STATUS_GAP.saturating_sub(since_last))
+    } else {
+        periodic
+    }
+}
+
 /// Did the hub (re)subscribe since we last heard from it? A watermark with a
 /// session we have not seen says so. (Pure.)
 pub fn hub_returned(last_seen: Option<u64>, now: Option<u64>) -> bool {
@@ -211,6 +225,12 @@ impl Sender {
             let mut sent_through = seen.acked_through;
             let mut progress_at = tokio::time::Instant::now();
             let mut rounds = 0u32;
+            // A view change not reported yet. The wait below wakes on
+            // `changes.changed()`, which marks the change as seen (so
+            // `changes.has_changed()` is false after it), and a change seen
+            // while the status waits out `MIN_STATUS_GAP` is marked seen so
+            // that wait does not wake for it again: the flag remembers both.
+            let mut view_changed = false;
             loop {
                 // Drain the outbox in order, from what is neither acked nor sent.
                 loop {
@@ -247,6 +267,7 @@ impl Sender {
                     sent_through = hub.acked_through;
                     progress_at = tokio::time::Instant::now();
                     changes.borrow_and_update();
+                    view_changed = false;
                     last_status = tokio::time::Instant::now();
                     let status = self.status().await;
                     if self.publish_and_wait(&status_topic, status).await.is_err() {
@@ -266,19 +287,14 @@ impl Sender {
                     rounds = rounds.saturating_add(1);
                     continue;
                 }
-                if changes.has_changed().unwrap_or(false)
-                    || last_status.elapsed() >= self.status_interval
-                {
-                    // At most one change-driven status per second (a pull or a
-                    // backoff countdown changes the view often).
-                    let since = last_status.elapsed();
-                    if since < MIN_STATUS_GAP {
-                        tokio::select! {
-                            _ = cancel.cancelled() => break 'outer,
-                            _ = tokio::time::sleep(MIN_STATUS_GAP - since) => {}
-                        }
-                    }
+                if changes.has_changed().unwrap_or(false) {
                     changes.borrow_and_update();
+                    view_changed = true;
+                }
+                let status_in =
+                    next_status_in(view_changed, last_status.elapsed(), self.status_interval);
+                if status_in.is_zero() {
+                    view_changed = false;
                     last_status = tokio::time::Instant::now();
                     let status = self.status().await;
                     if self.publish_and_wait(&status_topic, status).await.is_err() {
@@ -286,14 +302,19 @@ impl Sender {
                     }
                     continue;
                 }
-                let mut wait = self.status_interval.saturating_sub(last_status.elapsed());
+                // A status waiting out the gap is waited for here, where
+                // events queued meanwhile still wake us and go out first.
+                let mut wait = status_in;
                 if sent_through > hub.acked_through {
                     wait = wait.min(resend_after(rounds).saturating_sub(progress_at.elapsed()));
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break 'outer,
                     _ = self.outbox.queued() => {}
-                    r = changes.changed() => if r.is_err() { break 'outer },
+                    r = changes.changed() => {
+                        if r.is_err() { break 'outer }
+                        view_changed = true;
+                    }
                     r = self.hub.changed() => if r.is_err() { break 'outer },
                     _ = tokio::time::sleep(wait) => {}
                     r = self.conn.changed() => {
@@ -309,6 +330,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outpost_protocol::StatusReport;
 
     #[test]
     fn resend_waits_grow_while_nothing_moves_and_are_capped() {
@@ -389,6 +411,213 @@ mod tests {
                 session: Some(7)
             }
         );
+    }
+
+    /// A sender wired to a rumqttc client without an event loop: the test
+    /// reads each publish from the client's request channel and plays the
+    /// poller's part (`Sent`, then the broker's `Acked`).
+    struct SenderRig {
+        requests: flume::Receiver<rumqttc::Request>,
+        acks: mpsc::UnboundedSender<AckEvent>,
+        writers: crate::view::Writers,
+        outbox: Outbox,
+        /// Held so the sender's watch stays open (no watermark is sent).
+        _hub: watch::Sender<HubAck>,
+        device: outpost_protocol::DeviceId,
+        device_key: outpost_protocol::PublicKey,
+        cancel: CancellationToken,
+        pkid: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    fn sender_rig(status_interval: Duration) -> SenderRig {
+        use crate::state::Store;
+        use crate::view::{parts, Rejections};
+        use outpost_protocol::SigningKey;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let device_key = key.public_key();
+        let outbox = Outbox::new(device.clone(), key.clone(), store, 100);
+        let (writers, parts) = parts(None, Rejections::default());
+        let reporter = Arc::new(Reporter::new(
+            outbox.clone(),
+            key,
+            parts,
+            1,
+            dir.path().join("status.json"),
+        ));
+        let (request_tx, requests) = flume::bounded(16);
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        let (hub_tx, hub) = watch::channel(HubAck::default());
+        let sender = Sender {
+            client: AsyncClient::from_senders(request_tx),
+            reporter,
+            outbox: outbox.clone(),
+            conn: writers.link.subscribe(),
+            acks: acks_rx,
+            hub,
+            status_interval,
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn(sender.run(cancel.clone()));
+        SenderRig {
+            requests,
+            acks,
+            writers,
+            outbox,
+            _hub: hub_tx,
+            device,
+            device_key,
+            cancel,
+            pkid: 0,
+            _dir: dir,
+        }
+    }
+
+    impl SenderRig {
+        /// The next publish within `within`, acknowledged like a broker would:
+        /// its topic and payload, or `None` if nothing was published in time.
+        async fn next_publish(&mut self, within: Duration) -> Option<(String, Vec<u8>)> {
+            let req = tokio::time::timeout(within, self.requests.recv_async())
+                .await
+                .ok()?
+                .unwrap();
+            let rumqttc::Request::Publish(p) = req else {
+                panic!("the sender only publishes, got {req:?}");
+            };
+            self.pkid += 1;
+            self.acks.send(AckEvent::Sent(self.pkid)).unwrap();
+            self.acks.send(AckEvent::Acked(self.pkid)).unwrap();
+            Some((p.topic, p.payload.to_vec()))
+        }
+
+        /// The next publish within `within`, which must be a status.
+        async fn next_status(&mut self, within: Duration) -> Option<StatusReport> {
+            let (topic, payload) = self.next_publish(within).await?;
+            assert_eq!(topic, topics::status(&self.device));
+            Some(StatusReport::open(&payload, &self.device, &self.device_key).unwrap())
+        }
+    }
+
+    fn manifest(generation: u64) -> Arc<outpost_protocol::Manifest> {
+        Arc::new(outpost_protocol::Manifest {
+            device_id: "pi-1".parse().unwrap(),
+            epoch: 1,
+            generation,
+            issued_at: 0,
+            key_id: outpost_protocol::KeyId("k".into()),
+            apps: vec![],
+        })
+    }
+
+    /// A view change while the sender waits idle (the hub's watermark and the
+    /// periodic status are far off) is reported at once, or [`MIN_STATUS_GAP`]
+    /// after the previous status; not with the next periodic one.
+    #[tokio::test(start_paused = true)]
+    async fn a_view_change_that_wakes_an_idle_sender_is_reported_promptly() {
+        let interval = Duration::from_secs(30);
+        let mut rig = sender_rig(interval);
+        rig.writers.link.send_replace(Some(1));
+        let first = rig.next_status(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(first.applied, None, "the status of every connection");
+        // Idle: nothing to send until the periodic status.
+        assert!(rig.next_publish(Duration::from_secs(5)).await.is_none());
+
+        let changed_at = tokio::time::Instant::now();
+        rig.writers.desired.send_replace(Some(manifest(2)));
+        let st = rig
+            .next_status(interval)
+            .await
+            .expect("a status within the interval");
+        assert_eq!(st.applied, Some((1, 2)));
+        assert!(
+            changed_at.elapsed() < MIN_STATUS_GAP,
+            "sent {:?} after the change",
+            changed_at.elapsed()
+        );
+
+        // A second change right after that status waits out the gap, no more.
+        let sent_at = tokio::time::Instant::now();
+        rig.writers.desired.send_replace(Some(manifest(3)));
+        let st = rig
+            .next_status(interval)
+            .await
+            .expect("a status within the interval");
+        assert_eq!(st.applied, Some((1, 3)));
+        assert!(
+            (MIN_STATUS_GAP..MIN_STATUS_GAP * 2).contains(&sent_at.elapsed()),
+            "sent {:?} after the previous status",
+            sent_at.elapsed()
+        );
+
+        // And with no change, the periodic one.
+        let last = tokio::time::Instant::now();
+        let st = rig.next_status(interval * 2).await.unwrap();
+        assert_eq!(st.applied, Some((1, 3)));
+        assert!(last.elapsed() >= interval, "{:?}", last.elapsed());
+        rig.cancel.cancel();
+    }
+
+    /// An event queued while a change-driven status waits out
+    /// [`MIN_STATUS_GAP`] goes out at once, not after that status: a
+    /// manifest's `ManifestApplied` and the pull and start events that
+    /// follow it must not wait for the status the change asked for.
+    #[tokio::test(start_paused = true)]
+    async fn events_are_not_held_back_while_a_status_waits_out_the_gap() {
+        let mut rig = sender_rig(Duration::from_secs(30));
+        rig.writers.link.send_replace(Some(1));
+        rig.next_status(Duration::from_secs(1)).await.unwrap();
+        let first_status_at = tokio::time::Instant::now();
+        // Right after that status a change, whose status must wait for the
+        // gap; once the sender waits for it, an event.
+        rig.writers.desired.send_replace(Some(manifest(2)));
+        tokio::time::sleep(MIN_STATUS_GAP / 10).await;
+        rig.outbox
+            .event(outpost_protocol::EventKind::ManifestApplied {
+                epoch: 1,
+                generation: 2,
+            })
+            .await;
+        let (topic, _) = rig
+            .next_publish(Duration::from_secs(30))
+            .await
+            .expect("a publish");
+        assert_eq!(topic, topics::events(&rig.device), "the event first");
+        assert!(
+            first_status_at.elapsed() < MIN_STATUS_GAP,
+            "the event waited {:?}",
+            first_status_at.elapsed()
+        );
+        let st = rig.next_status(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(st.applied, Some((1, 2)));
+        assert!(first_status_at.elapsed() >= MIN_STATUS_GAP);
+        rig.cancel.cancel();
+    }
+
+    #[test]
+    fn next_status_in_table() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        let gap = MIN_STATUS_GAP;
+        // (changed, since the last status, interval, due in)
+        let cases = [
+            (true, s(5), s(30), ms(0)), // a change, last status long ago: now
+            (true, ms(300), s(30), gap - ms(300)), // a change right after a status: the gap
+            (true, gap, s(30), ms(0)),
+            (false, s(5), s(30), s(25)), // no change: the periodic status
+            (false, s(30), s(30), ms(0)),
+            (false, s(31), s(30), ms(0)),
+            (true, ms(300), ms(500), ms(200)), // an interval shorter than the gap wins
+            (false, ms(0), Duration::MAX, Duration::MAX), // no periodic status
+        ];
+        for (changed, since, interval, want) in cases {
+            assert_eq!(
+                next_status_in(changed, since, interval),
+                want,
+                "changed {changed} since {since:?} interval {interval:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::config::BrokerAddr;
 use outpost_protocol::{topics, DeviceId, MAX_MESSAGE_BYTES};
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS,
+    TlsConfiguration, Transport,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +37,19 @@ pub const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 4096;
 /// longer than any such accept-then-drop and still short enough that a single
 /// drop after a long-lived connection is retried at once.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
+/// How long a connection attempt (TCP, TLS, CONNECT until CONNACK) may take;
+/// rumqttc also bounds each socket flush by it. Not rumqttc's default of 5 s:
+/// when a fleet connects at once (10,000 devices after a hub restart, the
+/// embedded broker on 2 cores) CONNACKs take up to ~18 s. A device that gives
+/// up leaves its CONNECT queued in the broker, which later takes over the
+/// client id and drops the device's newer, live connection: every timeout
+/// adds load instead of shedding it (`docs/benchmarks.md`: at 5 s, 10,000
+/// devices needed ~13,600 CONNACKs and saw ~10,000 connection errors). A
+/// broker at its connection limit sends no CONNACK at all; waiting 30 s for it
+/// is no worse than the backoff's own 30 s cap, and a dead peer is noticed by
+/// the 15 s keep-alive in about the same time.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reconnect delay: exponential from `base`, capped at `max`, with "full jitter"
 /// (uniform in [delay/2, delay]) so a fleet coming back from a hub outage does not
@@ -124,25 +137,48 @@ pub fn connect(
     broker: &BrokerAddr,
     ca_file: Option<&Path>,
 ) -> Result<(AsyncClient, LinkDriver), LinkError> {
-    let (client, mut eventloop) = AsyncClient::new(options(device, broker, ca_file)?, 64);
-    eventloop.network_options.set_connection_timeout(5);
-    Ok((
+    Ok(connect_with(device, options(device, broker, ca_file)?))
+}
+
+/// [`connect`] with options the caller built with [`options`]: the fleet
+/// simulator (`sim/src/device.rs`) runs the agent's link and may only change the
+/// keep-alive of them.
+pub fn connect_with(device: &DeviceId, options: MqttOptions) -> (AsyncClient, LinkDriver) {
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    eventloop
+        .network_options
+        .set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+    (
         client,
         LinkDriver {
             eventloop,
             device: device.clone(),
         },
-    ))
+    )
 }
 
 impl LinkDriver {
     /// Poll until cancelled. Channels are unbounded so this task never waits on a
     /// consumer that may itself be waiting on the client's request channel.
     pub async fn run(
+        self,
+        inbound: mpsc::UnboundedSender<Inbound>,
+        acks: mpsc::UnboundedSender<AckEvent>,
+        cancel: CancellationToken,
+    ) {
+        self.run_observed(inbound, acks, cancel, |_| {}).await
+    }
+
+    /// [`Self::run`], also showing `observe` every result of the event loop
+    /// before it is handled. The fleet simulator counts SUBACKs and PUBACKs this
+    /// way for its measurements; `observe` must return at once (it runs on the
+    /// polling task).
+    pub async fn run_observed(
         mut self,
         inbound: mpsc::UnboundedSender<Inbound>,
         acks: mpsc::UnboundedSender<AckEvent>,
         cancel: CancellationToken,
+        mut observe: impl FnMut(&Result<Event, ConnectionError>) + Send,
     ) {
         let mut attempt: u32 = 0;
         // When the current connection's CONNACK arrived.
@@ -152,6 +188,7 @@ impl LinkDriver {
                 _ = cancel.cancelled() => break,
                 ev = self.eventloop.poll() => ev,
             };
+            observe(&ev);
             match ev {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                     // Not `attempt = 0`: see `STABLE_CONNECTION`.
@@ -267,6 +304,28 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_attempt_waits_for_a_loaded_brokers_connack() {
+        let device: DeviceId = "pi-1".parse().unwrap();
+        let broker = BrokerAddr {
+            host: "h".into(),
+            port: 1,
+            tls: false,
+        };
+        let (_client, driver) = connect(&device, &broker, None).unwrap();
+        let o = options(&device, &broker, None).unwrap();
+        let (_client, with) = connect_with(&device, o);
+        for d in [driver, with] {
+            assert_eq!(
+                d.eventloop.network_options.connection_timeout(),
+                CONNECT_TIMEOUT.as_secs()
+            );
+        }
+        // Longer than rumqttc's 5 s, no longer than the backoff's cap.
+        assert!(CONNECT_TIMEOUT > Duration::from_secs(5));
+        assert!(CONNECT_TIMEOUT <= Duration::from_secs(30));
+    }
+
+    #[test]
     fn options_replace_rumqttc_defaults() {
         let o = options(
             &"pi-1".parse().unwrap(),
@@ -282,5 +341,60 @@ mod tests {
         assert!(!o.clean_session());
         assert!(o.manual_acks());
         assert!(o.max_packet_size() > MAX_MESSAGE_BYTES);
+    }
+
+    /// `run_observed` shows the observer each event-loop result before the link
+    /// acts on it, and otherwise runs as `run` (the fleet simulator counts
+    /// SUBACKs and PUBACKs this way). Against a server that answers CONNECT with
+    /// a CONNACK and hangs up: no real broker, no sleeps.
+    #[tokio::test]
+    async fn run_observed_shows_each_result_before_the_link_handles_it() {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                if sock.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let _ = sock.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                }
+                let _ = sock.shutdown().await;
+            }
+        });
+        let device: DeviceId = "pi-1".parse().unwrap();
+        let broker = BrokerAddr {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+        };
+        let mut o = options(&device, &broker, None).unwrap();
+        o.set_keep_alive(Duration::from_secs(40));
+        let (_client, driver) = connect_with(&device, o);
+        // (CONNACKs, errors) the observer saw.
+        let seen = Arc::new(Mutex::new((0u32, 0u32)));
+        let counts = seen.clone();
+        let observe = move |ev: &Result<Event, ConnectionError>| {
+            let mut c = counts.lock().unwrap();
+            match ev {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => c.0 += 1,
+                Err(_) => c.1 += 1,
+                Ok(_) => {}
+            }
+        };
+        let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+        let (ack_tx, _ack_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(driver.run_observed(in_tx, ack_tx, cancel.clone(), observe));
+        let within = Duration::from_secs(10);
+        let first = tokio::time::timeout(within, in_rx.recv()).await.unwrap();
+        assert!(matches!(first, Some(Inbound::Connected { .. })));
+        assert_eq!(seen.lock().unwrap().0, 1, "the CONNACK was observed first");
+        let second = tokio::time::timeout(within, in_rx.recv()).await.unwrap();
+        assert!(matches!(second, Some(Inbound::Disconnected)));
+        assert_eq!(*seen.lock().unwrap(), (1, 1), "and then the error");
+        cancel.cancel();
+        run.await.unwrap();
+        server.abort();
     }
 }

@@ -123,6 +123,29 @@ impl Store {
         Ok(store)
     }
 
+    /// A store in memory only (redb's in-memory backend): nothing survives the
+    /// process. For the fleet simulator (`sim/src/device.rs`), which runs the
+    /// agent's trust gate and outbox for thousands of devices in one process: a
+    /// file each would cost a file descriptor per device next to its socket,
+    /// and an fsync per commit on one disk that no real device shares.
+    pub fn open_in_memory() -> Result<Store, StateError> {
+        let path = PathBuf::from("(in memory)");
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StateError::Db {
+                path: path.clone(),
+                source: Box::new(e.into()),
+            })?;
+        let store = Store { db, path };
+        store.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?;
+            tx.open_table(OUTBOX)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -438,5 +461,28 @@ mod tests {
         assert_eq!((l.event_seq, l.dropped, l.outbox_len), (5, 2, 2));
         assert_eq!(s.outbox_ack_through(9).unwrap(), 2);
         assert_eq!(s.event_floor().unwrap(), 6, "empty: the next seq");
+    }
+
+    #[test]
+    fn an_in_memory_store_keeps_state_and_outbox_like_a_file() {
+        let s = Store::open_in_memory().unwrap();
+        let t = trust();
+        s.save_accepted(&t, b"m", &t.root).unwrap();
+        for i in 0..3u8 {
+            s.push_event(2, |seq, dropped| vec![i, seq as u8, dropped as u8])
+                .unwrap();
+        }
+        let l = s.load().unwrap();
+        assert_eq!(l.trust, Some(t));
+        assert_eq!(l.manifest.as_deref(), Some(&b"m"[..]));
+        assert_eq!((l.event_seq, l.dropped, l.outbox_len), (3, 1, 2));
+        assert_eq!(s.outbox_next(0).unwrap(), Some((2, vec![1, 2, 0])));
+        assert_eq!(s.outbox_ack_through(2).unwrap(), 1);
+        assert_eq!(s.event_floor().unwrap(), 3);
+        // Each store is its own database.
+        assert_eq!(
+            Store::open_in_memory().unwrap().load().unwrap().event_seq,
+            0
+        );
     }
 }

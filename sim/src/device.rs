@@ -1,31 +1,64 @@
-//! One simulated device: a real MQTT client (client id = device id, persistent
-//! session, manual acks), a real ed25519 device key, the real manifest
-//! [`Verifier`], device-signed [`StatusReport`]s, and a [`SimRuntime`].
+//! One simulated device: the agent's own link, inbox and delivery code with a
+//! real ed25519 device key, and a [`SimRuntime`] in place of containers.
 //!
-//! Like the agent, each device runs two tasks: a poller that only drives the
-//! rumqttc event loop (with its own jittered backoff; publishing from the polling
-//! task can deadlock) and a handler that verifies, "applies", reports and acks.
+//! What is the agent's (`outpost-edge-agent`), wired as `edge-agent/src/agent.rs`
+//! wires it:
+//! - the MQTT link: [`link::options`] (client id = device id, persistent
+//!   session, manual acks, packet limits; only the keep-alive may be changed)
+//!   and [`link::LinkDriver`], the polling task with the agent's jittered
+//!   reconnect backoff and connect timeout;
+//! - the link task [`agent::link_events`]: subscriptions by [`link::subscribe`]
+//!   after every CONNACK, the link part of the view, and every message through
+//!   the agent's [`Inbox`]: manifests and key sets verified by the
+//!   [`TrustGate`] and committed to the device's redb store before the manual
+//!   ack, held manifests, throttled refusals, the hub's signed watermark;
+//! - the outbox and delivery: events sealed into the store's outbox by the
+//!   [`Outbox`], status sealed by the [`Reporter`] from the view's parts, and
+//!   the agent's [`delivery::Sender`] sending both, one QoS 1 publish in
+//!   flight, re-sending until the hub's watermark covers them.
+//!
+//! What is not: the store is redb in memory ([`Store::open_in_memory`]; a file
+//! and an fsync per device would measure the simulator's one disk and cost a
+//! file descriptor per device next to its socket), and the reconciler and the
+//! container runtime are one [`SimRuntime`] that follows the desired manifest
+//! and writes the apps part at once (so no app events: only the manifest and
+//! key set events the inbox queues), with no health checks.
+//!
 //! What every device did is recorded on a shared [`Board`] of atomics, so a
 //! 10,000-device run has no lock on its hot path.
 
 use crate::runtime::SimRuntime;
-use outpost_protocol::topics::{self, DeviceTopic};
-use outpost_protocol::{
-    AppStatus, DeviceId, KeySet, KeySetError, PublicKey, RejectCounters, SigningKey, StatusReport,
-    TrustState, Verdict, Verifier, MAX_MESSAGE_BYTES,
-};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
+use outpost_edge_agent::agent;
+use outpost_edge_agent::config::BrokerAddr;
+use outpost_edge_agent::delivery::{self, HubAck};
+use outpost_edge_agent::inbox::Inbox;
+use outpost_edge_agent::link::{self, LinkError};
+use outpost_edge_agent::outbox::Outbox;
+use outpost_edge_agent::report::Reporter;
+use outpost_edge_agent::state::{StateError, Store};
+use outpost_edge_agent::trust::TrustGate;
+use outpost_edge_agent::view::{self, Apps, Desired, Rejections, Writer};
+use outpost_protocol::topics;
+use outpost_protocol::{DeviceId, KeySet, PublicKey, SigningKey, TrustState};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio::time::Interval;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Largest MQTT packet a simulated device sends or accepts (the protocol limit
-/// plus room for MQTT framing, as the agent does).
-pub const MAX_PACKET: usize = MAX_MESSAGE_BYTES + 4096;
+/// Largest MQTT packet a device sends: the agent's limit (the protocol's plus
+/// MQTT framing). The Mosquitto comparison broker is configured with it.
+pub const MAX_PACKET: usize = link::MAX_OUTGOING_PACKET;
+
+/// SUBSCRIBE packets [`link::subscribe`] sends after each CONNACK (key set,
+/// manifest, event watermark: one each). A device is ready once all are acked.
+const SUBSCRIBE_PACKETS: usize = 3;
+
+/// Most events a device keeps while its hub is away: the agent's default
+/// (`outbox_limit` in its config).
+const OUTBOX_LIMIT: u64 = 10_000;
 
 /// What every device is provisioned with: the hub's root key and first key set.
 #[derive(Debug, Clone)]
@@ -39,21 +72,38 @@ pub struct Provisioning {
 pub struct DeviceConfig {
     pub broker_host: String,
     pub broker_port: u16,
+    /// MQTT keep-alive; the agent's is 15 s.
     pub keep_alive: Duration,
-    /// Periodic status like the agent's heartbeat; `None` reports only on changes
-    /// and on connect.
+    /// Periodic status, as the agent's `status_interval_secs`; `None` reports
+    /// only on changes and on connect.
     pub status_interval: Option<Duration>,
     /// Simulated create+start time per app.
     pub app_start: Duration,
-    /// How long a CONNECT may wait for its CONNACK.
-    pub connect_timeout: Duration,
+}
+
+/// Why a device could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device {device}: {source}")]
+    State {
+        device: DeviceId,
+        #[source]
+        source: StateError,
+    },
+    #[error("device {device}: {source}")]
+    Link {
+        device: DeviceId,
+        #[source]
+        source: LinkError,
+    },
 }
 
 /// Per-device progress, written by the device's tasks, read by the fleet driver.
 #[derive(Debug, Default)]
 pub struct Slot {
     pub connected: AtomicBool,
-    /// Microseconds since [`Board::start`] of the first SUBACK; 0 = not yet.
+    /// Microseconds since [`Board::start`] when the first connection had all
+    /// its SUBSCRIBEs acked; 0 = not yet.
     pub ready_at_us: AtomicU64,
     /// Generation of the last manifest applied.
     pub applied_generation: AtomicU64,
@@ -65,17 +115,26 @@ pub struct Slot {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub connacks: AtomicU64,
+    /// Every time the link went down or a connection attempt failed.
     pub connection_errors: AtomicU64,
+    /// Manifest publishes the link delivered (duplicates and redeliveries
+    /// included).
+    pub manifests_received: AtomicU64,
+    /// Accepted manifests the simulated runtime applied. A manifest replaced
+    /// before the runtime saw it is skipped, as the agent's reconciler skips
+    /// it.
     pub manifests_accepted: AtomicU64,
-    pub manifests_duplicate: AtomicU64,
+    /// Refusals the inbox counted in the view.
     pub manifests_rejected: AtomicU64,
     pub keysets_rejected: AtomicU64,
-    pub statuses_sent: AtomicU64,
-    /// PUBACKs the broker returned for statuses (it has taken them over).
-    pub statuses_acked: AtomicU64,
+    /// Signed event watermarks the hub sent.
+    pub watermarks_received: AtomicU64,
+    /// QoS 1 publishes (status and events) written to the broker, and the
+    /// PUBACKs the broker returned for them.
+    pub publishes_sent: AtomicU64,
+    pub publishes_acked: AtomicU64,
     /// Statuses an independent subscriber (`spawn_observer`) saw on the broker.
     pub observer_statuses: AtomicU64,
-    pub client_errors: AtomicU64,
 }
 
 /// Shared record of what every device did.
@@ -124,14 +183,6 @@ impl Board {
     }
 }
 
-/// Reconnect delay: exponential from `base`, capped at `max`, uniform in
-/// [delay/2, delay] so a fleet does not reconnect in lockstep. `unit` in [0, 1].
-pub fn backoff(attempt: u32, base: Duration, max: Duration, unit: f64) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let half = exp / 2;
-    half + half.mul_f64(unit.clamp(0.0, 1.0))
-}
-
 /// A device's identity: id and private key (generated here, like `outpost-agent init`).
 #[derive(Debug)]
 pub struct Identity {
@@ -139,19 +190,40 @@ pub struct Identity {
     pub key: SigningKey,
 }
 
-enum Inbound {
-    Connected,
-    Message(Publish),
+/// The agent's MQTT options for `id`, with the simulator's keep-alive.
+pub fn options(id: &DeviceId, cfg: &DeviceConfig) -> Result<MqttOptions, LinkError> {
+    let broker = BrokerAddr {
+        host: cfg.broker_host.clone(),
+        port: cfg.broker_port,
+        tls: false,
+    };
+    let mut o = link::options(id, &broker, None)?;
+    o.set_keep_alive(cfg.keep_alive);
+    Ok(o)
 }
 
-fn options(id: &DeviceId, cfg: &DeviceConfig) -> MqttOptions {
-    let mut o = MqttOptions::new(id.as_str(), cfg.broker_host.clone(), cfg.broker_port);
-    o.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(cfg.keep_alive)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_request_channel_capacity(16);
-    o
+/// Are all of a connection's SUBSCRIBEs acked? Fed every result of the event
+/// loop; a CONNACK or an error starts the count again.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    acked: usize,
+}
+
+impl Subscriptions {
+    /// True on the SUBACK that completes the connection's subscriptions. (Pure.)
+    fn on(&mut self, ev: &Result<Event, ConnectionError>) -> bool {
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) | Err(_) => {
+                self.acked = 0;
+                false
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                self.acked += 1;
+                self.acked == SUBSCRIBE_PACKETS
+            }
+            Ok(_) => false,
+        }
+    }
 }
 
 /// Start device `idx` on `tracker`; it runs until `shutdown`.
@@ -163,104 +235,134 @@ pub fn spawn(
     board: Arc<Board>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) {
-    let (client, mut eventloop) = AsyncClient::new(options(&identity.id, cfg), 16);
-    let mut net = eventloop.network_options();
-    net.set_connection_timeout(cfg.connect_timeout.as_secs().max(1));
-    eventloop.set_network_options(net);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let state = TrustState {
+) -> Result<(), DeviceError> {
+    let id = identity.id;
+    let state_err = |source| DeviceError::State {
+        device: id.clone(),
+        source,
+    };
+    let opts = options(&id, cfg).map_err(|source| DeviceError::Link {
+        device: id.clone(),
+        source,
+    })?;
+    let (client, driver) = link::connect_with(&id, opts);
+    let store = Arc::new(Store::open_in_memory().map_err(state_err)?);
+    let trust = TrustState {
         root: prov.root,
         keyset: prov.keyset.clone(),
         last: None,
     };
-    let handler = Handler {
-        idx,
-        verifier: Verifier::new(identity.id.clone(), state),
-        id: identity.id,
-        key: identity.key,
-        client,
-        runtime: SimRuntime::new(cfg.app_start),
-        board: Arc::clone(&board),
-        // A fresh boot per run: the hub accepts only a greater (boot, seq), and a
-        // simulator run may follow another against the same hub.
-        boot: outpost_hub::hub::now_secs(),
-        seq: 0,
-        started: Instant::now(),
-        apps: Vec::new(),
-        rejected: RejectCounters::default(),
-        last_rejection: None,
+    // As the agent's first start: the provisioned trust is persisted first.
+    store.save_trust(&trust).map_err(state_err)?;
+    let key = Arc::new(identity.key);
+    let outbox = Outbox::new(id.clone(), key.clone(), store.clone(), OUTBOX_LIMIT);
+    let (writers, parts) = view::parts(None, Rejections::default());
+    let view::Writers {
+        desired,
+        rejections,
+        link: link_state,
+        apps,
+        // No pulls and no health checks: their parts stay empty.
+        pulls: _,
+        readiness: _,
+    } = writers;
+    let reporter = Arc::new(Reporter::new(
+        outbox.clone(),
+        key,
+        parts,
+        // A fresh boot per run: the hub accepts only a greater (boot, seq), and
+        // a simulator run may follow another against the same hub.
+        outpost_hub::hub::now_secs(),
+        // Never written: the local status file is the agent's status writer's.
+        std::path::PathBuf::new(),
+    ));
+    let (hub_tx, hub_rx) = watch::channel(HubAck::default());
+    let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let sender = delivery::Sender {
+        client: client.clone(),
+        reporter,
+        outbox: outbox.clone(),
+        conn: link_state.subscribe(),
+        acks: acks_rx,
+        hub: hub_rx,
+        // `None`: a status interval no run reaches.
+        status_interval: cfg.status_interval.unwrap_or(Duration::MAX),
     };
-    tracker.spawn(poll(eventloop, tx, board, idx, shutdown.clone()));
-    tracker.spawn(handler.run(rx, cfg.status_interval, shutdown));
+    let runtime = Runtime {
+        idx,
+        board: Arc::clone(&board),
+        runtime: SimRuntime::new(cfg.app_start),
+        desired: desired.subscribe(),
+        rejections: rejections.subscribe(),
+        apps,
+        applied: None,
+        refused: (0, 0),
+    };
+    let inbox = Inbox::new(
+        TrustGate::new(id.clone(), trust, store.clone()),
+        outbox,
+        store,
+        desired,
+        rejections,
+        hub_tx,
+    );
+    let observe = observer(&id, idx, board);
+    tracker.spawn(driver.run_observed(inbound_tx, acks_tx, shutdown.clone(), observe));
+    tracker.spawn(sender.run(shutdown.clone()));
+    tracker.spawn(agent::link_events(
+        client,
+        link_state,
+        inbox,
+        inbound_rx,
+        shutdown.clone(),
+    ));
+    tracker.spawn(runtime.run(shutdown));
+    Ok(())
 }
 
-/// Drive the event loop; forward what the handler needs; back off after errors.
-async fn poll(
-    mut eventloop: EventLoop,
-    tx: mpsc::UnboundedSender<Inbound>,
-    board: Arc<Board>,
+/// What the fleet driver learns from the link's event loop (it runs on the
+/// polling task, so it only counts): readiness (every SUBSCRIBE of the first
+/// connection acked), connections and their errors, manifests and watermarks
+/// received, publishes and their PUBACKs.
+fn observer(
+    id: &DeviceId,
     idx: usize,
-    shutdown: CancellationToken,
-) {
-    let slot = &board.slots[idx];
-    let mut attempt = 0u32;
-    loop {
-        let ev = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ev = eventloop.poll() => ev,
-        };
-        let forward = match ev {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                attempt = 0;
-                slot.connected.store(true, Ordering::Relaxed);
-                board.counters.connacks.fetch_add(1, Ordering::Relaxed);
-                Some(Inbound::Connected)
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                let _ = slot.ready_at_us.compare_exchange(
-                    0,
-                    board.now_us(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                None
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => Some(Inbound::Message(p)),
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                board
-                    .counters
-                    .statuses_acked
-                    .fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Ok(_) => None,
-            Err(e) => {
-                slot.connected.store(false, Ordering::Relaxed);
-                board
-                    .counters
-                    .connection_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                let wait = backoff(
-                    attempt,
-                    Duration::from_millis(250),
-                    Duration::from_secs(10),
-                    fastrand::f64(),
-                );
-                attempt = attempt.saturating_add(1);
-                tracing::debug!(device = idx, error = %e, retry_in_ms = wait.as_millis() as u64, "connection error");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                None
-            }
-        };
-        if let Some(m) = forward {
-            if tx.send(m).is_err() {
-                return;
-            }
+    board: Arc<Board>,
+) -> impl FnMut(&Result<Event, ConnectionError>) + Send + 'static {
+    let manifest_topic = topics::manifest(id);
+    let acks_topic = topics::acks(id);
+    let mut subscriptions = Subscriptions::default();
+    move |ev| {
+        let (c, slot) = (&board.counters, &board.slots[idx]);
+        if subscriptions.on(ev) {
+            let _ = slot.ready_at_us.compare_exchange(
+                0,
+                board.now_us(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
+        let counter = match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                slot.connected.store(true, Ordering::Relaxed);
+                &c.connacks
+            }
+            Err(_) => {
+                slot.connected.store(false, Ordering::Relaxed);
+                &c.connection_errors
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == manifest_topic => {
+                &c.manifests_received
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == acks_topic => {
+                &c.watermarks_received
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => &c.publishes_sent,
+            Ok(Event::Incoming(Packet::PubAck(_))) => &c.publishes_acked,
+            Ok(_) => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -308,186 +410,209 @@ pub fn spawn_observer(
     });
 }
 
-struct Handler {
+/// The simulated reconciler and container runtime: follows the desired
+/// manifest the inbox writes, as the agent's reconciler does, "starts" its
+/// apps with [`SimRuntime`] and writes the apps part of the view (the sender
+/// then reports it). Also counts the inbox's refusals for the [`Board`].
+struct Runtime {
     idx: usize,
-    id: DeviceId,
-    key: SigningKey,
-    verifier: Verifier,
-    client: AsyncClient,
-    runtime: SimRuntime,
     board: Arc<Board>,
-    boot: u64,
-    seq: u64,
-    started: Instant,
-    apps: Vec<AppStatus>,
-    rejected: RejectCounters,
-    last_rejection: Option<String>,
+    runtime: SimRuntime,
+    desired: watch::Receiver<Desired>,
+    rejections: watch::Receiver<Rejections>,
+    /// The one writer of the apps part.
+    apps: Writer<Apps>,
+    /// (epoch, generation) of the manifest applied last.
+    applied: Option<(u64, u64)>,
+    /// Refused (manifests, key sets) counted on the board so far.
+    refused: (u64, u64),
 }
 
-async fn next_tick(tick: &mut Option<Interval>) {
-    match tick {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-impl Handler {
-    async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Inbound>,
-        status_interval: Option<Duration>,
-        shutdown: CancellationToken,
-    ) {
-        // Heartbeats start at a random offset so 10,000 devices do not report in step.
-        let mut tick = status_interval.map(|every| {
-            let first = tokio::time::Instant::now() + every.mul_f64(fastrand::f64());
-            let mut t = tokio::time::interval_at(first, every);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        });
-        let mut connected = false;
+impl Runtime {
+    async fn run(mut self, shutdown: CancellationToken) {
         loop {
+            // Level-triggered: whichever woke us, both are read again below.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = rx.recv() => match m {
-                    None => break,
-                    Some(Inbound::Connected) => {
-                        connected = true;
-                        self.subscribe().await;
-                        // Like the agent: report the applied generation on every
-                        // connect, so a hub that lost track re-sends if we are behind.
-                        self.send_status().await;
-                    }
-                    Some(Inbound::Message(p)) => self.on_publish(p).await,
-                },
-                _ = next_tick(&mut tick) => if connected && self.board.slots[self.idx].connected.load(Ordering::Relaxed) {
-                    self.send_status().await;
-                },
+                r = self.desired.changed() => if r.is_err() { break },
+                r = self.rejections.changed() => if r.is_err() { break },
+            }
+            self.count_refusals();
+            let desired = self.desired.borrow_and_update().clone();
+            if let Some(m) = desired {
+                if self.applied != Some((m.epoch, m.generation)) {
+                    self.apply(&m).await;
+                }
             }
         }
-        let _ = self.client.try_disconnect();
     }
 
-    fn client_error(&self, what: &str, e: rumqttc::ClientError) {
+    fn count_refusals(&mut self) {
+        let counters = self.rejections.borrow_and_update().counters.clone();
+        let keysets = counters.keyset;
+        let manifests = counters.total().saturating_sub(keysets);
+        let c = &self.board.counters;
+        c.manifests_rejected
+            .fetch_add(manifests.saturating_sub(self.refused.0), Ordering::Relaxed);
+        c.keysets_rejected
+            .fetch_add(keysets.saturating_sub(self.refused.1), Ordering::Relaxed);
+        self.refused = (manifests, keysets);
+    }
+
+    /// "Start" the manifest's apps with the simulated runtime.
+    async fn apply(&mut self, m: &outpost_protocol::Manifest) {
+        let delay = self.runtime.apply_time(m);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let apps = self.runtime.apply(m);
+        self.apps
+            .send_replace(apps.into_iter().map(|a| (a.name.clone(), a)).collect());
+        self.applied = Some((m.epoch, m.generation));
+        let slot = &self.board.slots[self.idx];
+        slot.applied_at_us
+            .store(self.board.now_us(), Ordering::Relaxed);
+        slot.applied_generation
+            .store(m.generation, Ordering::Relaxed);
         self.board
             .counters
-            .client_errors
+            .manifests_accepted
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(device_id = %self.id, error = %e, "{what} failed");
-    }
-
-    async fn subscribe(&self) {
-        // Re-subscribe after every CONNACK: a fresh session restores nothing.
-        let filters = [
-            SubscribeFilter::new(topics::keyset(), QoS::AtLeastOnce),
-            SubscribeFilter::new(topics::manifest(&self.id), QoS::AtLeastOnce),
-        ];
-        if let Err(e) = self.client.subscribe_many(filters).await {
-            self.client_error("subscribe", e);
-        }
-    }
-
-    async fn on_publish(&mut self, p: Publish) {
-        match topics::parse(&p.topic) {
-            Some(DeviceTopic::Manifest(id)) if id == self.id && !p.payload.is_empty() => {
-                self.on_manifest(&p.payload).await;
-            }
-            _ if p.topic == topics::keyset() => match self.verifier.verify_keyset(&p.payload) {
-                Ok(set) => self.verifier.adopt_keyset(set),
-                Err(KeySetError::NotNewer { .. }) => {}
-                Err(e) => {
-                    self.board
-                        .counters
-                        .keysets_rejected
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.rejected.keyset += 1;
-                    tracing::warn!(device_id = %self.id, error = %e, "key set rejected");
-                }
-            },
-            _ => {}
-        }
-        // Ack after handling (the agent acks after its durable commit).
-        if let Err(e) = self.client.ack(&p).await {
-            self.client_error("ack", e);
-        }
-    }
-
-    async fn on_manifest(&mut self, bytes: &[u8]) {
-        let counters = &self.board.counters;
-        match self.verifier.verify(bytes) {
-            Ok(Verdict::Accept(accepted)) => {
-                let delay = self.runtime.apply_time(&accepted.manifest);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                self.apps = self.runtime.apply(&accepted.manifest);
-                self.verifier.commit(&accepted);
-                let slot = &self.board.slots[self.idx];
-                slot.applied_at_us
-                    .store(self.board.now_us(), Ordering::Relaxed);
-                slot.applied_generation
-                    .store(accepted.manifest.generation, Ordering::Relaxed);
-                counters.manifests_accepted.fetch_add(1, Ordering::Relaxed);
-                self.send_status().await;
-            }
-            Ok(Verdict::Duplicate { .. }) => {
-                counters.manifests_duplicate.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(reason) => {
-                counters.manifests_rejected.fetch_add(1, Ordering::Relaxed);
-                reason.count_into(&mut self.rejected);
-                tracing::warn!(device_id = %self.id, %reason, "manifest rejected");
-                self.last_rejection = Some(reason.to_string());
-                self.send_status().await;
-            }
-        }
-    }
-
-    async fn send_status(&mut self) {
-        self.seq += 1;
-        let report = StatusReport {
-            device_id: self.id.clone(),
-            applied: self.verifier.state().last.map(|l| (l.epoch, l.generation)),
-            boot: self.boot,
-            seq: self.seq,
-            // The simulator sends no events.
-            event_floor: 0,
-            reported_at: outpost_hub::hub::now_secs(),
-            agent_version: concat!("outpost-sim/", env!("CARGO_PKG_VERSION")).into(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            apps: self.apps.clone(),
-            rejected: self.rejected.clone(),
-            last_rejection: self.last_rejection.clone(),
-        };
-        let sealed = report.seal(&self.key);
-        match self
-            .client
-            .publish(topics::status(&self.id), QoS::AtLeastOnce, false, sealed)
-            .await
-        {
-            Ok(()) => {
-                self.board
-                    .counters
-                    .statuses_sent
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => self.client_error("status publish", e),
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rumqttc::{ConnAck, ConnectReturnCode, PubAck, SubAck, SubscribeReasonCode};
 
     #[test]
-    fn backoff_is_bounded_and_jittered() {
-        let base = Duration::from_millis(250);
-        let max = Duration::from_secs(10);
-        assert_eq!(backoff(0, base, max, 1.0), base);
-        assert_eq!(backoff(0, base, max, 0.0), base / 2);
-        assert_eq!(backoff(30, base, max, 1.0), max);
+    fn ready_once_every_subscribe_of_the_connection_is_acked() {
+        let connack = || {
+            Event::Incoming(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::Success,
+                false,
+            )))
+        };
+        let suback = || {
+            Event::Incoming(Packet::SubAck(SubAck::new(
+                1,
+                vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            )))
+        };
+        let puback = || Event::Incoming(Packet::PubAck(PubAck::new(1)));
+        let mut s = Subscriptions::default();
+        // (event, ready after it)
+        let steps: Vec<(Result<Event, ConnectionError>, bool)> = vec![
+            (Ok(connack()), false),
+            (Ok(suback()), false),
+            (Ok(puback()), false),
+            (Ok(suback()), false),
+            (Ok(suback()), true),
+            (Ok(suback()), false), // only the completing SUBACK says so
+            (Err(ConnectionError::RequestsDone), false),
+            (Ok(suback()), false), // counting starts again after a drop
+            (Ok(connack()), false),
+            (Ok(suback()), false),
+            (Ok(suback()), false),
+            (Ok(suback()), true),
+        ];
+        for (i, (ev, want)) in steps.into_iter().enumerate() {
+            assert_eq!(s.on(&ev), want, "step {i}");
+        }
+    }
+
+    #[test]
+    fn devices_connect_with_the_agents_options_and_the_simulators_keep_alive() {
+        let cfg = DeviceConfig {
+            broker_host: "127.0.0.1".into(),
+            broker_port: 1883,
+            keep_alive: Duration::from_secs(40),
+            status_interval: None,
+            app_start: Duration::ZERO,
+        };
+        let id: DeviceId = "sim-00001".parse().unwrap();
+        let o = options(&id, &cfg).unwrap();
+        let agent = link::options(
+            &id,
+            &BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                tls: false,
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.client_id(), "sim-00001");
+        assert_eq!(o.keep_alive(), Duration::from_secs(40));
+        assert_eq!(o.clean_session(), agent.clean_session());
+        assert_eq!(o.manual_acks(), agent.manual_acks());
+        assert_eq!(o.max_packet_size(), agent.max_packet_size());
+        assert_eq!(o.inflight(), agent.inflight());
+        assert_eq!(o.broker_address(), agent.broker_address());
+    }
+
+    /// The simulated runtime follows the desired manifest the inbox writes,
+    /// writes the apps part the sender reports, records the device on the
+    /// board, and counts the inbox's refusals once each.
+    #[tokio::test(start_paused = true)]
+    async fn the_runtime_applies_each_desired_manifest_and_counts_refusals() {
+        use outpost_protocol::sample::gateway_manifest;
+        use outpost_protocol::{KeyId, RejectCounters};
+        let board = Board::new(2);
+        let (w, parts) = view::parts(None, Rejections::default());
+        let rt = Runtime {
+            idx: 1,
+            board: Arc::clone(&board),
+            runtime: SimRuntime::new(Duration::from_millis(10)),
+            desired: w.desired.subscribe(),
+            rejections: w.rejections.subscribe(),
+            apps: w.apps,
+            applied: None,
+            refused: (0, 0),
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(rt.run(shutdown.clone()));
+        let id: DeviceId = "sim-00001".parse().unwrap();
+        let manifest = |g| Arc::new(gateway_manifest(id.clone(), KeyId("k".into()), g));
+        let settle = || tokio::time::sleep(Duration::from_secs(1));
+
+        w.desired.send_replace(Some(manifest(2)));
+        settle().await;
+        let slot = &board.slots[1];
+        assert_eq!(slot.applied_generation.load(Ordering::Relaxed), 2);
+        assert_ne!(slot.applied_at_us.load(Ordering::Relaxed), 0);
+        let v = parts.view();
+        assert_eq!(v.apps.len(), 5);
+        assert!(v.apps.values().all(|a| a.state.is_running()));
+        assert_eq!(board.slots[0].applied_generation.load(Ordering::Relaxed), 0);
+
+        // Refusals: counted by kind, each once however often the part changes.
+        for (rollback, keyset) in [(1, 0), (2, 1), (2, 1)] {
+            w.rejections.send_replace(Rejections {
+                counters: RejectCounters {
+                    rollback,
+                    keyset,
+                    ..RejectCounters::default()
+                },
+                last: Some(format!("{rollback} {keyset}")),
+            });
+            settle().await;
+        }
+        w.desired.send_replace(Some(manifest(3)));
+        settle().await;
+        let c = &board.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(
+            (
+                load(&c.manifests_accepted),
+                load(&c.manifests_rejected),
+                load(&c.keysets_rejected)
+            ),
+            (2, 2, 1)
+        );
+        assert_eq!(slot.applied_generation.load(Ordering::Relaxed), 3);
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }

@@ -6,12 +6,13 @@
 //! Phases are timed separately (registration, connect, initial sync, each
 //! deployment round), each with the hub's CPU time and memory. Device-side
 //! latencies come from the simulated devices (time from the apply request until
-//! the device had verified, "applied" and queued its signed status); the
-//! hub-confirmed time is when `GET /v1/devices` first shows every device at the
-//! new generation (polled only after the devices are done, so polling does not
-//! slow the run down).
+//! the device's inbox had verified and committed the manifest and its
+//! simulated runtime had "started" the apps; the event and the status follow
+//! through the agent's sender); the hub-confirmed time is when
+//! `GET /v1/devices` first shows every device at the new generation (polled
+//! only after the devices are done, so polling does not slow the run down).
 
-use crate::device::{self, Board, DeviceConfig, Identity, Provisioning};
+use crate::device::{self, Board, DeviceConfig, DeviceError, Identity, Provisioning};
 use crate::hub::{self, HubError, HubProcess};
 use crate::limits::{self, NofileChange};
 use crate::procstat::{self, mib, ProcSample};
@@ -87,6 +88,8 @@ pub enum FleetError {
     Proc(#[from] procstat::ProcError),
     #[error(transparent)]
     Mosquitto(#[from] crate::mosquitto::MosquittoError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("task failed: {0}")]
     Join(String),
 }
@@ -106,7 +109,7 @@ pub struct RegisterReport {
 pub struct ConnectReport {
     pub ready: usize,
     pub wall: Duration,
-    /// Per device: task start to SUBACK.
+    /// Per device: task start to the last SUBACK of its first connection.
     pub per_device: Summary,
     pub connection_errors: u64,
     pub hub_cpu: Duration,
@@ -334,14 +337,14 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
     report.device_counters = vec![
         ("connacks", load(&c.connacks)),
         ("connection_errors", load(&c.connection_errors)),
+        ("manifests_received", load(&c.manifests_received)),
         ("manifests_accepted", load(&c.manifests_accepted)),
-        ("manifests_duplicate", load(&c.manifests_duplicate)),
         ("manifests_rejected", load(&c.manifests_rejected)),
         ("keysets_rejected", load(&c.keysets_rejected)),
-        ("statuses_sent", load(&c.statuses_sent)),
-        ("statuses_acked", load(&c.statuses_acked)),
+        ("watermarks_received", load(&c.watermarks_received)),
+        ("publishes_sent", load(&c.publishes_sent)),
+        ("publishes_acked", load(&c.publishes_acked)),
         ("observer_statuses", load(&c.observer_statuses)),
-        ("client_errors", load(&c.client_errors)),
     ];
     shutdown.cancel();
     tracker.close();
@@ -468,7 +471,6 @@ async fn drive(
         keep_alive: opts.keep_alive,
         status_interval: opts.status_interval,
         app_start: opts.app_start,
-        connect_timeout: Duration::from_secs(30),
     };
     if opts.observer {
         device::spawn_observer(&cfg, Arc::clone(board), tracker, shutdown.clone());
@@ -492,7 +494,7 @@ async fn drive(
             Arc::clone(board),
             tracker,
             shutdown.clone(),
-        );
+        )?;
     }
     let all_ready = wait_until(opts.phase_timeout, Duration::from_millis(20), || {
         board.ready_count() == n
@@ -681,7 +683,7 @@ impl fmt::Display for FleetReport {
         };
         writeln!(
             f,
-            "hub: child process pid {} (outpost-hub serve); broker: {broker}; devices: {} rumqttc clients in this process",
+            "hub: child process pid {} (outpost-hub serve); broker: {broker}; devices: {} in this process, each on the agent's link, inbox and sender (redb in memory, simulated runtime)",
             self.hub_pid, self.devices
         )?;
         writeln!(

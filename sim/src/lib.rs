@@ -1,18 +1,22 @@
 //! Fleet simulator and benchmarks for Outpost.
 //!
-//! Simulated devices are real MQTT clients with real ed25519 keys, the real
-//! manifest [`outpost_protocol::Verifier`] and device-signed
-//! [`outpost_protocol::StatusReport`]s; only the container runtime is simulated
-//! ([`runtime::SimRuntime`]). They talk to a real hub (`outpost-hub serve`, run as
-//! a child process) through its HTTP API and its embedded MQTT broker.
+//! Simulated devices run the agent's own code (`outpost-edge-agent`) between
+//! the broker and the containers: its MQTT link (options, backoff, manual
+//! acks), link task and inbox (trust gate, commit before ack), outbox and
+//! status sender, with real ed25519 keys. Simulated are the reconciler with
+//! the container runtime ([`runtime::SimRuntime`]) and the disk (each
+//! device's redb is in memory); see `sim/src/device.rs`. They talk to a real
+//! hub (`outpost-hub serve`, run as a child process) through its HTTP API and
+//! its embedded MQTT broker (or Mosquitto).
 //!
 //! Commands (`cargo run --release -p outpost-sim -- <command>`) are documented in
 //! `docs/benchmarks.md`.
 //!
 //! # Layout
 //! - [`fleet`]: the convergence benchmark (register, connect, deploy, measure).
-//! - [`device`]: one simulated device (poller + handler tasks) and the shared
-//!   progress [`device::Board`].
+//! - [`device`]: one simulated device (the agent's link driver, link task,
+//!   inbox and sender, and a simulated runtime) and the shared progress
+//!   [`device::Board`].
 //! - [`runtime`]: the simulated container runtime.
 //! - [`hub`]: starting a real hub as a child process; provisioning files.
 //! - [`mosquitto`]: an external Mosquitto broker, for comparison runs.

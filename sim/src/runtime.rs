@@ -1,11 +1,14 @@
-//! The simulated container runtime: the only part of a simulated device that is
-//! not real. It "starts" every app of an accepted manifest instantly (or after a
-//! configured delay per app) and reports it running with a made-up pid.
+//! The simulated container runtime, standing in for the agent's reconciler and
+//! containers (with the in-memory disk, the only parts of a simulated device
+//! that are not the agent's). It "starts" every app of an accepted manifest
+//! instantly (or after a configured delay per app) and reports it running with
+//! a made-up pid.
 //!
-//! Everything around it (MQTT, keys, manifest verification, signed status) is the
-//! real code path, so the fleet benchmark measures the hub, the broker and the
-//! protocol, not container starts (those are measured separately, on real
-//! containers: see `docs/benchmarks.md`).
+//! Everything around it (the agent's MQTT link, inbox and trust gate, outbox
+//! and signed status; see `device.rs`) is the agent's code, so the fleet
+//! benchmark measures the hub, the broker and the path devices run, not
+//! container starts (those are measured separately, on real containers: see
+//! `docs/benchmarks.md`).
 
 use outpost_protocol::{AppState, AppStatus, Manifest};
 use std::time::Duration;
