@@ -9,9 +9,9 @@
 //! file (`serve --ready-file`), so nothing here picks a port and hopes it stays
 //! free.
 
+use crate::device::Provisioning;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use crate::device::Provisioning;
 use outpost_hub::client::{ApiClient, ClientError};
 use outpost_hub::config::{ConfigError, DataDir, HubConfig};
 use outpost_hub::serve::ReadyFile;
