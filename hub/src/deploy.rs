@@ -5,6 +5,7 @@
 //! needs no network and converts to protocol `AppSpec`s once images are pinned.
 //! Every error names the field path (`apps[1].image`) and the problem.
 
+use crate::rollout::{RolloutDef, RolloutPolicy};
 use outpost_protocol::manifest::{
     AppSpec, DeviceNode, HealthCheck, NetworkMode, PortMapping, Probe, Protocol, Resources,
     RestartPolicy, UpdateStrategy, VolumeMount, MAX_APPS,
@@ -38,6 +39,12 @@ pub struct DeploymentSpec {
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
     pub apps: Vec<AppDef>,
+    /// How an apply is spread over the matched devices (`[rollout]`). Absent:
+    /// every matched device at once, as before rollouts existed. Checked by
+    /// [`DeploymentSpec::check`]; the hub does not act on it yet (see
+    /// `docs/deployments.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutDef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,7 +294,19 @@ impl DeploymentSpec {
             };
             app.to_app_spec(i, placeholder)?;
         }
+        self.rollout_policy()?;
         Ok(())
+    }
+
+    /// The checked `[rollout]` policy; the default (one wave of every matched
+    /// device) when the deployment has none.
+    pub fn rollout_policy(&self) -> Result<RolloutPolicy, SpecError> {
+        match &self.rollout {
+            None => Ok(RolloutPolicy::default()),
+            Some(def) => def
+                .policy()
+                .map_err(|e| err(e.field, e.problem.to_string())),
+        }
     }
 }
 
@@ -449,6 +468,12 @@ max_retries = 3
                 d.apps[0].capabilities.push("CAP_NOPE".into())
             }),
             ("apps[0].name", |d| d.apps[0].name = "UPPER".into()),
+            ("rollout.waves", |d| {
+                d.rollout = Some(RolloutDef {
+                    waves: vec![crate::rollout::WaveSize::Percent(50)],
+                    ..RolloutDef::default()
+                })
+            }),
         ];
         for (field, mutate) in cases {
             let mut d = DeploymentSpec::from_toml(GOOD).unwrap();
@@ -456,6 +481,48 @@ max_retries = 3
             let e = d.check().unwrap_err();
             assert_eq!(&e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn a_rollout_table_is_optional_and_checked_with_its_field_path() {
+        let plain = DeploymentSpec::from_toml(GOOD).unwrap();
+        assert_eq!(plain.rollout, None);
+        assert_eq!(plain.rollout_policy().unwrap(), RolloutPolicy::default());
+        // Stored and served as JSON: a deployment without `[rollout]` looks as before.
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("rollout"), "{json}");
+
+        let staged = format!(
+            "{GOOD}\n[rollout]\ncanary = 1\nwaves = [\"10%\", \"50%\", \"100%\"]\nmax_failure_ratio = 0.05\n"
+        );
+        let d = DeploymentSpec::from_toml(&staged).unwrap();
+        d.check().unwrap();
+        assert_eq!(
+            d.rollout_policy().unwrap().cumulative(10),
+            vec![1, 1, 5, 10]
+        );
+        let back: DeploymentSpec =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+
+        let bad = staged.replace("\"50%\"", "\"5%\"");
+        let e = DeploymentSpec::from_toml(&bad)
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert_eq!(e.field, "rollout.waves[1]", "{e}");
+        assert!(
+            e.problem
+                .contains("\"5%\" is not more than the earlier wave \"10%\""),
+            "{e}"
+        );
+
+        let typo = staged.replace("canary", "canaries");
+        let e = DeploymentSpec::from_toml(&typo).unwrap_err();
+        assert!(e.field.starts_with("rollout.canaries"), "{e}");
+        let malformed = staged.replace("\"10%\"", "\"ten\"");
+        let e = DeploymentSpec::from_toml(&malformed).unwrap_err();
+        assert!(e.field.starts_with("rollout.waves[0]"), "{e}");
     }
 
     #[test]

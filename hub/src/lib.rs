@@ -9,6 +9,8 @@
 //! - [`render`]: pure rendering of deployments × devices into per-device apps and
 //!   generation decisions.
 //! - [`resolve`]: the image-resolution seam (tag → digest).
+//! - [`rollout`]: staged rollouts' pure core: the `[rollout]` policy, the wave
+//!   scheduler and the rollout's state machine (not wired into the hub yet).
 //! - [`store`]: the redb tables and typed transactions.
 //! - [`hub`]: operations (register, label, apply, delete) = validate, render,
 //!   sign, persist in one transaction, then hand off to the publisher.
@@ -40,6 +42,7 @@ pub mod memory;
 pub mod publish;
 pub mod render;
 pub mod resolve;
+pub mod rollout;
 pub mod serve;
 pub mod signing;
 pub mod store;
