@@ -12,7 +12,7 @@
 //! [`Outbox`] is a cheap, cloneable handle; the order of events is the order of
 //! their commits (the store hands out the sequence numbers).
 
-use crate::report::now_ms;
+use crate::clock::wall_ms;
 use crate::state::{StateError, Store};
 use outpost_protocol::{DeviceId, Event, EventKind, SigningKey};
 use std::sync::Arc;
@@ -61,7 +61,7 @@ impl Outbox {
 
     /// Seal `kind` as the next event and commit it to the outbox (blocking: fsync).
     pub fn event_blocking(&self, kind: EventKind) -> Result<u64, StateError> {
-        let at = now_ms() / 1000;
+        let at = wall_ms() / 1000;
         let device_id = self.inner.device_id.clone();
         let key = &self.inner.key;
         let k = kind.clone();

@@ -9,7 +9,7 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::deploy::{check_label, DeploymentSpec, SpecError};
-use crate::publish::Outbox;
+use crate::outbox::Outbox;
 use crate::render::{self, Current, Deployment, RenderError};
 use crate::resolve::{self, ImageResolver, ResolveError};
 use crate::signing::{KeyFileError, Signer};

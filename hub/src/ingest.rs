@@ -18,7 +18,7 @@
 //! manifests (the rumqttd deadlock described in [`crate::link`]).
 
 use crate::hub::Hub;
-use crate::publish::Outbox;
+use crate::outbox::Outbox;
 use crate::store::{EventRecord, StatusRecord, StoreError, Tx};
 use outpost_protocol::topics::{self, DeviceTopic};
 use outpost_protocol::{DeviceId, DeviceMessageError, Event, OpenError, StatusReport};

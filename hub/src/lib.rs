@@ -17,6 +17,8 @@
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`link`]: rumqttc options and the event-loop driver with its own backoff,
 //!   for the hub's two connections (ingest: subscribe + acks; publish: manifests).
+//! - [`outbox`]: what the publisher is asked to do, so committers and the
+//!   publisher do not depend on each other.
 //! - [`publish`]: the single task that publishes (on the publish link).
 //! - [`ingest`]: verification and storage of device status and events, and the
 //!   single task that subscribes and acks (on the ingest link).
@@ -39,6 +41,7 @@ pub mod hub;
 pub mod ingest;
 pub mod link;
 pub mod memory;
+pub mod outbox;
 pub mod publish;
 pub mod render;
 pub mod resolve;

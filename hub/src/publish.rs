@@ -22,34 +22,12 @@ use crate::hub::Hub;
 use crate::store::Store;
 use outpost_protocol::{topics, DeviceId, EventWatermark};
 use rumqttc::{AsyncClient, QoS};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Work for the publisher.
-#[derive(Debug)]
-pub enum Outbox {
-    /// The publish link (re)connected: publish the key set, republish all.
-    Connected,
-    /// Publish the current manifest of these devices (retained, QoS 1).
-    Manifests(Vec<DeviceId>),
-    /// The device was removed: clear its retained manifest and watermark.
-    Clear(DeviceId),
-    /// Publish these devices' current event watermarks (retained, QoS 1).
-    Watermarks(Vec<DeviceId>),
-    /// The ingest link (re)subscribed: new `hub_session`, every watermark.
-    Announce,
-}
-
-/// Counters the API exposes.
-#[derive(Debug, Default)]
-pub struct PublishStats {
-    pub manifests_published: AtomicU64,
-    pub republish_all: AtomicU64,
-    pub publish_errors: AtomicU64,
-    pub watermarks_published: AtomicU64,
-}
+pub use crate::outbox::{Outbox, PublishStats};
 
 pub async fn run(
     client: AsyncClient,
