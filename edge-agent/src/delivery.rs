@@ -431,23 +431,16 @@ mod tests {
     }
 
     fn sender_rig(status_interval: Duration) -> SenderRig {
-        use crate::state::Store;
-        use crate::view::{parts, Rejections};
-        use outpost_protocol::SigningKey;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
-        let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
-        let key = Arc::new(SigningKey::generate().unwrap());
-        let device_key = key.public_key();
-        let outbox = Outbox::new(device.clone(), key.clone(), store, 100);
-        let (writers, parts) = parts(None, Rejections::default());
-        let reporter = Arc::new(Reporter::new(
-            outbox.clone(),
+        let crate::report::ReporterRig {
+            dir,
             key,
-            parts,
-            1,
-            dir.path().join("status.json"),
-        ));
+            outbox,
+            writers,
+            reporter,
+            ..
+        } = crate::report::ReporterRig::new("pi-1", 1);
+        let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
+        let device_key = key.public_key();
         let (request_tx, requests) = flume::bounded(16);
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let (hub_tx, hub) = watch::channel(HubAck::default());

@@ -134,29 +134,66 @@ impl Reporter {
     }
 }
 
+/// The parts every reporter test needs, wired as the agent wires them: a
+/// store in a temporary directory, a signing key, the outbox, the view's
+/// writers and a reporter reading its parts.
+#[cfg(test)]
+pub(crate) struct ReporterRig {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<crate::state::Store>,
+    pub key: Arc<SigningKey>,
+    pub outbox: Outbox,
+    pub writers: crate::view::Writers,
+    pub reporter: Arc<Reporter>,
+}
+
+#[cfg(test)]
+impl ReporterRig {
+    pub(crate) fn new(device: &str, status_file_interval: u64) -> ReporterRig {
+        use crate::view::{parts, Rejections};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Arc::new(
+            crate::state::Store::open(&dir.path().join("s.redb")).expect("open the test store"),
+        );
+        let key = Arc::new(SigningKey::generate().expect("generate a key"));
+        let device: DeviceId = device.parse().expect("a valid device id");
+        let outbox = Outbox::new(device, key.clone(), store.clone(), 100);
+        let (writers, parts) = parts(None, Rejections::default());
+        let reporter = Arc::new(Reporter::new(
+            outbox.clone(),
+            key.clone(),
+            parts,
+            status_file_interval,
+            dir.path().join("status.json"),
+        ));
+        ReporterRig {
+            dir,
+            store,
+            key,
+            outbox,
+            writers,
+            reporter,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Store;
-    use crate::view::{parts, Rejections};
     use outpost_protocol::{Event, EventKind, KeyId, Manifest};
 
     #[test]
     fn events_are_signed_sequenced_and_views_notify_only_on_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
-        let key = Arc::new(SigningKey::generate().unwrap());
+        let ReporterRig {
+            dir,
+            store,
+            key,
+            outbox,
+            writers,
+            reporter: r,
+        } = ReporterRig::new("d1", 3);
         let pk = key.public_key();
         let id: DeviceId = "d1".parse().unwrap();
-        let outbox = Outbox::new(id.clone(), key.clone(), store.clone(), 100);
-        let (writers, parts) = parts(None, Rejections::default());
-        let r = Reporter::new(
-            outbox.clone(),
-            key,
-            parts,
-            3,
-            dir.path().join("status.json"),
-        );
         let rx = r.subscribe();
         let accepted = Arc::new(Manifest {
             device_id: id.clone(),

@@ -111,16 +111,7 @@ impl Store {
                     source: Box::new(other.into()),
                 },
             })?;
-        let store = Store {
-            db,
-            path: path.to_path_buf(),
-        };
-        store.write(Durability::Immediate, |tx| {
-            tx.open_table(META)?;
-            tx.open_table(OUTBOX)?;
-            Ok(())
-        })?;
-        Ok(store)
+        Store::with_tables(db, path.to_path_buf())
     }
 
     /// A store in memory only (redb's in-memory backend): nothing survives the
@@ -137,6 +128,11 @@ impl Store {
                 path: path.clone(),
                 source: Box::new(e.into()),
             })?;
+        Store::with_tables(db, path)
+    }
+
+    /// Wrap an opened database and make sure every table exists.
+    fn with_tables(db: Database, path: PathBuf) -> Result<Store, StateError> {
         let store = Store { db, path };
         store.write(Durability::Immediate, |tx| {
             tx.open_table(META)?;

@@ -6,9 +6,8 @@ use crate::clock::SteppableClock;
 use crate::driver::{ContainerStatus, CreateRequest, ObservedContainer, PreparedImage};
 use crate::report::Reporter;
 use crate::state::Store;
-use crate::view::{parts, Rejections};
 use outpost_oci::OciError;
-use outpost_protocol::{AppSpec, AppState, Digest, ImageRef, KeyId, SigningKey};
+use outpost_protocol::{AppSpec, AppState, Digest, ImageRef, KeyId};
 use outpost_runtime::RuntimeError;
 use std::sync::Mutex;
 
@@ -151,18 +150,14 @@ fn rig() -> Rig {
 }
 
 fn rig_with(policy: Policy, clock: Arc<dyn Clock>) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
-    let key = Arc::new(SigningKey::generate().unwrap());
-    let outbox = Outbox::new("pi-1".parse().unwrap(), key.clone(), store.clone(), 100);
-    let (writers, parts) = parts(None, Rejections::default());
-    let reporter = Arc::new(Reporter::new(
-        outbox.clone(),
-        key,
-        parts,
-        1,
-        dir.path().join("status.json"),
-    ));
+    let crate::report::ReporterRig {
+        dir,
+        store,
+        outbox,
+        writers,
+        reporter,
+        ..
+    } = crate::report::ReporterRig::new("pi-1", 1);
     let world = Arc::new(FakeWorld::default());
     let exec = Executor {
         images: Arc::new(FakeImages(world.clone())),
