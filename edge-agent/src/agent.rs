@@ -23,7 +23,7 @@ use crate::trust::{initial_trust, TrustError, TrustGate};
 use crate::view::{self, Link, Rejections, Writer};
 use outpost_protocol::{Manifest, SigningKey};
 use rumqttc::AsyncClient;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,7 +157,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let desired_rx = desired.subscribe();
     let (targets_tx, targets_rx) = watch::channel(BTreeMap::<String, HealthTarget>::new());
-    let (ready_tx, ready_rx) = watch::channel(BTreeSet::<String>::new());
+    let (verdicts_tx, verdicts_rx) = watch::channel(health::Verdicts::new());
 
     tracker.spawn(log_keeper(driver.clone(), cancel.clone()));
     let exec = Executor {
@@ -177,7 +177,7 @@ pub async fn run(
         Duration::from_millis(cfg.resync_interval_ms.max(100)),
         desired_rx,
         targets_tx,
-        ready_rx,
+        verdicts_rx,
         loaded.restarts.clone(),
     )
     .with_retention(cfg.images_dir());
@@ -186,7 +186,7 @@ pub async fn run(
         targets_rx,
         readiness,
         outbox.clone(),
-        ready_tx,
+        verdicts_tx,
         cancel.clone(),
     ));
     tracker.spawn(status_file_writer(reporter.clone(), cancel.clone()));

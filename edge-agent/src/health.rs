@@ -2,12 +2,21 @@
 //!
 //! A probe failing `retries` times in a row makes the app not ready; one success
 //! makes it ready. The verdict goes into the status (`AppStatus::ready`), an
-//! `AppHealth` event on each change, and the set of ready apps the planner uses
-//! for start-first updates. Readiness never restarts an app by itself.
+//! `AppHealth` event on each change, and the [`Verdicts`] the reconciler reads:
+//! the planner's ready set for start-first updates, and liveness.
+//!
+//! Readiness belongs to one container: a verdict names the container and pid
+//! it is about, and a new container (a restart, an update) starts not ready
+//! and not "ever ready", whatever its predecessor was. When an app's container
+//! stops or is replaced, a ready app turns not ready (an `AppHealth` event).
+//!
+//! This task only judges; it never stops or restarts anything. Liveness (an app
+//! that was ready and then fails `retries` probes in a row is restarted) is the
+//! reconciler's decision, made purely in `reconcile/liveness.rs` from these
+//! verdicts and carried out through the same stop/exit/backoff path as a crash.
 //!
 //! This task is the only writer of readiness: its last verdict per app is the
-//! [`Readiness`] part of the view (see [`crate::view`]), kept across container
-//! restarts until a probe says otherwise.
+//! [`Readiness`] part of the view (see [`crate::view`]).
 //!
 //! TCP and HTTP probes connect to 127.0.0.1: the host's for host-network apps,
 //! the container's own loopback for isolated ones (the socket is created in the
@@ -17,7 +26,7 @@
 use crate::outbox::Outbox;
 use crate::view::{Readiness, Writer};
 use outpost_protocol::{EventKind, HealthCheck, Probe};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -135,25 +144,59 @@ async fn exec_probe(pid: u32, command: &[String]) -> Result<(), String> {
     }
 }
 
+/// The task's judgement of one app's current container, for the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The container and pid this is about: a verdict never carries over to
+    /// another container of the same app.
+    pub container: String,
+    pub pid: u32,
+    /// `None` until judged (one passing probe, or `retries` failing ones).
+    pub ready: Option<bool>,
+    /// This container passed its check at least once.
+    pub was_ready: bool,
+    /// While not ready: failed probes in a row when it turned not ready (the
+    /// check's `retries`) and the last one's reason. Not updated by later
+    /// failures, so a failing app does not wake the reconciler at every probe.
+    pub failure: Option<(u32, String)>,
+}
+
+/// Every probed app's verdict, by app name.
+pub type Verdicts = BTreeMap<String, Verdict>;
+
 #[derive(Debug, Default)]
 struct Track {
     next_at: Option<Instant>,
     failures: u32,
     ready: Option<bool>,
+    was_ready: bool,
+    failure: Option<(u32, String)>,
 }
 
 /// Probe every target on its own interval until cancelled.
 pub async fn run(
     mut targets: watch::Receiver<BTreeMap<String, HealthTarget>>,
-    verdicts: Writer<Readiness>,
+    readiness: Writer<Readiness>,
     outbox: Outbox,
-    ready_tx: watch::Sender<BTreeSet<String>>,
+    verdicts_tx: watch::Sender<Verdicts>,
     cancel: CancellationToken,
 ) {
     let mut tracks: BTreeMap<String, (HealthTarget, Track)> = BTreeMap::new();
     loop {
         let current = targets.borrow_and_update().clone();
-        tracks.retain(|app, (t, _)| current.get(app) == Some(t));
+        // A track is one container's: a stopped or replaced container takes
+        // its readiness with it.
+        let mut gone = vec![];
+        tracks.retain(|app, (t, track)| {
+            let keep = current.get(app) == Some(t);
+            if !keep && track.ready == Some(true) {
+                gone.push(app.clone());
+            }
+            keep
+        });
+        for app in gone {
+            set_ready(&readiness, &outbox, &app, false).await;
+        }
         for (app, t) in current {
             tracks.entry(app).or_insert_with(|| (t, Track::default()));
         }
@@ -170,38 +213,42 @@ pub async fn run(
                 Ok(()) => {
                     track.failures = 0;
                     track.ready = Some(true);
+                    track.was_ready = true;
+                    track.failure = None;
                 }
                 Err(why) => {
                     track.failures += 1;
                     tracing::debug!(device_id = %outbox.device_id(), app = %app, failures = track.failures, reason = %why, "health probe failed");
-                    if track.failures >= target.check.retries.max(1) {
+                    if track.failures >= target.check.retries.max(1) && track.ready != Some(false) {
                         track.ready = Some(false);
+                        track.failure = Some((track.failures, why));
                     }
                 }
             }
             if track.ready != was {
                 if let Some(ready) = track.ready {
-                    tracing::info!(device_id = %outbox.device_id(), app = %app, ready, "app health changed");
-                    verdicts.send_modify(|v| {
-                        v.insert(app.clone(), ready);
-                    });
-                    outbox
-                        .event(EventKind::AppHealth {
-                            app: app.clone(),
-                            ready,
-                        })
-                        .await;
+                    set_ready(&readiness, &outbox, app, ready).await;
                 }
             }
         }
-        let ready: BTreeSet<String> = tracks
+        let verdicts: Verdicts = tracks
             .iter()
-            .filter(|(_, (_, t))| t.ready == Some(true))
-            .map(|(a, _)| a.clone())
+            .map(|(app, (t, track))| {
+                (
+                    app.clone(),
+                    Verdict {
+                        container: t.container.clone(),
+                        pid: t.pid,
+                        ready: track.ready,
+                        was_ready: track.was_ready,
+                        failure: track.failure.clone(),
+                    },
+                )
+            })
             .collect();
-        ready_tx.send_if_modified(|r| {
-            let changed = *r != ready;
-            *r = ready;
+        verdicts_tx.send_if_modified(|v| {
+            let changed = *v != verdicts;
+            *v = verdicts;
             changed
         });
         tokio::select! {
@@ -210,6 +257,25 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Record `app`'s readiness: when it differs from what the view shows, the
+/// view's part, the log and an event (a replaced container that was not ready
+/// either is not a change).
+async fn set_ready(readiness: &Writer<Readiness>, outbox: &Outbox, app: &str, ready: bool) {
+    if readiness.borrow().get(app) == Some(&ready) {
+        return;
+    }
+    tracing::info!(device_id = %outbox.device_id(), app = %app, ready, "app health changed");
+    readiness.send_modify(|v| {
+        v.insert(app.to_string(), ready);
+    });
+    outbox
+        .event(EventKind::AppHealth {
+            app: app.to_string(),
+            ready,
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -297,6 +363,8 @@ mod tests {
         let _ = child.wait();
     }
 
+    use std::collections::BTreeSet;
+
     /// The health task is the writer of readiness: its verdicts reach the
     /// view's part and the planner's ready set, each change an event.
     #[tokio::test]
@@ -312,7 +380,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (targets_tx, targets_rx) = watch::channel(BTreeMap::new());
-        let (ready_tx, mut ready_rx) = watch::channel(BTreeSet::new());
+        let (ready_tx, mut ready_rx) = watch::channel(Verdicts::new());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(
             targets_rx,
@@ -321,6 +389,12 @@ mod tests {
             ready_tx,
             cancel.clone(),
         ));
+        let ready_set = |v: &Verdicts| -> BTreeSet<String> {
+            v.iter()
+                .filter(|(_, v)| v.ready == Some(true))
+                .map(|(a, _)| a.clone())
+                .collect()
+        };
         targets_tx.send_replace([("web".to_string(), target(Probe::Tcp { port }))].into());
         tokio::time::timeout(
             Duration::from_secs(10),
@@ -335,13 +409,55 @@ mod tests {
         );
         tokio::time::timeout(
             Duration::from_secs(10),
-            ready_rx.wait_for(|r| !r.is_empty()),
+            ready_rx.wait_for(|r| !ready_set(r).is_empty()),
         )
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(*ready_rx.borrow(), BTreeSet::from(["web".to_string()]));
+        assert_eq!(
+            ready_set(&ready_rx.borrow()),
+            BTreeSet::from(["web".to_string()])
+        );
         assert_eq!(outbox.pending().unwrap(), 1, "one AppHealth event");
+        let first = ready_rx.borrow()["web"].clone();
+        assert!(first.was_ready && first.failure.is_none(), "{first:?}");
+
+        // The app's container is replaced by one whose probe fails: readiness
+        // is per container, so the app is not ready at once (an event), and
+        // the new container's verdict does not inherit "was ready".
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut next = target(Probe::Tcp { port: free });
+        next.container = "c2".into();
+        targets_tx.send_replace([("web".to_string(), next)].into());
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            verdicts.wait_for(|v| v.get("web") == Some(&false)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let judged = tokio::time::timeout(
+            Duration::from_secs(10),
+            ready_rx.wait_for(|r| r.get("web").is_some_and(|v| v.ready == Some(false))),
+        )
+        .await
+        .unwrap()
+        .unwrap()["web"]
+            .clone();
+        assert_eq!(judged.container, "c2");
+        assert!(!judged.was_ready, "inherited readiness: {judged:?}");
+        let (failures, reason) = judged.failure.clone().unwrap();
+        assert_eq!(failures, 1, "retries = 1");
+        assert!(reason.contains(&format!("127.0.0.1:{free}")), "{reason}");
+        assert_eq!(
+            outbox.pending().unwrap(),
+            2,
+            "the AppHealth event of the change"
+        );
         cancel.cancel();
         task.await.unwrap();
         drop(listener);

@@ -16,14 +16,14 @@
 //!   the sender.
 //! - [`delivery`]: the status and outbox sender; events leave the outbox only
 //!   when the hub's signed watermark covers them.
-//! - [`reconcile`]: pure `plan` and per-app books + executor + the loop that
-//!   observes the runtime.
+//! - [`reconcile`]: pure `plan`, per-app books and the liveness decision +
+//!   executor + the loop that observes the runtime.
 //! - [`clock`]: the one reader of the wall clock, and the monotonic clock every
 //!   delay and deadline is measured on.
 //! - [`driver`]: the image-provider and container-driver traits (the seams).
 //! - [`images`], [`runtime`]: the real adapters over `outpost-oci` and
 //!   `outpost-runtime`.
-//! - [`health`]: exec/HTTP/TCP readiness probes.
+//! - [`health`]: exec/HTTP/TCP probes and per-container readiness verdicts.
 //! - [`rejections`]: refusals counted at once, reported without a write per
 //!   refusal (a flood costs bounded flash and leaves the outbox alone).
 //! - [`retention`]: which images are kept (current and previous release) and

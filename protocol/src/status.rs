@@ -116,16 +116,54 @@ pub struct Event {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    ManifestApplied { epoch: u64, generation: u64 },
-    ManifestRejected { reason: String },
-    KeySetAccepted { version: u64 },
-    AppStarted { app: String, pid: u32 },
-    AppExited { app: String, code: i32 },
-    AppRestarted { app: String, restarts: u32 },
-    AppStopped { app: String },
-    AppFailed { app: String, error: String },
-    PullProgress { app: String, done: u64, total: u64 },
-    AppHealth { app: String, ready: bool },
+    ManifestApplied {
+        epoch: u64,
+        generation: u64,
+    },
+    ManifestRejected {
+        reason: String,
+    },
+    KeySetAccepted {
+        version: u64,
+    },
+    AppStarted {
+        app: String,
+        pid: u32,
+    },
+    AppExited {
+        app: String,
+        code: i32,
+    },
+    AppRestarted {
+        app: String,
+        restarts: u32,
+    },
+    AppStopped {
+        app: String,
+    },
+    AppFailed {
+        app: String,
+        error: String,
+    },
+    PullProgress {
+        app: String,
+        done: u64,
+        total: u64,
+    },
+    AppHealth {
+        app: String,
+        ready: bool,
+    },
+    /// The agent is replacing the app's container because its health check
+    /// failed `retries` times in a row after it had been ready; `restarts` is
+    /// the number the replacement will have (its `AppRestarted` repeats it).
+    /// Variants are postcard-encoded by index, so new ones go at the end:
+    /// events stored in a device's outbox or at the hub stay readable.
+    AppUnhealthyRestarted {
+        app: String,
+        restarts: u32,
+        reason: String,
+    },
 }
 
 /// Why a status or event from a device was refused by the hub.
@@ -263,5 +301,43 @@ mod tests {
             StatusReport::open(&crossed, &other, &d2.public_key()),
             Err(DeviceMessageError::DeviceMismatch { .. })
         ));
+    }
+
+    /// Postcard encodes an enum variant by its index: the events a device or the
+    /// hub stored before a variant was added must decode to the same thing, so
+    /// every existing variant keeps its index and new ones are appended.
+    #[test]
+    fn event_kind_variant_indexes_never_move() {
+        let cases = [
+            (
+                EventKind::AppHealth {
+                    app: "a".into(),
+                    ready: true,
+                },
+                9u8,
+            ),
+            (
+                EventKind::AppUnhealthyRestarted {
+                    app: "a".into(),
+                    restarts: 1,
+                    reason: "r".into(),
+                },
+                10,
+            ),
+        ];
+        for (kind, index) in cases {
+            let bytes = postcard::to_stdvec(&kind).unwrap();
+            assert_eq!(bytes[0], index, "{kind:?}");
+            assert_eq!(postcard::from_bytes::<EventKind>(&bytes).unwrap(), kind);
+        }
+        // An `AppHealth` encoded by a build that did not know the new variant.
+        let old = [9u8, 1, b'a', 0];
+        assert_eq!(
+            postcard::from_bytes::<EventKind>(&old).unwrap(),
+            EventKind::AppHealth {
+                app: "a".into(),
+                ready: false
+            }
+        );
     }
 }

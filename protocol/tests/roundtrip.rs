@@ -146,6 +146,13 @@ fn event_kind() -> impl Strategy<Value = EventKind> {
         (text(), any::<u64>(), any::<u64>())
             .prop_map(|(app, done, total)| EventKind::PullProgress { app, done, total }),
         (text(), any::<bool>()).prop_map(|(app, ready)| EventKind::AppHealth { app, ready }),
+        (text(), any::<u32>(), text()).prop_map(|(app, restarts, reason)| {
+            EventKind::AppUnhealthyRestarted {
+                app,
+                restarts,
+                reason,
+            }
+        }),
     ]
 }
 

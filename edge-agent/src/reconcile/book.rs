@@ -3,16 +3,17 @@
 //!
 //! Noticing exits, adopting containers, resetting the restart streak after a
 //! stable run, counting restarts and failed actions, the retry delay after a
-//! failure, each app's published state and the health checker's targets are
-//! all decided here without I/O or a clock: `now` is the agent's monotonic
+//! failure, marking an unhealthy app for replacement (`liveness.rs`), each
+//! app's published state and the health checker's targets are all decided here without I/O or a clock: `now` is the agent's monotonic
 //! milliseconds (see `crate::clock`), so a wall-clock step cannot shorten or
 //! stretch a backoff. `Reconciler::pass` (`mod.rs`) observes, calls these,
 //! plans (`plan.rs`), executes (`execute.rs`) and publishes.
 
 use super::execute::Outcome;
+use super::liveness::{self, Liveness};
 use super::plan::{self, AppBook, CreateReason, DesiredApp, Observed, Policy};
 use crate::driver::{app_of, error_chain, ContainerStatus, ObservedContainer};
-use crate::health::HealthTarget;
+use crate::health::{HealthTarget, Verdicts};
 use outpost_protocol::{AppState, AppStatus, NetworkMode, RestartPolicy};
 use std::collections::BTreeMap;
 
@@ -42,6 +43,22 @@ pub struct Ledger {
     /// polled, so an exit is a container that was here and running and no
     /// longer is (or runs under another pid).
     pub running: BTreeMap<String, u32>,
+    /// Apps whose container failed its health check after being ready, with
+    /// why: the status's `last_error` (under a failed action's) until a
+    /// container of the app is ready again, so the reason of a health restart
+    /// is still there to read once the replacement runs.
+    pub unhealthy: BTreeMap<String, String>,
+}
+
+/// An app found failing its health check after it was ready, newly (each
+/// container is reported once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy {
+    pub app: String,
+    pub reason: String,
+    /// The number the restart under way will have; `None` when the restart
+    /// policy keeps the app running (`liveness.rs`).
+    pub restart: Option<u32>,
 }
 
 /// A container that stopped running since the last look.
@@ -131,6 +148,57 @@ impl Ledger {
         exits
     }
 
+    /// Apply the liveness decision (`liveness.rs`) to every desired app with
+    /// the health task's `verdicts`: mark containers to replace, keep the
+    /// reason for the status, forget it once the app is ready again. Returns
+    /// what is newly unhealthy, for the log and the events.
+    pub fn judge_liveness(
+        &mut self,
+        desired: &BTreeMap<String, DesiredApp>,
+        containers: &Containers,
+        verdicts: &Verdicts,
+    ) -> Vec<Unhealthy> {
+        let mut found = vec![];
+        for (app, d) in desired {
+            let current = containers.get(&d.container);
+            let verdict = verdicts.get(app);
+            let ready_now = verdict.is_some_and(|v| {
+                v.ready == Some(true)
+                    && v.container == d.container
+                    && current.is_some_and(|c| c.status == ContainerStatus::Running { pid: v.pid })
+            });
+            if ready_now || d.spec.health.is_none() {
+                self.unhealthy.remove(app);
+            }
+            let book = self.books.entry(app.clone()).or_default();
+            match liveness::decide(d, current, verdict, book) {
+                Liveness::Alive => {}
+                Liveness::Restart { pid, reason } => {
+                    if book.unhealthy_pid != Some(pid) {
+                        book.unhealthy_pid = Some(pid);
+                        self.unhealthy.insert(app.clone(), reason.clone());
+                        found.push(Unhealthy {
+                            app: app.clone(),
+                            reason,
+                            restart: Some(book.restarts.saturating_add(1)),
+                        });
+                    }
+                }
+                Liveness::Kept { reason } => {
+                    if self.unhealthy.get(app) != Some(&reason) {
+                        self.unhealthy.insert(app.clone(), reason.clone());
+                        found.push(Unhealthy {
+                            app: app.clone(),
+                            reason,
+                            restart: None,
+                        });
+                    }
+                }
+            }
+        }
+        found
+    }
+
     /// Fold in what one executed action did, at `now_ms` (after execution).
     /// `after` is the pass's picture of the containers, brought up to date.
     pub fn record(
@@ -160,6 +228,7 @@ impl Ledger {
             Outcome::Created { app, reason } => {
                 let b = self.books.entry(app.clone()).or_default();
                 b.exited_at_ms = None;
+                b.unhealthy_pid = None;
                 if reason == CreateReason::Restart {
                     b.restarts += 1;
                     b.consecutive += 1;
@@ -203,6 +272,7 @@ impl Ledger {
     pub fn forget_undesired(&mut self, desired: &BTreeMap<String, DesiredApp>) {
         self.books.retain(|app, _| desired.contains_key(app));
         self.errors.retain(|app, _| desired.contains_key(app));
+        self.unhealthy.retain(|app, _| desired.contains_key(app));
     }
 
     /// Restart counts of every app with a book (the executor numbers its
@@ -269,8 +339,14 @@ pub fn app_statuses(
                         retry_in_secs: ms.div_ceil(1000),
                     }
                 } else {
+                    let unhealthy = ledger
+                        .books
+                        .get(name)
+                        .is_some_and(|b| b.unhealthy_pid.is_some());
                     match d.spec.restart {
-                        RestartPolicy::OnFailure { .. } if code != Some(0) => AppState::Failed,
+                        RestartPolicy::OnFailure { .. } if code != Some(0) || unhealthy => {
+                            AppState::Failed
+                        }
                         _ => AppState::Exited {
                             code: code.unwrap_or(-1),
                         },
@@ -286,7 +362,11 @@ pub fn app_statuses(
                 name: name.clone(),
                 state,
                 restarts,
-                last_error: ledger.errors.get(name).map(|e| e.message.clone()),
+                last_error: ledger
+                    .errors
+                    .get(name)
+                    .map(|e| e.message.clone())
+                    .or_else(|| ledger.unhealthy.get(name).cloned()),
                 image_digest: Some(d.spec.image.digest),
                 ready: None,
             },
@@ -321,6 +401,8 @@ pub fn health_targets(
         .collect()
 }
 
+#[cfg(test)]
+mod health_restarts;
 #[cfg(test)]
 mod props;
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! (`book.rs`, pure), `plan` (`plan.rs`, pure), execute (`execute.rs`), book the
 //! outcomes (pure again), publish.
 //!
-//! One loop runs a pass on every accepted manifest, every `resync` interval (which
+//! One loop runs a pass on every accepted manifest, on every change of the
+//! health task's verdicts (readiness for start-first updates, liveness: an app
+//! failing its check after it was ready is replaced, `liveness.rs`), every `resync` interval (which
 //! is how container exits are noticed: the runtime is polled, since a container
 //! whose parent agent died reports no exit to us) and whenever a backoff is due.
 //! With no manifest yet it does nothing at all, so containers are never removed
@@ -13,11 +15,12 @@
 
 pub mod book;
 pub mod execute;
+pub mod liveness;
 pub mod plan;
 
 use crate::clock::{Clock, SystemClock};
 use crate::driver::{container_name, ContainerDriver, DriverError, ImageProvider};
-use crate::health::HealthTarget;
+use crate::health::{HealthTarget, Verdicts};
 use crate::outbox::Outbox;
 use crate::retention::{self, Release, Releases};
 use crate::state::RestartLog;
@@ -43,7 +46,9 @@ pub struct Reconciler {
     pub resync: Duration,
     pub desired: watch::Receiver<Option<Arc<Manifest>>>,
     pub health_targets: watch::Sender<BTreeMap<String, HealthTarget>>,
-    pub ready: watch::Receiver<BTreeSet<String>>,
+    /// The health task's verdicts per app (readiness of start-first
+    /// replacements, liveness).
+    pub verdicts: watch::Receiver<Verdicts>,
     /// Per-app books, failed actions, containers seen running (`book.rs`).
     ledger: Ledger,
     /// Restart counts as last persisted, to write only on change.
@@ -124,7 +129,7 @@ impl Reconciler {
         resync: Duration,
         desired: watch::Receiver<Option<Arc<Manifest>>>,
         health_targets: watch::Sender<BTreeMap<String, HealthTarget>>,
-        ready: watch::Receiver<BTreeSet<String>>,
+        verdicts: watch::Receiver<Verdicts>,
         restarts: BTreeMap<String, u32>,
     ) -> Reconciler {
         Reconciler {
@@ -136,7 +141,7 @@ impl Reconciler {
             resync,
             desired,
             health_targets,
-            ready,
+            verdicts,
             ledger: Ledger::with_restarts(&restarts),
             saved_restarts: restarts,
             clock: Arc::new(SystemClock::new()),
@@ -240,10 +245,14 @@ impl Reconciler {
 
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut wait = Duration::ZERO;
+        // The health task may end before this loop (shutdown): then only the
+        // other wake-ups remain.
+        let mut verdicts_open = true;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = self.desired.changed() => if r.is_err() { break },
+                r = self.verdicts.changed(), if verdicts_open => verdicts_open = r.is_ok(),
                 _ = tokio::time::sleep(wait) => {}
             }
             if cancel.is_cancelled() {
@@ -293,11 +302,34 @@ impl Reconciler {
                 .await;
         }
 
+        let verdicts = self.verdicts.borrow_and_update().clone();
+        for u in self.ledger.judge_liveness(&desired, &containers, &verdicts) {
+            match u.restart {
+                Some(restarts) => {
+                    tracing::warn!(device_id = %device, app = %u.app, generation = manifest.generation, restarts, reason = %u.reason, "app unhealthy after it was ready; restarting it");
+                    self.outbox
+                        .event(EventKind::AppUnhealthyRestarted {
+                            app: u.app,
+                            restarts,
+                            reason: u.reason,
+                        })
+                        .await;
+                }
+                None => {
+                    tracing::warn!(device_id = %device, app = %u.app, generation = manifest.generation, reason = %u.reason, "app unhealthy after it was ready; its restart policy leaves it running");
+                }
+            }
+        }
+
         let observed = Observed {
             containers: containers.clone(),
             images,
             books: self.ledger.books.clone(),
-            ready: self.ready.borrow().clone(),
+            ready: verdicts
+                .iter()
+                .filter(|(_, v)| v.ready == Some(true))
+                .map(|(app, _)| app.clone())
+                .collect(),
         };
         let plan = plan::plan(&desired, &observed, now, &self.policy);
         let acted = !plan.is_settled();

@@ -38,6 +38,11 @@ pub struct AppBook {
     pub failures: u32,
     /// When the current container was started or first seen running.
     pub started_at_ms: Option<u64>,
+    /// The running container with this pid failed its health check after it
+    /// had been ready and is being replaced (`liveness.rs`): the plan stops
+    /// it, and its exit counts as a failure whatever its code (a stopped app
+    /// may well exit 0). Cleared when the replacement is created.
+    pub unhealthy_pid: Option<u32>,
 }
 
 /// What the agent sees on the device right now.
@@ -231,6 +236,14 @@ pub fn plan(
                 out.actions.push(start);
             }
             Some(ContainerStatus::Created) => out.actions.push(start),
+            // Liveness asked for a replacement: stopping it is the first step;
+            // the exit is then restarted below like a crash, with its backoff.
+            Some(ContainerStatus::Running { pid }) if book.unhealthy_pid == Some(pid) => {
+                out.actions.push(Action::Stop {
+                    app: app.clone(),
+                    container: d.container.clone(),
+                })
+            }
             Some(ContainerStatus::Running { .. }) => out.actions.push(Action::Keep {
                 app: app.clone(),
                 container: d.container.clone(),
@@ -240,7 +253,8 @@ pub fn plan(
                     RestartPolicy::Always => true,
                     RestartPolicy::Never => false,
                     RestartPolicy::OnFailure { max_retries } => {
-                        code != Some(0) && book.consecutive < max_retries
+                        (code != Some(0) || book.unhealthy_pid.is_some())
+                            && book.consecutive < max_retries
                     }
                 };
                 if !restart {

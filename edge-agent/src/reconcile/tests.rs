@@ -170,7 +170,7 @@ fn rig_with(policy: Policy, clock: Arc<dyn Clock>) -> Rig {
     let desired_tx = writers.desired;
     let desired_rx = desired_tx.subscribe();
     let (health_tx, _) = watch::channel(BTreeMap::new());
-    let (_ready_tx, ready_rx) = watch::channel(BTreeSet::new());
+    let (_verdicts_tx, verdicts_rx) = watch::channel(crate::health::Verdicts::new());
     let rec = Reconciler::new(
         exec,
         outbox,
@@ -180,7 +180,7 @@ fn rig_with(policy: Policy, clock: Arc<dyn Clock>) -> Rig {
         Duration::from_secs(1),
         desired_rx,
         health_tx,
-        ready_rx,
+        verdicts_rx,
         BTreeMap::new(),
     )
     .with_clock(clock);

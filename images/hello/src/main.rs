@@ -6,7 +6,11 @@
 //!   can show that volume data survives updates and restarts.
 //! - `GET /alloc?mb=N` → allocates and touches N MiB, so tests can show a
 //!   memory limit is enforced (the process is OOM-killed).
-//! - `GET /health` → `ok`
+//! - `GET /health` → `ok`, or `503` once the process is sick (below)
+//! - `GET /sick` → this process's `/health` fails from now on (a restarted
+//!   process is healthy again), so tests can make a ready app unhealthy.
+//!   With `$SICK` set, `/health` fails from the start (an app that never
+//!   becomes ready).
 //! - `GET /say?n=N` → prints N numbered lines (`say 1`, `say 2`, … counted
 //!   across requests) to stdout, so tests can make an app log fast and check
 //!   that no line was lost.
@@ -27,6 +31,7 @@ const MAX_ALLOC_MB: usize = 16 * 1024;
 const MAX_SAY: u64 = 1_000_000;
 static SAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static SAY_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn say(n: u64) -> String {
     // One request's lines stay in order and numbered without gaps.
@@ -116,7 +121,14 @@ fn respond(mut stream: TcpStream, version: &str) {
     let (status, body) = match (method, path) {
         ("GET", "/") => ("200 OK", format!("hello from outpost version {version}\n")),
         ("GET", "/count") => ("200 OK", format!("{}\n", count_starts())),
+        ("GET", "/health") if SICK.load(std::sync::atomic::Ordering::SeqCst) => {
+            ("503 Service Unavailable", "sick\n".to_string())
+        }
         ("GET", "/health") => ("200 OK", "ok\n".to_string()),
+        ("GET", "/sick") => {
+            SICK.store(true, std::sync::atomic::Ordering::SeqCst);
+            ("200 OK", "sick from now on\n".to_string())
+        }
         ("GET", "/say") => {
             let n = query
                 .split('&')
@@ -149,6 +161,9 @@ fn respond(mut stream: TcpStream, version: &str) {
 fn main() {
     unsafe {
         signal(15, on_sigterm);
+    }
+    if std::env::var_os("SICK").is_some_and(|v| !v.is_empty()) {
+        SICK.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let version = std::env::var("HELLO_VERSION").unwrap_or_else(|_| "unknown".into());
