@@ -502,6 +502,7 @@ mod tests {
             issued_at: 0,
             key_id: outpost_protocol::KeyId("k".into()),
             apps: vec![],
+            release: Default::default(),
         })
     }
 

@@ -410,6 +410,7 @@ mod tests {
             issued_at: 0,
             key_id: signer.key_id(),
             apps: vec![AppSpec::new("web", image)],
+            release: Default::default(),
         };
         seal_value(Kind::Manifest, signer, &m).unwrap()
     }
@@ -538,6 +539,7 @@ mod tests {
             issued_at: 0,
             key_id: KeyId("k".into()),
             apps: vec![],
+            release: Default::default(),
         };
         let before = RejectCounters {
             rollback: 4,

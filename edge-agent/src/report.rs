@@ -107,6 +107,7 @@ impl Reporter {
             apps: v.apps.values().cloned().collect(),
             rejected: v.rejected.clone(),
             last_rejection: v.last_rejection.clone(),
+            release: None,
         };
         report.seal(&self.key)
     }
@@ -202,6 +203,7 @@ mod tests {
             issued_at: 0,
             key_id: KeyId("k".into()),
             apps: vec![],
+            release: Default::default(),
         });
         writers.desired.send_replace(Some(accepted.clone()));
         writers.desired.send_replace(Some(accepted));

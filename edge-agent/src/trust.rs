@@ -128,8 +128,7 @@ impl TrustGate {
                 )));
             }
         }
-        let m: Manifest =
-            envelope::decode_body("manifest", opened.body).map_err(|e| bad(e.to_string()))?;
+        let m = Manifest::decode(opened.version, opened.body).map_err(|e| bad(e.to_string()))?;
         if &m.device_id != self.verifier.device_id() {
             return Err(bad(format!("it is for device {}", m.device_id)));
         }
@@ -224,6 +223,7 @@ mod tests {
             issued_at: 0,
             key_id: w.signer.key_id(),
             apps: vec![AppSpec::new("web", image)],
+            release: Default::default(),
         };
         seal_value(Kind::Manifest, &w.signer, &m).unwrap()
     }

@@ -265,6 +265,7 @@ mod tests {
             issued_at: 0,
             key_id: KeyId("k".into()),
             apps: vec![],
+            release: Default::default(),
         })
     }
 

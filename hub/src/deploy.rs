@@ -82,6 +82,13 @@ pub struct AppDef {
     pub health: Option<HealthDef>,
     #[serde(default)]
     pub update: UpdateDef,
+    /// With `update = "hand-over"`: stop the old container after this long
+    /// even when the new one is not ready (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_timeout_secs: Option<u32>,
+    /// Replace the app even while it holds its update lock.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub override_lock: bool,
     #[serde(default)]
     pub read_only_rootfs: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -145,9 +152,17 @@ pub enum RestartDef {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateDef {
+    /// Pull every image of the release, then replace the old container.
     #[default]
-    Recreate,
-    StartFirst,
+    DownloadThenKill,
+    /// Stop the old container first (`recreate` is its old name).
+    #[serde(alias = "recreate")]
+    KillThenDownload,
+    /// Low storage: remove the old container and image, then pull.
+    DeleteThenDownload,
+    /// Start the new container beside the old (`start-first` is its old name).
+    #[serde(alias = "start-first")]
+    HandOver,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,9 +415,15 @@ impl AppDef {
             restart,
             health,
             update: match self.update {
-                UpdateDef::Recreate => UpdateStrategy::Recreate,
-                UpdateDef::StartFirst => UpdateStrategy::StartFirst,
+                UpdateDef::DownloadThenKill => UpdateStrategy::DownloadThenKill,
+                UpdateDef::KillThenDownload => UpdateStrategy::KillThenDownload,
+                UpdateDef::DeleteThenDownload => UpdateStrategy::DeleteThenDownload,
+                UpdateDef::HandOver => UpdateStrategy::HandOver,
             },
+            handover_timeout_secs: self
+                .handover_timeout_secs
+                .unwrap_or(outpost_protocol::manifest::DEFAULT_HANDOVER_TIMEOUT_SECS),
+            override_lock: self.override_lock,
             read_only_rootfs: self.read_only_rootfs,
             capabilities: self.capabilities.clone(),
             network: match self.network {

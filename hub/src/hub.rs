@@ -606,6 +606,7 @@ impl Hub {
             issued_at: now,
             key_id: self.signer.key_id(),
             apps,
+            release: Default::default(),
         };
         manifest.validate().map_err(|e| HubError::InvalidManifest {
             device: device.clone(),

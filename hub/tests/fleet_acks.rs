@@ -114,6 +114,7 @@ fn spawn_device(
                 apps: vec![],
                 rejected: RejectCounters::default(),
                 last_rejection: None,
+                release: None,
             };
             if client
                 .publish(

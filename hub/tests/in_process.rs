@@ -86,6 +86,7 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
         apps: vec![],
         rejected: RejectCounters::default(),
         last_rejection: None,
+        release: None,
     };
     dev.client
         .publish(
@@ -244,6 +245,7 @@ async fn the_signed_event_watermark_covers_only_contiguous_stored_events_and_the
         apps: vec![],
         rejected: RejectCounters::default(),
         last_rejection: None,
+        release: None,
     };
     dev.client
         .publish(

@@ -77,6 +77,7 @@ async fn hub_with_external_mosquitto_delivers_manifests_and_ingests_status() {
         apps: vec![],
         rejected: RejectCounters::default(),
         last_rejection: None,
+        release: None,
     };
     sub.client
         .publish(topics::status(&id), QoS::AtLeastOnce, false, r.seal(&key))

@@ -288,6 +288,7 @@ fn report(id: &str, seq: u64, applied: Option<(u64, u64)>) -> StatusReport {
         apps: vec![],
         rejected: RejectCounters::default(),
         last_rejection: None,
+        release: None,
     }
 }
 

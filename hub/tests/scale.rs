@@ -129,6 +129,7 @@ async fn status_from_every_device_is_ingested() {
                 apps: vec![],
                 rejected: RejectCounters::default(),
                 last_rejection: None,
+                release: None,
             };
             (topics::status(id), r.seal(&key))
         })

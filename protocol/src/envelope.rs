@@ -15,8 +15,14 @@ use serde::{Deserialize, Serialize};
 
 /// First four bytes of every Outpost message.
 pub const MAGIC: [u8; 4] = *b"OPST";
-/// The envelope/body format this build reads and writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// The envelope/body format this build writes. Version 2 added the release
+/// policy and update-strategy fields to manifests and the release state to
+/// status reports (`legacy.rs` reads version-1 bodies).
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest format this build still reads: a device upgraded before its hub
+/// keeps accepting the hub's messages, and its persisted manifest stays
+/// readable across the upgrade.
+pub const MIN_FORMAT_VERSION: u8 = 1;
 /// Largest message accepted, checked before any decoding. Broker and client
 /// packet limits are derived from this so the limits agree end to end.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -58,7 +64,7 @@ pub enum OpenError {
     #[error("message does not start with the Outpost magic bytes \"OPST\"")]
     BadMagic,
     #[error(
-        "message uses format version {found}; this build understands version {supported} only"
+        "message uses format version {found}; this build reads versions {MIN_FORMAT_VERSION} to {supported}"
     )]
     UnsupportedVersion { found: u8, supported: u8 },
     #[error("expected a {expected:?} message, got message kind {found}")]
@@ -82,6 +88,8 @@ struct Parts<'a> {
 /// An envelope whose framing is valid but whose signature is not yet checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened<'a> {
+    /// The format version the sender wrote; decides how the body decodes.
+    pub version: u8,
     pub kind: Kind,
     pub key_id: KeyId,
     signature: &'a [u8],
@@ -93,14 +101,17 @@ impl Opened<'_> {
     /// Does `key` sign this envelope?
     pub fn signed_by(&self, key: &PublicKey) -> bool {
         self.signature.len() == 64
-            && key.verify(&signed_bytes(self.kind, self.body), self.signature)
+            && key.verify(
+                &signed_bytes(self.version, self.kind, self.body),
+                self.signature,
+            )
     }
 }
 
-fn signed_bytes(kind: Kind, body: &[u8]) -> Vec<u8> {
+fn signed_bytes(version: u8, kind: Kind, body: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(DOMAIN_TAG.len() + 2 + body.len());
     m.extend_from_slice(DOMAIN_TAG);
-    m.push(FORMAT_VERSION);
+    m.push(version);
     m.push(kind as u8);
     m.extend_from_slice(body);
     m
@@ -108,7 +119,12 @@ fn signed_bytes(kind: Kind, body: &[u8]) -> Vec<u8> {
 
 /// Sign `body` as a message of `kind`.
 pub fn seal(kind: Kind, key: &SigningKey, body: &[u8]) -> Vec<u8> {
-    let signature = key.sign(&signed_bytes(kind, body));
+    seal_version(FORMAT_VERSION, kind, key, body)
+}
+
+/// Sign `body` under an explicit format `version` (tests of old peers).
+pub fn seal_version(version: u8, kind: Kind, key: &SigningKey, body: &[u8]) -> Vec<u8> {
+    let signature = key.sign(&signed_bytes(version, kind, body));
     let key_id = key.key_id();
     let parts = Parts {
         key_id: &key_id.0,
@@ -117,7 +133,7 @@ pub fn seal(kind: Kind, key: &SigningKey, body: &[u8]) -> Vec<u8> {
     };
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 96);
     out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
+    out.push(version);
     out.push(kind as u8);
     postcard::to_extend(&parts, out)
         .expect("postcard serializes a str and byte slices into a Vec infallibly")
@@ -147,7 +163,7 @@ pub fn open(expected: Kind, bytes: &[u8]) -> Result<Opened<'_>, OpenError> {
         what: "envelope",
         detail: "truncated header".into(),
     })?;
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(OpenError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -181,6 +197,7 @@ pub fn open(expected: Kind, bytes: &[u8]) -> Result<Opened<'_>, OpenError> {
         });
     }
     Ok(Opened {
+        version,
         kind,
         key_id: KeyId(parts.key_id.to_string()),
         signature: parts.signature,
@@ -223,6 +240,19 @@ mod tests {
     }
 
     #[test]
+    fn the_version_is_bound_into_the_signature_and_version_1_still_opens() {
+        let k = SigningKey::generate().unwrap();
+        let old = seal_version(1, Kind::Manifest, &k, b"body");
+        let o = open(Kind::Manifest, &old).unwrap();
+        assert_eq!(o.version, 1);
+        assert!(o.signed_by(&k.public_key()));
+        let mut relabelled = old.clone();
+        relabelled[4] = FORMAT_VERSION;
+        let o = open(Kind::Manifest, &relabelled).unwrap();
+        assert!(!o.signed_by(&k.public_key()), "a v1 body cannot pass as v2");
+    }
+
+    #[test]
     fn kind_is_bound_into_the_signature() {
         let k = SigningKey::generate().unwrap();
         let mut msg = seal(Kind::Status, &k, b"body");
@@ -250,15 +280,21 @@ mod tests {
         let k = SigningKey::generate().unwrap();
         let msg = seal(Kind::Manifest, &k, b"x");
         assert_eq!(open(Kind::Manifest, b"NOPE"), Err(OpenError::BadMagic));
-        let mut v2 = msg.clone();
-        v2[4] = 2;
+        let mut v3 = msg.clone();
+        v3[4] = 3;
         assert_eq!(
-            open(Kind::Manifest, &v2),
+            open(Kind::Manifest, &v3),
             Err(OpenError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         );
+        let mut v0 = msg.clone();
+        v0[4] = 0;
+        assert!(matches!(
+            open(Kind::Manifest, &v0),
+            Err(OpenError::UnsupportedVersion { found: 0, .. })
+        ));
         assert!(matches!(
             open(Kind::Status, &msg),
             Err(OpenError::WrongKind { .. })

@@ -27,6 +27,7 @@ pub mod envelope;
 pub mod image;
 pub mod keys;
 pub mod keyset;
+pub mod legacy;
 pub mod manifest;
 pub mod sample;
 pub mod status;
@@ -34,16 +35,19 @@ pub mod topics;
 pub mod verify;
 pub mod watermark;
 
-pub use envelope::{Kind, OpenError, Opened, FORMAT_VERSION, MAGIC, MAX_MESSAGE_BYTES};
+pub use envelope::{
+    Kind, OpenError, Opened, FORMAT_VERSION, MAGIC, MAX_MESSAGE_BYTES, MIN_FORMAT_VERSION,
+};
 pub use image::{Digest, ImageConfig, ImageRef, Platform};
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey};
 pub use keyset::{KeySet, KeySetError, SignedKeySet};
 pub use manifest::{
     AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, Probe, Protocol,
-    Resources, RestartPolicy, UpdateStrategy, ValidationError, VolumeMount,
+    ReleasePolicy, Resources, RestartPolicy, UpdateStrategy, ValidationError, VolumeMount,
 };
 pub use status::{
-    AppState, AppStatus, DeviceMessageError, Event, EventKind, RejectCounters, StatusReport,
+    AppState, AppStatus, DeviceMessageError, Event, EventKind, RejectCounters, ReleasePhase,
+    ReleaseStatus, StatusReport,
 };
 pub use topics::{DeviceId, DeviceIdError};
 pub use verify::{Accepted, LastAccepted, RejectReason, TrustState, Verdict, Verifier};

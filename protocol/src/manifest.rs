@@ -29,6 +29,57 @@ pub struct Manifest {
     pub key_id: KeyId,
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_APPS>")]
     pub apps: Vec<AppSpec>,
+    /// How the device trials this manifest as one release before committing
+    /// it (and rolls it back when an app fails in the trial). `default` lets
+    /// the hub read records it stored before the field existed; postcard
+    /// always carries it (format version 2, see `legacy.rs`).
+    #[serde(default)]
+    pub release: ReleasePolicy,
+}
+
+/// Default time every app must stay up (and ready, with a health check)
+/// before a release commits.
+pub const DEFAULT_STABLE_SECS: u32 = 30;
+/// Default time a release has, from its first stopped or started container,
+/// to become stable before the device rolls it back.
+pub const DEFAULT_TRIAL_DEADLINE_SECS: u32 = 300;
+/// Default wait of a hand-over update for the new container to be ready.
+pub const DEFAULT_HANDOVER_TIMEOUT_SECS: u32 = 60;
+
+impl ReleasePolicy {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.trial_deadline_secs == 0 {
+            return Err(ValidationError::Release(
+                "trial_deadline_secs must be at least 1".into(),
+            ));
+        }
+        if self.stable_secs > self.trial_deadline_secs {
+            return Err(ValidationError::Release(format!(
+                "stable_secs ({}) is longer than trial_deadline_secs ({}): no release could pass",
+                self.stable_secs, self.trial_deadline_secs
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The trial a new release goes through on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasePolicy {
+    /// Every app must have run (and, with a health check, been ready) this
+    /// long without a break for the release to commit.
+    pub stable_secs: u32,
+    /// A release not stable this long after its trial started is rolled back.
+    pub trial_deadline_secs: u32,
+}
+
+impl Default for ReleasePolicy {
+    fn default() -> Self {
+        ReleasePolicy {
+            stable_secs: DEFAULT_STABLE_SECS,
+            trial_deadline_secs: DEFAULT_TRIAL_DEADLINE_SECS,
+        }
+    }
 }
 
 /// One containerised application.
@@ -63,6 +114,18 @@ pub struct AppSpec {
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
     pub capabilities: Vec<String>,
     pub network: NetworkMode,
+    /// With [`UpdateStrategy::HandOver`]: stop the old container after this
+    /// long even when the new one is not ready yet.
+    #[serde(default = "default_handover_timeout")]
+    pub handover_timeout_secs: u32,
+    /// Replace the app even while it holds its update lock (an operator's
+    /// override; the lock normally defers the update).
+    #[serde(default)]
+    pub override_lock: bool,
+}
+
+fn default_handover_timeout() -> u32 {
+    DEFAULT_HANDOVER_TIMEOUT_SECS
 }
 
 /// A named volume living in the agent's data dir, surviving container replacement.
@@ -137,14 +200,36 @@ pub struct HealthCheck {
     pub retries: u32,
 }
 
+/// How an app's container is replaced by a new release. Variants are
+/// postcard-encoded by index: the first two are format version 1's `Recreate`
+/// and `StartFirst`, so their meaning never changes; new ones go at the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateStrategy {
-    /// Stop the old container, then start the new one (the safe default for apps
-    /// that hold a device node or a port).
+    /// Stop the old container, then pull the new image and start it.
+    #[serde(alias = "Recreate")]
+    KillThenDownload,
+    /// Start the new container next to the old one; stop the old when the new
+    /// is ready (or after `handover_timeout_secs`).
+    #[serde(alias = "StartFirst")]
+    HandOver,
+    /// Pull (and verify) every image of the release first; stop the old
+    /// container only then, so an unreachable registry costs no downtime.
     #[default]
-    Recreate,
-    /// Start the new container first, stop the old once the new is ready.
-    StartFirst,
+    DownloadThenKill,
+    /// Low storage: stop and remove the old container and delete its image
+    /// before pulling the new one.
+    DeleteThenDownload,
+}
+
+impl UpdateStrategy {
+    /// Does the new image have to be on the device before the old container
+    /// is stopped?
+    pub fn downloads_first(self) -> bool {
+        matches!(
+            self,
+            UpdateStrategy::DownloadThenKill | UpdateStrategy::HandOver
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +246,8 @@ pub enum ValidationError {
     TooManyApps(usize),
     #[error("app name {0:?} appears more than once")]
     DuplicateApp(String),
+    #[error("release policy: {0}")]
+    Release(String),
     #[error("app {app:?}: field `{field}` {problem}")]
     Field {
         app: String,
@@ -237,6 +324,7 @@ impl Manifest {
         if self.apps.len() > MAX_APPS {
             return Err(ValidationError::TooManyApps(self.apps.len()));
         }
+        self.release.validate()?;
         let mut seen = BTreeSet::new();
         for app in &self.apps {
             if !seen.insert(app.name.as_str()) {
@@ -245,6 +333,19 @@ impl Manifest {
             app.validate()?;
         }
         Ok(())
+    }
+
+    /// Decode a manifest body written in envelope format `version`.
+    pub fn decode(version: u8, body: &[u8]) -> Result<Manifest, crate::OpenError> {
+        match version {
+            1 => crate::legacy::decode_manifest_v1(body),
+            _ => crate::envelope::decode_body("manifest", body),
+        }
+    }
+
+    /// `(epoch, generation)`: the order manifests (releases) are taken in.
+    pub fn release_id(&self) -> (u64, u64) {
+        (self.epoch, self.generation)
     }
 
     pub fn app(&self, name: &str) -> Option<&AppSpec> {
@@ -273,6 +374,8 @@ impl AppSpec {
             read_only_rootfs: false,
             capabilities: vec![],
             network: NetworkMode::default(),
+            handover_timeout_secs: DEFAULT_HANDOVER_TIMEOUT_SECS,
+            override_lock: false,
         }
     }
 
@@ -549,6 +652,7 @@ mod tests {
             issued_at: 0,
             key_id: KeyId("k".into()),
             apps: vec![AppSpec::new("web", img()), AppSpec::new("web", img())],
+            release: Default::default(),
         };
         assert_eq!(
             m.validate(),

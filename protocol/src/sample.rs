@@ -72,7 +72,7 @@ pub fn gateway_manifest(device_id: DeviceId, key_id: KeyId, generation: u64) -> 
         memory_bytes: Some(128 << 20),
         cpu_millis: Some(500),
     };
-    tsdb.update = UpdateStrategy::Recreate;
+    tsdb.update = UpdateStrategy::KillThenDownload;
     // Nothing to publish, so it can do without the host's network.
     tsdb.network = NetworkMode::Isolated;
 
@@ -92,7 +92,7 @@ pub fn gateway_manifest(device_id: DeviceId, key_id: KeyId, generation: u64) -> 
         retries: 3,
     });
     dash.read_only_rootfs = true;
-    dash.update = UpdateStrategy::StartFirst;
+    dash.update = UpdateStrategy::HandOver;
 
     let mut watchdog = AppSpec::new("watchdog", image("watchdog", 5));
     watchdog.capabilities.push("CAP_SYS_TIME".into());
@@ -106,5 +106,6 @@ pub fn gateway_manifest(device_id: DeviceId, key_id: KeyId, generation: u64) -> 
         issued_at: 1_780_000_000,
         key_id,
         apps: vec![reader, bridge, tsdb, dash, watchdog],
+        release: crate::manifest::ReleasePolicy::default(),
     }
 }

@@ -40,6 +40,55 @@ pub struct StatusReport {
     pub rejected: RejectCounters,
     /// Human-readable reason of the latest rejected manifest or key set.
     pub last_rejection: Option<String>,
+    /// Where the newest accepted manifest is as a release (downloading, in
+    /// trial, committed, rolled back); `None` before the first manifest.
+    /// `default` lets the hub read records stored before the field existed.
+    #[serde(default)]
+    pub release: Option<ReleaseStatus>,
+}
+
+/// The device's release state: what it is working towards and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStatus {
+    /// `(epoch, generation)` of the newest accepted manifest.
+    pub target: (u64, u64),
+    pub phase: ReleasePhase,
+    /// The newest release that passed its trial (what a rollback returns to).
+    pub committed: Option<(u64, u64)>,
+}
+
+impl ReleaseStatus {
+    /// The release whose apps the device runs (or converges to) now.
+    pub fn running(&self) -> Option<(u64, u64)> {
+        match &self.phase {
+            ReleasePhase::RolledBack { to, .. } => Some(*to),
+            ReleasePhase::Downloading | ReleasePhase::WaitingForLock { .. } => self.committed,
+            _ => Some(self.target),
+        }
+    }
+}
+
+/// Where a release is on the device. Encoded by index: new phases go last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleasePhase {
+    /// Pulling the release's images; the previous release's apps still serve.
+    Downloading,
+    /// Images present; `app` holds its update lock, so nothing is replaced yet.
+    WaitingForLock { app: String },
+    /// Being applied or proving itself: not yet stable for `stable_secs`.
+    Trial,
+    /// Passed its trial; a later restart keeps it.
+    Committed,
+    /// Failed its trial (`app`, `reason`); the device went back to `to` and
+    /// will not retry the target until a newer manifest arrives.
+    RolledBack {
+        to: (u64, u64),
+        app: String,
+        reason: String,
+    },
+    /// Failed its trial with no earlier committed release to go back to: the
+    /// apps stay as they are (their restart policies keep running).
+    Failed { app: String, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +213,28 @@ pub enum EventKind {
         restarts: u32,
         reason: String,
     },
+    /// A new release started its trial: its first container is about to be
+    /// stopped or started. `(epoch, generation)`.
+    ReleaseTrial {
+        release: (u64, u64),
+    },
+    /// The release stayed stable through its trial; it is the new fallback.
+    ReleaseCommitted {
+        release: (u64, u64),
+    },
+    /// `app` failed the trial of release `from` (`reason`); the whole release
+    /// went back to `to`, the last committed one.
+    RolledBack {
+        from: (u64, u64),
+        to: (u64, u64),
+        app: String,
+        reason: String,
+    },
+    /// The release waits: `app` holds its update lock.
+    WaitingForLock {
+        app: String,
+        release: (u64, u64),
+    },
 }
 
 /// Why a status or event from a device was refused by the hub.
@@ -188,6 +259,7 @@ pub enum DeviceMessageError {
     },
 }
 
+#[allow(clippy::too_many_arguments)]
 fn open_device<'a, T: Deserialize<'a>>(
     kind: Kind,
     what: &'static str,
@@ -195,6 +267,7 @@ fn open_device<'a, T: Deserialize<'a>>(
     device: &DeviceId,
     key: &PublicKey,
     claimed: impl Fn(&T) -> &DeviceId,
+    decode: impl Fn(u8, &'static str, &'a [u8]) -> Result<T, OpenError>,
 ) -> Result<T, DeviceMessageError> {
     let opened = envelope::open(kind, bytes)?;
     if opened.key_id != key.key_id() {
@@ -209,7 +282,7 @@ fn open_device<'a, T: Deserialize<'a>>(
             device: device.clone(),
         });
     }
-    let value: T = envelope::decode_body(what, opened.body)?;
+    let value: T = decode(opened.version, what, opened.body)?;
     if claimed(&value) != device {
         return Err(DeviceMessageError::DeviceMismatch {
             topic_device: device.clone(),
@@ -238,6 +311,10 @@ impl StatusReport {
             device,
             key,
             |s: &StatusReport| &s.device_id,
+            |version, what, body| match version {
+                1 => crate::legacy::decode_status_v1(body),
+                _ => envelope::decode_body(what, body),
+            },
         )
     }
 }
@@ -253,9 +330,16 @@ impl Event {
         device: &DeviceId,
         key: &PublicKey,
     ) -> Result<Self, DeviceMessageError> {
-        open_device(Kind::Event, "event", bytes, device, key, |e: &Event| {
-            &e.device_id
-        })
+        // Events kept their layout in format version 2 (new kinds were appended).
+        open_device(
+            Kind::Event,
+            "event",
+            bytes,
+            device,
+            key,
+            |e: &Event| &e.device_id,
+            |_, what, body| envelope::decode_body(what, body),
+        )
     }
 }
 
@@ -276,6 +360,7 @@ mod tests {
             apps: vec![],
             rejected: RejectCounters::default(),
             last_rejection: None,
+            release: None,
         }
     }
 

@@ -150,7 +150,7 @@ impl Verifier {
             });
         }
         let body_digest = Digest::of(opened.body);
-        let manifest: Manifest = envelope::decode_body("manifest", opened.body)?;
+        let manifest = Manifest::decode(opened.version, opened.body)?;
         if manifest.device_id != self.device_id {
             return Err(RejectReason::WrongDevice {
                 expected: self.device_id.clone(),
@@ -268,6 +268,7 @@ mod tests {
             issued_at: 100,
             key_id: signer.key_id(),
             apps: vec![AppSpec::new(app, image)],
+            release: Default::default(),
         }
     }
 

@@ -86,17 +86,19 @@ prop_compose! {
             ports: ports.into_iter().map(|(container_port, host_port, udp)| PortMapping { container_port, host_port, protocol: if udp { Protocol::Udp } else { Protocol::Tcp } }).collect(),
             resources: Resources { memory_bytes: memory, cpu_millis: cpu },
             restart, health,
-            update: if start_first { UpdateStrategy::StartFirst } else { UpdateStrategy::Recreate },
+            update: if start_first { UpdateStrategy::HandOver } else { UpdateStrategy::DeleteThenDownload },
             read_only_rootfs: ro,
             capabilities: caps,
             network: if isolated { NetworkMode::Isolated } else { NetworkMode::Host },
+            override_lock: false,
+            handover_timeout_secs: outpost_protocol::manifest::DEFAULT_HANDOVER_TIMEOUT_SECS,
         }
     }
 }
 
 prop_compose! {
     fn manifest()(device_id in device_id(), epoch in any::<u64>(), generation in any::<u64>(), issued_at in any::<u64>(), apps in vec(app_spec(), 0..5)) -> Manifest {
-        Manifest { device_id, epoch, generation, issued_at, key_id: key().key_id(), apps }
+        Manifest { device_id, epoch, generation, issued_at, key_id: key().key_id(), apps , release: Default::default(),}
     }
 }
 
@@ -127,7 +129,7 @@ prop_compose! {
 
 prop_compose! {
     fn status()(device_id in device_id(), applied in option::of(any::<(u64, u64)>()), (boot, seq, event_floor) in any::<(u64, u64, u64)>(), reported_at in any::<u64>(), agent_version in text(), uptime_secs in any::<u64>(), apps in vec(app_status(), 0..5), rejected in counters(), last_rejection in option::of(text())) -> StatusReport {
-        StatusReport { device_id, applied, boot, seq, event_floor, reported_at, agent_version, uptime_secs, apps, rejected, last_rejection }
+        StatusReport { device_id, applied, boot, seq, event_floor, reported_at, agent_version, uptime_secs, apps, rejected, last_rejection , release: None,}
     }
 }
 

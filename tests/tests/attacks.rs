@@ -31,6 +31,7 @@ fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_un
             issued_at: 0,
             key_id: key.key_id(),
             apps: vec![],
+            release: Default::default(),
         };
         Ok(seal_value(Kind::Manifest, key, &m)?)
     };

@@ -46,6 +46,7 @@ fn ten_thousand_refused_manifests_cost_bounded_flash_and_no_real_event() -> Resu
                     issued_at: 0,
                     key_id: forger.key_id(),
                     apps: vec![],
+                    release: Default::default(),
                 };
                 seal_value(Kind::Manifest, &forger, &m).unwrap_or_default()
             }

@@ -185,7 +185,7 @@ pub fn plan(
                 .get(&d.container)
                 .is_some_and(|n| n.status.is_running())
                 && (d.spec.health.is_none() || observed.ready.contains(&c.app));
-            if d.spec.update == UpdateStrategy::StartFirst && c.status.is_running() && !new_up {
+            if d.spec.update == UpdateStrategy::HandOver && c.status.is_running() && !new_up {
                 out.actions.push(Action::Keep {
                     app: c.app.clone(),
                     container: name.clone(),
@@ -604,7 +604,7 @@ mod tests {
                 .map(|(name, (img, policy, start_first))| {
                     let mut s = spec(name, *img, *policy);
                     if *start_first {
-                        s.update = UpdateStrategy::StartFirst;
+                        s.update = UpdateStrategy::HandOver;
                     }
                     s
                 })

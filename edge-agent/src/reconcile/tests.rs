@@ -202,6 +202,7 @@ fn manifest(generation: u64, apps: Vec<AppSpec>) -> Arc<Manifest> {
         issued_at: 0,
         key_id: KeyId("k".into()),
         apps,
+        release: Default::default(),
     })
 }
 

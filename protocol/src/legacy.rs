@@ -1,0 +1,291 @@
+//! Bodies as format version 1 wrote them, read by this build and converted.
+//!
+//! Postcard has no field names or lengths: a struct that gained a field no
+//! longer decodes from the old bytes. A device upgraded before its hub must
+//! still read the hub's manifests, and its own persisted manifest, written
+//! before the upgrade; a hub upgraded after some devices must still read the
+//! old agents' status reports. Each old layout is kept here, frozen, with the
+//! conversion that fills the new fields with what version 1 meant.
+
+use crate::envelope::{decode_body, OpenError};
+use crate::image::ImageRef;
+use crate::keys::KeyId;
+use crate::manifest::{
+    AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, ReleasePolicy, Resources,
+    RestartPolicy, UpdateStrategy, VolumeMount, DEFAULT_HANDOVER_TIMEOUT_SECS, MAX_APPS,
+};
+use crate::status::{AppStatus, RejectCounters, StatusReport};
+use crate::topics::DeviceId;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+const MAX_LIST: usize = 256;
+
+#[derive(Deserialize)]
+struct ManifestV1 {
+    device_id: DeviceId,
+    epoch: u64,
+    generation: u64,
+    issued_at: u64,
+    key_id: KeyId,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_APPS>")]
+    apps: Vec<AppSpecV1>,
+}
+
+/// Version 1's `UpdateStrategy`: `Recreate` stopped the old container before
+/// pulling, `StartFirst` handed over once the new one was ready.
+#[derive(Deserialize)]
+enum UpdateStrategyV1 {
+    Recreate,
+    StartFirst,
+}
+
+#[derive(Deserialize)]
+struct AppSpecV1 {
+    name: String,
+    image: ImageRef,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    command: Vec<String>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    working_dir: Option<String>,
+    user: Option<String>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    volumes: Vec<VolumeMount>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    devices: Vec<DeviceNode>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    ports: Vec<PortMapping>,
+    resources: Resources,
+    restart: RestartPolicy,
+    health: Option<HealthCheck>,
+    update: UpdateStrategyV1,
+    read_only_rootfs: bool,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    capabilities: Vec<String>,
+    network: NetworkMode,
+}
+
+impl From<AppSpecV1> for AppSpec {
+    fn from(a: AppSpecV1) -> AppSpec {
+        AppSpec {
+            name: a.name,
+            image: a.image,
+            command: a.command,
+            args: a.args,
+            env: a.env,
+            working_dir: a.working_dir,
+            user: a.user,
+            volumes: a.volumes,
+            devices: a.devices,
+            ports: a.ports,
+            resources: a.resources,
+            restart: a.restart,
+            health: a.health,
+            update: match a.update {
+                UpdateStrategyV1::Recreate => UpdateStrategy::KillThenDownload,
+                UpdateStrategyV1::StartFirst => UpdateStrategy::HandOver,
+            },
+            read_only_rootfs: a.read_only_rootfs,
+            capabilities: a.capabilities,
+            network: a.network,
+            handover_timeout_secs: DEFAULT_HANDOVER_TIMEOUT_SECS,
+            override_lock: false,
+        }
+    }
+}
+
+/// A version-1 manifest body, with the default release policy.
+pub fn decode_manifest_v1(body: &[u8]) -> Result<Manifest, OpenError> {
+    let m: ManifestV1 = decode_body("manifest (format version 1)", body)?;
+    Ok(Manifest {
+        device_id: m.device_id,
+        epoch: m.epoch,
+        generation: m.generation,
+        issued_at: m.issued_at,
+        key_id: m.key_id,
+        apps: m.apps.into_iter().map(AppSpec::from).collect(),
+        release: ReleasePolicy::default(),
+    })
+}
+
+#[derive(Deserialize)]
+struct StatusReportV1 {
+    device_id: DeviceId,
+    applied: Option<(u64, u64)>,
+    boot: u64,
+    seq: u64,
+    event_floor: u64,
+    reported_at: u64,
+    agent_version: String,
+    uptime_secs: u64,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_APPS>")]
+    apps: Vec<AppStatus>,
+    rejected: RejectCounters,
+    last_rejection: Option<String>,
+}
+
+/// A version-1 status body: an agent that knows no release states.
+pub fn decode_status_v1(body: &[u8]) -> Result<StatusReport, OpenError> {
+    let s: StatusReportV1 = decode_body("status report (format version 1)", body)?;
+    Ok(StatusReport {
+        device_id: s.device_id,
+        applied: s.applied,
+        boot: s.boot,
+        seq: s.seq,
+        event_floor: s.event_floor,
+        reported_at: s.reported_at,
+        agent_version: s.agent_version,
+        uptime_secs: s.uptime_secs,
+        apps: s.apps,
+        rejected: s.rejected,
+        last_rejection: s.last_rejection,
+        release: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{open, seal_version, Kind};
+    use crate::keys::SigningKey;
+    use serde::Serialize;
+
+    /// Version 1's layouts, written the way a version-1 build wrote them.
+    #[derive(Serialize)]
+    struct OldManifest<'a> {
+        device_id: &'a DeviceId,
+        epoch: u64,
+        generation: u64,
+        issued_at: u64,
+        key_id: &'a KeyId,
+        apps: Vec<OldApp<'a>>,
+    }
+
+    #[derive(Serialize)]
+    enum OldUpdate {
+        Recreate,
+        StartFirst,
+    }
+
+    #[derive(Serialize)]
+    struct OldApp<'a> {
+        name: &'a str,
+        image: &'a ImageRef,
+        command: Vec<String>,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        working_dir: Option<String>,
+        user: Option<String>,
+        volumes: Vec<VolumeMount>,
+        devices: Vec<DeviceNode>,
+        ports: Vec<PortMapping>,
+        resources: Resources,
+        restart: RestartPolicy,
+        health: Option<HealthCheck>,
+        update: OldUpdate,
+        read_only_rootfs: bool,
+        capabilities: Vec<String>,
+        network: NetworkMode,
+    }
+
+    fn old_app<'a>(name: &'a str, image: &'a ImageRef, update: OldUpdate) -> OldApp<'a> {
+        OldApp {
+            name,
+            image,
+            command: vec!["/bin/app".into()],
+            args: vec![],
+            env: [("A".to_string(), "1".to_string())].into(),
+            working_dir: None,
+            user: Some("1000".into()),
+            volumes: vec![],
+            devices: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            restart: RestartPolicy::OnFailure { max_retries: 3 },
+            health: None,
+            update,
+            read_only_rootfs: true,
+            capabilities: vec![],
+            network: NetworkMode::Host,
+        }
+    }
+
+    #[test]
+    fn a_version_1_manifest_envelope_opens_and_keeps_its_meaning() {
+        let key = SigningKey::generate().unwrap();
+        let device: DeviceId = "pi-1".parse().unwrap();
+        let image: ImageRef = format!("reg/web@sha256:{}", "ab".repeat(32))
+            .parse()
+            .unwrap();
+        let old = OldManifest {
+            device_id: &device,
+            epoch: 1,
+            generation: 4,
+            issued_at: 9,
+            key_id: &key.key_id(),
+            apps: vec![
+                old_app("web", &image, OldUpdate::Recreate),
+                old_app("ui", &image, OldUpdate::StartFirst),
+            ],
+        };
+        let bytes = seal_version(1, Kind::Manifest, &key, &postcard::to_stdvec(&old).unwrap());
+        let opened = open(Kind::Manifest, &bytes).unwrap();
+        assert!(opened.signed_by(&key.public_key()));
+        // The current layout cannot read it; the version says which one can.
+        assert!(decode_body::<Manifest>("manifest", opened.body).is_err());
+        let m = Manifest::decode(opened.version, opened.body).unwrap();
+        assert_eq!((m.epoch, m.generation, m.issued_at), (1, 4, 9));
+        assert_eq!(m.release, ReleasePolicy::default());
+        assert_eq!(m.apps[0].update, UpdateStrategy::KillThenDownload);
+        assert_eq!(m.apps[1].update, UpdateStrategy::HandOver);
+        assert_eq!(
+            m.apps[0].restart,
+            RestartPolicy::OnFailure { max_retries: 3 }
+        );
+        assert_eq!(m.apps[0].user.as_deref(), Some("1000"));
+        assert!(m.apps[0].read_only_rootfs && !m.apps[0].override_lock);
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn a_version_1_status_opens_without_release_state() {
+        #[derive(Serialize)]
+        struct OldStatus<'a> {
+            device_id: &'a DeviceId,
+            applied: Option<(u64, u64)>,
+            boot: u64,
+            seq: u64,
+            event_floor: u64,
+            reported_at: u64,
+            agent_version: &'a str,
+            uptime_secs: u64,
+            apps: Vec<AppStatus>,
+            rejected: RejectCounters,
+            last_rejection: Option<String>,
+        }
+        let key = SigningKey::generate().unwrap();
+        let device: DeviceId = "pi-1".parse().unwrap();
+        let old = OldStatus {
+            device_id: &device,
+            applied: Some((1, 2)),
+            boot: 3,
+            seq: 4,
+            event_floor: 5,
+            reported_at: 6,
+            agent_version: "0.1.0",
+            uptime_secs: 7,
+            apps: vec![],
+            rejected: RejectCounters::default(),
+            last_rejection: None,
+        };
+        let bytes = seal_version(1, Kind::Status, &key, &postcard::to_stdvec(&old).unwrap());
+        let s = StatusReport::open(&bytes, &device, &key.public_key()).unwrap();
+        assert_eq!(
+            (s.applied, s.boot, s.seq, s.event_floor),
+            (Some((1, 2)), 3, 4, 5)
+        );
+        assert_eq!(s.release, None);
+    }
+}
