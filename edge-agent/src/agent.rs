@@ -18,7 +18,7 @@ use crate::reconcile::execute::Executor;
 use crate::reconcile::plan::Policy;
 use crate::reconcile::Reconciler;
 use crate::report::Reporter;
-use crate::state::{RestartLog, StateError, Store};
+use crate::state::{ReleaseLog, RestartLog, StateError, Store};
 use crate::trust::{initial_trust, TrustError, TrustGate};
 use crate::view::{self, Link, Rejections, Writer};
 use outpost_protocol::{Manifest, SigningKey};
@@ -145,6 +145,7 @@ pub async fn run(
         apps,
         pulls,
         readiness,
+        release,
     } = writers;
     let reporter = Arc::new(Reporter::new(
         outbox.clone(),
@@ -180,7 +181,12 @@ pub async fn run(
         verdicts_rx,
         loaded.restarts.clone(),
     )
-    .with_retention(cfg.images_dir());
+    .with_retention(cfg.images_dir())
+    .with_releases(
+        ReleaseLog::new(store.clone()),
+        loaded.release.as_deref(),
+        release,
+    );
     tracker.spawn(reconciler.run(cancel.clone()));
     tracker.spawn(health::run(
         targets_rx,

@@ -3,7 +3,7 @@
 //! A probe failing `retries` times in a row makes the app not ready; one success
 //! makes it ready. The verdict goes into the status (`AppStatus::ready`), an
 //! `AppHealth` event on each change, and the [`Verdicts`] the reconciler reads:
-//! the planner's ready set for start-first updates, and liveness.
+//! the planner's ready set for hand-over updates, and liveness.
 //!
 //! Readiness belongs to one container: a verdict names the container and pid
 //! it is about, and a new container (a restart, an update) starts not ready

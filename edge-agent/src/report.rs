@@ -107,7 +107,7 @@ impl Reporter {
             apps: v.apps.values().cloned().collect(),
             rejected: v.rejected.clone(),
             last_rejection: v.last_rejection.clone(),
-            release: None,
+            release: v.release.clone(),
         };
         report.seal(&self.key)
     }

@@ -31,6 +31,9 @@ const K_EVENT_SEQ: &str = "event_seq";
 const K_DROPPED: &str = "dropped";
 const K_BOOTS: &str = "boots";
 const K_RESTARTS: &str = "restarts";
+/// The release record (`reconcile/release.rs`), as JSON: it holds a whole
+/// manifest, and JSON reads a record written before a field was added.
+const K_RELEASE: &str = "release";
 /// Page cache for the state database (see `Store::open`).
 const CACHE_BYTES: usize = 4 << 20;
 
@@ -71,6 +74,8 @@ pub struct Loaded {
     pub dropped: u64,
     pub restarts: BTreeMap<String, u32>,
     pub outbox_len: u64,
+    /// The release record's bytes (JSON), decoded by the reconciler.
+    pub release: Option<Vec<u8>>,
 }
 
 pub struct Store {
@@ -209,6 +214,7 @@ impl Store {
                 .get(K_RESTARTS, "restart counters")?
                 .unwrap_or_default(),
             outbox_len,
+            release: self.get_raw(K_RELEASE)?,
         })
     }
 
@@ -267,6 +273,13 @@ impl Store {
         self.write(Durability::Immediate, |tx| {
             tx.open_table(META)?
                 .insert(K_RESTARTS, enc(restarts).as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn save_release(&self, record: &[u8]) -> Result<(), StateError> {
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?.insert(K_RELEASE, record)?;
             Ok(())
         })
     }
@@ -375,6 +388,23 @@ impl RestartLog {
     }
 }
 
+/// The reconciler's release record in the store (loaded at start with
+/// [`Store::load`]). A handle that can write nothing else.
+#[derive(Debug, Clone)]
+pub struct ReleaseLog(Arc<Store>);
+
+impl ReleaseLog {
+    pub fn new(store: Arc<Store>) -> ReleaseLog {
+        ReleaseLog(store)
+    }
+
+    /// Persist the record durably (blocking: fsync): a transition must be on
+    /// disk before the containers it announces change.
+    pub fn save(&self, record: &[u8]) -> Result<(), StateError> {
+        self.0.save_release(record)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +448,20 @@ mod tests {
         let counters: BTreeMap<String, u32> = [("web".to_string(), 3)].into();
         RestartLog::new(s.clone()).save(&counters).unwrap();
         assert_eq!(s.load().unwrap().restarts, counters);
+    }
+
+    #[test]
+    fn the_release_log_writes_the_record_load_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        assert_eq!(s.load().unwrap().release, None);
+        ReleaseLog::new(s.clone())
+            .save(b"{\"trial\":[1,2]}")
+            .unwrap();
+        assert_eq!(
+            s.load().unwrap().release.as_deref(),
+            Some(&b"{\"trial\":[1,2]}"[..])
+        );
     }
 
     #[test]

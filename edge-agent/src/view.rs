@@ -12,6 +12,7 @@
 //! | `apps` (state, restarts, errors) | [`Apps`]      | the reconciler                 |
 //! | `apps[..].state` while pulling   | [`Pulls`]     | the reconciler's executor      |
 //! | `apps[..].ready`                 | [`Readiness`] | the health task ([`crate::health`]) |
+//! | `release`                        | [`Release`]   | the reconciler                 |
 //!
 //! `applied` is the manifest the device accepted and committed, which is what
 //! the hub compares with what it published to decide whether to send it again;
@@ -25,7 +26,7 @@
 //! the status sender and the status-file writer watch. The [`View`] is built on
 //! read by [`compose`], a pure function of the parts.
 
-use outpost_protocol::{AppState, AppStatus, Manifest, RejectCounters};
+use outpost_protocol::{AppState, AppStatus, Manifest, RejectCounters, ReleaseStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct View {
     pub last_rejection: Option<String>,
     /// Is the MQTT link up (local view only).
     pub connected: bool,
+    /// The newest release's state (trial, committed, rolled back).
+    pub release: Option<ReleaseStatus>,
 }
 
 /// The accepted manifest the reconciler works towards (`applied` in the view).
@@ -67,6 +70,9 @@ pub type Pulls = BTreeMap<String, (u64, u64)>;
 
 /// The health task's last verdict per app.
 pub type Readiness = BTreeMap<String, bool>;
+
+/// Where the newest accepted manifest is as a release (`reconcile/release.rs`).
+pub type Release = Option<ReleaseStatus>;
 
 /// The one writer of a part: a watch sender that also wakes the status
 /// observers. Deliberately not `Clone`.
@@ -139,6 +145,7 @@ pub struct Writers {
     pub apps: Writer<Apps>,
     pub pulls: Writer<Pulls>,
     pub readiness: Writer<Readiness>,
+    pub release: Writer<Release>,
 }
 
 /// The reading side of every part, for the reporter.
@@ -150,6 +157,7 @@ pub struct Parts {
     apps: watch::Receiver<Apps>,
     pulls: watch::Receiver<Pulls>,
     readiness: watch::Receiver<Readiness>,
+    release: watch::Receiver<Release>,
     changed: Arc<watch::Sender<u64>>,
 }
 
@@ -175,6 +183,7 @@ pub fn parts(desired: Desired, rejections: Rejections) -> (Writers, Parts) {
     let (apps, apps_rx) = part(Apps::new(), &changed);
     let (pulls, pulls_rx) = part(Pulls::new(), &changed);
     let (readiness, readiness_rx) = part(Readiness::new(), &changed);
+    let (release, release_rx) = part(None, &changed);
     (
         Writers {
             desired,
@@ -183,6 +192,7 @@ pub fn parts(desired: Desired, rejections: Rejections) -> (Writers, Parts) {
             apps,
             pulls,
             readiness,
+            release,
         },
         Parts {
             desired: desired_rx,
@@ -191,6 +201,7 @@ pub fn parts(desired: Desired, rejections: Rejections) -> (Writers, Parts) {
             apps: apps_rx,
             pulls: pulls_rx,
             readiness: readiness_rx,
+            release: release_rx,
             changed,
         },
     )
@@ -206,6 +217,7 @@ impl Parts {
         let apps = self.apps.borrow().clone();
         let pulls = self.pulls.borrow().clone();
         let readiness = self.readiness.borrow().clone();
+        let release = self.release.borrow().clone();
         compose(
             desired.as_deref(),
             &rejections,
@@ -213,6 +225,7 @@ impl Parts {
             apps,
             &pulls,
             &readiness,
+            release,
         )
     }
 
@@ -234,13 +247,17 @@ pub fn compose(
     mut apps: Apps,
     pulls: &Pulls,
     readiness: &Readiness,
+    release: Release,
 ) -> View {
     for (name, app) in apps.iter_mut() {
         if let Some(&(done, total)) = pulls.get(name) {
             app.state = AppState::Pulling { done, total };
         }
         if app.ready.is_some() {
-            app.ready = Some(readiness.get(name).copied().unwrap_or(false));
+            // Readiness belongs to the running container: an app that exited
+            // (crash loop, backoff) is not ready whatever its last verdict said.
+            app.ready =
+                Some(app.state.is_running() && readiness.get(name).copied().unwrap_or(false));
         }
     }
     View {
@@ -249,6 +266,7 @@ pub fn compose(
         rejected: rejections.counters.clone(),
         last_rejection: rejections.last.clone(),
         connected: link.is_some(),
+        release,
     }
 }
 
@@ -289,6 +307,14 @@ mod tests {
             ("checked", app("checked", running.clone(), Some(false))),
             ("unjudged", app("unjudged", running.clone(), Some(false))),
             ("pulled", app("pulled", AppState::Pending, None)),
+            (
+                "crashing",
+                app(
+                    "crashing",
+                    AppState::BackingOff { retry_in_secs: 2 },
+                    Some(false),
+                ),
+            ),
         ]
         .into_iter()
         .map(|(n, a)| (n.to_string(), a))
@@ -298,6 +324,7 @@ mod tests {
             ("checked".into(), true),
             ("plain".into(), true),
             ("gone".into(), true),
+            ("crashing".into(), true),
         ]
         .into();
         let rejections = Rejections {
@@ -315,6 +342,7 @@ mod tests {
             apps.clone(),
             &pulls,
             &readiness,
+            None,
         );
         // (app, state, ready)
         let cases = [
@@ -322,12 +350,19 @@ mod tests {
             ("checked", running.clone(), Some(true)), // the health task's verdict
             ("unjudged", running.clone(), Some(false)), // checked, no verdict yet
             ("pulled", pulling, None),        // a pull under way
+            // Backing off after a crash: its last verdict was about a container
+            // that no longer runs.
+            (
+                "crashing",
+                AppState::BackingOff { retry_in_secs: 2 },
+                Some(false),
+            ),
         ];
         for (name, state, ready) in cases {
             let got = &v.apps[name];
             assert_eq!((&got.state, got.ready), (&state, ready), "{name}");
         }
-        assert_eq!(v.apps.len(), 4, "pulls and verdicts add no apps");
+        assert_eq!(v.apps.len(), 5, "pulls and verdicts add no apps");
         assert_eq!(v.applied, Some((2, 5)));
         assert_eq!(
             (v.rejected.rollback, v.last_rejection.as_deref()),
@@ -341,6 +376,7 @@ mod tests {
             Apps::new(),
             &pulls,
             &readiness,
+            None,
         );
         assert_eq!(empty, View::default());
     }
@@ -379,11 +415,18 @@ mod tests {
             r.last = Some("key set: bad".into());
         });
         w.desired.send_replace(Some(manifest(1, 2)));
-        assert_eq!(*changes.borrow_and_update(), 6);
+        w.release.send_replace(Some(ReleaseStatus {
+            target: (1, 2),
+            phase: outpost_protocol::ReleasePhase::Trial,
+            committed: Some((1, 1)),
+        }));
+        assert_eq!(*changes.borrow_and_update(), 7);
         let v = parts.view();
         assert_eq!(v.applied, Some((1, 2)));
         assert_eq!(v.apps["web"].state, AppState::Pulling { done: 1, total: 4 });
-        assert_eq!(v.apps["web"].ready, Some(true));
+        // A verdict is about a running container; a pulling app has none.
+        assert_eq!(v.apps["web"].ready, Some(false));
+        assert_eq!(v.release.as_ref().map(|r| r.target), Some((1, 2)));
         assert_eq!((v.rejected.keyset, v.connected), (1, true));
         // The pull ends: the reconciler's state shows again.
         w.pulls.send_modify(|p| {

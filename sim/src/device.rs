@@ -265,6 +265,8 @@ pub fn spawn(
         // No pulls and no health checks: their parts stay empty.
         pulls: _,
         readiness: _,
+        // The simulated runtime runs no release trials (yet): no release state.
+        release: _,
     } = writers;
     let reporter = Arc::new(Reporter::new(
         outbox.clone(),

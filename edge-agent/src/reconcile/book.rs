@@ -48,6 +48,10 @@ pub struct Ledger {
     /// container of the app is ready again, so the reason of a health restart
     /// is still there to read once the replacement runs.
     pub unhealthy: BTreeMap<String, String>,
+    /// Each app's last unexpected exit, as people read it ("exited with code
+    /// 1 at …"): the status's `last_error` when no action failed, until the
+    /// app has run stably again.
+    pub exits: BTreeMap<String, String>,
 }
 
 /// An app found failing its health check after it was ready, newly (each
@@ -130,12 +134,12 @@ impl Ledger {
                         // stability from now.
                         book.started_at_ms.get_or_insert(now_ms);
                     }
-                    if book.consecutive > 0
-                        && book
-                            .started_at_ms
-                            .is_some_and(|t| now_ms.saturating_sub(t) >= STABLE_AFTER_MS)
+                    if book
+                        .started_at_ms
+                        .is_some_and(|t| now_ms.saturating_sub(t) >= STABLE_AFTER_MS)
                     {
                         book.consecutive = 0;
+                        self.exits.remove(&d.spec.name);
                     }
                 }
                 ContainerStatus::Exited { .. } => {
@@ -267,12 +271,18 @@ impl Ledger {
         }
     }
 
+    /// Remember `app`'s exit for its status (`describe_exit` and when).
+    pub fn note_exit(&mut self, app: &str, what: String) {
+        self.exits.insert(app.to_string(), what);
+    }
+
     /// Drop what is remembered of apps the manifest no longer has (their
     /// errors too: a removed app's failure must not keep a release unsettled).
     pub fn forget_undesired(&mut self, desired: &BTreeMap<String, DesiredApp>) {
         self.books.retain(|app, _| desired.contains_key(app));
         self.errors.retain(|app, _| desired.contains_key(app));
         self.unhealthy.retain(|app, _| desired.contains_key(app));
+        self.exits.retain(|app, _| desired.contains_key(app));
     }
 
     /// Restart counts of every app with a book (the executor numbers its
@@ -366,13 +376,30 @@ pub fn app_statuses(
                     .errors
                     .get(name)
                     .map(|e| e.message.clone())
-                    .or_else(|| ledger.unhealthy.get(name).cloned()),
+                    .or_else(|| ledger.unhealthy.get(name).cloned())
+                    .or_else(|| ledger.exits.get(name).cloned()),
                 image_digest: Some(d.spec.image.digest),
                 ready: None,
             },
         );
     }
     apps
+}
+
+/// An exit as people read it: the code, or the signal behind a code above
+/// 128 (the runtime reports a signalled init as 128 + signal).
+pub fn describe_exit(code: Option<i32>) -> String {
+    match code {
+        None => "exited with an unknown code (the container was gone)".into(),
+        Some(c) if (129..=128 + 64).contains(&c) => {
+            let signal = c - 128;
+            match nix::sys::signal::Signal::try_from(signal) {
+                Ok(s) => format!("killed by signal {signal} ({s}, exit code {c})"),
+                Err(_) => format!("killed by signal {signal} (exit code {c})"),
+            }
+        }
+        Some(c) => format!("exited with code {c}"),
+    }
 }
 
 /// What the health checker probes: each desired app with a check whose

@@ -53,7 +53,8 @@ pub struct Observed {
     /// Image digests present in the local store (no network needed to run them).
     pub images: BTreeSet<Digest>,
     pub books: BTreeMap<String, AppBook>,
-    /// Apps whose new container (start-first update) passed its health check.
+    /// Apps whose desired container passed its health check (the verdict is
+    /// about that very container: a hand-over waits for it).
     pub ready: BTreeSet<String>,
 }
 
@@ -178,14 +179,22 @@ pub fn plan(
             continue;
         }
         if let Some(d) = desired.get(&c.app) {
-            // Start-first update: keep the old one serving until the new one runs
-            // (and is ready when it has a health check).
-            let new_up = observed
+            // Hand-over: keep the old one serving until the new one runs and
+            // is ready (with a health check), or `handover_timeout_secs` after
+            // the new one started.
+            let new_running = observed
                 .containers
                 .get(&d.container)
-                .is_some_and(|n| n.status.is_running())
-                && (d.spec.health.is_none() || observed.ready.contains(&c.app));
+                .is_some_and(|n| n.status.is_running());
+            let timeout_ms = u64::from(d.spec.handover_timeout_secs) * 1000;
+            let new_since = observed.books.get(&c.app).and_then(|b| b.started_at_ms);
+            let timed_out = new_since.is_some_and(|s| now_ms >= s.saturating_add(timeout_ms));
+            let new_up = new_running
+                && (d.spec.health.is_none() || observed.ready.contains(&c.app) || timed_out);
             if d.spec.update == UpdateStrategy::HandOver && c.status.is_running() && !new_up {
+                if let Some(s) = new_since.filter(|_| new_running) {
+                    out.requeue(s.saturating_add(timeout_ms).saturating_sub(now_ms));
+                }
                 out.actions.push(Action::Keep {
                     app: c.app.clone(),
                     container: name.clone(),

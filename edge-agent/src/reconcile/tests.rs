@@ -150,6 +150,17 @@ fn rig() -> Rig {
 }
 
 fn rig_with(policy: Policy, clock: Arc<dyn Clock>) -> Rig {
+    rig_on(policy, clock, Arc::new(FakeWorld::default()), None)
+}
+
+/// A rig on an existing device (`world`: containers and images survive, as
+/// on a disk) whose agent starts with the release record `saved`.
+fn rig_on(
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    world: Arc<FakeWorld>,
+    saved: Option<Vec<u8>>,
+) -> Rig {
     let crate::report::ReporterRig {
         dir,
         store,
@@ -158,7 +169,6 @@ fn rig_with(policy: Policy, clock: Arc<dyn Clock>) -> Rig {
         reporter,
         ..
     } = crate::report::ReporterRig::new("pi-1", 1);
-    let world = Arc::new(FakeWorld::default());
     let exec = Executor {
         images: Arc::new(FakeImages(world.clone())),
         driver: Arc::new(FakeDriver(world.clone())),
@@ -183,7 +193,12 @@ fn rig_with(policy: Policy, clock: Arc<dyn Clock>) -> Rig {
         verdicts_rx,
         BTreeMap::new(),
     )
-    .with_clock(clock);
+    .with_clock(clock)
+    .with_releases(
+        crate::state::ReleaseLog::new(store.clone()),
+        saved.as_deref(),
+        writers.release,
+    );
     Rig {
         world,
         rec,
@@ -386,7 +401,9 @@ async fn a_failed_pull_is_retried_after_its_delay_whatever_the_wall_clock_does()
     r.rec.pass().await;
     assert_eq!(*r.world.pull_attempts.lock().unwrap(), 1);
     assert_eq!(r.reporter.view().apps["web"].state, AppState::Failed);
-    assert!(r.rec.ledger.errors["web"].retryable);
+    // A release still downloading keeps its failures apart from the apps'
+    // books (`download_errors`), so they never delay a running app's restart.
+    assert!(r.rec.download_errors["web"].retryable);
 
     clock.step_wall(YEAR_MS);
     assert_eq!(r.rec.pass().await, Duration::from_secs(10));
@@ -467,7 +484,7 @@ async fn a_pull_for_another_platform_fails_as_not_retryable_and_still_backs_off(
             && shown.contains("no manifest for platform linux/riscv64"),
         "{shown}"
     );
-    let e = &r.rec.ledger.errors["web"];
+    let e = &r.rec.download_errors["web"];
     assert!(!e.retryable);
     assert_eq!(e.message, shown);
     assert_eq!(r.rec.pass().await, Duration::from_secs(1));
@@ -475,3 +492,5 @@ async fn a_pull_for_another_platform_fails_as_not_retryable_and_still_backs_off(
     r.rec.pass().await;
     assert_eq!(*r.world.pull_attempts.lock().unwrap(), 2);
 }
+
+mod releases;
