@@ -294,6 +294,12 @@ pub trait ContainerDriver: Send + Sync + 'static {
     }
     /// Images existing containers were created from (garbage collection keeps
     /// them: a container's overlay uses their unpacked layers).
+    /// Does `app` hold its update lock (`crate::locks`)? Drivers without
+    /// locks say no.
+    fn lock_held(&self, _app: &str) -> Result<bool, DriverError> {
+        Ok(false)
+    }
+
     fn images_in_use(&self) -> Result<BTreeSet<Digest>, DriverError> {
         Ok(BTreeSet::new())
     }

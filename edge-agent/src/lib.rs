@@ -44,6 +44,7 @@ pub mod health;
 pub mod images;
 pub mod inbox;
 pub mod link;
+pub mod locks;
 pub mod logview;
 pub mod outbox;
 pub mod reconcile;

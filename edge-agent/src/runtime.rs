@@ -153,4 +153,10 @@ impl ContainerDriver for RuntimeDriver {
             .delete(container)
             .map_err(|e| DriverError::new("delete", container, e))
     }
+
+    fn lock_held(&self, app: &str) -> Result<bool, DriverError> {
+        let dir = self.rt.lock_dir(app);
+        crate::locks::held(&dir)
+            .map_err(|e| DriverError::new("probe update lock", dir.display().to_string(), e))
+    }
 }

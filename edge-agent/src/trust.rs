@@ -128,7 +128,8 @@ impl TrustGate {
                 )));
             }
         }
-        let m = Manifest::decode(opened.version, opened.body).map_err(|e| bad(e.to_string()))?;
+        let m = outpost_protocol::legacy::decode_manifest(opened.version, opened.body)
+            .map_err(|e| bad(e.to_string()))?;
         if &m.device_id != self.verifier.device_id() {
             return Err(bad(format!("it is for device {}", m.device_id)));
         }

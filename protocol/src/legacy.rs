@@ -1,11 +1,11 @@
-//! Bodies as format version 1 wrote them, read by this build and converted.
+//! Manifest bodies by envelope format version: version 1's layout, frozen,
+//! read by this build and converted.
 //!
 //! Postcard has no field names or lengths: a struct that gained a field no
 //! longer decodes from the old bytes. A device upgraded before its hub must
 //! still read the hub's manifests, and its own persisted manifest, written
-//! before the upgrade; a hub upgraded after some devices must still read the
-//! old agents' status reports. Each old layout is kept here, frozen, with the
-//! conversion that fills the new fields with what version 1 meant.
+//! before the upgrade. (Status reports keep their version-1 layout in
+//! `status.rs`, for a hub upgraded after some devices.)
 
 use crate::envelope::{decode_body, OpenError};
 use crate::image::ImageRef;
@@ -14,7 +14,6 @@ use crate::manifest::{
     AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, ReleasePolicy, Resources,
     RestartPolicy, UpdateStrategy, VolumeMount, DEFAULT_HANDOVER_TIMEOUT_SECS, MAX_APPS,
 };
-use crate::status::{AppStatus, RejectCounters, StatusReport};
 use crate::topics::DeviceId;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -96,6 +95,14 @@ impl From<AppSpecV1> for AppSpec {
     }
 }
 
+/// Decode a manifest body written in envelope format `version`.
+pub fn decode_manifest(version: u8, body: &[u8]) -> Result<Manifest, OpenError> {
+    match version {
+        1 => decode_manifest_v1(body),
+        _ => decode_body("manifest", body),
+    }
+}
+
 /// A version-1 manifest body, with the default release policy.
 pub fn decode_manifest_v1(body: &[u8]) -> Result<Manifest, OpenError> {
     let m: ManifestV1 = decode_body("manifest (format version 1)", body)?;
@@ -107,41 +114,6 @@ pub fn decode_manifest_v1(body: &[u8]) -> Result<Manifest, OpenError> {
         key_id: m.key_id,
         apps: m.apps.into_iter().map(AppSpec::from).collect(),
         release: ReleasePolicy::default(),
-    })
-}
-
-#[derive(Deserialize)]
-struct StatusReportV1 {
-    device_id: DeviceId,
-    applied: Option<(u64, u64)>,
-    boot: u64,
-    seq: u64,
-    event_floor: u64,
-    reported_at: u64,
-    agent_version: String,
-    uptime_secs: u64,
-    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_APPS>")]
-    apps: Vec<AppStatus>,
-    rejected: RejectCounters,
-    last_rejection: Option<String>,
-}
-
-/// A version-1 status body: an agent that knows no release states.
-pub fn decode_status_v1(body: &[u8]) -> Result<StatusReport, OpenError> {
-    let s: StatusReportV1 = decode_body("status report (format version 1)", body)?;
-    Ok(StatusReport {
-        device_id: s.device_id,
-        applied: s.applied,
-        boot: s.boot,
-        seq: s.seq,
-        event_floor: s.event_floor,
-        reported_at: s.reported_at,
-        agent_version: s.agent_version,
-        uptime_secs: s.uptime_secs,
-        apps: s.apps,
-        rejected: s.rejected,
-        last_rejection: s.last_rejection,
-        release: None,
     })
 }
 
@@ -235,7 +207,7 @@ mod tests {
         assert!(opened.signed_by(&key.public_key()));
         // The current layout cannot read it; the version says which one can.
         assert!(decode_body::<Manifest>("manifest", opened.body).is_err());
-        let m = Manifest::decode(opened.version, opened.body).unwrap();
+        let m = decode_manifest(opened.version, opened.body).unwrap();
         assert_eq!((m.epoch, m.generation, m.issued_at), (1, 4, 9));
         assert_eq!(m.release, ReleasePolicy::default());
         assert_eq!(m.apps[0].update, UpdateStrategy::KillThenDownload);
@@ -247,45 +219,5 @@ mod tests {
         assert_eq!(m.apps[0].user.as_deref(), Some("1000"));
         assert!(m.apps[0].read_only_rootfs && !m.apps[0].override_lock);
         m.validate().unwrap();
-    }
-
-    #[test]
-    fn a_version_1_status_opens_without_release_state() {
-        #[derive(Serialize)]
-        struct OldStatus<'a> {
-            device_id: &'a DeviceId,
-            applied: Option<(u64, u64)>,
-            boot: u64,
-            seq: u64,
-            event_floor: u64,
-            reported_at: u64,
-            agent_version: &'a str,
-            uptime_secs: u64,
-            apps: Vec<AppStatus>,
-            rejected: RejectCounters,
-            last_rejection: Option<String>,
-        }
-        let key = SigningKey::generate().unwrap();
-        let device: DeviceId = "pi-1".parse().unwrap();
-        let old = OldStatus {
-            device_id: &device,
-            applied: Some((1, 2)),
-            boot: 3,
-            seq: 4,
-            event_floor: 5,
-            reported_at: 6,
-            agent_version: "0.1.0",
-            uptime_secs: 7,
-            apps: vec![],
-            rejected: RejectCounters::default(),
-            last_rejection: None,
-        };
-        let bytes = seal_version(1, Kind::Status, &key, &postcard::to_stdvec(&old).unwrap());
-        let s = StatusReport::open(&bytes, &device, &key.public_key()).unwrap();
-        assert_eq!(
-            (s.applied, s.boot, s.seq, s.event_floor),
-            (Some((1, 2)), 3, 4, 5)
-        );
-        assert_eq!(s.release, None);
     }
 }

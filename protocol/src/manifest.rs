@@ -335,14 +335,6 @@ impl Manifest {
         Ok(())
     }
 
-    /// Decode a manifest body written in envelope format `version`.
-    pub fn decode(version: u8, body: &[u8]) -> Result<Manifest, crate::OpenError> {
-        match version {
-            1 => crate::legacy::decode_manifest_v1(body),
-            _ => crate::envelope::decode_body("manifest", body),
-        }
-    }
-
     /// `(epoch, generation)`: the order manifests (releases) are taken in.
     pub fn release_id(&self) -> (u64, u64) {
         (self.epoch, self.generation)
@@ -449,6 +441,15 @@ impl AppSpec {
                     "volumes",
                     format!(
                         "mount path {:?} must be an absolute path without '..' and not '/'",
+                        v.container_path
+                    ),
+                ));
+            }
+            if v.container_path == "/run/outpost" || v.container_path.starts_with("/run/outpost/") {
+                return Err(bad(
+                    "volumes",
+                    format!(
+                        "mount path {:?} is reserved: the agent mounts the update lock at /run/outpost/lock",
                         v.container_path
                     ),
                 ));

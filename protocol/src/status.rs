@@ -312,7 +312,7 @@ impl StatusReport {
             key,
             |s: &StatusReport| &s.device_id,
             |version, what, body| match version {
-                1 => crate::legacy::decode_status_v1(body),
+                1 => v1::decode_status(body),
                 _ => envelope::decode_body(what, body),
             },
         )
@@ -340,6 +340,47 @@ impl Event {
             |e: &Event| &e.device_id,
             |_, what, body| envelope::decode_body(what, body),
         )
+    }
+}
+
+/// Status bodies as format version 1 wrote them (before `release`), for a
+/// hub upgraded after some of its devices. Frozen: never edit.
+mod v1 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct StatusReportV1 {
+        device_id: DeviceId,
+        applied: Option<(u64, u64)>,
+        boot: u64,
+        seq: u64,
+        event_floor: u64,
+        reported_at: u64,
+        agent_version: String,
+        uptime_secs: u64,
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_ITEMS>")]
+        apps: Vec<AppStatus>,
+        rejected: RejectCounters,
+        last_rejection: Option<String>,
+    }
+
+    /// A version-1 status body: an agent that knows no release states.
+    pub fn decode_status(body: &[u8]) -> Result<StatusReport, OpenError> {
+        let s: StatusReportV1 = envelope::decode_body("status report (format version 1)", body)?;
+        Ok(StatusReport {
+            device_id: s.device_id,
+            applied: s.applied,
+            boot: s.boot,
+            seq: s.seq,
+            event_floor: s.event_floor,
+            reported_at: s.reported_at,
+            agent_version: s.agent_version,
+            uptime_secs: s.uptime_secs,
+            apps: s.apps,
+            rejected: s.rejected,
+            last_rejection: s.last_rejection,
+            release: None,
+        })
     }
 }
 
@@ -424,5 +465,45 @@ mod tests {
                 ready: false
             }
         );
+    }
+    #[test]
+    fn a_version_1_status_opens_without_release_state() {
+        #[derive(Serialize)]
+        struct OldStatus<'a> {
+            device_id: &'a DeviceId,
+            applied: Option<(u64, u64)>,
+            boot: u64,
+            seq: u64,
+            event_floor: u64,
+            reported_at: u64,
+            agent_version: &'a str,
+            uptime_secs: u64,
+            apps: Vec<AppStatus>,
+            rejected: RejectCounters,
+            last_rejection: Option<String>,
+        }
+        let key = SigningKey::generate().unwrap();
+        let device: DeviceId = "pi-1".parse().unwrap();
+        let old = OldStatus {
+            device_id: &device,
+            applied: Some((1, 2)),
+            boot: 3,
+            seq: 4,
+            event_floor: 5,
+            reported_at: 6,
+            agent_version: "0.1.0",
+            uptime_secs: 7,
+            apps: vec![],
+            rejected: RejectCounters::default(),
+            last_rejection: None,
+        };
+        let bytes =
+            envelope::seal_version(1, Kind::Status, &key, &postcard::to_stdvec(&old).unwrap());
+        let s = StatusReport::open(&bytes, &device, &key.public_key()).unwrap();
+        assert_eq!(
+            (s.applied, s.boot, s.seq, s.event_floor),
+            (Some((1, 2)), 3, 4, 5)
+        );
+        assert_eq!(s.release, None);
     }
 }

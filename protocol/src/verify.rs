@@ -150,7 +150,7 @@ impl Verifier {
             });
         }
         let body_digest = Digest::of(opened.body);
-        let manifest = Manifest::decode(opened.version, opened.body)?;
+        let manifest = crate::legacy::decode_manifest(opened.version, opened.body)?;
         if manifest.device_id != self.device_id {
             return Err(RejectReason::WrongDevice {
                 expected: self.device_id.clone(),

@@ -96,6 +96,11 @@ pub struct ResolvedDevice {
     pub access: String,
 }
 
+/// Where every container finds its update-lock directory.
+pub const LOCK_MOUNT: &str = "/run/outpost/lock";
+/// The file an app flocks (exclusively) to hold off updates.
+pub const LOCK_FILE: &str = "updates.lock";
+
 /// Everything [`generate`] needs besides the app and image.
 #[derive(Debug, Clone)]
 pub struct SpecInputs<'a> {
@@ -106,6 +111,8 @@ pub struct SpecInputs<'a> {
     pub rootfs: &'a Path,
     /// Where this app's named volumes live: `<data>/volumes/<app>`.
     pub volumes_dir: &'a Path,
+    /// The app's update-lock directory on the host, mounted at [`LOCK_MOUNT`].
+    pub lock_dir: Option<&'a Path>,
     pub devices: &'a [ResolvedDevice],
     /// cgroup path relative to each hierarchy's root.
     pub cgroups_path: &'a str,
@@ -325,6 +332,13 @@ pub fn generate(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         }));
     }
 
+    if let Some(dir) = inputs.lock_dir {
+        mounts.push(json!({
+            "destination": LOCK_MOUNT, "type": "bind", "source": dir,
+            "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec"],
+        }));
+    }
+
     let mut namespaces = vec![
         json!({ "type": "pid" }),
         json!({ "type": "ipc" }),
@@ -438,6 +452,7 @@ mod tests {
             image_digest: &digest,
             rootfs: Path::new("/data/containers/c1/rootfs"),
             volumes_dir: Path::new("/data/volumes/web"),
+            lock_dir: Some(Path::new("/data/locks/web")),
             devices,
             cgroups_path: "/outpost/c1",
             labels: &labels,
@@ -579,6 +594,7 @@ mod tests {
                 image_digest: &digest,
                 rootfs: Path::new("/r"),
                 volumes_dir: Path::new("/v"),
+                lock_dir: None,
                 devices: &[],
                 cgroups_path: "/outpost/x",
                 labels: &BTreeMap::new(),
@@ -662,6 +678,10 @@ mod tests {
             Some("tmpfs")
         );
         assert!(mount(&spec, "/proc").is_some());
+        // The update-lock directory: the app's own, writable (it flocks there).
+        let lock = mount(&spec, LOCK_MOUNT).unwrap();
+        assert_eq!(lock.source().as_deref(), Some(Path::new("/data/locks/web")));
+        assert!(!lock.options().as_ref().unwrap().contains(&"ro".to_string()));
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux
             .masked_paths()

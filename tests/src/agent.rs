@@ -297,6 +297,24 @@ impl Agent {
         st["applied"][1].as_u64()
     }
 
+    /// The generation the agent last committed (its release passed its trial).
+    pub fn committed_generation(&self) -> Option<u64> {
+        let st = self.status().ok()?;
+        st["release"]["committed"][1].as_u64()
+    }
+
+    /// The release phase in words as the status file has it (`"Committed"`,
+    /// `"Trial"`, `"Downloading"`, or the name of a phase with fields such as
+    /// `"RolledBack"`), with its fields when it has some.
+    pub fn release_phase(&self) -> Option<(String, Value)> {
+        let st = self.status().ok()?;
+        match &st["release"]["phase"] {
+            Value::String(s) => Some((s.clone(), Value::Null)),
+            Value::Object(o) => o.iter().next().map(|(k, v)| (k.clone(), v.clone())),
+            _ => None,
+        }
+    }
+
     pub fn rejected_total(&self) -> u64 {
         self.status()
             .ok()

@@ -157,9 +157,19 @@ impl Hub {
         .map(|_| ())
     }
 
-    /// Apply a deployment of the sample image to exactly one device.
+    /// Apply a deployment of the sample image to exactly one device. Its
+    /// releases commit after 2 s of stability (tests wait for the commit
+    /// before they reboot: a trial cut short rolls back) and roll back after
+    /// 60 s at the latest.
     pub fn deploy(&self, device: &str, apps: &[AppDef]) -> Result<()> {
-        let mut toml = format!("name = \"{device}\"\nselector = {{ e2e = \"{device}\" }}\n");
+        self.deploy_with(device, apps, "stable_secs = 2\ntrial_deadline_secs = 60\n")
+    }
+
+    /// [`Hub::deploy`] with its own `[release]` table body.
+    pub fn deploy_with(&self, device: &str, apps: &[AppDef], release: &str) -> Result<()> {
+        let mut toml = format!(
+            "name = \"{device}\"\nselector = {{ e2e = \"{device}\" }}\n[release]\n{release}"
+        );
         for a in apps {
             toml.push_str(&a.to_toml());
         }

@@ -39,12 +39,16 @@ impl World {
         AppDef::hello(&unique(prefix), &self.image)
     }
 
-    /// Deploy and wait until the agent runs every app and the app answers.
+    /// Deploy and wait until the agent runs every app, the app answers and
+    /// the release committed (so a reboot after this keeps it).
     pub fn deploy_and_wait(&self, apps: &[AppDef]) -> Result<()> {
         let before = self.agent.applied_generation().unwrap_or(0);
         self.hub.deploy(&self.agent.device_id, apps)?;
-        eventually(PATIENCE, "the agent to apply the new generation", || {
+        let applied = eventually(PATIENCE, "the agent to apply the new generation", || {
             self.agent.applied_generation().filter(|g| *g > before)
+        });
+        eventually(PATIENCE, "the release to commit", || {
+            self.agent.committed_generation().filter(|g| *g >= applied)
         });
         for a in apps {
             eventually(PATIENCE, &format!("app {} to answer", a.name), || {

@@ -77,6 +77,8 @@ pub struct Reconciler {
     /// The last failed download per app of the release downloading (shown as
     /// its `last_error`).
     download_errors: BTreeMap<String, book::LastError>,
+    /// The release and app last reported as waiting for a lock (one event).
+    waiting_for: Option<(ReleaseId, String)>,
 }
 
 /// The trial this process started.
@@ -179,6 +181,7 @@ impl Reconciler {
             release_view: None,
             downloads: BTreeMap::new(),
             download_errors: BTreeMap::new(),
+            waiting_for: None,
         }
     }
 
@@ -367,6 +370,29 @@ impl Reconciler {
         } else {
             self.download_errors.clear();
         }
+        // Images here and the release about to start: a held update lock of an
+        // app it would stop defers it (the check costs a flock per app, made
+        // only while a release waits to start).
+        if route.transition == Some(Transition::StartTrial) && self.record.trial.is_none() {
+            if let Some(app) = self.held_lock(&target, &containers).await {
+                gate = Gate::Locked { app };
+                route = release::route(&self.record, id, trial_running, &gate);
+            }
+        }
+        if let ReleasePhase::WaitingForLock { app } = &route.phase {
+            if self.waiting_for != Some((id, app.clone())) {
+                self.waiting_for = Some((id, app.clone()));
+                tracing::info!(device_id = %device, app = %app, generation = id.1, "release waits: the app holds its update lock");
+                self.outbox
+                    .event(EventKind::WaitingForLock {
+                        app: app.clone(),
+                        release: id,
+                    })
+                    .await;
+            }
+        } else {
+            self.waiting_for = None;
+        }
         if let Some(t) = route.transition.clone() {
             self.transition(&t, &manifest, now).await;
         }
@@ -529,6 +555,44 @@ impl Reconciler {
             wait = wait.min(d);
         }
         wait
+    }
+
+    /// The first app whose running container the target would stop and that
+    /// holds its update lock (unless the target overrides its lock).
+    async fn held_lock(
+        &self,
+        target: &BTreeMap<String, DesiredApp>,
+        containers: &book::Containers,
+    ) -> Option<String> {
+        let apps: BTreeSet<String> = containers
+            .values()
+            .filter(|c| c.status.is_running())
+            .filter(|c| {
+                target
+                    .get(&c.app)
+                    .is_none_or(|d| d.container != c.name && !d.spec.override_lock)
+            })
+            .map(|c| c.app.clone())
+            .collect();
+        if apps.is_empty() {
+            return None;
+        }
+        let driver = self.exec.driver.clone();
+        let device = self.outbox.device_id().clone();
+        tokio::task::spawn_blocking(move || {
+            apps.into_iter().find(|app| match driver.lock_held(app) {
+                Ok(held) => held,
+                Err(e) => {
+                    // An unreadable lock is not a held one: updates must not
+                    // stall on a broken file.
+                    tracing::warn!(device_id = %device, app = %app, error = %e, "probing the update lock");
+                    false
+                }
+            })
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// When the next download retry is due, while a release downloads.

@@ -21,6 +21,8 @@ pub struct FakeWorld {
     /// Pulls fail as an image without a manifest for this platform does.
     pub wrong_platform: Mutex<bool>,
     pub pull_attempts: Mutex<u32>,
+    /// Apps holding their update lock.
+    pub locked: Mutex<BTreeSet<String>>,
 }
 
 pub struct FakeImages(pub Arc<FakeWorld>);
@@ -127,6 +129,9 @@ impl ContainerDriver for FakeDriver {
     fn remove(&self, container: &str) -> Result<(), DriverError> {
         self.0.containers.lock().unwrap().remove(container);
         Ok(())
+    }
+    fn lock_held(&self, app: &str) -> Result<bool, DriverError> {
+        Ok(self.0.locked.lock().unwrap().contains(app))
     }
 }
 

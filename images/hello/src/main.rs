@@ -14,6 +14,9 @@
 //! - `GET /say?n=N` → prints N numbered lines (`say 1`, `say 2`, … counted
 //!   across requests) to stdout, so tests can make an app log fast and check
 //!   that no line was lost.
+//! - `GET /lock` → takes the update lock (an exclusive flock of
+//!   `/run/outpost/lock/updates.lock`, the directory the agent mounts) and
+//!   holds it; `GET /unlock` → lets it go. Tests use it to defer an update.
 //! - With `$TICK_MS` set, prints `tick N` every that many milliseconds (a
 //!   steadily logging app for the flash-wear benchmark).
 //!
@@ -48,6 +51,42 @@ fn say(n: u64) -> String {
 extern "C" {
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
     fn _exit(status: i32) -> !;
+    fn flock(fd: i32, operation: i32) -> i32;
+}
+
+const LOCK_EX: i32 = 2;
+const LOCK_PATH: &str = "/run/outpost/lock/updates.lock";
+/// The open, flocked lock file while the app holds the update lock.
+static LOCK: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+fn take_lock() -> (&'static str, String) {
+    use std::os::fd::AsRawFd;
+    let mut held = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if held.is_some() {
+        return ("200 OK", "already locked\n".into());
+    }
+    let file = match OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+    {
+        Ok(f) => f,
+        Err(e) => return ("500 Internal Server Error", format!("open {LOCK_PATH}: {e}\n")),
+    };
+    // Blocking: the agent's probe holds it for an instant at most.
+    if unsafe { flock(file.as_raw_fd(), LOCK_EX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return ("500 Internal Server Error", format!("flock {LOCK_PATH}: {e}\n"));
+    }
+    *held = Some(file);
+    ("200 OK", "locked\n".into())
+}
+
+fn release_lock() -> (&'static str, String) {
+    // Closing the file drops the flock.
+    let was = LOCK.lock().unwrap_or_else(|p| p.into_inner()).take();
+    ("200 OK", if was.is_some() { "unlocked\n" } else { "not locked\n" }.into())
 }
 
 extern "C" fn on_sigterm(_: i32) {
@@ -125,6 +164,8 @@ fn respond(mut stream: TcpStream, version: &str) {
             ("503 Service Unavailable", "sick\n".to_string())
         }
         ("GET", "/health") => ("200 OK", "ok\n".to_string()),
+        ("GET", "/lock") => take_lock(),
+        ("GET", "/unlock") => release_lock(),
         ("GET", "/sick") => {
             SICK.store(true, std::sync::atomic::Ordering::SeqCst);
             ("200 OK", "sick from now on\n".to_string())

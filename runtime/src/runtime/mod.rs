@@ -271,6 +271,14 @@ impl Runtime {
         self.config.data_dir.join("volumes").join(app).join(volume)
     }
 
+    /// The host side of `app`'s update-lock directory, mounted read-write at
+    /// [`crate::spec::LOCK_MOUNT`] in each of its containers: the app takes
+    /// the update lock by flocking [`crate::spec::LOCK_FILE`] in it. Keyed by
+    /// app, so the lock outlives container replacement.
+    pub fn lock_dir(&self, app: &str) -> PathBuf {
+        self.config.data_dir.join("locks").join(app)
+    }
+
     /// Create a container (not started). On failure nothing is left behind.
     pub fn create(&self, req: &ContainerRequest<'_>) -> Result<ContainerInfo> {
         let id = req.id;
@@ -320,6 +328,8 @@ impl Runtime {
             let path = self.volume_path(&app.name, &v.name);
             std::fs::create_dir_all(&path).map_err(io_err("create volume", &path))?;
         }
+        let lock_dir = self.lock_dir(&app.name);
+        std::fs::create_dir_all(&lock_dir).map_err(io_err("create lock dir", &lock_dir))?;
         let rootfs_path = match &req.rootfs {
             Rootfs::Layers(layers) => {
                 let target = dir.join("rootfs");
@@ -340,6 +350,7 @@ impl Runtime {
             image_digest: &req.image_digest,
             rootfs: &rootfs_path,
             volumes_dir: &self.config.data_dir.join("volumes").join(&app.name),
+            lock_dir: Some(&lock_dir),
             devices,
             cgroups_path: &cgroups_path,
             labels: &req.labels,

@@ -237,3 +237,40 @@ async fn hand_over_stops_the_old_container_after_its_timeout() {
         "{up:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_held_lock_defers_the_release_until_released_or_overridden() {
+    let mut r = rig();
+    let v1 = commit_v1(&mut r).await;
+    r.world.locked.lock().unwrap().insert("web".into());
+    r.desired_tx
+        .send_replace(Some(release(2, vec![app("web", 2), app("db", 1)])));
+    run_for(&mut r, 10).await;
+    assert_eq!(
+        phase(&r),
+        ReleasePhase::WaitingForLock { app: "web".into() }
+    );
+    assert!(images_of(&r).contains(&v1), "not replaced while locked");
+    assert!(
+        r.world
+            .images
+            .lock()
+            .unwrap()
+            .contains(&app("web", 2).image.digest),
+        "downloaded meanwhile"
+    );
+    r.world.locked.lock().unwrap().clear();
+    run_for(&mut r, 6).await;
+    assert_eq!(phase(&r), ReleasePhase::Committed);
+    assert!(images_of(&r).contains(&container_name(&app("web", 2))));
+
+    // The override replaces a locked app at once.
+    r.world.locked.lock().unwrap().insert("web".into());
+    let mut forced = app("web", 3);
+    forced.override_lock = true;
+    r.desired_tx
+        .send_replace(Some(release(3, vec![forced.clone(), app("db", 1)])));
+    r.rec.pass().await;
+    assert_eq!(phase(&r), ReleasePhase::Trial);
+    assert!(images_of(&r).contains(&container_name(&forced)));
+}
