@@ -569,11 +569,12 @@ impl Hub {
             }
             let deployments = pinned_deployments(op.tx)?;
             let apps = render::desired_apps(&id, &dev.labels, &deployments)?;
+            let release = render::release_policy(&dev.labels, &deployments);
             let generation = applied.saturating_add(1);
-            let digest = render::apps_digest(&apps);
+            let digest = render::content_digest(&apps, &release);
             let (meta, bytes) = op
                 .hub
-                .seal_one(&id, epoch, generation, apps, digest, op.now)?;
+                .seal_one(&id, epoch, generation, apps, release, digest, op.now)?;
             op.tx.put_manifests([(&id, &meta, bytes.as_slice())])?;
             op.audit(
                 "manifest.reissue",
@@ -590,12 +591,14 @@ impl Hub {
     }
 
     /// Build, validate, sign and size-check one manifest.
+    #[allow(clippy::too_many_arguments)] // the manifest's fields, one each
     fn seal_one(
         &self,
         device: &DeviceId,
         epoch: u64,
         generation: u64,
         apps: Vec<outpost_protocol::AppSpec>,
+        release: outpost_protocol::ReleasePolicy,
         apps_digest: outpost_protocol::Digest,
         now: u64,
     ) -> Result<(ManifestMeta, Vec<u8>), HubError> {
@@ -606,7 +609,7 @@ impl Hub {
             issued_at: now,
             key_id: self.signer.key_id(),
             apps,
-            release: Default::default(),
+            release,
         };
         manifest.validate().map_err(|e| HubError::InvalidManifest {
             device: device.clone(),
@@ -663,8 +666,15 @@ impl Hub {
         )?;
         let mut sealed = Vec::with_capacity(plan.len());
         for r in plan {
-            let (meta, bytes) =
-                self.seal_one(&r.device, epoch, r.generation, r.apps, r.apps_digest, now)?;
+            let (meta, bytes) = self.seal_one(
+                &r.device,
+                epoch,
+                r.generation,
+                r.apps,
+                r.release,
+                r.apps_digest,
+                now,
+            )?;
             sealed.push((r.device, meta, bytes));
         }
         tx.put_manifests(sealed.iter().map(|(id, m, b)| (id, m, b.as_slice())))?;
@@ -686,6 +696,9 @@ fn to_render(r: &DeploymentRecord) -> Deployment {
         name: r.spec.name.clone(),
         selector: r.spec.selector.clone(),
         apps: r.apps.clone(),
+        // Checked at apply; a record stored before a bad policy was refused
+        // renders the default rather than fail every render.
+        release: r.spec.release_policy().ok().flatten(),
     }
 }
 

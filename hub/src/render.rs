@@ -6,7 +6,7 @@
 //! differ (compared by a digest of their canonical postcard encoding, never by
 //! timestamps), so re-applying an unchanged deployment publishes nothing new.
 
-use outpost_protocol::manifest::MAX_APPS;
+use outpost_protocol::manifest::{ReleasePolicy, MAX_APPS};
 use outpost_protocol::{AppSpec, DeviceId, Digest};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -17,6 +17,38 @@ pub struct Deployment {
     pub name: String,
     pub selector: BTreeMap<String, String>,
     pub apps: Vec<AppSpec>,
+    /// The `[release]` policy; `None`: this deployment does not say.
+    pub release: Option<ReleasePolicy>,
+}
+
+/// The release policy a device's manifest carries: over the deployments that
+/// select it and say one, the longest `stable_secs` and the longest
+/// `trial_deadline_secs` (the most careful of them); the protocol's default
+/// when none says.
+pub fn release_policy(
+    labels: &BTreeMap<String, String>,
+    deployments: &[Deployment],
+) -> ReleasePolicy {
+    deployments
+        .iter()
+        .filter(|d| matches(&d.selector, labels))
+        .filter_map(|d| d.release)
+        .reduce(|a, b| ReleasePolicy {
+            stable_secs: a.stable_secs.max(b.stable_secs),
+            trial_deadline_secs: a.trial_deadline_secs.max(b.trial_deadline_secs),
+        })
+        .unwrap_or_default()
+}
+
+/// The digest that decides whether a device needs a new generation: its apps,
+/// and its release policy when that is not the default (so devices whose
+/// deployments say nothing keep the digest they had before policies existed).
+pub fn content_digest(apps: &[AppSpec], release: &ReleasePolicy) -> Digest {
+    if *release == ReleasePolicy::default() {
+        apps_digest(apps)
+    } else {
+        Digest::of(&postcard::to_stdvec(&(apps, release)).unwrap_or_default())
+    }
 }
 
 /// Why rendering refused the set of deployments.
@@ -97,6 +129,7 @@ pub struct Rendered {
     pub device: DeviceId,
     pub generation: u64,
     pub apps: Vec<AppSpec>,
+    pub release: ReleasePolicy,
     pub apps_digest: Digest,
 }
 
@@ -111,12 +144,14 @@ pub fn plan<'a>(
     let mut out = Vec::new();
     for (id, labels) in devices {
         let apps = desired_apps(id, labels, deployments)?;
-        let digest = apps_digest(&apps);
+        let release = release_policy(labels, deployments);
+        let digest = content_digest(&apps, &release);
         if let Some(generation) = next_generation(current(id).as_ref(), epoch, &digest) {
             out.push(Rendered {
                 device: id.clone(),
                 generation,
                 apps,
+                release,
                 apps_digest: digest,
             });
         }
@@ -150,6 +185,7 @@ mod tests {
             name: name.into(),
             selector: labels(sel),
             apps,
+            release: Default::default(),
         }
     }
 

@@ -22,6 +22,8 @@ pub struct AppDef {
     pub health: bool,
     /// More environment variables (e.g. the sample's `TICK_MS`).
     pub extra_env: Vec<(String, String)>,
+    /// More `key = value` lines of the app's table (e.g. `update = "hand-over"`).
+    pub extra_toml: Vec<String>,
     /// Holds `port` for this app (and its clones, e.g. a next version).
     _lease: Arc<PortLease>,
 }
@@ -36,6 +38,7 @@ impl AppDef {
             version: "1".into(),
             health: false,
             extra_env: Vec::new(),
+            extra_toml: Vec::new(),
             _lease: Arc::new(lease),
         }
     }
@@ -50,6 +53,10 @@ impl AppDef {
             "\n[[apps]]\nname = \"{}\"\nimage = \"{}\"\nenv = {{ PORT = \"{}\", HELLO_VERSION = \"{}\"{extra} }}\nvolumes = [{{ name = \"data\", path = \"/data\" }}]\n",
             self.name, self.image, self.port, self.version
         );
+        for line in &self.extra_toml {
+            s.push_str(line);
+            s.push('\n');
+        }
         if self.health {
             s.push_str(&format!(
                 "health = {{ http_path = \"/health\", port = {}, interval_secs = 1, timeout_secs = 2, retries = 2 }}\n",

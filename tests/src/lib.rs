@@ -30,6 +30,7 @@ pub mod agent;
 pub mod apps;
 pub mod bins;
 pub mod broker;
+pub mod firewall;
 pub mod hub;
 pub mod mqtt;
 pub mod netns;

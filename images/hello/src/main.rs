@@ -17,6 +17,8 @@
 //! - `GET /lock` → takes the update lock (an exclusive flock of
 //!   `/run/outpost/lock/updates.lock`, the directory the agent mounts) and
 //!   holds it; `GET /unlock` → lets it go. Tests use it to defer an update.
+//! - With `$EXIT_AFTER_MS` set, exits with status 3 that many milliseconds
+//!   after start (0: at once): a release whose app crashes.
 //! - With `$TICK_MS` set, prints `tick N` every that many milliseconds (a
 //!   steadily logging app for the flash-wear benchmark).
 //!
@@ -222,6 +224,13 @@ fn main() {
         }
     };
     eprintln!("hello: version {version} listening on port {port}");
+    if let Some(ms) = std::env::var("EXIT_AFTER_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            eprintln!("exiting with status 3 after {ms} ms ($EXIT_AFTER_MS)");
+            std::process::exit(3);
+        });
+    }
     if let Some(ms) = std::env::var("TICK_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
         std::thread::spawn(move || {
             for i in 1u64.. {

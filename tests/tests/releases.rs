@@ -1,0 +1,222 @@
+//! Releases that cannot brick a device, end to end on real containers, a real
+//! broker and a real registry: a release that crashes or never becomes
+//! healthy rolls back on the device while it is cut off from the hub; an
+//! agent killed during the trial rolls back on restart; download-then-kill
+//! keeps the old app serving through a registry outage; an update lock defers
+//! a release until released, and the override replaces the app anyway.
+
+use outpost_e2e::firewall::PortCut;
+use outpost_e2e::{eventually, World, PATIENCE};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// The release phase's name and fields, once it is `want`.
+fn phase_is(w: &World, want: &str) -> Option<Value> {
+    w.agent
+        .release_phase()
+        .filter(|(name, _)| name == want)
+        .map(|(_, fields)| fields)
+}
+
+/// Deploy `v2`, wait for the device to accept it, cut the device's link to
+/// the broker, and wait for the rollback to v1 on the device alone. Then
+/// restore the link and wait for the hub to hear of it.
+fn rolls_back_offline(
+    w: &World,
+    v1: &outpost_e2e::AppDef,
+    v2: &outpost_e2e::AppDef,
+    release: &str,
+) {
+    let committed = w.agent.committed_generation().expect("v1 committed");
+    w.hub
+        .deploy_with(&w.agent.device_id, std::slice::from_ref(v2), release)
+        .expect("deploying v2");
+    let target = eventually(PATIENCE, "the device to accept v2", || {
+        w.agent.applied_generation().filter(|g| *g > committed)
+    });
+    w.proxy.cut();
+    eventually(PATIENCE, "the agent to notice the cut", || {
+        (!w.agent.connected()?).then_some(())
+    });
+    let t = Instant::now();
+    let fields = eventually(PATIENCE, "the device to roll back on its own", || {
+        phase_is(w, "RolledBack")
+    });
+    eprintln!(
+        "measured: v2 accepted -> rolled back offline: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(fields["to"][1].as_u64(), Some(committed), "{fields}");
+    assert_eq!(fields["app"].as_str(), Some(v1.name.as_str()), "{fields}");
+    eventually(PATIENCE, "v1 to serve again", || {
+        v1.get("/").filter(|b| b.contains("version 1"))
+    });
+    assert_eq!(w.agent.committed_generation(), Some(committed));
+    assert_eq!(w.agent.applied_generation(), Some(target));
+    let events = w.hub.events(&w.agent.device_id).expect("hub events");
+    assert!(events.iter().all(|e| e.1 != "RolledBack"), "{events:?}");
+
+    w.proxy.restore();
+    let line = eventually(PATIENCE, "the hub to receive the rollback", || {
+        w.hub
+            .events(&w.agent.device_id)
+            .ok()?
+            .into_iter()
+            .find(|e| e.1 == "RolledBack")
+            .map(|e| e.2)
+    });
+    assert!(line.contains(&v1.name), "{line}");
+    // The failed generation is not retried: v1 keeps serving.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(phase_is(w, "RolledBack").is_some());
+    assert!(v1.get("/").is_some_and(|b| b.contains("version 1")));
+}
+
+#[test]
+fn a_v2_that_crashes_rolls_back_to_v1_while_cut_off_from_the_hub() -> anyhow::Result<()> {
+    let w = World::start("rb-crash")?;
+    let v1 = w.app("web");
+    w.deploy_and_wait(std::slice::from_ref(&v1))?;
+    let mut v2 = v1.clone();
+    v2.version = "2".into();
+    // Up for a moment (time to cut the link), then exit 3.
+    v2.extra_env.push(("EXIT_AFTER_MS".into(), "3000".into()));
+    rolls_back_offline(&w, &v1, &v2, "stable_secs = 20\ntrial_deadline_secs = 60\n");
+    Ok(())
+}
+
+#[test]
+fn a_v2_whose_health_never_passes_rolls_back_at_its_deadline_while_cut_off() -> anyhow::Result<()> {
+    let w = World::start("rb-sick")?;
+    let mut v1 = w.app("web");
+    v1.health = true;
+    w.deploy_and_wait(std::slice::from_ref(&v1))?;
+    let mut v2 = v1.clone();
+    v2.version = "2".into();
+    v2.extra_env.push(("SICK".into(), "1".into()));
+    rolls_back_offline(&w, &v1, &v2, "stable_secs = 2\ntrial_deadline_secs = 8\n");
+    Ok(())
+}
+
+#[test]
+fn an_agent_killed_during_the_trial_rolls_back_on_restart() -> anyhow::Result<()> {
+    let mut w = World::start("rb-kill9")?;
+    let v1 = w.app("web");
+    let other = w.app("side");
+    w.deploy_and_wait(&[v1.clone(), other.clone()])?;
+    let committed = w.agent.committed_generation().expect("committed");
+    let mut v2 = v1.clone();
+    v2.version = "2".into();
+    let mut other2 = other.clone();
+    other2.version = "2".into();
+    // A healthy v2 with a long trial: the kill lands inside it.
+    w.hub.deploy_with(
+        &w.agent.device_id,
+        &[v2.clone(), other2.clone()],
+        "stable_secs = 60\ntrial_deadline_secs = 120\n",
+    )?;
+    eventually(PATIENCE, "v2 to serve in its trial", || {
+        v2.get("/").filter(|b| b.contains("version 2"))
+    });
+    assert!(phase_is(&w, "Trial").is_some());
+    w.agent.kill9();
+    w.agent.start()?;
+    let fields = eventually(PATIENCE, "the restarted agent to roll back", || {
+        phase_is(&w, "RolledBack")
+    });
+    assert_eq!(fields["to"][1].as_u64(), Some(committed), "{fields}");
+    // The whole release went back: no app is left on v2.
+    for a in [&v1, &other] {
+        eventually(PATIENCE, &format!("{} back on v1", a.name), || {
+            a.get("/").filter(|b| b.contains("version 1"))
+        });
+    }
+    Ok(())
+}
+
+#[test]
+fn download_then_kill_keeps_v1_serving_while_the_registry_is_unreachable() -> anyhow::Result<()> {
+    let w = World::start("rb-dl")?;
+    let v1 = w.app("web");
+    w.deploy_and_wait(std::slice::from_ref(&v1))?;
+    let committed = w.agent.committed_generation().expect("committed");
+    // v2 is an image the device does not have (a layer of its own).
+    let mut v2 = v1.clone();
+    v2.version = "2".into();
+    v2.image = w.registry.push_variant("v2", 64 * 1024)?;
+    let cut = PortCut::new(w.registry.port)?;
+    w.hub
+        .deploy(&w.agent.device_id, std::slice::from_ref(&v2))?;
+    eventually(PATIENCE, "the device to accept v2", || {
+        w.agent.applied_generation().filter(|g| *g > committed)
+    });
+    // For several seconds of failed pulls, v1 answers every request.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut answered = 0;
+    while Instant::now() < until {
+        let body = v1
+            .get("/")
+            .expect("v1 stopped answering during the download");
+        assert!(body.contains("version 1"), "{body}");
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(phase_is(&w, "Downloading").is_some());
+    let status = w.agent.status()?;
+    let err = status["apps"][v1.name.as_str()]["last_error"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        !err.is_empty(),
+        "the failed download is not shown: {status}"
+    );
+    drop(cut);
+    eventually(PATIENCE, "v2 to serve once the registry is back", || {
+        v2.get("/").filter(|b| b.contains("version 2"))
+    });
+    eventually(PATIENCE, "v2 to commit", || {
+        w.agent.committed_generation().filter(|g| *g > committed)
+    });
+    eprintln!("measured: {answered} requests answered by v1 during the outage, none failed");
+    Ok(())
+}
+
+#[test]
+fn a_held_update_lock_defers_the_release_and_the_override_forces_it() -> anyhow::Result<()> {
+    let w = World::start("rb-lock")?;
+    let v1 = w.app("web");
+    w.deploy_and_wait(std::slice::from_ref(&v1))?;
+    let body = v1.get("/lock").expect("the app takes its lock");
+    assert!(body.contains("locked"), "{body}");
+    let mut v2 = v1.clone();
+    v2.version = "2".into();
+    w.hub
+        .deploy(&w.agent.device_id, std::slice::from_ref(&v2))?;
+    let fields = eventually(PATIENCE, "the release to wait for the lock", || {
+        phase_is(&w, "WaitingForLock")
+    });
+    assert_eq!(fields["app"].as_str(), Some(v1.name.as_str()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        v1.get("/").is_some_and(|b| b.contains("version 1")),
+        "replaced while locked"
+    );
+    assert!(phase_is(&w, "WaitingForLock").is_some());
+    v1.get("/unlock").expect("the app lets its lock go");
+    eventually(PATIENCE, "v2 once the lock is released", || {
+        v2.get("/").filter(|b| b.contains("version 2"))
+    });
+    eventually(PATIENCE, "v2 to commit", || phase_is(&w, "Committed"));
+
+    // v2 holds the lock; v3 overrides it.
+    v2.get("/lock").expect("v2 takes its lock");
+    let mut v3 = v1.clone();
+    v3.version = "3".into();
+    v3.extra_toml.push("override_lock = true".into());
+    w.hub
+        .deploy(&w.agent.device_id, std::slice::from_ref(&v3))?;
+    eventually(PATIENCE, "v3 to replace the locked v2", || {
+        v3.get("/").filter(|b| b.contains("version 3"))
+    });
+    Ok(())
+}
