@@ -44,11 +44,8 @@ impl World {
     pub fn deploy_and_wait(&self, apps: &[AppDef]) -> Result<()> {
         let before = self.agent.applied_generation().unwrap_or(0);
         self.hub.deploy(&self.agent.device_id, apps)?;
-        let applied = eventually(PATIENCE, "the agent to apply the new generation", || {
+        eventually(PATIENCE, "the agent to apply the new generation", || {
             self.agent.applied_generation().filter(|g| *g > before)
-        });
-        eventually(PATIENCE, "the release to commit", || {
-            self.agent.committed_generation().filter(|g| *g >= applied)
         });
         for a in apps {
             eventually(PATIENCE, &format!("app {} to answer", a.name), || {
@@ -56,6 +53,13 @@ impl World {
                     .filter(|b| b.contains(&format!("version {}", a.version)))
             });
         }
+        // The generation that runs these apps (a first agent may see the
+        // hub's empty generation before it) must commit: a reboot in its trial
+        // would roll it back.
+        let applied = self.agent.applied_generation().unwrap_or(0);
+        eventually(PATIENCE, "the release to commit", || {
+            self.agent.committed_generation().filter(|g| *g >= applied)
+        });
         // The agent's local status file trails the apps answering by a moment
         // (writes are coalesced); callers read pids from it, so wait for one
         // written after the apps answered.
