@@ -7,8 +7,9 @@
 
 use crate::rollout::{RolloutDef, RolloutPolicy};
 use outpost_protocol::manifest::{
-    AppSpec, DeviceNode, HealthCheck, NetworkMode, PortMapping, Probe, Protocol, Resources,
-    RestartPolicy, UpdateStrategy, VolumeMount, MAX_APPS,
+    AppSpec, DeviceNode, HealthCheck, NetworkMode, PortMapping, Probe, Protocol, ReleasePolicy,
+    Resources, RestartPolicy, UpdateStrategy, VolumeMount, DEFAULT_STABLE_SECS,
+    DEFAULT_TRIAL_DEADLINE_SECS, MAX_APPS,
 };
 use outpost_protocol::ImageRef;
 use serde::{Deserialize, Serialize};
@@ -41,10 +42,60 @@ pub struct DeploymentSpec {
     pub apps: Vec<AppDef>,
     /// How an apply is spread over the matched devices (`[rollout]`). Absent:
     /// every matched device at once, as before rollouts existed. Checked by
-    /// [`DeploymentSpec::check`]; the hub does not act on it yet (see
-    /// `docs/deployments.md`).
+    /// [`DeploymentSpec::check`]; carried out by the hub's rollout driver
+    /// (`hub/src/rollouts.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutDef>,
+    /// How devices trial this deployment's releases (`[release]`): rendered
+    /// into each matched device's `Manifest.release`. Absent: the protocol's
+    /// defaults, unless another deployment on the device says more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseDef>,
+}
+
+/// The optional `[release]` table: the on-device trial of a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseDef {
+    /// Every app must run (and be ready) this long without a break before
+    /// the device commits the release.
+    #[serde(default = "default_stable_secs")]
+    pub stable_secs: u32,
+    /// A release not stable this long after its trial started is rolled back.
+    #[serde(default = "default_trial_deadline_secs")]
+    pub trial_deadline_secs: u32,
+}
+
+fn default_stable_secs() -> u32 {
+    DEFAULT_STABLE_SECS
+}
+fn default_trial_deadline_secs() -> u32 {
+    DEFAULT_TRIAL_DEADLINE_SECS
+}
+
+impl ReleaseDef {
+    /// Check both fields; errors name the field as written (`release.…`).
+    pub fn policy(&self) -> Result<ReleasePolicy, SpecError> {
+        if self.trial_deadline_secs == 0 {
+            return Err(err(
+                "release.trial_deadline_secs",
+                "0 s: a release needs at least 1 second to prove itself",
+            ));
+        }
+        if self.stable_secs > self.trial_deadline_secs {
+            return Err(err(
+                "release.stable_secs",
+                format!(
+                    "{} s is longer than trial_deadline_secs = {} s: no release could pass its trial",
+                    self.stable_secs, self.trial_deadline_secs
+                ),
+            ));
+        }
+        Ok(ReleasePolicy {
+            stable_secs: self.stable_secs,
+            trial_deadline_secs: self.trial_deadline_secs,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,7 +361,13 @@ impl DeploymentSpec {
             app.to_app_spec(i, placeholder)?;
         }
         self.rollout_policy()?;
+        self.release_policy()?;
         Ok(())
+    }
+
+    /// The checked `[release]` policy; `None` when the deployment has none.
+    pub fn release_policy(&self) -> Result<Option<ReleasePolicy>, SpecError> {
+        self.release.as_ref().map(ReleaseDef::policy).transpose()
     }
 
     /// The checked `[rollout]` policy; the default (one wave of every matched
@@ -544,6 +601,51 @@ max_retries = 3
         let malformed = staged.replace("\"10%\"", "\"ten\"");
         let e = DeploymentSpec::from_toml(&malformed).unwrap_err();
         assert!(e.field.starts_with("rollout.waves[0]"), "{e}");
+    }
+
+    #[test]
+    fn a_release_table_is_optional_and_checked_with_its_field_path() {
+        let plain = DeploymentSpec::from_toml(GOOD).unwrap();
+        assert_eq!(plain.release_policy().unwrap(), None);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("release"), "{json}");
+
+        let with = |table: &str| DeploymentSpec::from_toml(&format!("{GOOD}\n[release]\n{table}"));
+        let d = with("stable_secs = 60\ntrial_deadline_secs = 600\n").unwrap();
+        d.check().unwrap();
+        assert_eq!(
+            d.release_policy().unwrap(),
+            Some(ReleasePolicy {
+                stable_secs: 60,
+                trial_deadline_secs: 600
+            })
+        );
+        // One field given: the other is the protocol's default.
+        let d = with("stable_secs = 5\n").unwrap();
+        assert_eq!(
+            d.release_policy().unwrap().unwrap().trial_deadline_secs,
+            DEFAULT_TRIAL_DEADLINE_SECS
+        );
+
+        let cases = [
+            (
+                "trial_deadline_secs = 0\nstable_secs = 0\n",
+                "release.trial_deadline_secs",
+                "0 s",
+            ),
+            (
+                "stable_secs = 61\ntrial_deadline_secs = 60\n",
+                "release.stable_secs",
+                "61 s is longer than trial_deadline_secs = 60 s",
+            ),
+        ];
+        for (table, field, problem) in cases {
+            let e = with(table).unwrap().check().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.problem.contains(problem), "{e}");
+        }
+        let e = with("stable = 5\n").unwrap_err();
+        assert!(e.field.starts_with("release.stable"), "{e}");
     }
 
     #[test]
