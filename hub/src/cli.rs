@@ -107,6 +107,29 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Staged rollouts (`[rollout]` in a deployment): progress, pause, resume, abort.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Progress of a deployment's latest rollout (per wave, failed devices
+    /// with reasons); without DEPLOYMENT, one line per rollout.
+    Status {
+        deployment: Option<String>,
+        /// Print again every 2 seconds until the rollout completes or is aborted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop admitting devices; those already admitted carry on.
+    Pause { deployment: String },
+    /// Go on after a pause (failures known now are accepted).
+    Resume { deployment: String },
+    /// Stop for good and re-issue the previous release to devices already updated.
+    Abort { deployment: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -421,6 +444,13 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
                 out.matched_devices,
                 out.updated.len()
             );
+            if out.rollout_started {
+                println!(
+                    "rollout started: the other devices keep their release until their wave; \
+                     follow it with `outpost-hub rollout status {}`",
+                    out.name
+                );
+            }
         }
         Command::Devices { json } => {
             let ds: Vec<DeviceSummary> = c.get("/v1/devices").await?;
@@ -545,9 +575,64 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
                 );
             }
         }
+        Command::Rollout(cmd) => rollout(cmd, c).await?,
         Command::Init { .. } | Command::Serve { .. } | Command::Keys(_) => {
             bail!("internal: local command routed to the API client")
         }
     }
+    Ok(())
+}
+
+async fn rollout(cmd: RolloutCommand, c: &ApiClient) -> Result<()> {
+    use crate::rollout::view::{summary, RolloutView};
+    use crate::rollout::Phase;
+    let (deployment, verb) = match cmd {
+        RolloutCommand::Status {
+            deployment,
+            watch,
+            json,
+        } => loop {
+            let done = match &deployment {
+                Some(name) => {
+                    let v: RolloutView = c.get(&format!("/v1/rollouts/{name}")).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        print!("{}", v.human());
+                    }
+                    matches!(v.phase, Phase::Completed | Phase::Aborted)
+                }
+                None => {
+                    let vs: Vec<RolloutView> = c.get("/v1/rollouts").await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&vs)?);
+                    } else {
+                        print!("{}", summary(&vs));
+                    }
+                    vs.iter()
+                        .all(|v| matches!(v.phase, Phase::Completed | Phase::Aborted))
+                }
+            };
+            if !watch || done {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            println!();
+        },
+        RolloutCommand::Pause { deployment } => (deployment, "pause"),
+        RolloutCommand::Resume { deployment } => (deployment, "resume"),
+        RolloutCommand::Abort { deployment } => (deployment, "abort"),
+    };
+    let v: RolloutView = c
+        .call::<(), _>(
+            Method::POST,
+            &format!("/v1/rollouts/{deployment}/{verb}"),
+            None,
+        )
+        .await?;
+    println!(
+        "rollout of {} revision {}: {}",
+        v.deployment, v.revision, v.state
+    );
     Ok(())
 }

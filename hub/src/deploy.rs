@@ -42,8 +42,8 @@ pub struct DeploymentSpec {
     pub apps: Vec<AppDef>,
     /// How an apply is spread over the matched devices (`[rollout]`). Absent:
     /// every matched device at once, as before rollouts existed. Checked by
-    /// [`DeploymentSpec::check`]; the hub does not act on it yet (see
-    /// `docs/deployments.md`).
+    /// [`DeploymentSpec::check`]; carried out by the hub's rollout driver
+    /// (`hub/src/rollouts.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutDef>,
     /// How devices trial this deployment's releases (`[release]`): rendered

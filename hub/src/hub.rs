@@ -10,12 +10,14 @@
 use crate::clock::{Clock, SystemClock};
 use crate::deploy::{check_label, DeploymentSpec, SpecError};
 use crate::outbox::Outbox;
-use crate::render::{self, Current, Deployment, RenderError};
+use crate::render::{self, Current, Deployment, RenderError, Revision, Staged};
 use crate::resolve::{self, ImageResolver, ResolveError};
+use crate::rollout::{RolloutState, TransitionError};
 use crate::signing::{KeyFileError, Signer};
 use crate::store::{
-    AuditEntry, DeploymentRecord, DeviceRecord, ManifestMeta, Store, StoreError, Tx,
+    AuditEntry, DeploymentRecord, DeviceRecord, ManifestMeta, RolloutRecord, Store, StoreError, Tx,
 };
+use outpost_protocol::manifest::ReleasePolicy;
 use outpost_protocol::{DeviceId, Manifest, PublicKey, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +45,9 @@ pub enum HubError {
     NotFound { what: &'static str, name: String },
     #[error(transparent)]
     Conflict(#[from] Conflict),
+    /// A rollout command the rollout's phase does not allow (HTTP 409).
+    #[error(transparent)]
+    Rollout(#[from] TransitionError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -58,6 +63,15 @@ pub enum Conflict {
     DeviceRegistered { device: DeviceId },
     #[error("device {device} appears more than once in the request")]
     DeviceRepeated { device: DeviceId },
+    #[error(
+        "deployment {deployment} is being rolled out (revision {revision}, {state}); \
+         wait for it to complete or `outpost-hub rollout abort {deployment}` before applying a change"
+    )]
+    RolloutActive {
+        deployment: String,
+        revision: u64,
+        state: String,
+    },
 }
 
 pub use crate::clock::now_secs;
@@ -72,6 +86,10 @@ pub struct ApplyOutcome {
     pub matched_devices: usize,
     /// Devices that got a new manifest generation, with that generation.
     pub updated: Vec<GenerationUpdate>,
+    /// Did this apply start a rollout (`[rollout]`)? Then `updated` holds
+    /// only its first wave; the others follow as devices commit.
+    #[serde(default)]
+    pub rollout_started: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,29 +126,32 @@ impl std::fmt::Debug for Hub {
 }
 
 /// A device and its labels, as rendering reads them.
-type Labelled = (DeviceId, BTreeMap<String, String>);
+pub(crate) type Labelled = (DeviceId, BTreeMap<String, String>);
 
 /// What a committed operation hands to the publisher.
 #[derive(Debug, Default)]
-struct Publish {
-    manifests: Vec<DeviceId>,
-    watermarks: Vec<DeviceId>,
-    cleared: Vec<DeviceId>,
+pub(crate) struct Publish {
+    pub(crate) manifests: Vec<DeviceId>,
+    pub(crate) watermarks: Vec<DeviceId>,
+    pub(crate) cleared: Vec<DeviceId>,
 }
 
 /// One operation's view inside its write transaction: the transaction, the
 /// operation's instant and author, and what to publish once it commits.
-struct Op<'a> {
-    hub: &'a Hub,
-    tx: &'a mut Tx,
-    now: u64,
-    who: &'a str,
-    publish: Publish,
+pub(crate) struct Op<'a> {
+    pub(crate) hub: &'a Hub,
+    pub(crate) tx: &'a mut Tx,
+    pub(crate) now: u64,
+    pub(crate) who: &'a str,
+    pub(crate) publish: Publish,
+    /// Cleared by an operation that found nothing to change: the transaction
+    /// is then aborted (no fsync) and nothing is published.
+    pub(crate) commit: bool,
 }
 
 impl Op<'_> {
     /// Append this operation's audit entry.
-    fn audit(
+    pub(crate) fn audit(
         &mut self,
         action: &str,
         target: &str,
@@ -150,7 +171,7 @@ impl Op<'_> {
 
     /// Render `devices` against `deployments`, store a new manifest for each
     /// whose content changed, and publish those after the commit.
-    fn render(
+    pub(crate) fn render(
         &mut self,
         devices: &[Labelled],
         deployments: &[Deployment],
@@ -204,7 +225,7 @@ impl Hub {
     /// The skeleton every operation shares: off the async threads, read the
     /// clock once, run `f` in one write transaction (nothing is stored if it
     /// fails), and only after the commit hand what it touched to the publisher.
-    async fn transact<T: Send + 'static>(
+    pub(crate) async fn transact<T: Send + 'static>(
         self: &Arc<Self>,
         who: impl Into<String>,
         f: impl FnOnce(&mut Op) -> Result<T, HubError> + Send + 'static,
@@ -213,16 +234,22 @@ impl Hub {
         let who = who.into();
         let (value, publish) = tokio::task::spawn_blocking(move || {
             let now = hub.now();
-            hub.store.write(|tx| {
+            hub.store.write_if(|tx| {
                 let mut op = Op {
                     hub: &hub,
                     tx,
                     now,
                     who: &who,
                     publish: Publish::default(),
+                    commit: true,
                 };
                 let value = f(&mut op)?;
-                Ok::<_, HubError>((value, op.publish))
+                let publish = if op.commit {
+                    op.publish
+                } else {
+                    Publish::default()
+                };
+                Ok::<_, HubError>(((value, publish), op.commit))
             })
         })
         .await
@@ -398,13 +425,29 @@ impl Hub {
             .transact(who, move |op| {
                 let mut records = op.tx.deployments()?;
                 let old = records.iter().position(|r| r.spec.name == spec.name);
-                let (revision, changed) = match old.map(|i| &records[i]) {
-                    Some(r) if r.apps == apps && r.spec.selector == spec.selector => {
+                let old_rec = old.map(|i| records[i].clone());
+                // Content: what the devices get. A selector change alone is
+                // applied at once (nobody's content changes).
+                let content_changed = old_rec
+                    .as_ref()
+                    .is_none_or(|r| r.apps != apps || r.spec.release != spec.release);
+                let (revision, changed) = match &old_rec {
+                    Some(r) if !content_changed && r.spec.selector == spec.selector => {
                         (r.revision, false)
                     }
                     Some(r) => (r.revision + 1, true),
                     None => (1, true),
                 };
+                if changed {
+                    if let Some(ro) = op.tx.rollout(&spec.name)?.filter(|r| r.is_active()) {
+                        return Err(Conflict::RolloutActive {
+                            deployment: spec.name.clone(),
+                            revision: ro.revision,
+                            state: ro.state.phase.to_string(),
+                        }
+                        .into());
+                    }
+                }
                 let rec = DeploymentRecord {
                     spec: spec.clone(),
                     apps,
@@ -415,14 +458,27 @@ impl Hub {
                     Some(i) => records[i] = rec.clone(),
                     None => records.push(rec.clone()),
                 }
-                let deployments: Vec<Deployment> = records.iter().map(to_render).collect();
+                op.tx.put_deployment(&rec)?;
+                let rollout_started = content_changed && spec.rollout.is_some();
+                if rollout_started {
+                    let ro = RolloutRecord {
+                        deployment: spec.name.clone(),
+                        revision,
+                        previous: old_rec,
+                        def: spec.rollout.clone().unwrap_or_default(),
+                        state: RolloutState::new(format!("{}@{revision}", spec.name), op.now),
+                        started_at: op.now,
+                        devices: BTreeMap::new(),
+                    };
+                    op.tx.put_rollout(&ro)?;
+                }
+                let deployments = render_set(&records, &op.tx.rollouts()?);
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
                     .filter(|(_, l)| render::matches(&spec.selector, l))
                     .count();
-                let updated = op.render(&devices, &deployments)?;
-                op.tx.put_deployment(&rec)?;
+                let mut updated = op.render(&devices, &deployments)?;
                 if changed || !updated.is_empty() {
                     op.audit(
                         "deployment.apply",
@@ -431,8 +487,13 @@ impl Hub {
                             "revision": revision,
                             "spec": spec,
                             "updated_devices": updated.len(),
+                            "rollout_started": rollout_started,
                         }),
                     )?;
+                }
+                if rollout_started {
+                    // The first wave (canary) goes out with the apply.
+                    updated.extend(crate::rollouts::advance(op, &spec.name)?.admitted);
                 }
                 Ok(ApplyOutcome {
                     name: spec.name.clone(),
@@ -440,6 +501,7 @@ impl Hub {
                     changed,
                     matched_devices: matched,
                     updated,
+                    rollout_started,
                 })
             })
             .await?;
@@ -467,11 +529,14 @@ impl Hub {
                     });
                 };
                 op.tx.remove_deployment(&name)?;
-                let deployments: Vec<Deployment> = records
+                // Its rollout goes with it: nothing is left to roll out.
+                op.tx.remove_rollout(&name)?;
+                let remaining: Vec<DeploymentRecord> = records
                     .iter()
                     .filter(|r| r.spec.name != name)
-                    .map(to_render)
+                    .cloned()
                     .collect();
+                let deployments = render_set(&remaining, &op.tx.rollouts()?);
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
@@ -492,6 +557,7 @@ impl Hub {
                     changed: true,
                     matched_devices: matched,
                     updated,
+                    rollout_started: false,
                 })
             })
             .await?;
@@ -568,13 +634,17 @@ impl Hub {
                 return Ok(None);
             }
             let deployments = pinned_deployments(op.tx)?;
-            let apps = render::desired_apps(&id, &dev.labels, &deployments)?;
-            let release = render::release_policy(&dev.labels, &deployments);
+            let desired = render::desired(&id, &dev.labels, &deployments)?;
             let generation = applied.saturating_add(1);
-            let digest = render::content_digest(&apps, &release);
-            let (meta, bytes) = op
-                .hub
-                .seal_one(&id, epoch, generation, apps, release, digest, op.now)?;
+            let digest = render::content_digest(&desired.apps, &desired.release);
+            let (meta, bytes) = op.hub.seal_one(
+                &id,
+                epoch,
+                generation,
+                (desired.apps, desired.release),
+                digest,
+                op.now,
+            )?;
             op.tx.put_manifests([(&id, &meta, bytes.as_slice())])?;
             op.audit(
                 "manifest.reissue",
@@ -591,14 +661,12 @@ impl Hub {
     }
 
     /// Build, validate, sign and size-check one manifest.
-    #[allow(clippy::too_many_arguments)] // the manifest's fields, one each
     fn seal_one(
         &self,
         device: &DeviceId,
         epoch: u64,
         generation: u64,
-        apps: Vec<outpost_protocol::AppSpec>,
-        release: outpost_protocol::ReleasePolicy,
+        (apps, release): (Vec<outpost_protocol::AppSpec>, ReleasePolicy),
         apps_digest: outpost_protocol::Digest,
         now: u64,
     ) -> Result<(ManifestMeta, Vec<u8>), HubError> {
@@ -670,8 +738,7 @@ impl Hub {
                 &r.device,
                 epoch,
                 r.generation,
-                r.apps,
-                r.release,
+                (r.apps, r.release),
                 r.apps_digest,
                 now,
             )?;
@@ -691,23 +758,58 @@ impl Hub {
     }
 }
 
-fn to_render(r: &DeploymentRecord) -> Deployment {
-    Deployment {
-        name: r.spec.name.clone(),
+/// One revision's content as rendering reads it. The `[release]` table was
+/// checked when the deployment was applied; a record that somehow holds a bad
+/// one renders with the defaults rather than failing every operation.
+fn revision_of(r: &DeploymentRecord) -> Revision {
+    Revision {
         selector: r.spec.selector.clone(),
         apps: r.apps.clone(),
-        // Checked at apply; a record stored before a bad policy was refused
-        // renders the default rather than fail every render.
         release: r.spec.release_policy().ok().flatten(),
     }
 }
 
-fn pinned_deployments(tx: &Tx) -> Result<Vec<Deployment>, StoreError> {
-    Ok(tx.deployments()?.iter().map(to_render).collect())
+/// The deployments as rendering reads them: each with its release policy and,
+/// while its rollout runs (or is paused), staged: only admitted devices get
+/// the new revision.
+pub(crate) fn render_set(
+    records: &[DeploymentRecord],
+    rollouts: &[RolloutRecord],
+) -> Vec<Deployment> {
+    records
+        .iter()
+        .map(|r| {
+            let staged = rollouts
+                .iter()
+                .find(|ro| {
+                    ro.deployment == r.spec.name && ro.revision == r.revision && ro.is_active()
+                })
+                .map(|ro| Staged {
+                    admitted: ro.devices.keys().filter_map(|id| id.parse().ok()).collect(),
+                    previous: ro.previous.as_ref().map(revision_of),
+                });
+            let Revision {
+                selector,
+                apps,
+                release,
+            } = revision_of(r);
+            Deployment {
+                name: r.spec.name.clone(),
+                selector,
+                apps,
+                release,
+                staged,
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn pinned_deployments(tx: &Tx) -> Result<Vec<Deployment>, StoreError> {
+    Ok(render_set(&tx.deployments()?, &tx.rollouts()?))
 }
 
 /// Every registered device with its labels, the input of a fleet-wide render.
-fn all_devices(tx: &Tx) -> Result<Vec<Labelled>, StoreError> {
+pub(crate) fn all_devices(tx: &Tx) -> Result<Vec<Labelled>, StoreError> {
     Ok(tx
         .devices()?
         .into_iter()

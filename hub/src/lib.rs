@@ -10,7 +10,9 @@
 //!   generation decisions.
 //! - [`resolve`]: the image-resolution seam (tag → digest).
 //! - [`rollout`]: staged rollouts' pure core: the `[rollout]` policy, the wave
-//!   scheduler and the rollout's state machine (not wired into the hub yet).
+//!   scheduler and the rollout's state machine, device outcomes, status views.
+//! - [`rollouts`]: rollouts wired in: the step carried out in a store
+//!   transaction, the periodic driver, pause/resume/abort.
 //! - [`store`]: the redb tables and typed transactions.
 //! - [`hub`]: operations (register, label, apply, delete) = validate, render,
 //!   sign, persist in one transaction, then hand off to the publisher.
@@ -46,6 +48,7 @@ pub mod publish;
 pub mod render;
 pub mod resolve;
 pub mod rollout;
+pub mod rollouts;
 pub mod serve;
 pub mod signing;
 pub mod store;

@@ -1,15 +1,20 @@
-//! Pure rendering: deployments + devices → the apps each device should run, and
-//! which devices need a new manifest generation.
+//! Pure rendering: deployments + devices → the apps (and release policy) each
+//! device should run, and which devices need a new manifest generation.
 //!
 //! No I/O and no clock: the store feeds in what it holds, this decides, and the
-//! caller signs and persists. A generation is bumped only when the rendered apps
-//! differ (compared by a digest of their canonical postcard encoding, never by
-//! timestamps), so re-applying an unchanged deployment publishes nothing new.
+//! caller signs and persists. A generation is bumped only when the rendered
+//! content differs (compared by a digest of its canonical postcard encoding,
+//! never by timestamps), so re-applying an unchanged deployment publishes
+//! nothing new.
+//!
+//! A deployment in the middle of a rollout is [`Staged`]: only the devices the
+//! rollout admitted render its new revision; every other device renders the
+//! revision before it, so its manifest does not change until it is admitted.
 
 use outpost_protocol::manifest::{ReleasePolicy, MAX_APPS};
 use outpost_protocol::{AppSpec, DeviceId, Digest};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A deployment with every image already pinned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,36 +24,59 @@ pub struct Deployment {
     pub apps: Vec<AppSpec>,
     /// The `[release]` policy; `None`: this deployment does not say.
     pub release: Option<ReleasePolicy>,
+    /// Set while a rollout of this revision runs.
+    pub staged: Option<Staged>,
 }
 
-/// The release policy a device's manifest carries: over the deployments that
-/// select it and say one, the longest `stable_secs` and the longest
-/// `trial_deadline_secs` (the most careful of them); the protocol's default
-/// when none says.
-pub fn release_policy(
-    labels: &BTreeMap<String, String>,
-    deployments: &[Deployment],
-) -> ReleasePolicy {
-    deployments
-        .iter()
-        .filter(|d| matches(&d.selector, labels))
-        .filter_map(|d| d.release)
-        .reduce(|a, b| ReleasePolicy {
-            stable_secs: a.stable_secs.max(b.stable_secs),
-            trial_deadline_secs: a.trial_deadline_secs.max(b.trial_deadline_secs),
-        })
-        .unwrap_or_default()
+/// A revision being rolled out: who has it, and what the others keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    /// Devices the rollout admitted: they render the new revision.
+    pub admitted: BTreeSet<DeviceId>,
+    /// What devices not admitted render; `None` (a deployment's first
+    /// rollout): nothing from this deployment until they are admitted.
+    pub previous: Option<Revision>,
 }
 
-/// The digest that decides whether a device needs a new generation: its apps,
-/// and its release policy when that is not the default (so devices whose
-/// deployments say nothing keep the digest they had before policies existed).
-pub fn content_digest(apps: &[AppSpec], release: &ReleasePolicy) -> Digest {
-    if *release == ReleasePolicy::default() {
-        apps_digest(apps)
-    } else {
-        Digest::of(&postcard::to_stdvec(&(apps, release)).unwrap_or_default())
+/// One revision's content as rendering needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub selector: BTreeMap<String, String>,
+    pub apps: Vec<AppSpec>,
+    pub release: Option<ReleasePolicy>,
+}
+
+impl Deployment {
+    /// What this deployment gives `device`: its apps and release policy, or
+    /// `None` when it does not select the device (in the revision the device
+    /// is on).
+    fn for_device(
+        &self,
+        device: &DeviceId,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<(&[AppSpec], Option<ReleasePolicy>)> {
+        match &self.staged {
+            Some(s) if !s.admitted.contains(device) => s
+                .previous
+                .as_ref()
+                .filter(|p| matches(&p.selector, labels))
+                .map(|p| (p.apps.as_slice(), p.release)),
+            _ => matches(&self.selector, labels).then_some((self.apps.as_slice(), self.release)),
+        }
     }
+}
+
+/// What one device should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Sorted by name.
+    pub apps: Vec<AppSpec>,
+    /// The largest `stable_secs` and the largest `trial_deadline_secs` of the
+    /// deployments that give the device apps and say either; the protocol's
+    /// defaults when none says. Taking the maximum keeps every deployment's
+    /// trial at least as strict as it asked (and stable ≤ deadline holds,
+    /// since it holds for each).
+    pub release: ReleasePolicy,
 }
 
 /// Why rendering refused the set of deployments.
@@ -77,9 +105,31 @@ pub fn desired_apps(
     labels: &BTreeMap<String, String>,
     deployments: &[Deployment],
 ) -> Result<Vec<AppSpec>, RenderError> {
+    desired(device, labels, deployments).map(|d| d.apps)
+}
+
+/// The apps and release policy a device with `labels` should run.
+pub fn desired(
+    device: &DeviceId,
+    labels: &BTreeMap<String, String>,
+    deployments: &[Deployment],
+) -> Result<Desired, RenderError> {
     let mut by_name: BTreeMap<&str, (&str, &AppSpec)> = BTreeMap::new();
-    for d in deployments.iter().filter(|d| matches(&d.selector, labels)) {
-        for app in &d.apps {
+    let mut release: Option<ReleasePolicy> = None;
+    for d in deployments {
+        let Some((apps, policy)) = d.for_device(device, labels) else {
+            continue;
+        };
+        if let (Some(p), false) = (policy, apps.is_empty()) {
+            release = Some(match release {
+                None => p,
+                Some(r) => ReleasePolicy {
+                    stable_secs: r.stable_secs.max(p.stable_secs),
+                    trial_deadline_secs: r.trial_deadline_secs.max(p.trial_deadline_secs),
+                },
+            });
+        }
+        for app in apps {
             if let Some((first, _)) = by_name.insert(&app.name, (&d.name, app)) {
                 return Err(RenderError::AppConflict {
                     device: device.clone(),
@@ -96,13 +146,27 @@ pub fn desired_apps(
             count: by_name.len(),
         });
     }
-    Ok(by_name.into_values().map(|(_, a)| a.clone()).collect())
+    Ok(Desired {
+        apps: by_name.into_values().map(|(_, a)| a.clone()).collect(),
+        release: release.unwrap_or_default(),
+    })
 }
 
 /// Digest of the canonical encoding of a device's apps.
 pub fn apps_digest(apps: &[AppSpec]) -> Digest {
     // postcard of a Vec of plain structs and BTreeMaps is deterministic.
     Digest::of(&postcard::to_stdvec(apps).unwrap_or_default())
+}
+
+/// Digest of everything a manifest carries besides its header: what decides
+/// whether a device needs a new generation. With the default release policy
+/// it is [`apps_digest`], the digest stored before `[release]` existed, so
+/// upgrading the hub issues no new generation to any device.
+pub fn content_digest(apps: &[AppSpec], release: &ReleasePolicy) -> Digest {
+    if *release == ReleasePolicy::default() {
+        return apps_digest(apps);
+    }
+    Digest::of(&postcard::to_stdvec(&(apps, release)).unwrap_or_default())
 }
 
 /// What a device currently has (persisted by the store).
@@ -130,6 +194,7 @@ pub struct Rendered {
     pub generation: u64,
     pub apps: Vec<AppSpec>,
     pub release: ReleasePolicy,
+    /// [`content_digest`] of `apps` and `release`.
     pub apps_digest: Digest,
 }
 
@@ -143,8 +208,7 @@ pub fn plan<'a>(
 ) -> Result<Vec<Rendered>, RenderError> {
     let mut out = Vec::new();
     for (id, labels) in devices {
-        let apps = desired_apps(id, labels, deployments)?;
-        let release = release_policy(labels, deployments);
+        let Desired { apps, release } = desired(id, labels, deployments)?;
         let digest = content_digest(&apps, &release);
         if let Some(generation) = next_generation(current(id).as_ref(), epoch, &digest) {
             out.push(Rendered {
@@ -185,8 +249,67 @@ mod tests {
             name: name.into(),
             selector: labels(sel),
             apps,
-            release: Default::default(),
+            release: None,
+            staged: None,
         }
+    }
+
+    #[test]
+    fn the_release_policy_is_the_maximum_over_deployments_that_give_apps() {
+        let id: DeviceId = "d1".parse().unwrap();
+        let l = labels(&[("site", "x"), ("role", "gw")]);
+        let policy = |stable, deadline| ReleasePolicy {
+            stable_secs: stable,
+            trial_deadline_secs: deadline,
+        };
+        let mut a = dep("a", &[("site", "x")], vec![app("web", 1)]);
+        let mut b = dep("b", &[("role", "gw")], vec![app("db", 1)]);
+        // Nobody says: the protocol's default, and the digest is the apps'.
+        let d = desired(&id, &l, &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(d.release, ReleasePolicy::default());
+        assert_eq!(content_digest(&d.apps, &d.release), apps_digest(&d.apps));
+        a.release = Some(policy(60, 200));
+        b.release = Some(policy(10, 900));
+        let d = desired(&id, &l, &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(d.release, policy(60, 900));
+        assert_ne!(content_digest(&d.apps, &d.release), apps_digest(&d.apps));
+        // A deployment that selects the device but gives it no app does not count.
+        b.apps.clear();
+        let d = desired(&id, &l, &[a.clone(), b]).unwrap();
+        assert_eq!(d.release, policy(60, 200));
+        // Not selected: does not count either.
+        let d = desired(&id, &labels(&[("role", "gw")]), &[a]).unwrap();
+        assert_eq!(d.release, ReleasePolicy::default());
+    }
+
+    #[test]
+    fn a_staged_deployment_gives_its_new_revision_only_to_admitted_devices() {
+        let d1: DeviceId = "d1".parse().unwrap();
+        let d2: DeviceId = "d2".parse().unwrap();
+        let l = labels(&[("site", "x")]);
+        let mut next = dep("a", &[("site", "x")], vec![app("web", 2)]);
+        next.staged = Some(Staged {
+            admitted: [d1.clone()].into(),
+            previous: Some(Revision {
+                selector: labels(&[("site", "x")]),
+                apps: vec![app("web", 1)],
+                release: None,
+            }),
+        });
+        assert_eq!(
+            desired_apps(&d1, &l, &[next.clone()]).unwrap(),
+            vec![app("web", 2)]
+        );
+        assert_eq!(
+            desired_apps(&d2, &l, &[next.clone()]).unwrap(),
+            vec![app("web", 1)]
+        );
+        // A first rollout: devices not admitted get nothing from it yet.
+        if let Some(s) = next.staged.as_mut() {
+            s.previous = None;
+        }
+        assert_eq!(desired_apps(&d2, &l, &[next.clone()]).unwrap(), vec![]);
+        assert_eq!(desired_apps(&d1, &l, &[next]).unwrap(), vec![app("web", 2)]);
     }
 
     #[test]

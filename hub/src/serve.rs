@@ -1,6 +1,7 @@
 //! Running the hub: open the store, load keys, start (or connect to) the broker,
 //! and run the two MQTT links (ingest and publish, each with its driver and its
-//! one sending task), ingest and the HTTP server until shutdown.
+//! one sending task), ingest, the rollout driver and the HTTP server until
+//! shutdown.
 //!
 //! [`start`] returns once everything listens, with the bound addresses, so tests
 //! and the fleet simulator can run a hub in-process on port 0. A hub run as a
@@ -207,6 +208,7 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         Arc::clone(&publish_stats),
         shutdown.clone(),
     ));
+    tracker.spawn(crate::rollouts::drive(Arc::clone(&hub), shutdown.clone()));
     tracker.spawn(ingest::run(
         Arc::clone(&hub),
         incoming_rx,

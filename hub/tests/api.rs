@@ -450,3 +450,227 @@ async fn tags_resolve_to_digests_through_a_real_registry_and_unknown_tags_are_40
     let rec = f.state.hub.store.deployment("web").unwrap().unwrap();
     assert_eq!(rec.apps[0].image.digest.to_string(), digest);
 }
+
+fn pinned_app(name: &str, byte: u8) -> Value {
+    app(
+        name,
+        &format!("reg.example/{name}@sha256:{}", hex::encode([byte; 32])),
+    )
+}
+
+async fn desired_generation(f: &Fixture, id: &str) -> u64 {
+    f.state
+        .hub
+        .store
+        .manifest_meta(&id.parse().unwrap())
+        .unwrap()
+        .unwrap()
+        .generation
+}
+
+#[tokio::test]
+async fn a_release_change_is_a_new_generation_and_a_changed_apply_waits_for_the_running_rollout() {
+    let f = fixture(Arc::new(PinnedOnly));
+    let (s, v) = call(
+        &f,
+        "POST",
+        "/v1/devices",
+        Some(json!({ "id": "d1", "public_key": key_hex(), "labels": { "site": "lab" } })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        &f,
+        "PUT",
+        "/v1/deployments",
+        Some(deployment(json!([pinned_app("web", 1)]))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let g = desired_generation(&f, "d1").await;
+
+    // Same apps, a [release] table: content changed, new revision and generation.
+    let mut with_release = deployment(json!([pinned_app("web", 1)]));
+    with_release["release"] = json!({ "stable_secs": 10, "trial_deadline_secs": 100 });
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(with_release.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["changed"].clone(), v["revision"].clone()),
+        (json!(true), json!(2)),
+        "{v}"
+    );
+    assert_eq!(desired_generation(&f, "d1").await, g + 1);
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(with_release.clone())).await;
+    assert_eq!(
+        (s, v["changed"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{v}"
+    );
+    assert_eq!(desired_generation(&f, "d1").await, g + 1);
+    // A bad one is refused naming the field.
+    let mut bad = with_release.clone();
+    bad["release"]["stable_secs"] = json!(101);
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(bad)).await;
+    assert_eq!(
+        (s, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("release.stable_secs")),
+        "{v}"
+    );
+
+    // A new image with [rollout]: the canary (the only device) gets it with the apply.
+    let mut staged = deployment(json!([pinned_app("web", 2)]));
+    staged["rollout"] = json!({ "canary": 1, "waves": ["100%"] });
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(staged.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["rollout_started"], json!(true), "{v}");
+    assert_eq!(v["updated"].as_array().unwrap().len(), 1, "{v}");
+    // While it runs, a changed apply is a conflict naming the rollout; the same content is fine.
+    let mut next = staged.clone();
+    next["apps"] = json!([pinned_app("web", 3)]);
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(next)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("rollout abort web"),
+        "{v}"
+    );
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(staged)).await;
+    assert_eq!(
+        (s, v["changed"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{v}"
+    );
+    // Commands on a deployment without a rollout are 404; unknown commands too.
+    let (s, _) = call(&f, "POST", "/v1/rollouts/nope/pause", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&f, "POST", "/v1/rollouts/web/restart", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_silent_device_is_skipped_and_a_stuck_wave_times_out_on_the_hubs_clock() {
+    use outpost_hub::store::StatusRecord;
+    use outpost_protocol::status::{ReleasePhase, ReleaseStatus};
+    let clock = Arc::new(ManualClock::new(1_000));
+    let f = fixture_on(Arc::new(PinnedOnly), clock.clone());
+    for id in ["d1", "d2", "d3"] {
+        let (s, v) = call(
+            &f,
+            "POST",
+            "/v1/devices",
+            Some(json!({ "id": id, "public_key": key_hex(), "labels": { "site": "lab" } })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let mut staged = deployment(json!([pinned_app("web", 1)]));
+    staged["rollout"] = json!({
+        "canary": 1, "waves": ["100%"], "wave_timeout_secs": 1000, "offline_grace_secs": 100
+    });
+    let (s, v) = call(&f, "PUT", "/v1/deployments", Some(staged)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let canary = v["updated"][0]["device"].as_str().unwrap().to_string();
+    let hub = Arc::clone(&f.state.hub);
+    let status = |id: &str, at: u64| {
+        let id: outpost_protocol::DeviceId = id.parse().unwrap();
+        let meta = hub.store.manifest_meta(&id).unwrap().unwrap();
+        let report = outpost_protocol::StatusReport {
+            device_id: id.clone(),
+            applied: Some((meta.epoch, meta.generation)),
+            boot: 1,
+            seq: at,
+            event_floor: 0,
+            reported_at: at,
+            agent_version: "t".into(),
+            uptime_secs: at,
+            apps: vec![],
+            rejected: Default::default(),
+            last_rejection: None,
+            release: Some(ReleaseStatus {
+                target: (meta.epoch, meta.generation),
+                phase: ReleasePhase::Downloading,
+                committed: None,
+            }),
+        };
+        hub.store
+            .write(|tx| {
+                tx.put_status(
+                    &id,
+                    &StatusRecord {
+                        received_at: at,
+                        report,
+                    },
+                )
+            })
+            .unwrap();
+    };
+
+    // The canary never reports: within the grace it holds the rollout...
+    clock.set(1_099);
+    outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+    let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
+    assert_eq!(
+        (
+            v["tally"]["pending"].clone(),
+            v["tally"]["untargeted"].clone()
+        ),
+        (json!(1), json!(2)),
+        "{v}"
+    );
+    // ...after it, it is skipped and the next wave goes out.
+    clock.set(1_100);
+    outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+    let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
+    assert_eq!(
+        (v["tally"]["skipped"].clone(), v["tally"]["pending"].clone()),
+        (json!(1), json!(2)),
+        "{v}"
+    );
+
+    // The wave's devices keep reporting (still downloading): not skipped, but
+    // the wave times out 1000 s after it started.
+    let others: Vec<String> = ["d1", "d2", "d3"]
+        .iter()
+        .filter(|d| **d != canary)
+        .map(|d| d.to_string())
+        .collect();
+    for t in [
+        1_150, 1_240, 1_330, 1_420, 1_510, 1_600, 1_690, 1_780, 1_870, 1_960, 2_050, 2_099,
+    ] {
+        clock.set(t);
+        for id in &others {
+            status(id, t);
+        }
+        outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+    }
+    let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
+    assert_eq!(v["phase"], json!("Running"), "{v}");
+    clock.set(2_100);
+    outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+    let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
+    assert_eq!(
+        v["phase"],
+        json!({ "Paused": { "reason": { "WaveTimeout": { "wave": 1, "pending": 2, "timeout_secs": 1000 } } } }),
+        "{v}"
+    );
+    assert!(
+        v["state"]
+            .as_str()
+            .unwrap()
+            .contains("wave 1 timed out after 1000 s with 2 device(s) pending"),
+        "{v}"
+    );
+    // Nothing is stored by a step that changes nothing: the audit log has
+    // the two waves and the pause only.
+    let (_, audit) = call(&f, "GET", "/v1/audit", None).await;
+    let rollout_actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str().filter(|a| a.starts_with("rollout.")))
+        .collect();
+    assert_eq!(
+        rollout_actions,
+        ["rollout.pause", "rollout.wave", "rollout.wave"],
+        "{audit}"
+    );
+}

@@ -68,7 +68,7 @@ impl From<HubError> for AppError {
                 AppError::bad_request(None, e.to_string())
             }
             HubError::NotFound { .. } => AppError::not_found(e.to_string()),
-            HubError::Conflict(_) => AppError {
+            HubError::Conflict(_) | HubError::Rollout(_) => AppError {
                 status: StatusCode::CONFLICT,
                 field: None,
                 message: e.to_string(),

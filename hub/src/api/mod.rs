@@ -48,6 +48,9 @@ pub fn router(state: ApiState) -> Router {
             "/v1/deployments/{name}",
             get(get_deployment).delete(delete_deployment),
         )
+        .route("/v1/rollouts", get(list_rollouts))
+        .route("/v1/rollouts/{name}", get(get_rollout))
+        .route("/v1/rollouts/{name}/{command}", post(rollout_command))
         .route("/v1/stats", get(stats))
         .route("/v1/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -367,4 +370,60 @@ async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<crate::store::AuditEntry>>, AppError> {
     Ok(Json(s.hub.store.audit(q.limit.unwrap_or(100).min(10_000))?))
+}
+
+async fn list_rollouts(
+    State(s): State<ApiState>,
+) -> Result<Json<Vec<crate::rollout::view::RolloutView>>, AppError> {
+    let store = s.hub.store.clone();
+    let now = s.hub.now();
+    let out = tokio::task::spawn_blocking(move || crate::rollouts::views(&store, now))
+        .await
+        .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))??;
+    Ok(Json(out))
+}
+
+async fn rollout_view(
+    s: &ApiState,
+    name: String,
+) -> Result<Json<crate::rollout::view::RolloutView>, AppError> {
+    let store = s.hub.store.clone();
+    let now = s.hub.now();
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || crate::rollouts::view(&store, &n, now))
+        .await
+        .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))??
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no rollout of deployment {name:?}")))
+}
+
+async fn get_rollout(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::rollout::view::RolloutView>, AppError> {
+    rollout_view(&s, name).await
+}
+
+/// `POST /v1/rollouts/{name}/pause|resume|abort`: answers with the rollout's
+/// view after the command.
+async fn rollout_command(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((name, command)): Path<(String, String)>,
+) -> Result<Json<crate::rollout::view::RolloutView>, AppError> {
+    use crate::rollouts::Command;
+    let cmd = match command.as_str() {
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "abort" => Command::Abort,
+        other => {
+            return Err(AppError::not_found(format!(
+                "no rollout command {other:?}; use pause, resume or abort"
+            )))
+        }
+    };
+    s.hub
+        .rollout_command(name.clone(), cmd, who(&headers))
+        .await?;
+    rollout_view(&s, name).await
 }

@@ -5,20 +5,24 @@
 //! defaults: [`policy`]) and the scheduler with the rollout's state machine
 //! ([`schedule`]): `next_action(state, devices, policy, now) -> Action`, and
 //! the operator's pause, resume and abort as transitions of that state. It
-//! does no I/O and reads no clock; the hub's store, API and CLI (not wired
-//! yet, see `docs/deployments.md`) keep the state, feed in device reports and
-//! carry out the actions.
+//! does no I/O and reads no clock; the hub (`hub/src/rollouts.rs`: store,
+//! driver task, operator commands) keeps the state, feeds in device reports
+//! and carries out the actions.
 //!
 //! # Layout
 //! - [`policy`]: `RolloutDef` (the `[rollout]` table), `RolloutPolicy` (checked),
 //!   `PolicyError`, cumulative wave sizes.
 //! - [`schedule`]: `RolloutState`, `DeviceProgress`, `Action`, `next_action`,
 //!   pause/resume/abort.
+//! - [`progress`]: device statuses → outcomes and the scheduler's fleet.
+//! - [`view`]: what `rollout status` shows (API body and the CLI's table).
 //! - `tests` (table tests of the scheduler) and `props` (property tests that
 //!   drive it against a model fleet).
 
 pub mod policy;
+pub mod progress;
 pub mod schedule;
+pub mod view;
 
 #[cfg(test)]
 mod props;

@@ -194,7 +194,7 @@ impl DeviceProgress {
 }
 
 /// Devices per standing, for the scheduler and for `rollout status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub untargeted: usize,
     pub pending: usize,

@@ -1,6 +1,6 @@
 //! The hub's durable state in one redb file: devices, deployments, the signed
 //! manifest and generation of each device, last verified status, device events,
-//! reject counters and the append-only audit log.
+//! reject counters, the append-only audit log and each deployment's latest rollout.
 //!
 //! Records are JSON in `&[u8]` values (readable with any redb tool, tolerant of
 //! added fields); signed manifests are stored as the exact bytes that get
@@ -10,8 +10,8 @@
 mod records;
 
 pub use records::{
-    AuditEntry, DeploymentRecord, DeviceMarks, DeviceRecord, EventRecord, ManifestMeta,
-    StatusRecord,
+    AdmittedDevice, AuditEntry, DeploymentRecord, DeviceMarks, DeviceRecord, EventRecord,
+    ManifestMeta, RolloutRecord, StatusRecord,
 };
 
 use outpost_protocol::DeviceId;
@@ -37,6 +37,8 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Device id -> [`DeviceMarks`] (status order, event watermark). Kept when a
 /// device is removed, like its manifest.
 const MARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("marks");
+/// Deployment name -> its latest [`RolloutRecord`].
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
 /// Events kept per device (by seq window); older ones are pruned on insert.
 pub const EVENTS_KEPT_PER_DEVICE: u64 = 10_000;
@@ -131,6 +133,7 @@ impl Store {
             tx.txn.open_table(AUDIT).ctx("create tables")?;
             tx.txn.open_table(COUNTERS).ctx("create tables")?;
             tx.txn.open_table(MARKS).ctx("create tables")?;
+            tx.txn.open_table(ROLLOUTS).ctx("create tables")?;
             Ok::<_, StoreError>(())
         })?;
         Ok(store)
@@ -150,6 +153,26 @@ impl Store {
         let mut tx = Tx { txn };
         let out = f(&mut tx)?;
         tx.txn.commit().ctx("commit").map_err(E::from)?;
+        Ok(out)
+    }
+
+    /// Like [`Store::write`], but `f` says whether to commit: a periodic task
+    /// that usually finds nothing to change aborts instead of paying an fsync.
+    pub fn write_if<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<(T, bool), E>,
+    ) -> Result<T, E> {
+        let mut txn = self.db.begin_write().ctx("begin write").map_err(E::from)?;
+        txn.set_durability(Durability::Immediate)
+            .ctx("set durability")
+            .map_err(E::from)?;
+        let mut tx = Tx { txn };
+        let (out, commit) = f(&mut tx)?;
+        if commit {
+            tx.txn.commit().ctx("commit").map_err(E::from)?;
+        } else {
+            tx.txn.abort().ctx("abort").map_err(E::from)?;
+        }
         Ok(out)
     }
 
@@ -180,6 +203,19 @@ impl Store {
                 &t.open_table(DEPLOYMENTS).ctx("read deployments")?,
                 "deployments",
             )
+        })
+    }
+
+    pub fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.read(|t| scan(&t.open_table(ROLLOUTS).ctx("read rollouts")?, "rollouts"))
+    }
+
+    pub fn rollout(&self, deployment: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        self.read(|t| {
+            let table = t.open_table(ROLLOUTS).ctx("read rollouts")?;
+            let v = table.get(deployment).ctx("read rollout")?;
+            v.map(|v| decode("rollouts", deployment, v.value()))
+                .transpose()
         })
     }
 
@@ -420,6 +456,34 @@ impl Tx {
             .insert(d.spec.name.as_str(), encode(d).as_slice())
             .ctx("write deployment")?;
         Ok(())
+    }
+
+    pub fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        scan(
+            &self.txn.open_table(ROLLOUTS).ctx("read rollouts")?,
+            "rollouts",
+        )
+    }
+
+    pub fn rollout(&self, deployment: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let table = self.txn.open_table(ROLLOUTS).ctx("read rollouts")?;
+        let v = table.get(deployment).ctx("read rollout")?;
+        v.map(|v| decode("rollouts", deployment, v.value()))
+            .transpose()
+    }
+
+    pub fn put_rollout(&mut self, r: &RolloutRecord) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(ROLLOUTS).ctx("write rollout")?;
+        table
+            .insert(r.deployment.as_str(), encode(r).as_slice())
+            .ctx("write rollout")?;
+        Ok(())
+    }
+
+    pub fn remove_rollout(&mut self, deployment: &str) -> Result<bool, StoreError> {
+        let mut table = self.txn.open_table(ROLLOUTS).ctx("remove rollout")?;
+        let existed = table.remove(deployment).ctx("remove rollout")?.is_some();
+        Ok(existed)
     }
 
     pub fn remove_deployment(&mut self, name: &str) -> Result<bool, StoreError> {

@@ -1,6 +1,7 @@
 //! The record types stored in the hub's tables.
 
 use crate::deploy::DeploymentSpec;
+use crate::rollout::{Outcome, Phase, RolloutDef, RolloutState};
 use outpost_protocol::{AppSpec, DeviceId, Digest, Event, PublicKey, StatusReport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -86,4 +87,47 @@ pub struct AuditEntry {
     pub action: String,
     pub target: String,
     pub detail: serde_json::Value,
+}
+
+/// The latest rollout of a deployment (table `rollouts`, keyed by deployment
+/// name): kept after it completes or is aborted, for `rollout status`, until
+/// the deployment's next rollout replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub deployment: String,
+    /// The deployment revision being rolled out.
+    pub revision: u64,
+    /// The deployment as it was before this revision: what devices not yet
+    /// admitted keep, and what `rollout abort` re-issues. `None`: the
+    /// deployment's first apply (devices not admitted get nothing from it).
+    pub previous: Option<DeploymentRecord>,
+    /// The `[rollout]` table this rollout runs by.
+    pub def: RolloutDef,
+    pub state: RolloutState,
+    pub started_at: u64,
+    /// Admitted devices by id. A device not listed is not targeted yet.
+    pub devices: BTreeMap<String, AdmittedDevice>,
+}
+
+impl RolloutRecord {
+    /// Running or paused: the deployment renders staged (see `render::Staged`).
+    pub fn is_active(&self) -> bool {
+        matches!(self.state.phase, Phase::Running | Phase::Paused { .. })
+    }
+}
+
+/// A device a rollout admitted, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmittedDevice {
+    /// The wave that admitted it (0: canary).
+    pub wave: usize,
+    pub targeted_at: u64,
+    /// `(epoch, generation)` of the manifest issued to it with the new
+    /// revision: the release it must commit.
+    pub issued: (u64, u64),
+    /// Pending until its status says committed, failed or rolled back; then
+    /// kept as it was first decided (a later report does not undo it).
+    pub outcome: Outcome,
+    /// When the outcome was decided (hub time).
+    pub decided_at: Option<u64>,
 }
