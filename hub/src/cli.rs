@@ -584,7 +584,7 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
 }
 
 async fn rollout(cmd: RolloutCommand, c: &ApiClient) -> Result<()> {
-    use crate::rollout::view::{summary, RolloutView};
+    use crate::hub::rollouts::view::{summary, RolloutView};
     use crate::rollout::Phase;
     let (deployment, verb) = match cmd {
         RolloutCommand::Status {

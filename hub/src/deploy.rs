@@ -43,7 +43,7 @@ pub struct DeploymentSpec {
     /// How an apply is spread over the matched devices (`[rollout]`). Absent:
     /// every matched device at once, as before rollouts existed. Checked by
     /// [`DeploymentSpec::check`]; carried out by the hub's rollout driver
-    /// (`hub/src/rollouts.rs`).
+    /// (`hub/src/hub/rollouts/mod.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutDef>,
     /// How devices trial this deployment's releases (`[release]`): rendered

@@ -10,9 +10,10 @@
 //!   generation decisions.
 //! - [`resolve`]: the image-resolution seam (tag → digest).
 //! - [`rollout`]: staged rollouts' pure core: the `[rollout]` policy, the wave
-//!   scheduler and the rollout's state machine, device outcomes, status views.
-//! - [`rollouts`]: rollouts wired in: the step carried out in a store
-//!   transaction, the periodic driver, pause/resume/abort.
+//!   scheduler and the rollout's state machine.
+//!   `hub::rollouts` wires them in: the step carried out in a store
+//!   transaction, device outcomes, status views, the periodic driver,
+//!   pause/resume/abort (a part of the hub: it runs inside its transactions).
 //! - [`store`]: the redb tables and typed transactions.
 //! - [`hub`]: operations (register, label, apply, delete) = validate, render,
 //!   sign, persist in one transaction, then hand off to the publisher.
@@ -48,7 +49,6 @@ pub mod publish;
 pub mod render;
 pub mod resolve;
 pub mod rollout;
-pub mod rollouts;
 pub mod serve;
 pub mod signing;
 pub mod store;

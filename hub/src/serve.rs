@@ -208,7 +208,10 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         Arc::clone(&publish_stats),
         shutdown.clone(),
     ));
-    tracker.spawn(crate::rollouts::drive(Arc::clone(&hub), shutdown.clone()));
+    tracker.spawn(crate::hub::rollouts::drive(
+        Arc::clone(&hub),
+        shutdown.clone(),
+    ));
     tracker.spawn(ingest::run(
         Arc::clone(&hub),
         incoming_rx,

@@ -606,7 +606,9 @@ async fn a_silent_device_is_skipped_and_a_stuck_wave_times_out_on_the_hubs_clock
 
     // The canary never reports: within the grace it holds the rollout...
     clock.set(1_099);
-    outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+    outpost_hub::hub::rollouts::tick(&f.state.hub)
+        .await
+        .unwrap();
     let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
     assert_eq!(
         (
@@ -618,7 +620,9 @@ async fn a_silent_device_is_skipped_and_a_stuck_wave_times_out_on_the_hubs_clock
     );
     // ...after it, it is skipped and the next wave goes out.
     clock.set(1_100);
-    outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+    outpost_hub::hub::rollouts::tick(&f.state.hub)
+        .await
+        .unwrap();
     let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
     assert_eq!(
         (v["tally"]["skipped"].clone(), v["tally"]["pending"].clone()),
@@ -640,12 +644,16 @@ async fn a_silent_device_is_skipped_and_a_stuck_wave_times_out_on_the_hubs_clock
         for id in &others {
             status(id, t);
         }
-        outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+        outpost_hub::hub::rollouts::tick(&f.state.hub)
+            .await
+            .unwrap();
     }
     let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
     assert_eq!(v["phase"], json!("Running"), "{v}");
     clock.set(2_100);
-    outpost_hub::rollouts::tick(&f.state.hub).await.unwrap();
+    outpost_hub::hub::rollouts::tick(&f.state.hub)
+        .await
+        .unwrap();
     let (_, v) = call(&f, "GET", "/v1/rollouts/web", None).await;
     assert_eq!(
         v["phase"],

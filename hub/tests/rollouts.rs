@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use outpost_hub::api::DeviceSummary;
-use outpost_hub::rollout::view::RolloutView;
+use outpost_hub::hub::rollouts::view::RolloutView;
 use outpost_hub::rollout::{PauseReason, Phase};
 use outpost_hub::store::AuditEntry;
 use outpost_protocol::status::{ReleasePhase, ReleaseStatus};

@@ -69,6 +69,12 @@ fn events_lost_by_a_restarted_mosquitto_while_the_hub_is_down_reach_the_hub_exac
     s.hub
         .deploy(&s.agent.device_id, std::slice::from_ref(&app))?;
     eventually(PATIENCE, "the app to answer", || app.get("/"));
+    // A crash in the release's trial would roll it back instead of restarting
+    // the app: this scenario is about a committed release.
+    let applied = s.agent.applied_generation().unwrap_or(0);
+    eventually(PATIENCE, "the release to commit", || {
+        s.agent.committed_generation().filter(|g| *g >= applied)
+    });
     eventually(
         PATIENCE,
         "the hub to acknowledge every event so far",

@@ -118,7 +118,9 @@ fn an_agent_killed_during_the_trial_rolls_back_on_restart() -> anyhow::Result<()
     eventually(PATIENCE, "v2 to serve in its trial", || {
         v2.get("/").filter(|b| b.contains("version 2"))
     });
-    assert!(phase_is(&w, "Trial").is_some());
+    eventually(PATIENCE, "the status to show the trial", || {
+        phase_is(&w, "Trial")
+    });
     w.agent.kill9();
     w.agent.start()?;
     let fields = eventually(PATIENCE, "the restarted agent to roll back", || {
@@ -144,9 +146,17 @@ fn download_then_kill_keeps_v1_serving_while_the_registry_is_unreachable() -> an
     let mut v2 = v1.clone();
     v2.version = "2".into();
     v2.image = w.registry.push_variant("v2", 64 * 1024)?;
-    let cut = PortCut::new(w.registry.port)?;
+    // The hub resolves v2's tag at apply, so it applies while the device is
+    // cut off from the broker; the registry becomes unreachable before the
+    // device's link (and so v2) comes back.
+    w.proxy.cut();
+    eventually(PATIENCE, "the agent to notice the cut", || {
+        (!w.agent.connected()?).then_some(())
+    });
     w.hub
         .deploy(&w.agent.device_id, std::slice::from_ref(&v2))?;
+    let cut = PortCut::new(w.registry.port)?;
+    w.proxy.restore();
     eventually(PATIENCE, "the device to accept v2", || {
         w.agent.applied_generation().filter(|g| *g > committed)
     });

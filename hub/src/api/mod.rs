@@ -374,10 +374,10 @@ async fn audit(
 
 async fn list_rollouts(
     State(s): State<ApiState>,
-) -> Result<Json<Vec<crate::rollout::view::RolloutView>>, AppError> {
+) -> Result<Json<Vec<crate::hub::rollouts::view::RolloutView>>, AppError> {
     let store = s.hub.store.clone();
     let now = s.hub.now();
-    let out = tokio::task::spawn_blocking(move || crate::rollouts::views(&store, now))
+    let out = tokio::task::spawn_blocking(move || crate::hub::rollouts::views(&store, now))
         .await
         .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))??;
     Ok(Json(out))
@@ -386,11 +386,11 @@ async fn list_rollouts(
 async fn rollout_view(
     s: &ApiState,
     name: String,
-) -> Result<Json<crate::rollout::view::RolloutView>, AppError> {
+) -> Result<Json<crate::hub::rollouts::view::RolloutView>, AppError> {
     let store = s.hub.store.clone();
     let now = s.hub.now();
     let n = name.clone();
-    tokio::task::spawn_blocking(move || crate::rollouts::view(&store, &n, now))
+    tokio::task::spawn_blocking(move || crate::hub::rollouts::view(&store, &n, now))
         .await
         .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))??
         .map(Json)
@@ -400,7 +400,7 @@ async fn rollout_view(
 async fn get_rollout(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<crate::rollout::view::RolloutView>, AppError> {
+) -> Result<Json<crate::hub::rollouts::view::RolloutView>, AppError> {
     rollout_view(&s, name).await
 }
 
@@ -410,8 +410,8 @@ async fn rollout_command(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path((name, command)): Path<(String, String)>,
-) -> Result<Json<crate::rollout::view::RolloutView>, AppError> {
-    use crate::rollouts::Command;
+) -> Result<Json<crate::hub::rollouts::view::RolloutView>, AppError> {
+    use crate::hub::rollouts::Command;
     let cmd = match command.as_str() {
         "pause" => Command::Pause,
         "resume" => Command::Resume,

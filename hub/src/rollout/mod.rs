@@ -5,7 +5,7 @@
 //! defaults: [`policy`]) and the scheduler with the rollout's state machine
 //! ([`schedule`]): `next_action(state, devices, policy, now) -> Action`, and
 //! the operator's pause, resume and abort as transitions of that state. It
-//! does no I/O and reads no clock; the hub (`hub/src/rollouts.rs`: store,
+//! does no I/O and reads no clock; the hub (`hub/src/hub/rollouts/mod.rs`: store,
 //! driver task, operator commands) keeps the state, feeds in device reports
 //! and carries out the actions.
 //!
@@ -20,9 +20,7 @@
 //!   drive it against a model fleet).
 
 pub mod policy;
-pub mod progress;
 pub mod schedule;
-pub mod view;
 
 #[cfg(test)]
 mod props;

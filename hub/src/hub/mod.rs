@@ -7,6 +7,8 @@
 //! ids to the publisher. The publisher reads the bytes back from the store, so
 //! whatever it sends is the latest committed manifest (latest wins).
 
+pub mod rollouts;
+
 use crate::clock::{Clock, SystemClock};
 use crate::deploy::{check_label, DeploymentSpec, SpecError};
 use crate::outbox::Outbox;
@@ -493,7 +495,7 @@ impl Hub {
                 }
                 if rollout_started {
                     // The first wave (canary) goes out with the apply.
-                    updated.extend(crate::rollouts::advance(op, &spec.name)?.admitted);
+                    updated.extend(rollouts::advance(op, &spec.name)?.admitted);
                 }
                 Ok(ApplyOutcome {
                     name: spec.name.clone(),

@@ -3,8 +3,8 @@
 //! ([`RolloutView::human`], [`summary`]): aligned tables, states in words,
 //! times relative to the hub's clock.
 
-use super::policy::{RolloutDef, RolloutPolicy};
-use super::schedule::{DeviceProgress, Outcome, Phase, Standing, Tally};
+use crate::rollout::policy::{RolloutDef, RolloutPolicy};
+use crate::rollout::schedule::{DeviceProgress, Outcome, Phase, Standing, Tally};
 use crate::store::RolloutRecord;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! latest status says about the release a rollout issued to it
 //! ([`decide`]), and every matched device's [`DeviceProgress`] ([`fleet`]).
 
-use super::schedule::{DeviceProgress, Outcome};
+use crate::rollout::schedule::{DeviceProgress, Outcome};
 use crate::store::{RolloutRecord, StatusRecord};
 use outpost_protocol::status::ReleasePhase;
 use outpost_protocol::{DeviceId, StatusReport};

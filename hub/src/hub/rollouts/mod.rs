@@ -13,14 +13,16 @@
 //! Devices not admitted render the deployment's previous revision (kept in
 //! the record) so their manifests do not change; admitting a device renders
 //! it with the new revision (see `render::Staged`). A device's outcome comes
-//! from its latest status (`rollout::progress::decide`) and, once decided,
+//! from its latest status (`progress::decide`) and, once decided,
 //! stays.
 
-use crate::api::AppError;
+pub mod progress;
+pub mod view;
+
+use view::RolloutView;
+
 use crate::hub::{all_devices, render_set, GenerationUpdate, Hub, HubError, Labelled, Op};
 use crate::render;
-use crate::rollout::progress;
-use crate::rollout::view::RolloutView;
 use crate::rollout::{next_action, Action, DeviceProgress, Outcome, RolloutPolicy};
 use crate::store::{
     AdmittedDevice, DeploymentRecord, RolloutRecord, StatusRecord, Store, StoreError, Tx,
@@ -389,7 +391,7 @@ impl Hub {
 }
 
 /// The view of deployment `name`'s latest rollout at `now`.
-pub fn view(store: &Store, name: &str, now: u64) -> Result<Option<RolloutView>, AppError> {
+pub fn view(store: &Store, name: &str, now: u64) -> Result<Option<RolloutView>, HubError> {
     let Some(ro) = store.rollout(name)? else {
         return Ok(None);
     };
@@ -397,7 +399,7 @@ pub fn view(store: &Store, name: &str, now: u64) -> Result<Option<RolloutView>, 
 }
 
 /// Views of every deployment's latest rollout, by deployment name.
-pub fn views(store: &Store, now: u64) -> Result<Vec<RolloutView>, AppError> {
+pub fn views(store: &Store, now: u64) -> Result<Vec<RolloutView>, HubError> {
     store
         .rollouts()?
         .iter()
@@ -405,7 +407,7 @@ pub fn views(store: &Store, now: u64) -> Result<Vec<RolloutView>, AppError> {
         .collect()
 }
 
-fn view_of(store: &Store, ro: &RolloutRecord, now: u64) -> Result<RolloutView, AppError> {
+fn view_of(store: &Store, ro: &RolloutRecord, now: u64) -> Result<RolloutView, HubError> {
     let policy = policy_of(ro)?;
     // The fleet as the rollout saw it: the deployment's selector now (the
     // previous revision's after an abort that deleted the deployment).
