@@ -511,6 +511,9 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
                 if let Some(r) = &st.last_rejection {
                     println!("rejected:  {} total, last: {r}", st.rejected.total());
                 }
+                if let Some(r) = &st.release {
+                    println!("release:   {}", release_line(r));
+                }
                 for a in &st.apps {
                     println!(
                         "  {:<20} {:<28} restarts={} {}",
@@ -635,4 +638,65 @@ async fn rollout(cmd: RolloutCommand, c: &ApiClient) -> Result<()> {
         v.deployment, v.revision, v.state
     );
     Ok(())
+}
+
+/// A device's release state in words, e.g. `generation 3 rolled back to 2
+/// (web: exited with code 3)`.
+fn release_line(r: &outpost_protocol::ReleaseStatus) -> String {
+    use outpost_protocol::ReleasePhase as P;
+    let g = |id: (u64, u64)| format!("generation {}", id.1);
+    let what = match &r.phase {
+        P::Downloading => "downloading its images".to_string(),
+        P::WaitingForLock { app } => format!("waiting: {app} holds its update lock"),
+        P::Trial => "in trial".to_string(),
+        P::Committed => "committed".to_string(),
+        P::RolledBack { to, app, reason } => {
+            format!("rolled back to {} ({app}: {reason})", g(*to))
+        }
+        P::Failed { app, reason } => {
+            format!("failed its trial, nothing to roll back to ({app}: {reason})")
+        }
+    };
+    let committed = match (&r.phase, r.committed) {
+        (P::Committed | P::RolledBack { .. }, _) | (_, None) => String::new(),
+        (_, Some(c)) => format!("; last committed {}", g(c)),
+    };
+    format!("{} {what}{committed}", g(r.target))
+}
+
+#[cfg(test)]
+mod release_line_tests {
+    use super::release_line;
+    use outpost_protocol::{ReleasePhase, ReleaseStatus};
+
+    #[test]
+    fn release_states_read_as_words() {
+        let at = |phase| ReleaseStatus {
+            target: (1, 3),
+            phase,
+            committed: Some((1, 2)),
+        };
+        let cases = [
+            (
+                at(ReleasePhase::Trial),
+                "generation 3 in trial; last committed generation 2",
+            ),
+            (at(ReleasePhase::Committed), "generation 3 committed"),
+            (
+                at(ReleasePhase::RolledBack {
+                    to: (1, 2),
+                    app: "web".into(),
+                    reason: "exited with code 3".into(),
+                }),
+                "generation 3 rolled back to generation 2 (web: exited with code 3)",
+            ),
+            (
+                at(ReleasePhase::WaitingForLock { app: "db".into() }),
+                "generation 3 waiting: db holds its update lock; last committed generation 2",
+            ),
+        ];
+        for (status, want) in cases {
+            assert_eq!(release_line(&status), want);
+        }
+    }
 }
