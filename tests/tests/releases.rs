@@ -230,3 +230,67 @@ fn a_held_update_lock_defers_the_release_and_the_override_forces_it() -> anyhow:
     });
     Ok(())
 }
+
+/// Benchmark (ignored in the suite): how long the app does not answer during
+/// an update, per strategy, with a new image of ~32 MiB (random, incompressible) to pull each time.
+/// `cargo nextest run -p outpost-e2e --test releases --run-ignored only --no-capture`
+#[test]
+#[ignore]
+fn update_downtime_per_strategy() -> anyhow::Result<()> {
+    let w = World::start("downtime")?;
+    let mut app = w.app("web");
+    w.deploy_and_wait(std::slice::from_ref(&app))?;
+    let strategies = [
+        "download-then-kill",
+        "kill-then-download",
+        "delete-then-download",
+    ];
+    for (i, strategy) in strategies.iter().enumerate() {
+        let version = (i + 2).to_string();
+        let mut next = app.clone();
+        next.version = version.clone();
+        next.image = w.registry.push_variant(&format!("v{version}"), 32 << 20)?;
+        next.extra_toml = vec![format!("update = \"{strategy}\"")];
+        w.hub
+            .deploy(&w.agent.device_id, std::slice::from_ref(&next))?;
+        // Poll every 5 ms until the new version answers; the longest run of
+        // failed requests is the downtime.
+        let start = Instant::now();
+        let (mut longest, mut down_since) = (Duration::ZERO, None::<Instant>);
+        loop {
+            match app.get("/") {
+                Some(b) if b.contains(&format!("version {version}")) => {
+                    if let Some(d) = down_since {
+                        longest = longest.max(d.elapsed());
+                    }
+                    break;
+                }
+                Some(_) => {
+                    if let Some(d) = down_since.take() {
+                        longest = longest.max(d.elapsed());
+                    }
+                }
+                None => {
+                    down_since.get_or_insert_with(Instant::now);
+                }
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{strategy}: v{version} never answered"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!(
+            "measured: {strategy}: downtime {} ms (apply -> new version answering {} ms)",
+            longest.as_millis(),
+            start.elapsed().as_millis()
+        );
+        eventually(PATIENCE, "the release to commit", || {
+            w.agent
+                .committed_generation()
+                .filter(|g| Some(*g) >= w.agent.applied_generation())
+        });
+        app = next;
+    }
+    Ok(())
+}
