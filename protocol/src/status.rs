@@ -57,17 +57,6 @@ pub struct ReleaseStatus {
     pub committed: Option<(u64, u64)>,
 }
 
-impl ReleaseStatus {
-    /// The release whose apps the device runs (or converges to) now.
-    pub fn running(&self) -> Option<(u64, u64)> {
-        match &self.phase {
-            ReleasePhase::RolledBack { to, .. } => Some(*to),
-            ReleasePhase::Downloading | ReleasePhase::WaitingForLock { .. } => self.committed,
-            _ => Some(self.target),
-        }
-    }
-}
-
 /// Where a release is on the device. Encoded by index: new phases go last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReleasePhase {

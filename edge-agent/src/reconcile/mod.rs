@@ -477,7 +477,7 @@ impl Reconciler {
                 &BTreeMap::new(),
                 &containers,
                 now,
-                waiting(&route.phase, &target),
+                waiting(&route.phase).then_some(&target),
             );
             self.publish_release(id, &route.phase);
             return self.download_wait(now).unwrap_or(self.resync);
@@ -532,7 +532,12 @@ impl Reconciler {
         }
         // The status uses the instant the plan was made at, so an app the plan
         // left backing off shows `BackingOff`, not a state its next pass changes.
-        self.publish_view(&desired, &after, now, waiting(&route.phase, &target));
+        self.publish_view(
+            &desired,
+            &after,
+            now,
+            waiting(&route.phase).then_some(&target),
+        );
         self.publish_release(id, &route.phase);
         let targets = book::health_targets(&desired, &after);
         self.health_targets.send_if_modified(|t| {
@@ -852,15 +857,15 @@ impl Reconciler {
         }
     }
 
-    /// Publish the apps being run (`desired`); while `target` downloads, its
-    /// apps the running set lacks show as pending, and a failed download is
+    /// Publish the apps being run (`desired`); while a target waits
+    /// (`waiting_target`), its apps the running set lacks show as pending and a failed download is
     /// each app's `last_error`.
     fn publish_view(
         &self,
         desired: &BTreeMap<String, DesiredApp>,
         containers: &book::Containers,
         now: u64,
-        target: &BTreeMap<String, DesiredApp>,
+        waiting_target: Option<&BTreeMap<String, DesiredApp>>,
     ) {
         let mut apps = book::app_statuses(desired, containers, &self.ledger, now, &self.policy);
         for (name, a) in apps.iter_mut() {
@@ -870,6 +875,10 @@ impl Reconciler {
                 a.ready = Some(false);
             }
         }
+        let Some(target) = waiting_target else {
+            self.apps.send_replace(apps);
+            return;
+        };
         for (name, e) in &self.download_errors {
             let Some(d) = target.get(name) else { continue };
             let a = apps.entry(name.clone()).or_insert_with(|| AppStatus {
@@ -898,17 +907,13 @@ impl Reconciler {
     }
 }
 
-/// The target's apps while it waits (downloading, locked), else none: a
-/// rolled-back release's apps are not shown as pending.
-fn waiting<'a>(
-    phase: &ReleasePhase,
-    target: &'a BTreeMap<String, DesiredApp>,
-) -> &'a BTreeMap<String, DesiredApp> {
-    static NONE: std::sync::OnceLock<BTreeMap<String, DesiredApp>> = std::sync::OnceLock::new();
-    match phase {
-        ReleasePhase::Downloading | ReleasePhase::WaitingForLock { .. } => target,
-        _ => NONE.get_or_init(BTreeMap::new),
-    }
+/// Is the target waiting (downloading, locked)? Then the status lists its
+/// apps the running set lacks; a rolled-back release's apps are not shown.
+fn waiting(phase: &ReleasePhase) -> bool {
+    matches!(
+        phase,
+        ReleasePhase::Downloading | ReleasePhase::WaitingForLock { .. }
+    )
 }
 
 /// Does this exit fail a release in trial? Any exit of an app its policy
