@@ -22,7 +22,11 @@
 //! file descriptor per device next to its socket), and the reconciler and the
 //! container runtime are one [`SimRuntime`] that follows the desired manifest
 //! and writes the apps part at once (so no app events: only the manifest and
-//! key set events the inbox queues), with no health checks.
+//! key set events the inbox queues), with no health checks. Release trials are
+//! decided by [`SimRuntime::verdict`] after a configured trial time and written
+//! to the release part, which the agent's reporter sends as the real agent's
+//! (so the hub's rollout driver sees commits and rollbacks as from real
+//! devices).
 //!
 //! What every device did is recorded on a shared [`Board`] of atomics, so a
 //! 10,000-device run has no lock on its hot path.
@@ -37,7 +41,8 @@ use outpost_edge_agent::outbox::Outbox;
 use outpost_edge_agent::report::Reporter;
 use outpost_edge_agent::state::{StateError, Store};
 use outpost_edge_agent::trust::TrustGate;
-use outpost_edge_agent::view::{self, Apps, Desired, Rejections, Writer};
+use outpost_edge_agent::view::{self, Apps, Desired, Rejections, Release, Writer};
+use outpost_protocol::status::{ReleasePhase, ReleaseStatus};
 use outpost_protocol::topics;
 use outpost_protocol::{DeviceId, KeySet, PublicKey, SigningKey, TrustState};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS};
@@ -79,6 +84,9 @@ pub struct DeviceConfig {
     pub status_interval: Option<Duration>,
     /// Simulated create+start time per app.
     pub app_start: Duration,
+    /// How long a release stays in trial before its verdict (the agent's
+    /// `stable_secs`); zero decides at once.
+    pub trial: Duration,
 }
 
 /// Why a device could not be started.
@@ -109,6 +117,10 @@ pub struct Slot {
     pub applied_generation: AtomicU64,
     /// Microseconds since [`Board::start`] when it was applied.
     pub applied_at_us: AtomicU64,
+    /// Generation of the last release that passed its trial (0 = none).
+    pub committed_generation: AtomicU64,
+    /// Releases this device rolled back.
+    pub rollbacks: AtomicU64,
 }
 
 /// Fleet-wide counters.
@@ -135,6 +147,9 @@ pub struct Counters {
     pub publishes_acked: AtomicU64,
     /// Statuses an independent subscriber (`spawn_observer`) saw on the broker.
     pub observer_statuses: AtomicU64,
+    /// Release trials that ended committed, and rolled back.
+    pub releases_committed: AtomicU64,
+    pub releases_rolled_back: AtomicU64,
 }
 
 /// Shared record of what every device did.
@@ -226,10 +241,13 @@ impl Subscriptions {
     }
 }
 
-/// Start device `idx` on `tracker`; it runs until `shutdown`.
+/// Start device `idx` on `tracker`; it runs until `shutdown`. A device that
+/// `fails_releases` rolls back every release after its first.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     idx: usize,
     identity: Identity,
+    fails_releases: bool,
     prov: &Provisioning,
     cfg: &DeviceConfig,
     board: Arc<Board>,
@@ -265,8 +283,7 @@ pub fn spawn(
         // No pulls and no health checks: their parts stay empty.
         pulls: _,
         readiness: _,
-        // The simulated runtime runs no release trials (yet): no release state.
-        release: _,
+        release,
     } = writers;
     let reporter = Arc::new(Reporter::new(
         outbox.clone(),
@@ -298,6 +315,10 @@ pub fn spawn(
         desired: desired.subscribe(),
         rejections: rejections.subscribe(),
         apps,
+        release,
+        trial: cfg.trial,
+        fails_releases,
+        committed: None,
         applied: None,
         refused: (0, 0),
     };
@@ -424,6 +445,12 @@ struct Runtime {
     rejections: watch::Receiver<Rejections>,
     /// The one writer of the apps part.
     apps: Writer<Apps>,
+    /// The one writer of the release part.
+    release: Writer<Release>,
+    trial: Duration,
+    fails_releases: bool,
+    /// The last release that passed its trial: what a rollback runs again.
+    committed: Option<Arc<outpost_protocol::Manifest>>,
     /// (epoch, generation) of the manifest applied last.
     applied: Option<(u64, u64)>,
     /// Refused (manifests, key sets) counted on the board so far.
@@ -461,25 +488,55 @@ impl Runtime {
         self.refused = (manifests, keysets);
     }
 
-    /// "Start" the manifest's apps with the simulated runtime.
-    async fn apply(&mut self, m: &outpost_protocol::Manifest) {
+    /// "Start" the manifest's apps with the simulated runtime, keep the
+    /// release in trial for the configured time, then commit it or roll back
+    /// to the committed release (its apps "start" again).
+    async fn apply(&mut self, m: &Arc<outpost_protocol::Manifest>) {
         let delay = self.runtime.apply_time(m);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let apps = self.runtime.apply(m);
-        self.apps
-            .send_replace(apps.into_iter().map(|a| (a.name.clone(), a)).collect());
+        self.start_apps(m);
         self.applied = Some((m.epoch, m.generation));
-        let slot = &self.board.slots[self.idx];
-        slot.applied_at_us
-            .store(self.board.now_us(), Ordering::Relaxed);
+        let committed = self.committed.as_ref().map(|c| (c.epoch, c.generation));
+        let board = Arc::clone(&self.board);
+        let slot = &board.slots[self.idx];
+        slot.applied_at_us.store(board.now_us(), Ordering::Relaxed);
         slot.applied_generation
             .store(m.generation, Ordering::Relaxed);
-        self.board
+        board
             .counters
             .manifests_accepted
             .fetch_add(1, Ordering::Relaxed);
+        if !self.trial.is_zero() {
+            self.release.send_replace(Some(ReleaseStatus {
+                target: (m.epoch, m.generation),
+                phase: ReleasePhase::Trial,
+                committed,
+            }));
+            tokio::time::sleep(self.trial).await;
+        }
+        let verdict = SimRuntime::verdict(m, committed, self.fails_releases);
+        let c = &board.counters;
+        if verdict.phase == ReleasePhase::Committed {
+            self.committed = Some(Arc::clone(m));
+            slot.committed_generation
+                .store(m.generation, Ordering::Relaxed);
+            c.releases_committed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            if let Some(back) = self.committed.clone() {
+                self.start_apps(&back);
+            }
+            slot.rollbacks.fetch_add(1, Ordering::Relaxed);
+            c.releases_rolled_back.fetch_add(1, Ordering::Relaxed);
+        }
+        self.release.send_replace(Some(verdict));
+    }
+
+    fn start_apps(&mut self, m: &outpost_protocol::Manifest) {
+        let apps = self.runtime.apply(m);
+        self.apps
+            .send_replace(apps.into_iter().map(|a| (a.name.clone(), a)).collect());
     }
 }
 
@@ -532,6 +589,7 @@ mod tests {
             keep_alive: Duration::from_secs(40),
             status_interval: None,
             app_start: Duration::ZERO,
+            trial: Duration::ZERO,
         };
         let id: DeviceId = "sim-00001".parse().unwrap();
         let o = options(&id, &cfg).unwrap();
@@ -570,6 +628,10 @@ mod tests {
             desired: w.desired.subscribe(),
             rejections: w.rejections.subscribe(),
             apps: w.apps,
+            release: w.release,
+            trial: Duration::ZERO,
+            fails_releases: false,
+            committed: None,
             applied: None,
             refused: (0, 0),
         };
@@ -614,6 +676,75 @@ mod tests {
             (2, 2, 1)
         );
         assert_eq!(slot.applied_generation.load(Ordering::Relaxed), 3);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    /// A failing device commits its first release, then keeps each later one
+    /// in trial for the trial time, rolls it back (the apps part shows the
+    /// committed release's images again) and reports it in the release part.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_device_trials_then_rolls_back_each_new_release() {
+        use outpost_protocol::sample::gateway_manifest;
+        use outpost_protocol::KeyId;
+        let board = Board::new(1);
+        let (w, parts) = view::parts(None, Rejections::default());
+        let rt = Runtime {
+            idx: 0,
+            board: Arc::clone(&board),
+            runtime: SimRuntime::new(Duration::ZERO),
+            desired: w.desired.subscribe(),
+            rejections: w.rejections.subscribe(),
+            apps: w.apps,
+            release: w.release,
+            trial: Duration::from_secs(10),
+            fails_releases: true,
+            committed: None,
+            applied: None,
+            refused: (0, 0),
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(rt.run(shutdown.clone()));
+        let id: DeviceId = "sim-00001".parse().unwrap();
+        let v1 = Arc::new(gateway_manifest(id.clone(), KeyId("k".into()), 1));
+        let mut v2 = gateway_manifest(id, KeyId("k".into()), 2);
+        v2.apps[0].image.digest = outpost_protocol::Digest([7; 32]);
+        let v2 = Arc::new(v2);
+        let epoch = v1.epoch;
+
+        w.desired.send_replace(Some(Arc::clone(&v1)));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let release = parts.view().release.unwrap();
+        assert_eq!(release.phase, ReleasePhase::Committed);
+        assert_eq!(release.committed, Some((epoch, 1)));
+
+        w.desired.send_replace(Some(Arc::clone(&v2)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let v = parts.view();
+        let release = v.release.unwrap();
+        assert_eq!(release.phase, ReleasePhase::Trial);
+        assert_eq!(release.target, (epoch, 2));
+        assert_eq!(
+            v.apps[&v2.apps[0].name].image_digest,
+            Some(v2.apps[0].image.digest)
+        );
+
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let v = parts.view();
+        let release = v.release.unwrap();
+        assert!(
+            matches!(&release.phase, ReleasePhase::RolledBack { to, app, .. } if *to == (epoch, 1) && *app == v2.apps[0].name),
+            "{release:?}"
+        );
+        assert_eq!(release.committed, Some((epoch, 1)));
+        assert_eq!(
+            v.apps[&v1.apps[0].name].image_digest,
+            Some(v1.apps[0].image.digest)
+        );
+        let slot = &board.slots[0];
+        assert_eq!(slot.committed_generation.load(Ordering::Relaxed), 1);
+        assert_eq!(slot.rollbacks.load(Ordering::Relaxed), 1);
+        assert_eq!(slot.applied_generation.load(Ordering::Relaxed), 2);
         shutdown.cancel();
         task.await.unwrap();
     }

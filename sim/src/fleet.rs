@@ -16,6 +16,7 @@ use crate::device::{self, Board, DeviceConfig, DeviceError, Identity, Provisioni
 use crate::hub::{self, HubError, HubProcess};
 use crate::limits::{self, NofileChange};
 use crate::procstat::{self, mib, ProcSample};
+use crate::rollout::RolloutReport;
 use crate::stats::{ms, secs, Summary};
 use outpost_hub::api::{DeviceSummary, Stats};
 use outpost_hub::client::{ApiClient, ClientError};
@@ -67,6 +68,15 @@ pub struct FleetOptions {
     /// Also run an independent MQTT subscriber counting every status the broker
     /// delivers (diagnoses where statuses are lost).
     pub observer: bool,
+    /// Simulated trial time of every release (the agent's `stable_secs`).
+    pub trial: Duration,
+    /// Share of the devices (0 to 1) that roll back every release after their
+    /// first (see `rollout::failing`).
+    pub failing: f64,
+    /// A `[rollout]` table (as JSON): after the initial sync, apply the
+    /// deployment once with it and follow the rollout (`rollout.rs`) instead
+    /// of the deployment rounds.
+    pub rollout: Option<serde_json::Value>,
 }
 
 /// Why the benchmark could not run at all (phase timeouts are reported instead).
@@ -90,6 +100,8 @@ pub enum FleetError {
     Mosquitto(#[from] crate::mosquitto::MosquittoError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::RolloutError),
     #[error("task failed: {0}")]
     Join(String),
 }
@@ -158,8 +170,11 @@ pub struct FleetReport {
     /// Why the run stopped early, if it did.
     pub failure: Option<String>,
     pub hub_log: PathBuf,
-    /// Did every phase complete with every device?
+    /// Did every phase complete with every device? (With a rollout: did the
+    /// rollout stop by itself, paused or completed, in time?)
     pub converged: bool,
+    /// The rollout scenario, when one was asked for.
+    pub rollout: Option<RolloutReport>,
 }
 
 /// The benchmark deployment: five apps shaped like the protocol's sample gateway
@@ -322,6 +337,7 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
         failure: None,
         hub_log: hub.log.clone(),
         converged: false,
+        rollout: None,
     };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -345,6 +361,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport, FleetError> {
         ("publishes_sent", load(&c.publishes_sent)),
         ("publishes_acked", load(&c.publishes_acked)),
         ("observer_statuses", load(&c.observer_statuses)),
+        ("releases_committed", load(&c.releases_committed)),
+        ("releases_rolled_back", load(&c.releases_rolled_back)),
     ];
     shutdown.cancel();
     tracker.close();
@@ -471,7 +489,11 @@ async fn drive(
         keep_alive: opts.keep_alive,
         status_interval: opts.status_interval,
         app_start: opts.app_start,
+        trial: opts.trial,
     };
+    let fails: Vec<bool> = (0..n)
+        .map(|i| crate::rollout::failing(i, n, opts.failing))
+        .collect();
     if opts.observer {
         device::spawn_observer(&cfg, Arc::clone(board), tracker, shutdown.clone());
     }
@@ -489,6 +511,7 @@ async fn drive(
         device::spawn(
             i,
             identity,
+            fails[i],
             &prov,
             &cfg,
             Arc::clone(board),
@@ -550,6 +573,24 @@ async fn drive(
     report.rounds.push(round);
     if !ok {
         return Err(FleetError::Join("initial sync did not converge".into()));
+    }
+
+    // --- Or a rollout ---------------------------------------------------------
+    if let Some(policy) = &opts.rollout {
+        let r = crate::rollout::run(
+            deployment(1),
+            policy,
+            fails.iter().filter(|f| **f).count(),
+            hub,
+            board,
+            &target,
+            &fails,
+            opts.phase_timeout,
+        )
+        .await?;
+        report.converged = r.settled();
+        report.rollout = Some(r);
+        return Ok(());
     }
 
     // --- Deployment rounds ----------------------------------------------------
@@ -808,6 +849,9 @@ impl fmt::Display for FleetReport {
                 s.republish_all,
                 s.publish_errors
             )?;
+        }
+        if let Some(r) = &self.rollout {
+            writeln!(f, "{r}")?;
         }
         match &self.failure {
             None => writeln!(f, "result: converged = {}", self.converged)?,

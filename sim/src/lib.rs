@@ -17,7 +17,9 @@
 //! - [`device`]: one simulated device (the agent's link driver, link task,
 //!   inbox and sender, and a simulated runtime) and the shared progress
 //!   [`device::Board`].
-//! - [`runtime`]: the simulated container runtime.
+//! - [`rollout`]: the rollout scenario (a share of devices failing new
+//!   releases; the hub's rollout followed until it pauses or completes).
+//! - [`runtime`]: the simulated container runtime and its release verdicts.
 //! - [`hub`]: starting a real hub as a child process; provisioning files.
 //! - [`mosquitto`]: an external Mosquitto broker, for comparison runs.
 //! - [`agent`]: measurements of a real agent process (footprint, flash wear).
@@ -34,5 +36,6 @@ pub mod limits;
 pub mod machine;
 pub mod mosquitto;
 pub mod procstat;
+pub mod rollout;
 pub mod runtime;
 pub mod stats;

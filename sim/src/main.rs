@@ -52,6 +52,17 @@ enum Command {
         /// Also count statuses with an independent MQTT subscriber.
         #[arg(long)]
         observer: bool,
+        /// Simulated trial time of each release, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        trial_ms: u64,
+        /// Share of devices (0 to 1) that roll back every release after their first.
+        #[arg(long, default_value_t = 0.0)]
+        failing: f64,
+        /// Follow one rollout instead of the deployment rounds: the deployment's
+        /// `[rollout]` table as JSON, e.g.
+        /// '{"canary":1,"waves":["10%","50%","100%"],"max_failure_ratio":0.02}'.
+        #[arg(long)]
+        rollout: Option<String>,
     },
     /// Run the hub CLI (`outpost-hub`) in this binary; used by `fleet` to start
     /// the hub as a separate process.
@@ -135,10 +146,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             phase_timeout,
             data_dir,
             observer,
+            trial_ms,
+            failing,
+            rollout,
         } => {
             if devices == 0 {
                 bail!("--devices must be at least 1");
             }
+            if !(0.0..=1.0).contains(&failing) {
+                bail!("--failing must be between 0 and 1, got {failing}");
+            }
+            let rollout = rollout
+                .map(|text| {
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .with_context(|| format!("--rollout is not JSON: {text}"))
+                })
+                .transpose()?;
             let opts = fleet::FleetOptions {
                 broker,
                 devices,
@@ -153,6 +176,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 hub_exe: std::env::current_exe().context("cannot find this executable")?,
                 data_dir,
                 observer,
+                trial: Duration::from_millis(trial_ms),
+                failing,
+                rollout,
             };
             let report = runtime()?.block_on(fleet::run(opts))?;
             println!("{report}");
