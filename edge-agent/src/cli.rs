@@ -378,6 +378,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
         outbox_limit: 10_000,
         status_interval_secs: 30,
         resync_interval_ms: 1_000,
+        cgroup_parent: crate::config::DEFAULT_CGROUP_PARENT.into(),
     };
     // Keep an existing key: re-running init must not change the device identity.
     let key_path = cfg.key_file();
@@ -431,6 +432,7 @@ fn runtime_driver(cfg: &Config) -> Result<crate::runtime::RuntimeDriver> {
         &cfg.data_dir,
         &cfg.logs_dir(),
         cfg.log_policy(),
+        &cfg.cgroup_parent,
     )?)
 }
 

@@ -144,6 +144,19 @@ pub struct Config {
     /// How often the runtime is polled for exited containers.
     #[serde(default = "default_resync")]
     pub resync_interval_ms: u64,
+    /// The cgroup (under the cgroup v2 root) that holds the apps' cgroups.
+    /// Containers are named after their app and spec, so two agents on one
+    /// host (a lab rack, a test machine) need a parent each, or one agent's
+    /// orphan sweep would stop the other's apps.
+    #[serde(default = "default_cgroup_parent")]
+    pub cgroup_parent: String,
+}
+
+/// Where the apps' cgroups go unless `cgroup_parent` says otherwise.
+pub const DEFAULT_CGROUP_PARENT: &str = "/outpost";
+
+fn default_cgroup_parent() -> String {
+    DEFAULT_CGROUP_PARENT.to_string()
 }
 
 fn default_run_dir() -> PathBuf {
@@ -377,6 +390,7 @@ mod tests {
             outbox_limit: 5,
             status_interval_secs: 30,
             resync_interval_ms: 1000,
+            cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
         };
         let p = dir.path().join("agent.toml");
         cfg.save(&p).unwrap();

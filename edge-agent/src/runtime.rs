@@ -35,19 +35,23 @@ impl RuntimeDriver {
             data_dir,
             &data_dir.join("logs"),
             LogPolicy::default(),
+            crate::config::DEFAULT_CGROUP_PARENT,
         )
     }
 
-    /// [`RuntimeDriver::open`] with app logs in `logs_dir`, rotated by `policy`.
+    /// [`RuntimeDriver::open`] with app logs in `logs_dir`, rotated by
+    /// `policy`, and the apps' cgroups under `cgroup_parent`.
     pub fn open_with_logs(
         state_dir: &Path,
         data_dir: &Path,
         logs_dir: &Path,
         policy: LogPolicy,
+        cgroup_parent: &str,
     ) -> Result<RuntimeDriver, DriverError> {
         let mut config = RuntimeConfig::new(state_dir, data_dir);
         config.logs_dir = logs_dir.to_path_buf();
         config.log_policy = policy;
+        config.cgroup_parent = cgroup_parent.to_string();
         // The agent binary hosts the create helper itself (hidden subcommand), so
         // a device installs one file. Fall back to a separate helper binary only
         // if the running executable cannot be found.

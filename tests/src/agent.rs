@@ -98,13 +98,23 @@ impl Agent {
         // The run dir is a real tmpfs, as `/run` on a device: a power cut
         // (`Agent::power_cut`) loses it.
         reboot::mount_tmpfs(&dir.path().join("run"))?;
-        Ok(Agent {
+        let agent = Agent {
             dir,
             device_id: device_id.into(),
             public_key,
             proc: None,
             boots: Mutex::new(0),
-        })
+        };
+        // Agents of parallel tests (and several agents of one test) share
+        // this host, and containers are named by app and spec: a cgroup
+        // parent each keeps one agent's orphan sweep off another's apps.
+        agent.set_setting("cgroup_parent", &format!("\"{}\"", agent.cgroup_parent()))?;
+        Ok(agent)
+    }
+
+    /// The cgroup holding this agent's apps (`cgroup_parent` in its config).
+    pub fn cgroup_parent(&self) -> String {
+        format!("/outpost-e2e/{}", self.device_id)
     }
 
     pub fn start(&mut self) -> Result<()> {
@@ -399,6 +409,8 @@ impl Drop for Agent {
         }
         // The tmpfs run dir and any overlay a failed cleanup left.
         reboot::unmount_all_under(self.dir.path());
+        // The (now empty) cgroup parent, on a cgroup v2 host; best effort.
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup{}", self.cgroup_parent()));
         // Captured by the test harness; shown when the test fails.
         eprintln!(
             "---- agent {} logs (tail) ----\n{}",

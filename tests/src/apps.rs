@@ -43,7 +43,8 @@ impl AppDef {
         }
     }
 
-    pub(crate) fn to_toml(&self) -> String {
+    /// The app's `[[apps]]` table of a deployment file.
+    pub fn to_toml(&self) -> String {
         let extra: String = self
             .extra_env
             .iter()

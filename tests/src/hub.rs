@@ -128,6 +128,27 @@ impl Hub {
         }
     }
 
+    /// SIGKILL the hub (a crash or a power cut of the hub's machine): nothing
+    /// is flushed or closed; what survives is what redb committed.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.proc.stop(Signal::SIGKILL, Duration::from_secs(30));
+        }
+    }
+
+    /// `outpost-hub apply -f` of a deployment file written from `toml`.
+    pub fn apply_toml(&self, file_name: &str, toml: &str) -> Result<String> {
+        let path = self.dir.path().join(file_name);
+        std::fs::write(&path, toml)?;
+        self.cli(&["apply", "-f", &path.display().to_string()])
+    }
+
+    /// `outpost-hub rollout status DEPLOYMENT --json`.
+    pub fn rollout(&self, deployment: &str) -> Result<Value> {
+        let out = self.cli(&["rollout", "status", deployment, "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("rollout status output: {out}"))
+    }
+
     pub fn mqtt_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.mqtt_port))
     }

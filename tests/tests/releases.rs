@@ -3,10 +3,12 @@
 //! healthy rolls back on the device while it is cut off from the hub; an
 //! agent killed during the trial rolls back on restart; download-then-kill
 //! keeps the old app serving through a registry outage; an update lock defers
-//! a release until released, and the override replaces the app anyway.
+//! a release until released, and the override replaces the app anyway; a
+//! staged rollout over five real devices pauses after a broken canary and
+//! completes a good release across a crash of the hub.
 
 use outpost_e2e::firewall::PortCut;
-use outpost_e2e::{eventually, World, PATIENCE};
+use outpost_e2e::{eventually, unique, Agent, AppDef, Hub, Registry, World, PATIENCE};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -292,5 +294,161 @@ fn update_downtime_per_strategy() -> anyhow::Result<()> {
         });
         app = next;
     }
+    Ok(())
+}
+
+/// The deployment of `app` to every device labelled `fleet=<fleet>`, with a
+/// `[rollout]` table when `rollout` is set.
+fn fleet_deployment(fleet: &str, app: &AppDef, rollout: Option<&str>) -> String {
+    let mut toml = format!(
+        "name = \"{fleet}\"\nselector = {{ fleet = \"{fleet}\" }}\n\
+         [release]\nstable_secs = 3\ntrial_deadline_secs = 60\n"
+    );
+    if let Some(r) = rollout {
+        toml.push_str(&format!("[rollout]\n{r}"));
+    }
+    toml.push_str(&app.to_toml());
+    toml
+}
+
+/// Every device's (applied, committed) generation, from its own status file.
+fn generations(agents: &[Agent]) -> Vec<(Option<u64>, Option<u64>)> {
+    agents
+        .iter()
+        .map(|a| (a.applied_generation(), a.committed_generation()))
+        .collect()
+}
+
+/// Wait until every agent committed a generation above `floor[i]` and runs `app`.
+fn wait_all_committed(agents: &[Agent], floor: &[u64], what: &str, app: &str) -> Vec<u64> {
+    eventually(PATIENCE * 2, what, || {
+        let gens = agents
+            .iter()
+            .zip(floor)
+            .map(|(a, f)| {
+                let c = a.committed_generation().filter(|c| c > f)?;
+                (a.applied_generation() == Some(c) && a.app_pid(app).is_some()).then_some(c)
+            })
+            .collect::<Option<Vec<u64>>>()?;
+        Some(gens)
+    })
+}
+
+/// Five real devices (agents running real containers against the hub's
+/// embedded broker and a real registry) and staged rollouts with a canary:
+/// a broken release (its app exits at start) fails on the canary, which
+/// rolls back on its own; the rollout pauses with the other four devices
+/// untouched; abort gives the canary its previous release back as a new
+/// generation. A good release then goes through every wave, and a SIGKILL of
+/// the hub in the middle of it does not stop it.
+#[test]
+fn a_rollout_over_five_devices_pauses_after_a_broken_canary_and_a_good_one_completes_across_a_hub_crash(
+) -> anyhow::Result<()> {
+    let registry = Registry::start()?;
+    let image = registry.push_sample("v1")?;
+    let mut hub = Hub::start(&registry)?;
+    let fleet = unique("fleet");
+    let mut agents = Vec::new();
+    for i in 0..5 {
+        let id = unique(&format!("ro{i}"));
+        let mut a = Agent::init(&hub, &id, hub.mqtt_port, &registry)?;
+        hub.cli(&[
+            "device",
+            "add",
+            &id,
+            "--public-key",
+            &a.public_key,
+            "--label",
+            &format!("fleet={fleet}"),
+        ])?;
+        a.start()?;
+        agents.push(a);
+    }
+    // Five copies of one app on one machine: each in its own network
+    // namespace, so they do not fight over the port.
+    let mut v1 = AppDef::hello("web", &image);
+    v1.extra_toml.push("network = \"isolated\"".into());
+
+    // v1 everywhere at once (no [rollout]).
+    hub.apply_toml("v1.toml", &fleet_deployment(&fleet, &v1, None))?;
+    let g1 = wait_all_committed(&agents, &[0; 5], "v1 committed on all five", &v1.name);
+    let policy = "canary = 1\nwaves = [\"50%\", \"100%\"]\nmax_failure_ratio = 0.2\n";
+
+    // v2 is broken: its app exits 300 ms after it starts, every time.
+    let mut v2 = v1.clone();
+    v2.version = "2".into();
+    v2.extra_env.push(("EXIT_AFTER_MS".into(), "300".into()));
+    let out = hub.apply_toml("v2.toml", &fleet_deployment(&fleet, &v2, Some(policy)))?;
+    eprintln!("{out}");
+    let paused = eventually(PATIENCE * 2, "the rollout to pause", || {
+        let v = hub.rollout(&fleet).ok()?;
+        v["phase"]["Paused"]["reason"]["FailureRatio"]
+            .is_object()
+            .then_some(v)
+    });
+    eprintln!("{}", hub.cli(&["rollout", "status", &fleet])?);
+    assert_eq!(paused["tally"]["failed"], 1, "{paused}");
+    assert_eq!(paused["tally"]["untargeted"], 4, "{paused}");
+    let failed = paused["failed"].as_array().cloned().unwrap_or_default();
+    assert_eq!(failed.len(), 1, "{paused}");
+    assert_eq!(failed[0]["outcome"], "rolled back", "{paused}");
+    let canary = failed[0]["device"].as_str().unwrap_or_default().to_string();
+    let c = agents
+        .iter()
+        .position(|a| a.device_id == canary)
+        .expect("the canary is one of the five");
+    // The canary rolled back on its own and runs v1 again; the others never
+    // heard of v2, and do not while the rollout stays paused.
+    let (name, fields) = agents[c].release_phase().expect("canary release state");
+    assert_eq!(name, "RolledBack", "{fields}");
+    assert_eq!(fields["to"][1].as_u64(), Some(g1[c]), "{fields}");
+    assert_eq!(agents[c].committed_generation(), Some(g1[c]));
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, (applied, committed)) in generations(&agents).into_iter().enumerate() {
+        if i != c {
+            assert_eq!(
+                (applied, committed),
+                (Some(g1[i]), Some(g1[i])),
+                "device {i}"
+            );
+        }
+    }
+    let still = hub.rollout(&fleet)?;
+    assert_eq!(still["tally"]["untargeted"], 4, "{still}");
+
+    // Abort: the canary gets v1 back as a newer generation and commits it.
+    hub.cli(&["rollout", "abort", &fleet])?;
+    let mut floor = g1.clone();
+    floor[c] = agents[c].applied_generation().unwrap_or(0);
+    eventually(PATIENCE, "the canary to commit v1 re-issued", || {
+        agents[c].committed_generation().filter(|g| *g > floor[c])
+    });
+    let base: Vec<u64> = generations(&agents)
+        .into_iter()
+        .map(|(a, _)| a.unwrap_or(0))
+        .collect();
+
+    // v3 is good: canary, then 50 %, then everyone, with the hub killed
+    // once the first wave after the canary is under way.
+    let mut v3 = v1.clone();
+    v3.version = "3".into();
+    hub.apply_toml("v3.toml", &fleet_deployment(&fleet, &v3, Some(policy)))?;
+    eventually(PATIENCE * 2, "wave 1 to be targeted", || {
+        let v = hub.rollout(&fleet).ok()?;
+        let targeted = v["waves"][1]["targeted"].as_u64()?;
+        (targeted > 0 && v["phase"] == "Running").then_some(())
+    });
+    hub.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    hub.serve()?;
+    let done = eventually(PATIENCE * 3, "the rollout to complete", || {
+        let v = hub.rollout(&fleet).ok()?;
+        (v["phase"] == "Completed").then_some(v)
+    });
+    eprintln!("{}", hub.cli(&["rollout", "status", &fleet])?);
+    assert_eq!(done["tally"]["committed"], 5, "{done}");
+    assert_eq!(done["tally"]["failed"], 0, "{done}");
+    let g3 = wait_all_committed(&agents, &base, "v3 committed on all five", &v3.name);
+    eprintln!("generations: v1 {g1:?}, after abort {base:?}, v3 {g3:?}");
     Ok(())
 }
