@@ -3,6 +3,7 @@
 //! Everything the hub needs to find on disk is named here, so `init`, `serve` and the
 //! CLI agree on paths.
 
+use crate::admission::{AdmissionPolicy, AdmissionRule, PolicyError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub enum ConfigError {
     },
     #[error("broker URL {url:?} is invalid: {problem}")]
     BrokerUrl { url: String, problem: String },
+    #[error("config file {path}: {source}")]
+    Admission { path: PathBuf, source: PolicyError },
 }
 
 /// `hub.toml`.
@@ -40,6 +43,12 @@ pub struct HubConfig {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// The admission policy's rules (`[[admission]]` tables), in file order;
+    /// see `admission` and docs/security.md. Kept in this file, not in the
+    /// database behind the API, so that holding the API token (enough to
+    /// apply deployments) is not enough to grant a deployment more privilege.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admission: Vec<AdmissionRule>,
 }
 
 /// How the hub reaches MQTT.
@@ -107,6 +116,7 @@ impl Default for HubConfig {
             http_listen: default_http_listen(),
             mqtt: MqttConfig::default(),
             registry: RegistryConfig::default(),
+            admission: Vec::new(),
         }
     }
 }
@@ -124,7 +134,18 @@ impl HubConfig {
         if let Some(url) = &config.mqtt.broker {
             BrokerUrl::parse(url)?;
         }
+        config
+            .admission_policy()
+            .map_err(|source| ConfigError::Admission {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(config)
+    }
+
+    /// The admission policy of the `[[admission]]` tables, each rule checked.
+    pub fn admission_policy(&self) -> Result<AdmissionPolicy, PolicyError> {
+        AdmissionPolicy::new(self.admission.clone())
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
@@ -284,6 +305,45 @@ token_file = "/etc/outpost/registry.token"
         )
         .unwrap_err();
         assert!(err.to_string().contains("password"), "{err}");
+    }
+
+    #[test]
+    fn admission_tables_parse_round_trip_and_bad_ones_fail_the_load() {
+        let text = r#"
+http_listen = "127.0.0.1:8480"
+
+[[admission]]
+scope = "site=plant-a"
+allow_capabilities = ["CAP_SYS_ADMIN"]
+allow_devices = ["/dev/mem", "/dev/sd*"]
+
+[[admission]]
+scope = { site = "plant-b" }
+deny_host_network = true
+require_read_only_rootfs = true
+run_as_non_root = true
+"#;
+        let c: HubConfig = toml::from_str(text).unwrap();
+        let p = c.admission_policy().unwrap();
+        assert_eq!(p.rules.len(), 2);
+        assert_eq!(p.rules[0].allow_devices, ["/dev/mem", "/dev/sd*"]);
+        assert!(p.rules[1].run_as_non_root && p.rules[1].deny_host_network);
+        let back = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(toml::from_str::<HubConfig>(&back).unwrap(), c);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap(), c);
+        std::fs::write(&path, text.replace("CAP_SYS_ADMIN", "SYS_ADMIN")).unwrap();
+        let e = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("[[admission]] #1") && e.contains("allow_capabilities"),
+            "{e}"
+        );
+        std::fs::write(&path, text.replace("deny_host_network", "deny_host_net")).unwrap();
+        let e = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("deny_host_net"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! - [`config`]: `hub.toml` and the data-directory layout.
 //! - [`signing`]: root key, signing key, key set, API token; sealing manifests.
 //! - [`deploy`]: the declarative deployment format and its field-level checks.
+//! - [`admission`]: the admission policy (`[[admission]]` in `hub.toml`): which
+//!   capabilities, devices, host networking, writable rootfs and root users a
+//!   deployment may ask for per scope; a pure `admit(deployment, policy)`.
+//! - [`scope`]: label scopes (`site=plant-a`) and the one pure rule for
+//!   whether a selector falls inside one.
 //! - [`render`]: pure rendering of deployments × devices into per-device apps and
 //!   generation decisions.
 //! - [`resolve`]: the image-resolution seam (tag → digest).
@@ -33,6 +38,7 @@
 //! - [`clock`]: the one reader of the wall clock; operations take time from
 //!   the hub's clock.
 
+pub mod admission;
 pub mod api;
 pub mod broker;
 pub mod cli;
@@ -49,6 +55,7 @@ pub mod publish;
 pub mod render;
 pub mod resolve;
 pub mod rollout;
+pub mod scope;
 pub mod serve;
 pub mod signing;
 pub mod store;

@@ -30,6 +30,8 @@ use tokio_util::task::TaskTracker;
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("the admission policy is invalid: {0}")]
+    Admission(#[from] crate::admission::PolicyError),
     #[error(transparent)]
     Keys(#[from] KeyFileError),
     #[error(transparent)]
@@ -159,12 +161,10 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
     let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(4 * ingest::BATCH);
     let keyset = signer.keyset_bytes().to_vec();
-    let hub = Arc::new(Hub::new(
-        store.clone(),
-        signer,
-        opts.resolver,
-        outbox_tx.clone(),
-    ));
+    let policy = opts.config.admission_policy()?;
+    let hub = Arc::new(
+        Hub::new(store.clone(), signer, opts.resolver, outbox_tx.clone()).with_policy(policy),
+    );
     // Before the publisher's first republish-all, so that agents get manifests
     // signed by the current key right after its key set.
     hub.reissue_for_current_epoch().await?;

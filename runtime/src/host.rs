@@ -33,6 +33,13 @@ pub struct HostReport {
     /// Whether a memory limit would be enforced by the kernel. False on
     /// Raspberry Pi OS's default `cgroup_disable=memory`.
     pub memory_limits: bool,
+    /// Whether the pids controller is there to hold the default pids limit
+    /// (`spec::DEFAULT_PIDS_LIMIT`). Missing on kernels without
+    /// `CONFIG_CGROUP_PIDS` and on a v2 hierarchy the host did not hand it to;
+    /// containers then run without the limit (a warning is logged) rather than
+    /// not at all.
+    #[serde(default)]
+    pub pids_limits: bool,
     /// `None` when seccomp filters can be applied, otherwise why not.
     pub seccomp_unavailable: Option<String>,
 }
@@ -80,6 +87,8 @@ pub enum AdmitError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     pub apply_memory_limit: bool,
+    /// Set the default pids limit (false where the host has no pids controller).
+    pub apply_pids_limit: bool,
 }
 
 /// Decide whether `app` may run on a host described by `host`. Pure.
@@ -113,15 +122,43 @@ pub fn admit(
         },
         _ => true,
     };
-    Ok(Admission { apply_memory_limit })
+    if !host.pids_limits {
+        tracing::warn!(app = %app.name, "host has no pids cgroup controller; running app without a pids limit");
+    }
+    Ok(Admission {
+        apply_memory_limit,
+        apply_pids_limit: host.pids_limits,
+    })
 }
 
 /// Whether `/proc/cgroups` lists the memory controller as enabled.
 pub fn memory_enabled_in_proc_cgroups(proc_cgroups: &str) -> bool {
+    controller_enabled_in_proc_cgroups(proc_cgroups, "memory")
+}
+
+/// Whether `/proc/cgroups` lists `controller` as enabled.
+pub fn controller_enabled_in_proc_cgroups(proc_cgroups: &str, controller: &str) -> bool {
     proc_cgroups.lines().any(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        cols.first() == Some(&"memory") && cols.get(3) == Some(&"1")
+        cols.first() == Some(&controller) && cols.get(3) == Some(&"1")
     })
+}
+
+/// Whether the cgroup hierarchies the runtime will use offer `controller`:
+/// its v1 mount (`v1_probe` exists) or the v2 root's `cgroup.controllers`.
+fn controller_usable(
+    cgroup: CgroupVersion,
+    proc_cgroups: &str,
+    controller: &str,
+    v1_probe: &str,
+) -> bool {
+    controller_enabled_in_proc_cgroups(proc_cgroups, controller)
+        && match cgroup {
+            CgroupVersion::V1 | CgroupVersion::Hybrid => Path::new(v1_probe).exists(),
+            CgroupVersion::V2 => std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                .map(|c| c.split_whitespace().any(|x| x == controller))
+                .unwrap_or(false),
+        }
 }
 
 /// Why seccomp filtering is unavailable, judged from `/proc/self/status` and
@@ -159,20 +196,24 @@ pub fn check_host() -> Result<HostReport, HostError> {
         CgroupSetup::Unified => CgroupVersion::V2,
     };
     let proc_cgroups = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
-    let memory_limits = memory_enabled_in_proc_cgroups(&proc_cgroups)
-        && match cgroup {
-            CgroupVersion::V1 | CgroupVersion::Hybrid => {
-                Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
-            }
-            CgroupVersion::V2 => std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
-                .map(|c| c.split_whitespace().any(|x| x == "memory"))
-                .unwrap_or(false),
-        };
+    let memory_limits = controller_usable(
+        cgroup,
+        &proc_cgroups,
+        "memory",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    );
+    let pids_limits = controller_usable(
+        cgroup,
+        &proc_cgroups,
+        "pids",
+        "/sys/fs/cgroup/pids/cgroup.procs",
+    );
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").ok();
     let report = HostReport {
         cgroup,
         memory_limits,
+        pids_limits,
         seccomp_unavailable: seccomp_problem(&status, actions.as_deref()),
     };
     tracing::info!(?report, "host checked");
@@ -195,6 +236,7 @@ mod tests {
         HostReport {
             cgroup: CgroupVersion::V2,
             memory_limits,
+            pids_limits: true,
             seccomp_unavailable: (!seccomp).then(|| "test says no".to_string()),
         }
     }
@@ -234,6 +276,23 @@ mod tests {
                 (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_pids_limit_follows_the_hosts_pids_controller() {
+        for pids in [true, false] {
+            let h = HostReport {
+                pids_limits: pids,
+                ..host(true, true)
+            };
+            let a = admit(&app(None), &h, MemoryLimitPolicy::Refuse).unwrap();
+            assert_eq!(a.apply_pids_limit, pids);
+        }
+        let proc_cgroups =
+            "#subsys_name\thierarchy\tnum_cgroups\tenabled\npids\t5\t10\t1\nmemory\t0\t1\t0\n";
+        assert!(controller_enabled_in_proc_cgroups(proc_cgroups, "pids"));
+        assert!(!controller_enabled_in_proc_cgroups(proc_cgroups, "memory"));
+        assert!(!controller_enabled_in_proc_cgroups(proc_cgroups, "hugetlb"));
     }
 
     #[test]

@@ -20,6 +20,13 @@ pub const ANNOTATION_SPEC_HASH: &str = "org.outpost.spec-hash";
 /// Prefix of caller-supplied labels stored as annotations.
 pub const ANNOTATION_LABEL_PREFIX: &str = "org.outpost.label.";
 
+/// Most processes (threads count) one container may hold: a fork bomb in one
+/// app cannot exhaust the device's PID space and starve the agent (NIST SP
+/// 800-190 §4.4.4). `Resources` has no field for it, so every app gets it;
+/// 1,024 is far above what an edge app runs and far below the kernel's default
+/// `pid_max` (32,768 on 32-bit and small hosts).
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
 /// Docker's default capability set. Apps get exactly these plus what their
 /// `AppSpec` adds.
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -120,6 +127,8 @@ pub struct SpecInputs<'a> {
     /// False when the host cannot enforce memory limits and the runtime was told
     /// to run such apps without one (see `MemoryLimitPolicy`).
     pub apply_memory_limit: bool,
+    /// False when the host has no pids controller (`HostReport::pids_limits`).
+    pub apply_pids_limit: bool,
 }
 
 /// Why no spec could be generated: the app or image asks for something we cannot
@@ -362,6 +371,9 @@ pub fn generate(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     }
 
     let mut resources = json!({ "devices": device_rules });
+    if inputs.apply_pids_limit {
+        resources["pids"] = json!({ "limit": DEFAULT_PIDS_LIMIT });
+    }
     if let (Some(bytes), true) = (app.resources.memory_bytes, inputs.apply_memory_limit) {
         resources["memory"] = json!({ "limit": bytes });
     }
@@ -457,6 +469,7 @@ mod tests {
             cgroups_path: "/outpost/c1",
             labels: &labels,
             apply_memory_limit: true,
+            apply_pids_limit: true,
         })
         .unwrap()
     }
@@ -599,6 +612,7 @@ mod tests {
                 cgroups_path: "/outpost/x",
                 labels: &BTreeMap::new(),
                 apply_memory_limit: true,
+                apply_pids_limit: true,
             })
             .unwrap_err();
             let msg = err.to_string();
@@ -798,5 +812,36 @@ mod tests {
             spec_hash(&a, &image(), &Digest([7; 32])).unwrap(),
             spec_hash(&app(), &image(), &Digest([7; 32])).unwrap()
         );
+    }
+
+    #[test]
+    fn every_container_gets_the_default_pids_limit() {
+        for a in [app(), {
+            let mut a = app();
+            a.resources.memory_bytes = Some(64 << 20);
+            a
+        }] {
+            let spec = gen(&a, &image());
+            let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+            assert_eq!(res.pids().as_ref().unwrap().limit(), DEFAULT_PIDS_LIMIT);
+        }
+        // Not on a host without the pids controller (the container still runs).
+        let a = app();
+        let spec = generate(&SpecInputs {
+            app: &a,
+            image: &image(),
+            image_digest: &Digest([7; 32]),
+            rootfs: Path::new("/rootfs"),
+            volumes_dir: Path::new("/data/volumes/web"),
+            lock_dir: None,
+            devices: &[],
+            cgroups_path: "/outpost/web",
+            labels: &BTreeMap::new(),
+            apply_memory_limit: true,
+            apply_pids_limit: false,
+        })
+        .unwrap();
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        assert!(res.pids().is_none());
     }
 }

@@ -183,6 +183,77 @@ fn seccomp_no_new_privs_and_docker_capabilities_are_applied() {
     }
 }
 
+/// The seccomp profile is an allowlist (default: EPERM); an everyday shell
+/// workload (forks, pipes, background jobs, files, archives, checksums,
+/// signals) must run under it unchanged.
+#[test]
+fn busybox_workload_runs_under_the_seccomp_allowlist() {
+    outpost_runtime::become_subreaper().unwrap();
+    let f = Fixture::new();
+    let app = sh_app(
+        "everyday",
+        "set -e; grep '^Seccomp:' /proc/self/status; \
+         mkdir -p /tmp/w/sub; cd /tmp/w; echo hello > a; cp a b; mv b c; ln -s c d; chmod 600 c; \
+         test \"$(cat d)\" = hello; stat -c %a c; \
+         printf '3\\n1\\n3\\n2\\n' | sort | uniq | tr '\\n' ' '; echo; \
+         seq 1 100 | awk '{s+=$1} END {print \"sum\", s}'; \
+         sed -n 's/hel/HEL/p' a; find /tmp/w -type f | wc -l; \
+         tar cf /tmp/x.tar a c && tar tf /tmp/x.tar | wc -l; \
+         gzip -c a > a.gz && gunzip -c a.gz; sha256sum a | head -c 16; echo; \
+         date +%Y > /dev/null; ps > /dev/null; id -u; \
+         sleep 30 & pid=$!; kill $pid; wait $pid || echo killed-bg; \
+         timeout 1 sleep 5 || echo timed-out; \
+         (echo from-subshell); echo finished",
+    );
+    f.run("everyday-1", &app);
+    assert_eq!(
+        f.wait_exit("everyday-1"),
+        ContainerStatus::Exited(Some(0)),
+        "log:\n{}",
+        f.log("everyday-1")
+    );
+    let log = f.log("everyday-1");
+    for want in [
+        "Seccomp:\t2",
+        "600",
+        "1 2 3 ",
+        "sum 5050",
+        "HELlo",
+        "hello\n",
+        "5891b5b522d5df08",
+        "killed-bg",
+        "timed-out",
+        "from-subshell",
+        "finished",
+    ] {
+        assert!(log.contains(want), "{want:?} missing from:\n{log}");
+    }
+}
+
+/// Every container gets the default pids limit, whatever its resources say.
+#[test]
+fn default_pids_limit_is_written_to_the_cgroup() {
+    let f = Fixture::new();
+    assert!(
+        f.rt.host().pids_limits,
+        "this host must have the pids controller"
+    );
+    f.create("forker-1", &sh_app("forker", "sleep 1000"));
+    let file = cgroup_file(
+        "pids",
+        "pids.max",
+        "pids.max",
+        &f.rt.cgroup_path("forker-1"),
+    );
+    let max = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        max.trim(),
+        outpost_runtime::spec::DEFAULT_PIDS_LIMIT.to_string(),
+        "{}",
+        file.display()
+    );
+}
+
 #[test]
 fn runtime_refuses_to_create_when_seccomp_is_unavailable() {
     let mut host = outpost_runtime::check_host().unwrap();
@@ -471,9 +542,9 @@ fn layout_cgroup_v1_only_runs_every_lifecycle_test() {
 /// The same hybrid host seen as a pure cgroup v2 host (Raspberry Pi OS'
 /// layout): its cgroup2 hierarchy mounted over `/sys/fs/cgroup`. Containers
 /// are created, placed and frozen through the v2 manager and device access
-/// goes through the eBPF device filter. This hierarchy has no memory or cpu
-/// controller here (the host binds them to v1), so the two limit tests are
-/// skipped; on a real v2 host the plain tests run them.
+/// goes through the eBPF device filter. This hierarchy has no memory, cpu or
+/// pids controller here (the host binds them to v1), so the three limit tests
+/// are skipped; on a real v2 host the plain tests run them.
 #[test]
 fn layout_cgroup_v2_runs_the_lifecycle_tests_but_limits() {
     let Some(summary) = rerun_under_layout(
@@ -482,6 +553,7 @@ fn layout_cgroup_v2_runs_the_lifecycle_tests_but_limits() {
         &[
             "memory_limit_is_enforced_by_the_cgroup",
             "cpu_quota_is_written_to_the_cgroup",
+            "default_pids_limit_is_written_to_the_cgroup",
         ],
     ) else {
         return;

@@ -61,6 +61,11 @@ impl From<HubError> for AppError {
     fn from(e: HubError) -> Self {
         match &e {
             HubError::Invalid(s) => AppError::bad_request(Some(s.field.clone()), e.to_string()),
+            HubError::Refused(r) => AppError {
+                status: StatusCode::FORBIDDEN,
+                field: r.0.first().map(|r| r.field.clone()),
+                message: e.to_string(),
+            },
             HubError::Resolve { field, .. } => {
                 AppError::bad_request(Some(field.clone()), e.to_string())
             }

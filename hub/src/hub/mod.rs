@@ -9,6 +9,7 @@
 
 pub mod rollouts;
 
+use crate::admission::{self, AdmissionPolicy, Refused};
 use crate::clock::{Clock, SystemClock};
 use crate::deploy::{check_label, DeploymentSpec, SpecError};
 use crate::outbox::Outbox;
@@ -31,6 +32,9 @@ use tokio::sync::mpsc;
 pub enum HubError {
     #[error("{0}")]
     Invalid(#[from] SpecError),
+    /// The admission policy does not admit the deployment (HTTP 403).
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("field `{field}`: {source}")]
     Resolve { field: String, source: ResolveError },
     #[error("{0}")]
@@ -115,6 +119,9 @@ pub struct Hub {
     pub signer: Signer,
     pub resolver: Arc<dyn ImageResolver>,
     clock: Arc<dyn Clock>,
+    /// What deployments may ask for (`[[admission]]` in `hub.toml`); read
+    /// once at start, so a change takes a restart.
+    policy: AdmissionPolicy,
     outbox: mpsc::UnboundedSender<Outbox>,
     /// Hub clock (unix seconds) of the last "you are behind" republish per device,
     /// so a device that is slow to apply is not flooded.
@@ -201,6 +208,7 @@ impl Hub {
             signer,
             resolver,
             clock: Arc::new(SystemClock),
+            policy: AdmissionPolicy::default(),
             outbox,
             republished: Mutex::new(HashMap::new()),
         }
@@ -209,6 +217,13 @@ impl Hub {
     /// The same hub on another clock (tests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Hub {
         self.clock = clock;
+        self
+    }
+
+    /// The same hub under another admission policy (the default is the
+    /// built-in deny list alone).
+    pub fn with_policy(mut self, policy: AdmissionPolicy) -> Hub {
+        self.policy = policy;
         self
     }
 
@@ -413,6 +428,11 @@ impl Hub {
         who: String,
     ) -> Result<ApplyOutcome, HubError> {
         spec.check()?;
+        // Before any registry round trip or write: a refused apply changes
+        // nothing but the audit log.
+        if let Err(refusals) = admission::admit(&spec, &self.policy) {
+            return Err(self.refuse(spec, refusals, who).await);
+        }
         let mut apps = Vec::with_capacity(spec.apps.len());
         for (i, app) in spec.apps.iter().enumerate() {
             let pinned = resolve::pin(self.resolver.as_ref(), &app.image)
@@ -514,6 +534,32 @@ impl Hub {
             "deployment applied"
         );
         Ok(outcome)
+    }
+
+    /// Record a refused apply in the audit log (its own transaction, which
+    /// writes nothing else and publishes nothing) and return the refusal.
+    async fn refuse(
+        self: &Arc<Self>,
+        spec: DeploymentSpec,
+        refusals: Vec<admission::Refusal>,
+        who: String,
+    ) -> HubError {
+        for r in &refusals {
+            tracing::warn!(deployment = %spec.name, field = %r.field, problem = %r.problem, rule = %r.rule, "deployment refused by the admission policy");
+        }
+        let detail = serde_json::json!({ "refusals": refusals, "spec": spec });
+        let name = spec.name.clone();
+        let audited = self
+            .transact(who, move |op| {
+                op.audit("deployment.refused", &name, detail)?;
+                Ok(())
+            })
+            .await;
+        match audited {
+            Ok(()) => Refused(refusals).into(),
+            // The refusal stands; failing to record it is the bigger news.
+            Err(e) => e,
+        }
     }
 
     pub async fn delete_deployment(

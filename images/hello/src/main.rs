@@ -17,6 +17,10 @@
 //! - `GET /lock` → takes the update lock (an exclusive flock of
 //!   `/run/outpost/lock/updates.lock`, the directory the agent mounts) and
 //!   holds it; `GET /unlock` → lets it go. Tests use it to defer an update.
+//! - `GET /syscall?nr=N&a=A&b=B&c=C` → calls syscall number N (this
+//!   architecture's numbering) with up to three integer arguments (default 0)
+//!   and answers `ret R errno E`, so tests can show which syscalls the
+//!   container's seccomp profile allows.
 //! - With `$EXIT_AFTER_MS` set, exits with status 3 that many milliseconds
 //!   after start (0: at once): a release whose app crashes.
 //! - With `$TICK_MS` set, prints `tick N` every that many milliseconds (a
@@ -54,6 +58,36 @@ extern "C" {
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
     fn _exit(status: i32) -> !;
     fn flock(fd: i32, operation: i32) -> i32;
+    // `long syscall(long number, ...)`; `long` is pointer-sized on Linux.
+    fn syscall(number: isize, ...) -> isize;
+}
+
+/// `/syscall`: one raw syscall with the query's number and arguments.
+fn raw_syscall(query: &str) -> (&'static str, String) {
+    let arg = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+            .map(|v| v.parse::<i64>())
+    };
+    let Some(Ok(nr)) = arg("nr") else {
+        return ("400 Bad Request", "usage: /syscall?nr=N&a=A&b=B&c=C\n".into());
+    };
+    let mut args = [0isize; 3];
+    for (slot, name) in args.iter_mut().zip(["a", "b", "c"]) {
+        match arg(name) {
+            None => {}
+            Some(Ok(v)) => *slot = v as isize,
+            Some(Err(_)) => return ("400 Bad Request", format!("{name} must be an integer\n")),
+        }
+    }
+    let ret = unsafe { syscall(nr as isize, args[0], args[1], args[2]) };
+    let errno = if ret < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    ("200 OK", format!("ret {ret} errno {errno}\n"))
 }
 
 const LOCK_EX: i32 = 2;
@@ -182,6 +216,7 @@ fn respond(mut stream: TcpStream, version: &str) {
                 None => ("400 Bad Request", "usage: /say?n=N\n".to_string()),
             }
         }
+        ("GET", "/syscall") => raw_syscall(query),
         ("GET", "/alloc") => {
             let mb = query
                 .split('&')

@@ -8,7 +8,7 @@
 //! exactly what a killed one left behind.
 
 use crate::helper::{CreateRequest, CREATE_ARG};
-use crate::host::{admit, AdmitError, HostReport, MemoryLimitPolicy};
+use crate::host::{admit, Admission, AdmitError, HostReport, MemoryLimitPolicy};
 use crate::meta::{ContainerMeta, MetaError};
 use crate::process::{observe, read_stat};
 use crate::rootfs::{self, Rootfs, RootfsError};
@@ -303,7 +303,7 @@ impl Runtime {
         let admission = admit(req.app, &self.host, self.config.memory_policy)?;
         let devices = resolve_devices(req.app)?;
         std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-        let result = self.create_in(req, &dir, &devices, admission.apply_memory_limit);
+        let result = self.create_in(req, &dir, &devices, admission);
         if result.is_err() {
             // Undo everything, including a container libcontainer may already
             // have created. Best effort: the error being returned is the one
@@ -320,7 +320,7 @@ impl Runtime {
         req: &ContainerRequest<'_>,
         dir: &Path,
         devices: &[ResolvedDevice],
-        apply_memory_limit: bool,
+        admission: Admission,
     ) -> Result<ContainerInfo> {
         let app = req.app;
         let id = req.id;
@@ -354,7 +354,8 @@ impl Runtime {
             devices,
             cgroups_path: &cgroups_path,
             labels: &req.labels,
-            apply_memory_limit,
+            apply_memory_limit: admission.apply_memory_limit,
+            apply_pids_limit: admission.apply_pids_limit,
         })?;
         // Fail closed: never hand libcontainer a spec without a filter.
         if spec
