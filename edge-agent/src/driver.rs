@@ -292,14 +292,14 @@ pub trait ContainerDriver: Send + Sync + 'static {
     fn maintain_logs(&self) -> Result<(), DriverError> {
         Ok(())
     }
-    /// Images existing containers were created from (garbage collection keeps
-    /// them: a container's overlay uses their unpacked layers).
     /// Does `app` hold its update lock (`crate::locks`)? Drivers without
     /// locks say no.
     fn lock_held(&self, _app: &str) -> Result<bool, DriverError> {
         Ok(false)
     }
 
+    /// Images existing containers were created from (garbage collection keeps
+    /// them: a container's overlay uses their unpacked layers).
     fn images_in_use(&self) -> Result<BTreeSet<Digest>, DriverError> {
         Ok(BTreeSet::new())
     }

@@ -2,7 +2,8 @@
 //! broker and a real registry: a release that crashes or never becomes
 //! healthy rolls back on the device while it is cut off from the hub; an
 //! agent killed during the trial rolls back on restart; download-then-kill
-//! keeps the old app serving through a registry outage; an update lock defers
+//! keeps the old app serving through a registry outage; delete-then-download
+//! deletes the old image before it pulls the new one; an update lock defers
 //! a release until released, and the override replaces the app anyway; a
 //! staged rollout over five real devices pauses after a broken canary and
 //! completes a good release across a crash of the hub.
@@ -190,6 +191,73 @@ fn download_then_kill_keeps_v1_serving_while_the_registry_is_unreachable() -> an
         w.agent.committed_generation().filter(|g| *g > committed)
     });
     eprintln!("measured: {answered} requests answered by v1 during the outage, none failed");
+    Ok(())
+}
+
+/// Digests of the images in the agent's store (`outpost-agent images --json`).
+fn held_images(w: &World) -> Vec<String> {
+    let out = w.agent.cli(&["images", "--json"]).unwrap_or_default();
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v["images"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["digest"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Delete-then-download, for devices short of storage: the old container
+/// stops and its image is deleted before the new image is pulled. Shown with
+/// the registry unreachable, so the order is visible: v1 is down and its
+/// image gone while the pull fails; v2 comes once the registry is back.
+#[test]
+fn delete_then_download_deletes_the_old_image_before_it_pulls_the_new_one() -> anyhow::Result<()> {
+    let w = World::start("rb-del")?;
+    let v1 = w.app("web");
+    w.deploy_and_wait(std::slice::from_ref(&v1))?;
+    let committed = w.agent.committed_generation().expect("committed");
+    let before = held_images(&w);
+    assert!(!before.is_empty(), "v1's image is in the store");
+    let mut v2 = v1.clone();
+    v2.version = "2".into();
+    v2.image = w.registry.push_variant("v2-del", 64 * 1024)?;
+    v2.extra_toml.push("update = \"delete-then-download\"".into());
+    // As in the download-then-kill scenario: the hub resolves the tag, then
+    // the registry becomes unreachable before the device hears of v2.
+    w.proxy.cut();
+    eventually(PATIENCE, "the agent to notice the cut", || {
+        (!w.agent.connected()?).then_some(())
+    });
+    w.hub
+        .deploy(&w.agent.device_id, std::slice::from_ref(&v2))?;
+    let cut = PortCut::new(w.registry.port)?;
+    w.proxy.restore();
+    eventually(PATIENCE, "the device to accept v2", || {
+        w.agent.applied_generation().filter(|g| *g > committed)
+    });
+    eventually(PATIENCE, "v1's image to be deleted before the pull", || {
+        let now = held_images(&w);
+        before.iter().all(|d| !now.contains(d)).then_some(())
+    });
+    assert!(v1.get("/").is_none(), "v1 still serves after its image went");
+    let err = eventually(PATIENCE, "the failing pull to be shown", || {
+        let status = w.agent.status().ok()?;
+        let e = status["apps"][v1.name.as_str()]["last_error"].as_str()?.to_string();
+        (!e.is_empty()).then_some(e)
+    });
+    eprintln!("while the registry is cut: {err}");
+    drop(cut);
+    eventually(PATIENCE, "v2 to serve once the registry is back", || {
+        v2.get("/").filter(|b| b.contains("version 2"))
+    });
+    eventually(PATIENCE, "v2 to commit", || {
+        w.agent.committed_generation().filter(|g| *g > committed)
+    });
+    let after = held_images(&w);
+    assert_eq!(after.len(), 1, "only v2's image is kept: {after:?}");
+    assert!(!before.contains(&after[0]));
     Ok(())
 }
 

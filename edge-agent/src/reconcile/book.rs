@@ -267,7 +267,7 @@ impl Ledger {
                     },
                 );
             }
-            Outcome::Pulled { .. } | Outcome::Kept { .. } => {}
+            Outcome::Pulled { .. } | Outcome::Kept { .. } | Outcome::Freed { .. } => {}
         }
     }
 

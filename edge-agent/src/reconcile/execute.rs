@@ -43,6 +43,12 @@ pub enum Outcome {
         app: String,
         container: String,
     },
+    /// Images deleted to make room for `app`'s new one.
+    Freed {
+        app: String,
+        images: usize,
+        bytes: u64,
+    },
     /// The app's first failed action this pass; the error keeps its causes.
     Failed {
         app: String,
@@ -236,6 +242,35 @@ impl Executor {
                 Ok(Outcome::Removed {
                     app: app.clone(),
                     container: container.clone(),
+                })
+            }
+            Action::FreeImages { app } => {
+                // Kept: what the remaining containers run and every image the
+                // desired release names (present ones need no pull again).
+                let mut keep: std::collections::BTreeSet<_> =
+                    specs.values().map(|s| s.image.digest).collect();
+                let driver = self.driver.clone();
+                let images = self.images.clone();
+                let report = blocking(move || {
+                    keep.extend(driver.images_in_use()?);
+                    images.collect(&keep)
+                })
+                .await;
+                // Making room is best effort: a failure is logged and the pull
+                // still runs (it fails on its own if the room is not there).
+                let (count, bytes) = match report {
+                    Ok(Some(r)) => (r.removed_images.len(), r.freed_bytes),
+                    Ok(None) => (0, 0),
+                    Err(e) => {
+                        tracing::warn!(device_id = %device, app = %app, error = %error_chain(&e), "delete-then-download: could not delete old images");
+                        (0, 0)
+                    }
+                };
+                tracing::info!(device_id = %device, app = %app, images = count, freed_bytes = bytes, "delete-then-download: deleted images no container or desired app uses before pulling");
+                Ok(Outcome::Freed {
+                    app: app.clone(),
+                    images: count,
+                    bytes,
                 })
             }
         }

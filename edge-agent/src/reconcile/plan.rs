@@ -116,6 +116,12 @@ pub enum Action {
         app: String,
         container: String,
     },
+    /// Delete every local image that no remaining container and no desired
+    /// app uses, before `app`'s new image is pulled (`delete-then-download`:
+    /// a device short of storage makes room first).
+    FreeImages {
+        app: String,
+    },
     /// Nothing to do: the container is where it should be.
     Keep {
         app: String,
@@ -131,6 +137,7 @@ impl Action {
             | Action::Start { app, .. }
             | Action::Stop { app, .. }
             | Action::Remove { app, .. }
+            | Action::FreeImages { app }
             | Action::Keep { app, .. } => app,
         }
     }
@@ -238,6 +245,15 @@ pub fn plan(
             app: app.clone(),
             container: d.container.clone(),
         };
+        // Delete-then-download: the old container went above, in this pass;
+        // its image goes before the new one is fetched.
+        let replaced = observed
+            .containers
+            .values()
+            .any(|c| c.app == *app && c.name != d.container);
+        if pull.is_some() && replaced && d.spec.update == UpdateStrategy::DeleteThenDownload {
+            out.actions.push(Action::FreeImages { app: app.clone() });
+        }
         match current.map(|c| c.status) {
             None => {
                 out.actions.extend(pull);
@@ -425,6 +441,63 @@ mod tests {
         assert!(
             matches!(&p.actions[2], Action::Create { container, .. } if *container == container_name(&v2))
         );
+    }
+
+    /// Delete-then-download frees images after the old container is removed
+    /// and before the new image is pulled, only when there is something to
+    /// pull; the other strategies never delete before a pull.
+    #[test]
+    fn delete_then_download_frees_images_between_removing_the_old_container_and_pulling() {
+        let v1 = spec("web", 1, RestartPolicy::Always);
+        let mut v2 = spec("web", 2, RestartPolicy::Always);
+        v2.update = UpdateStrategy::DeleteThenDownload;
+        let running = [(
+            container_name(&v1),
+            "web",
+            ContainerStatus::Running { pid: 7 },
+        )];
+        let running: Vec<(&str, &str, ContainerStatus)> =
+            running.iter().map(|(n, a, s)| (n.as_str(), *a, *s)).collect();
+        let steps = |v2: &AppSpec, images: &[Digest]| -> Vec<String> {
+            plan(
+                &desired(std::slice::from_ref(v2)),
+                &observed_with(&running, images),
+                0,
+                &Policy::default(),
+            )
+            .actions
+            .iter()
+            .map(|a| format!("{a:?}").split([' ', '{']).next().unwrap_or("").to_string())
+            .collect()
+        };
+        assert_eq!(
+            steps(&v2, &[v1.image.digest]),
+            ["Stop", "Remove", "FreeImages", "Pull", "Create", "Start"]
+        );
+        // The new image is already here: nothing to make room for.
+        assert_eq!(
+            steps(&v2, &[v1.image.digest, v2.image.digest]),
+            ["Stop", "Remove", "Create", "Start"]
+        );
+        // A first install has no old container: nothing is deleted.
+        let first = plan(
+            &desired(std::slice::from_ref(&v2)),
+            &observed_with(&[], &[]),
+            0,
+            &Policy::default(),
+        );
+        assert!(!first
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::FreeImages { .. })));
+        for other in [
+            UpdateStrategy::KillThenDownload,
+            UpdateStrategy::DownloadThenKill,
+        ] {
+            let mut v = v2.clone();
+            v.update = other;
+            assert!(!steps(&v, &[v1.image.digest]).contains(&"FreeImages".to_string()), "{other:?}");
+        }
     }
 
     #[test]

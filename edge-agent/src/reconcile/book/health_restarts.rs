@@ -354,7 +354,7 @@ proptest! {
                         (ready, was_ready) = (None, false);
                         Outcome::Started { app: "web".into(), container: name.clone(), pid }
                     }
-                    Action::Pull { .. } | Action::Keep { .. } => continue,
+                    Action::Pull { .. } | Action::Keep { .. } | Action::FreeImages { .. } => continue,
                 };
                 l.record(outcome, &d, &mut after, now, &POLICY);
             }
