@@ -223,7 +223,8 @@ fn delete_then_download_deletes_the_old_image_before_it_pulls_the_new_one() -> a
     let mut v2 = v1.clone();
     v2.version = "2".into();
     v2.image = w.registry.push_variant("v2-del", 64 * 1024)?;
-    v2.extra_toml.push("update = \"delete-then-download\"".into());
+    v2.extra_toml
+        .push("update = \"delete-then-download\"".into());
     // As in the download-then-kill scenario: the hub resolves the tag, then
     // the registry becomes unreachable before the device hears of v2.
     w.proxy.cut();
@@ -241,10 +242,15 @@ fn delete_then_download_deletes_the_old_image_before_it_pulls_the_new_one() -> a
         let now = held_images(&w);
         before.iter().all(|d| !now.contains(d)).then_some(())
     });
-    assert!(v1.get("/").is_none(), "v1 still serves after its image went");
+    assert!(
+        v1.get("/").is_none(),
+        "v1 still serves after its image went"
+    );
     let err = eventually(PATIENCE, "the failing pull to be shown", || {
         let status = w.agent.status().ok()?;
-        let e = status["apps"][v1.name.as_str()]["last_error"].as_str()?.to_string();
+        let e = status["apps"][v1.name.as_str()]["last_error"]
+            .as_str()?
+            .to_string();
         (!e.is_empty()).then_some(e)
     });
     eprintln!("while the registry is cut: {err}");

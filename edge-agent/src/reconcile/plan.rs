@@ -456,8 +456,10 @@ mod tests {
             "web",
             ContainerStatus::Running { pid: 7 },
         )];
-        let running: Vec<(&str, &str, ContainerStatus)> =
-            running.iter().map(|(n, a, s)| (n.as_str(), *a, *s)).collect();
+        let running: Vec<(&str, &str, ContainerStatus)> = running
+            .iter()
+            .map(|(n, a, s)| (n.as_str(), *a, *s))
+            .collect();
         let steps = |v2: &AppSpec, images: &[Digest]| -> Vec<String> {
             plan(
                 &desired(std::slice::from_ref(v2)),
@@ -467,7 +469,13 @@ mod tests {
             )
             .actions
             .iter()
-            .map(|a| format!("{a:?}").split([' ', '{']).next().unwrap_or("").to_string())
+            .map(|a| {
+                format!("{a:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect()
         };
         assert_eq!(
@@ -496,7 +504,10 @@ mod tests {
         ] {
             let mut v = v2.clone();
             v.update = other;
-            assert!(!steps(&v, &[v1.image.digest]).contains(&"FreeImages".to_string()), "{other:?}");
+            assert!(
+                !steps(&v, &[v1.image.digest]).contains(&"FreeImages".to_string()),
+                "{other:?}"
+            );
         }
     }
 
@@ -603,6 +614,12 @@ mod tests {
         match a {
             Action::Pull { image, .. } => {
                 o.images.insert(image.digest);
+            }
+            // What the executor keeps: the desired release's images (and the
+            // remaining containers', which in this model are desired ones).
+            Action::FreeImages { .. } => {
+                o.images
+                    .retain(|i| d.values().any(|x| x.spec.image.digest == *i));
             }
             Action::Create {
                 app,
