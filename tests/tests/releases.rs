@@ -139,6 +139,29 @@ fn an_agent_killed_during_the_trial_rolls_back_on_restart() -> anyhow::Result<()
     Ok(())
 }
 
+/// Deploy `v2` (an image the device does not have) with the registry out of
+/// the device's reach. The hub resolves v2's tag at apply, so it applies
+/// while the device is cut off from the broker; the registry becomes
+/// unreachable (iptables) before the device's link, and so v2, comes back.
+/// Returns once the device accepted v2; dropping the cut restores the registry.
+fn deploy_with_the_registry_cut(
+    w: &World,
+    v2: &outpost_e2e::AppDef,
+    committed: u64,
+) -> anyhow::Result<PortCut> {
+    w.proxy.cut();
+    eventually(PATIENCE, "the agent to notice the cut", || {
+        (!w.agent.connected()?).then_some(())
+    });
+    w.hub.deploy(&w.agent.device_id, std::slice::from_ref(v2))?;
+    let cut = PortCut::new(w.registry.port)?;
+    w.proxy.restore();
+    eventually(PATIENCE, "the device to accept v2", || {
+        w.agent.applied_generation().filter(|g| *g > committed)
+    });
+    Ok(cut)
+}
+
 #[test]
 fn download_then_kill_keeps_v1_serving_while_the_registry_is_unreachable() -> anyhow::Result<()> {
     let w = World::start("rb-dl")?;
@@ -149,20 +172,7 @@ fn download_then_kill_keeps_v1_serving_while_the_registry_is_unreachable() -> an
     let mut v2 = v1.clone();
     v2.version = "2".into();
     v2.image = w.registry.push_variant("v2", 64 * 1024)?;
-    // The hub resolves v2's tag at apply, so it applies while the device is
-    // cut off from the broker; the registry becomes unreachable before the
-    // device's link (and so v2) comes back.
-    w.proxy.cut();
-    eventually(PATIENCE, "the agent to notice the cut", || {
-        (!w.agent.connected()?).then_some(())
-    });
-    w.hub
-        .deploy(&w.agent.device_id, std::slice::from_ref(&v2))?;
-    let cut = PortCut::new(w.registry.port)?;
-    w.proxy.restore();
-    eventually(PATIENCE, "the device to accept v2", || {
-        w.agent.applied_generation().filter(|g| *g > committed)
-    });
+    let cut = deploy_with_the_registry_cut(&w, &v2, committed)?;
     // For several seconds of failed pulls, v1 answers every request.
     let until = Instant::now() + Duration::from_secs(6);
     let mut answered = 0;
@@ -225,19 +235,7 @@ fn delete_then_download_deletes_the_old_image_before_it_pulls_the_new_one() -> a
     v2.image = w.registry.push_variant("v2-del", 64 * 1024)?;
     v2.extra_toml
         .push("update = \"delete-then-download\"".into());
-    // As in the download-then-kill scenario: the hub resolves the tag, then
-    // the registry becomes unreachable before the device hears of v2.
-    w.proxy.cut();
-    eventually(PATIENCE, "the agent to notice the cut", || {
-        (!w.agent.connected()?).then_some(())
-    });
-    w.hub
-        .deploy(&w.agent.device_id, std::slice::from_ref(&v2))?;
-    let cut = PortCut::new(w.registry.port)?;
-    w.proxy.restore();
-    eventually(PATIENCE, "the device to accept v2", || {
-        w.agent.applied_generation().filter(|g| *g > committed)
-    });
+    let cut = deploy_with_the_registry_cut(&w, &v2, committed)?;
     eventually(PATIENCE, "v1's image to be deleted before the pull", || {
         let now = held_images(&w);
         before.iter().all(|d| !now.contains(d)).then_some(())
