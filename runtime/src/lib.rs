@@ -6,7 +6,9 @@
 //! - [`spec`]: pure `AppSpec` + `ImageConfig` → OCI runtime spec (process merge,
 //!   mounts, volumes, devices and device cgroup rules, limits, capabilities,
 //!   masked paths) and [`spec::spec_hash`] identifying what a container runs.
-//! - [`seccomp`]: the default seccomp profile (Docker-like deny list).
+//! - [`seccomp`]: the default seccomp profile (an allowlist with Docker's default
+//!   profile semantics).
+//! - [`caps`]: the default capability set (read by `spec` and `seccomp`).
 //! - [`host`]: [`check_host`] (cgroup version, memory limits, seccomp) and the pure
 //!   admission rule [`host::admit`] that fails closed without seccomp.
 //! - [`rootfs`]: overlayfs over unpacked layers, or a plain directory.
@@ -61,6 +63,7 @@
 //! v2 device rules through eBPF via libcontainer's `cgroupsv2_devices`). No
 //! systemd driver.
 
+pub mod caps;
 pub mod helper;
 pub mod host;
 pub mod logs;

@@ -542,7 +542,7 @@ const AF_VSOCK: u64 = 40;
 
 /// The capabilities an app holds: the runtime's default set plus its additions.
 fn holds(extra_caps: &[String], cap: &str) -> bool {
-    crate::spec::DEFAULT_CAPABILITIES.contains(&cap) || extra_caps.iter().any(|e| e == cap)
+    crate::caps::DEFAULT_CAPABILITIES.contains(&cap) || extra_caps.iter().any(|e| e == cap)
 }
 
 /// Every syscall allowed without an argument filter for an app holding

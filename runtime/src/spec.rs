@@ -27,24 +27,9 @@ pub const ANNOTATION_LABEL_PREFIX: &str = "org.outpost.label.";
 /// `pid_max` (32,768 on 32-bit and small hosts).
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 
-/// Docker's default capability set. Apps get exactly these plus what their
-/// `AppSpec` adds.
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// Docker's default capability set (defined in `caps.rs`, which the seccomp
+/// profile reads too).
+pub use crate::caps::DEFAULT_CAPABILITIES;
 
 /// Docker's masked and read-only paths.
 pub const MASKED_PATHS: &[&str] = &[
