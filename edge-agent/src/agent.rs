@@ -149,7 +149,7 @@ pub async fn run(
     } = writers;
     let reporter = Arc::new(Reporter::new(
         outbox.clone(),
-        key,
+        key.clone(),
         parts,
         boots,
         cfg.status_file(),
@@ -199,7 +199,7 @@ pub async fn run(
 
     // The link.
     let broker = cfg.broker_addr()?;
-    match link::connect(&device, &broker, cfg.ca_file.as_deref()) {
+    match link::connect(&device, &key, &broker, cfg.ca_file.as_deref()) {
         Err(e) => {
             // Apps keep running from the persisted manifest; only the link is off.
             // The inbox's and the link's writers stay unused in this scope until
@@ -379,7 +379,13 @@ mod tests {
         let key = Arc::new(SigningKey::generate().unwrap());
         let outbox = Outbox::new(device.clone(), key.clone(), store.clone(), 100);
         let (w, parts) = parts(None, Rejections::default());
-        let reporter = Reporter::new(outbox.clone(), key, parts, 1, dir.path().join("s.json"));
+        let reporter = Reporter::new(
+            outbox.clone(),
+            key.clone(),
+            parts,
+            1,
+            dir.path().join("s.json"),
+        );
         let mut conn = w.link.subscribe();
         let (hub, _) = watch::channel(HubAck::default());
         let gate = TrustGate::new(device.clone(), trust, store.clone());
@@ -387,6 +393,7 @@ mod tests {
         // A client whose event loop is never polled: subscribing only queues.
         let (client, _driver) = link::connect(
             &device,
+            &key,
             &crate::config::parse_broker("mqtt://127.0.0.1:1").unwrap(),
             None,
         )

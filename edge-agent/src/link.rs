@@ -12,7 +12,8 @@
 //! sender re-sends every unacknowledged entry on each new connection.
 
 use crate::config::BrokerAddr;
-use outpost_protocol::{topics, DeviceId, MAX_MESSAGE_BYTES};
+use outpost_protocol::keys::SigningKey;
+use outpost_protocol::{login, topics, DeviceId, MAX_MESSAGE_BYTES};
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS,
@@ -99,14 +100,18 @@ pub enum LinkError {
 }
 
 /// Client id = device id (stable, so the broker keeps our session), persistent
-/// session, manual acks, explicit packet limits; TLS (rustls with ring) for
-/// `mqtts://`, verifying the broker against `ca_file` or the system bundle.
+/// session, manual acks, explicit packet limits; the device's broker login
+/// (username = device id, password signed by `key`, see
+/// `outpost_protocol::login`); TLS (rustls with ring) for `mqtts://`,
+/// verifying the broker against `ca_file` or the system bundle.
 pub fn options(
     device: &DeviceId,
+    key: &SigningKey,
     broker: &BrokerAddr,
     ca_file: Option<&Path>,
 ) -> Result<MqttOptions, LinkError> {
     let mut o = MqttOptions::new(device.as_str(), broker.host.clone(), broker.port);
+    o.set_credentials(device.as_str(), login::device_password(key, device));
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))
@@ -134,10 +139,11 @@ pub struct LinkDriver {
 
 pub fn connect(
     device: &DeviceId,
+    key: &SigningKey,
     broker: &BrokerAddr,
     ca_file: Option<&Path>,
 ) -> Result<(AsyncClient, LinkDriver), LinkError> {
-    Ok(connect_with(device, options(device, broker, ca_file)?))
+    Ok(connect_with(device, options(device, key, broker, ca_file)?))
 }
 
 /// [`connect`] with options the caller built with [`options`]: the fleet
@@ -252,6 +258,10 @@ pub async fn subscribe(
 mod tests {
     use super::*;
 
+    fn key() -> SigningKey {
+        SigningKey::generate().unwrap()
+    }
+
     #[test]
     fn backoff_grows_is_capped_and_jittered_within_bounds() {
         let (b, m) = (Duration::from_millis(500), Duration::from_secs(30));
@@ -294,12 +304,12 @@ mod tests {
             tls: true,
         };
         let missing = Path::new("/nonexistent/ca.pem");
-        let err = options(&"pi-1".parse().unwrap(), &broker, Some(missing)).unwrap_err();
+        let err = options(&"pi-1".parse().unwrap(), &key(), &broker, Some(missing)).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
-        let o = options(&"pi-1".parse().unwrap(), &broker, Some(&ca)).unwrap();
+        let o = options(&"pi-1".parse().unwrap(), &key(), &broker, Some(&ca)).unwrap();
         assert!(matches!(o.transport(), Transport::Tls(_)));
     }
 
@@ -311,8 +321,8 @@ mod tests {
             port: 1,
             tls: false,
         };
-        let (_client, driver) = connect(&device, &broker, None).unwrap();
-        let o = options(&device, &broker, None).unwrap();
+        let (_client, driver) = connect(&device, &key(), &broker, None).unwrap();
+        let o = options(&device, &key(), &broker, None).unwrap();
         let (_client, with) = connect_with(&device, o);
         for d in [driver, with] {
             assert_eq!(
@@ -329,6 +339,7 @@ mod tests {
     fn options_replace_rumqttc_defaults() {
         let o = options(
             &"pi-1".parse().unwrap(),
+            &key(),
             &BrokerAddr {
                 host: "h".into(),
                 port: 1,
@@ -338,6 +349,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.client_id(), "pi-1");
+        let login = o.credentials().unwrap();
+        assert_eq!(login.username, "pi-1");
+        assert!(login.password.starts_with("v1."), "{}", login.password);
         assert!(!o.clean_session());
         assert!(o.manual_acks());
         assert!(o.max_packet_size() > MAX_MESSAGE_BYTES);
@@ -368,7 +382,7 @@ mod tests {
             port,
             tls: false,
         };
-        let mut o = options(&device, &broker, None).unwrap();
+        let mut o = options(&device, &key(), &broker, None).unwrap();
         o.set_keep_alive(Duration::from_secs(40));
         let (_client, driver) = connect_with(&device, o);
         // (CONNACKs, errors) the observer saw.

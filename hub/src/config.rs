@@ -89,7 +89,7 @@ fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8480))
 }
 fn default_mqtt_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 1883))
+    SocketAddr::from(([127, 0, 0, 1], 1883))
 }
 fn default_client_id() -> String {
     "outpost:hub".to_string()

@@ -53,13 +53,19 @@ pub fn publisher_client_id(client_id: &str) -> String {
 }
 
 /// Build client options: stable id, persistent session, manual acks, packet
-/// limits that match the broker's. Used for both links.
+/// limits that match the broker's. Used for both links. With `password`, the
+/// link logs in with its client id as username (the embedded broker's hub
+/// login, `broker::access`).
 pub fn options(
     client_id: &str,
     broker: &BrokerUrl,
     ca_file: Option<&Path>,
+    password: Option<&str>,
 ) -> Result<MqttOptions, LinkError> {
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    if let Some(password) = password {
+        o.set_credentials(client_id, password);
+    }
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))

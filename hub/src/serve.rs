@@ -9,6 +9,7 @@
 //! ([`write_ready_file`], `outpost-hub serve --ready-file`).
 
 use crate::api::{self, ApiState};
+use crate::broker::access::BrokerAccess;
 use crate::broker::{self, BrokerError};
 use crate::config::{BrokerUrl, ConfigError, DataDir, HubConfig};
 use crate::hub::Hub;
@@ -120,14 +121,24 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
             detail: e.to_string(),
         })??;
 
-    let (embedded_broker, target) = match &opts.config.mqtt.broker {
-        Some(url) => (None, BrokerUrl::parse(url)?),
+    let ingest_id = opts.config.mqtt.client_id.clone();
+    let publish_id = link::publisher_client_id(&ingest_id);
+    let (embedded_broker, target, login, broker_refused) = match &opts.config.mqtt.broker {
+        Some(url) => (None, BrokerUrl::parse(url)?, None, None),
         None => {
+            let access = Arc::new(BrokerAccess::new(
+                [ingest_id.clone(), publish_id.clone()],
+                crate::signing::new_token()?,
+                store.clone(),
+            ));
+            let login = Some(access.hub_password().to_string());
+            let refused = Some(Arc::clone(&access.refused));
             let listen = opts.config.mqtt.listen;
             let max = opts.config.mqtt.max_connections;
-            let addr = tokio::task::spawn_blocking(move || broker::start_embedded(listen, max))
-                .await
-                .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+            let addr =
+                tokio::task::spawn_blocking(move || broker::start_embedded(listen, max, access))
+                    .await
+                    .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
             let host = if addr.ip().is_unspecified() {
                 "127.0.0.1".to_string()
             } else {
@@ -140,20 +151,24 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
                     port: addr.port(),
                     tls: false,
                 },
+                login,
+                refused,
             )
         }
     };
 
     // Two connections (see `link`): acks never queue behind manifest publishes.
     let ingest_opts = link::options(
-        &opts.config.mqtt.client_id,
+        &ingest_id,
         &target,
         opts.config.mqtt.ca_file.as_deref(),
+        login.as_deref(),
     )?;
     let publish_opts = link::options(
-        &link::publisher_client_id(&opts.config.mqtt.client_id),
+        &publish_id,
         &target,
         opts.config.mqtt.ca_file.as_deref(),
+        login.as_deref(),
     )?;
     let (ingest_client, ingest_eventloop) = link::client(ingest_opts);
     let (publish_client, publish_eventloop) = link::client(publish_opts);
@@ -235,6 +250,7 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         hub: Arc::clone(&hub),
         token: Arc::new(token),
         publish: Arc::clone(&publish_stats),
+        broker: broker_refused,
     });
     {
         let shutdown = shutdown.clone();

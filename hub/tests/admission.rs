@@ -51,7 +51,8 @@ async fn a_privileged_deployment_is_refused_until_the_policy_grants_it_in_its_sc
     ]);
     let id: DeviceId = "gw-1".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("gw-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
+    let mut sub =
+        Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let mut v = verifier(&dir, &id);
     let (first, _) = manifest_where(&mut sub, &topic, &mut v, |_| true).await;
     assert!(first.apps.is_empty());
@@ -132,7 +133,8 @@ async fn a_privileged_deployment_is_refused_until_the_policy_grants_it_in_its_sc
     let hub = HubProc::start(&dir, None).await;
     // The restarted hub's embedded broker listens on a new port.
     drop(sub);
-    let mut sub = Subscriber::connect("gw-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
+    let mut sub =
+        Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
 
     let out = hub.cli(&["apply", "-f", admin.to_str().unwrap()]);
     assert!(out.contains("1 device(s) matched"), "{out}");

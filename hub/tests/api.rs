@@ -45,6 +45,7 @@ fn fixture_on(resolver: Arc<dyn ImageResolver>, clock: Arc<dyn Clock>) -> Fixtur
             hub,
             token: Arc::new(TOKEN.into()),
             publish: Arc::new(PublishStats::default()),
+            broker: None,
         },
         _outbox: rx,
         _tmp: tmp,

@@ -34,7 +34,8 @@ async fn label_delete_remove_and_root_export_through_the_cli() {
 
     let id: DeviceId = "c-1".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("c-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
+    let mut sub =
+        Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let mut v = verifier(&dir, &id);
     let (first, _) = manifest_where(&mut sub, &topic, &mut v, |_| true).await;
     assert!(first.apps.is_empty());

@@ -52,8 +52,12 @@ fn spawn_device(
     stop: CancellationToken,
 ) {
     let mut o = MqttOptions::new(id.as_str(), "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    o.set_credentials(
+        id.as_str(),
+        outpost_protocol::login::device_password(&key, &id),
+    )
+    .set_keep_alive(Duration::from_secs(30))
+    .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     let (client, mut eventloop) = AsyncClient::new(o, 64);
     let topic = topics::manifest(&id);
     let (tx, mut rx) = mpsc::unbounded_channel();

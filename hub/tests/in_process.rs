@@ -39,7 +39,7 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
         .unwrap();
 
     let topic = topics::manifest(&id);
-    let mut dev = Subscriber::connect("ev-1", mqtt_port, std::slice::from_ref(&topic)).await;
+    let mut dev = Subscriber::device(&id, &key, mqtt_port, std::slice::from_ref(&topic)).await;
     let first = dev.next_on(&topic).await;
     let generation = match verifier(tmp.path(), &id).verify(&first.payload).unwrap() {
         Verdict::Accept(a) => a.manifest.generation,
@@ -171,7 +171,7 @@ async fn the_signed_event_watermark_covers_only_contiguous_stored_events_and_the
         .await
         .unwrap();
     let acks = topics::acks(&id);
-    let mut dev = Subscriber::connect("wm-1", mqtt_port, std::slice::from_ref(&acks)).await;
+    let mut dev = Subscriber::device(&id, &key, mqtt_port, std::slice::from_ref(&acks)).await;
     // The agent's view: the provisioned key set verifies the watermark.
     let keyset = verifier(tmp.path(), &id).state().keyset.clone();
     let first = watermark_at_least(&mut dev, &id, &keyset, 0).await;

@@ -45,7 +45,8 @@ async fn registered_device_receives_a_verifiable_manifest_and_unchanged_reapply_
     // A plain MQTT client, subscribed as the device.
     let id: DeviceId = "pi-1".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("pi-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
+    let mut sub =
+        Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let mut verifier = verifier(&dir, &id);
     let (manifest, got) =
         manifest_where(&mut sub, &topic, &mut verifier, |m| !m.apps.is_empty()).await;
@@ -146,7 +147,8 @@ async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manif
 
     let id: DeviceId = "gw-7".parse().unwrap();
     let topic = topics::manifest(&id);
-    let mut sub = Subscriber::connect("gw-7", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
+    let mut sub =
+        Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let got = sub.next_on(&topic).await;
     let v = verifier(&dir, &id);
     match v.verify(&got.payload).unwrap() {
@@ -190,7 +192,7 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
     let mut verifier = verifier(&dir, &id);
     {
         let mut sub =
-            Subscriber::connect("rot-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
+            Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
         let (m, _) = manifest_where(&mut sub, &topic, &mut verifier, |m| !m.apps.is_empty()).await;
         assert_eq!((m.epoch, m.generation), (1, 2));
     }
@@ -237,13 +239,18 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
 
     // Restart: the new key set, then the manifest re-signed under epoch 2.
     let hub = HubProc::start(&dir, None).await;
-    let mut watcher = Subscriber::connect("rot-watch", hub.mqtt_port(), &[topics::keyset()]).await;
+    let mut sub = Subscriber::device(
+        &id,
+        &key,
+        hub.mqtt_port(),
+        &[topics::keyset(), topic.clone()],
+    )
+    .await;
     let set = verifier
-        .verify_keyset(&watcher.next_on(&topics::keyset()).await.payload)
+        .verify_keyset(&sub.next_on(&topics::keyset()).await.payload)
         .unwrap();
     assert_eq!(set.version, 2);
     verifier.adopt_keyset(set);
-    let mut sub = Subscriber::connect("rot-1", hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let (m, _) = manifest_where(&mut sub, &topic, &mut verifier, |m| m.epoch == 2).await;
     assert_eq!(m.generation, 1, "generations restart in a new epoch");
     assert_eq!(m.apps[0].image.to_string(), pinned("reg/svc", 1));
@@ -320,7 +327,10 @@ async fn status_signed_by_another_devices_key_is_rejected_and_counted() {
     ]);
     let d1: DeviceId = "d1".parse().unwrap();
 
-    let publisher = Subscriber::connect("test-publisher", hub.mqtt_port(), &[]).await;
+    // Logged in as d1: the broker lets only d1 publish on d1's status topic,
+    // so what the hub's own checks must catch there is what d1's connection
+    // carries (and, behind a broker without topic rules, anyone's).
+    let publisher = Subscriber::device(&d1, &k1, hub.mqtt_port(), &[]).await;
     // A genuine report first.
     publisher
         .client
@@ -339,7 +349,7 @@ async fn status_signed_by_another_devices_key_is_rejected_and_counted() {
     .await;
     let before: DeviceDetail = hub.api.get("/v1/devices/d1").await.unwrap();
 
-    // d2 forges a newer report for d1.
+    // A newer report for d1 signed with d2's key.
     publisher
         .client
         .publish(

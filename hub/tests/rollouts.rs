@@ -59,14 +59,15 @@ async fn desired(hub: &HubProc) -> BTreeMap<String, (u64, u64)> {
 
 /// The device's retained manifest, verified as an agent provisioned from
 /// this hub would.
-async fn manifest_of(hub: &HubProc, id: &DeviceId) -> Manifest {
+/// The broker lets a device read only its own manifest, with its own login:
+/// the device's status link (if any) is closed first, as one client id holds
+/// one connection.
+async fn manifest_of(hub: &HubProc, links: &mut Links, d: &Device) -> Manifest {
+    let id = &d.id;
+    links.links.remove(id);
     let topic = topics::manifest(id);
-    let mut sub = Subscriber::connect(
-        &format!("peek-{id}"),
-        hub.mqtt_port(),
-        std::slice::from_ref(&topic),
-    )
-    .await;
+    let mut sub =
+        Subscriber::device(id, &d.key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let p = sub.next_on(&topic).await;
     match verifier(&hub.dir, id).verify(&p.payload).unwrap() {
         Verdict::Accept(a) => a.manifest,
@@ -74,8 +75,32 @@ async fn manifest_of(hub: &HubProc, id: &DeviceId) -> Manifest {
     }
 }
 
+/// Each device's own broker connection (the broker lets a device publish only
+/// its own status, logged in as itself).
+struct Links {
+    port: u16,
+    links: std::collections::HashMap<DeviceId, Subscriber>,
+}
+
+impl Links {
+    fn new(port: u16) -> Links {
+        Links {
+            port,
+            links: Default::default(),
+        }
+    }
+
+    async fn of(&mut self, d: &Device) -> &Subscriber {
+        if !self.links.contains_key(&d.id) {
+            let sub = Subscriber::device(&d.id, &d.key, self.port, &[]).await;
+            self.links.insert(d.id.clone(), sub);
+        }
+        &self.links[&d.id]
+    }
+}
+
 /// Publish a device-signed status saying `release`.
-async fn report(pub_: &Subscriber, d: &mut Device, applied: (u64, u64), release: ReleaseStatus) {
+async fn report(links: &mut Links, d: &mut Device, applied: (u64, u64), release: ReleaseStatus) {
     d.seq += 1;
     let st = StatusReport {
         device_id: d.id.clone(),
@@ -91,7 +116,10 @@ async fn report(pub_: &Subscriber, d: &mut Device, applied: (u64, u64), release:
         last_rejection: None,
         release: Some(release),
     };
-    pub_.client
+    links
+        .of(d)
+        .await
+        .client
         .publish(
             topics::status(&d.id),
             QoS::AtLeastOnce,
@@ -102,7 +130,7 @@ async fn report(pub_: &Subscriber, d: &mut Device, applied: (u64, u64), release:
         .unwrap();
 }
 
-async fn commit(pub_: &Subscriber, d: &mut Device, g: (u64, u64)) {
+async fn commit(pub_: &mut Links, d: &mut Device, g: (u64, u64)) {
     let r = ReleaseStatus {
         target: g,
         phase: ReleasePhase::Committed,
@@ -111,7 +139,7 @@ async fn commit(pub_: &Subscriber, d: &mut Device, g: (u64, u64)) {
     report(pub_, d, g, r).await;
 }
 
-async fn roll_back(pub_: &Subscriber, d: &mut Device, g: (u64, u64), to: (u64, u64)) {
+async fn roll_back(pub_: &mut Links, d: &mut Device, g: (u64, u64), to: (u64, u64)) {
     let r = ReleaseStatus {
         target: g,
         phase: ReleasePhase::RolledBack {
@@ -172,19 +200,22 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
         .await
         .unwrap();
 
+    let mut pub_ = Links::new(hub.mqtt_port());
+    // Device `ro-N` is `devices[N]`.
+    let idx = |id: &str| -> usize { id.trim_start_matches("ro-").parse().unwrap() };
+
     // Revision 1, no rollout: everyone at once, with the [release] policy.
     let v1 = pinned("reg/web", 1);
     hub.cli(&["apply", "-f", &release_file(tmp.path(), &v1, false)]);
     let first = desired(&hub).await;
     let g1 = first["ro-0"];
     assert!(first.values().all(|g| *g == g1), "{first:?}");
-    let m = manifest_of(&hub, &devices[0].id).await;
+    let m = manifest_of(&hub, &mut pub_, &devices[0]).await;
     assert_eq!(m.release.stable_secs, 5);
     assert_eq!(m.release.trial_deadline_secs, 60);
     assert_eq!(m.apps[0].image.to_string(), v1);
-    let mut pub_ = Subscriber::connect("rollout-test-pub", hub.mqtt_port(), &[]).await;
     for d in devices.iter_mut() {
-        commit(&pub_, d, g1).await;
+        commit(&mut pub_, d, g1).await;
     }
 
     // Revision 2 with [rollout]: only the canary gets it.
@@ -197,7 +228,7 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(at(&hub, g2).await, canary);
     assert_eq!(at(&hub, g1).await.len(), FLEET - 1);
-    let m = manifest_of(&hub, &canary[0].parse().unwrap()).await;
+    let m = manifest_of(&hub, &mut pub_, &devices[idx(&canary[0])]).await;
     assert_eq!(m.apps[0].image.to_string(), v2);
     let v = view(&hub).await;
     assert_eq!(
@@ -206,9 +237,7 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
     );
 
     // The canary commits: wave 1 takes the rollout to 4 devices.
-    // Device `ro-N` is `devices[N]`.
-    let idx = |id: &str| -> usize { id.trim_start_matches("ro-").parse().unwrap() };
-    commit(&pub_, &mut devices[idx(&canary[0])], g2).await;
+    commit(&mut pub_, &mut devices[idx(&canary[0])], g2).await;
     let updated = wait_for_count(&hub, g2, 4).await;
     let wave1: Vec<String> = updated.into_iter().filter(|id| *id != canary[0]).collect();
 
@@ -216,7 +245,7 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
     hub.kill();
     hub = HubProc::start(&dir, None).await;
     drop(pub_);
-    pub_ = Subscriber::connect("rollout-test-pub-2", hub.mqtt_port(), &[]).await;
+    pub_ = Links::new(hub.mqtt_port());
     let v = view(&hub).await;
     assert_eq!(v.phase, Phase::Running);
     assert_eq!(
@@ -230,8 +259,8 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
     assert_eq!(at(&hub, g1).await.len(), FLEET - 4);
 
     // Two of wave 1 roll back: 2 of 4 counted failed, over 0.25: paused.
-    roll_back(&pub_, &mut devices[idx(&wave1[0])], g2, g1).await;
-    roll_back(&pub_, &mut devices[idx(&wave1[1])], g2, g1).await;
+    roll_back(&mut pub_, &mut devices[idx(&wave1[0])], g2, g1).await;
+    roll_back(&mut pub_, &mut devices[idx(&wave1[1])], g2, g1).await;
     let v = eventually_async(DEADLINE, "rollout paused", || async {
         let v = view(&hub).await;
         matches!(v.phase, Phase::Paused { .. }).then_some(v)
@@ -276,7 +305,7 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
 
     // Paused: the last of wave 1 commits, nobody new is admitted, and the
     // devices not admitted still have revision 1's generation.
-    commit(&pub_, &mut devices[idx(&wave1[2])], g2).await;
+    commit(&mut pub_, &mut devices[idx(&wave1[2])], g2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(at(&hub, g2).await.len(), 4);
     assert_eq!(at(&hub, g1).await.len(), FLEET - 4);
@@ -291,7 +320,7 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
         .iter()
         .filter(|id| !wave1.contains(id) && **id != canary[0])
     {
-        commit(&pub_, &mut devices[idx(id)], g2).await;
+        commit(&mut pub_, &mut devices[idx(id)], g2).await;
     }
     eventually_async(DEADLINE, "wave 2 committed", || async {
         (view(&hub).await.waves[2].committed == 2).then_some(())
@@ -314,11 +343,11 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
     let g3 = (g1.0, g1.1 + 2);
     let reissued = wait_for_count(&hub, g3, 6).await;
     assert_eq!(at(&hub, g1).await.len(), 2);
-    let m = manifest_of(&hub, &reissued[0].parse().unwrap()).await;
+    let m = manifest_of(&hub, &mut pub_, &devices[idx(&reissued[0])]).await;
     assert_eq!(m.apps[0].image.to_string(), v1);
     assert_eq!(m.generation, g3.1);
     let untouched = at(&hub, g1).await;
-    let m = manifest_of(&hub, &untouched[0].parse().unwrap()).await;
+    let m = manifest_of(&hub, &mut pub_, &devices[idx(&untouched[0])]).await;
     assert_eq!(
         (m.generation, m.apps[0].image.to_string()),
         (g1.1, v1.clone())

@@ -18,6 +18,7 @@
 //!   an agent delete an event only once the hub has stored it.
 //! - [`verify`]: the agent-side `Verifier` (accept / duplicate / reject with reason).
 //! - [`topics`]: MQTT topic names and device-id validation.
+//! - [`login`]: the broker login (username, password) of a device.
 //! - [`sample`]: a representative 5-app manifest for examples, benches and fuzz seeds.
 //! - [`bounded`]: decoding helpers that cap collection sizes so hostile input
 //!   cannot make the decoder allocate more than the message size limit.
@@ -28,6 +29,7 @@ pub mod image;
 pub mod keys;
 pub mod keyset;
 pub mod legacy;
+pub mod login;
 pub mod manifest;
 pub mod sample;
 pub mod status;

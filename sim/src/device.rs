@@ -205,14 +205,19 @@ pub struct Identity {
     pub key: SigningKey,
 }
 
-/// The agent's MQTT options for `id`, with the simulator's keep-alive.
-pub fn options(id: &DeviceId, cfg: &DeviceConfig) -> Result<MqttOptions, LinkError> {
+/// The agent's MQTT options for `id` (its login signed by `key`), with the
+/// simulator's keep-alive.
+pub fn options(
+    id: &DeviceId,
+    key: &SigningKey,
+    cfg: &DeviceConfig,
+) -> Result<MqttOptions, LinkError> {
     let broker = BrokerAddr {
         host: cfg.broker_host.clone(),
         port: cfg.broker_port,
         tls: false,
     };
-    let mut o = link::options(id, &broker, None)?;
+    let mut o = link::options(id, key, &broker, None)?;
     o.set_keep_alive(cfg.keep_alive);
     Ok(o)
 }
@@ -259,7 +264,7 @@ pub fn spawn(
         device: id.clone(),
         source,
     };
-    let opts = options(&id, cfg).map_err(|source| DeviceError::Link {
+    let opts = options(&id, &identity.key, cfg).map_err(|source| DeviceError::Link {
         device: id.clone(),
         source,
     })?;
@@ -592,9 +597,11 @@ mod tests {
             trial: Duration::ZERO,
         };
         let id: DeviceId = "sim-00001".parse().unwrap();
-        let o = options(&id, &cfg).unwrap();
+        let key = SigningKey::generate().unwrap();
+        let o = options(&id, &key, &cfg).unwrap();
         let agent = link::options(
             &id,
+            &key,
             &BrokerAddr {
                 host: "127.0.0.1".into(),
                 port: 1883,

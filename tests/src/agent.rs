@@ -37,6 +37,19 @@ impl Agent {
         self.dir.path().join("agent.toml")
     }
 
+    /// The broker login this agent uses, made from its key file as the agent
+    /// makes it (`outpost_protocol::login`).
+    pub fn broker_login(&self) -> Result<crate::mqtt::Login> {
+        let key_file = self.dir.path().join("data").join("device.key");
+        let key = outpost_protocol::SigningKey::from_pkcs8(&std::fs::read(&key_file)?)
+            .map_err(|e| anyhow::anyhow!("device key {}: {e}", key_file.display()))?;
+        let id: outpost_protocol::DeviceId = self.device_id.parse()?;
+        Ok(crate::mqtt::Login {
+            client_id: self.device_id.clone(),
+            password: outpost_protocol::login::device_password(&key, &id),
+        })
+    }
+
     /// `outpost-agent init` against the hub's root key and key set.
     pub fn init(
         hub: &Hub,

@@ -1,16 +1,25 @@
 //! MQTT helpers speaking directly to the broker, as an attacker (or observer)
-//! with network access to it would.
+//! with network access to it would: anonymously (the embedded broker refuses
+//! that; the open Mosquitto of `World::start_on_open_broker` lets it in) or
+//! with a device's login ([`Login`]).
 
 use anyhow::{bail, Result};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Client id, username and password to log in with.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub client_id: String,
+    pub password: String,
+}
+
 /// Publish every payload on `topic` from one connection (QoS 1, pipelined)
 /// and wait for all the broker's PUBACKs. Returns how many were acked.
 pub fn flood(addr: SocketAddr, topic: &str, payloads: Vec<Vec<u8>>) -> Result<usize> {
     rt()?.block_on(async {
-        let (c, mut el) = client(addr);
+        let (c, mut el) = client(addr, None);
         let n = payloads.len();
         let topic = topic.to_string();
         let sender = tokio::spawn(async move {
@@ -40,9 +49,15 @@ pub fn flood(addr: SocketAddr, topic: &str, payloads: Vec<Vec<u8>>) -> Result<us
     })
 }
 
-fn client(addr: SocketAddr) -> (AsyncClient, rumqttc::EventLoop) {
-    let id = crate::unique("e2e-client");
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+fn client(addr: SocketAddr, login: Option<&Login>) -> (AsyncClient, rumqttc::EventLoop) {
+    let id = match login {
+        Some(l) => l.client_id.clone(),
+        None => crate::unique("e2e-client"),
+    };
+    let mut o = MqttOptions::new(id.clone(), addr.ip().to_string(), addr.port());
+    if let Some(l) = login {
+        o.set_credentials(id, l.password.clone());
+    }
     o.set_max_packet_size(4 << 20, 4 << 20)
         .set_keep_alive(Duration::from_secs(30));
     AsyncClient::new(o, 16)
@@ -54,10 +69,15 @@ fn rt() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The retained message on `topic`.
+/// The retained message on `topic`, read anonymously.
 pub fn retained(addr: SocketAddr, topic: &str) -> Result<Vec<u8>> {
+    retained_as(addr, None, topic)
+}
+
+/// The retained message on `topic`, read with `login` (or anonymously).
+pub fn retained_as(addr: SocketAddr, login: Option<&Login>, topic: &str) -> Result<Vec<u8>> {
     rt()?.block_on(async {
-        let (c, mut el) = client(addr);
+        let (c, mut el) = client(addr, login);
         c.subscribe(topic, QoS::AtLeastOnce).await?;
         let res = tokio::time::timeout(crate::PATIENCE, async {
             loop {
@@ -77,8 +97,18 @@ pub fn retained(addr: SocketAddr, topic: &str) -> Result<Vec<u8>> {
 /// Publish once (QoS 1, not retained) and wait for the broker's PUBACK or
 /// for the broker to drop us (which it may do for an oversized payload).
 pub fn publish(addr: SocketAddr, topic: &str, payload: Vec<u8>) -> Result<bool> {
+    publish_as(addr, None, topic, payload)
+}
+
+/// [`publish`] with `login` (or anonymously).
+pub fn publish_as(
+    addr: SocketAddr,
+    login: Option<&Login>,
+    topic: &str,
+    payload: Vec<u8>,
+) -> Result<bool> {
     rt()?.block_on(async {
-        let (c, mut el) = client(addr);
+        let (c, mut el) = client(addr, login);
         c.publish(topic, QoS::AtLeastOnce, false, payload).await?;
         let res = tokio::time::timeout(Duration::from_secs(30), async {
             loop {

@@ -1,7 +1,7 @@
 //! The usual scenario setup: a registry holding the sample image, a hub, a
 //! cuttable proxy between agent and broker, and a registered, running agent.
 
-use crate::{eventually, unique, Agent, AppDef, Hub, Proxy, Registry, PATIENCE};
+use crate::{eventually, unique, Agent, AppDef, Hub, Mosquitto, Proxy, Registry, PATIENCE};
 use anyhow::Result;
 
 /// Everything most scenarios need: registry with the sample image, a hub, a
@@ -14,13 +14,31 @@ pub struct World {
     pub hub: Hub,
     pub registry: Registry,
     pub image: String,
+    /// The external broker of [`World::start_on_open_broker`].
+    pub open_broker: Option<Mosquitto>,
 }
 
 impl World {
     pub fn start(name: &str) -> Result<World> {
+        World::start_inner(name, None)
+    }
+
+    /// [`World::start`] with the hub on an external Mosquitto that lets any
+    /// client publish anywhere: the broker an attacker has taken over (or one
+    /// configured without `outpost-hub broker-config`). The embedded broker
+    /// keeps everyone but the hub off a device's manifest topic, so what the
+    /// agent does with hostile manifests is tested here.
+    pub fn start_on_open_broker(name: &str) -> Result<World> {
+        World::start_inner(name, Some(Mosquitto::start()?))
+    }
+
+    fn start_inner(name: &str, open_broker: Option<Mosquitto>) -> Result<World> {
         let registry = Registry::start()?;
         let image = registry.push_sample("v1")?;
-        let hub = Hub::start(&registry)?;
+        let hub = match &open_broker {
+            Some(m) => Hub::start_with_broker(&registry, &m.url())?,
+            None => Hub::start(&registry)?,
+        };
         let proxy = Proxy::start(hub.mqtt_addr())?;
         let device = unique(name);
         let mut agent = Agent::init(&hub, &device, proxy.port, &registry)?;
@@ -32,6 +50,7 @@ impl World {
             proxy,
             agent,
             image,
+            open_broker,
         })
     }
 

@@ -1,5 +1,7 @@
 //! Hostile input on the manifest topic: each attack is rejected, counted, visible
-//! in status, and leaves the running app untouched.
+//! in status, and leaves the running app untouched. The attacker needs a broker
+//! that lets it publish there (the embedded broker lets only the hub): an open
+//! Mosquitto stands for a broker taken over (`World::start_on_open_broker`).
 
 use outpost_e2e::{eventually, mqtt, pid_alive, World, PATIENCE};
 use outpost_protocol::envelope::{seal_value, Kind};
@@ -8,7 +10,7 @@ use outpost_protocol::{topics, DeviceId, Manifest, SigningKey};
 #[test]
 fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_untouched(
 ) -> anyhow::Result<()> {
-    let w = World::start("attack")?;
+    let w = World::start_on_open_broker("attack")?;
     let device: DeviceId = w.agent.device_id.parse()?;
     let topic = topics::manifest(&device);
     let mut app = w.app("victim");

@@ -1,5 +1,6 @@
 //! A flood of junk and forged manifests on a device's topic, from a client on
-//! the broker: every one that reaches the device is refused and counted, the flood costs the device a
+//! a broker that lets it publish there (the embedded broker lets only the hub,
+//! so this is a broker an attacker took over, `World::start_on_open_broker`): every one that reaches the device is refused and counted, the flood costs the device a
 //! bounded amount of flash (measured from the kernel's `write_bytes` of the agent
 //! process), it adds at most a couple of events to the outbox, and the app runs
 //! on untouched.
@@ -24,7 +25,7 @@ fn write_bytes(pid: u32) -> u64 {
 #[test]
 fn ten_thousand_refused_manifests_cost_bounded_flash_and_no_real_event() -> Result<()> {
     const N: usize = 10_000;
-    let w = World::start("flood")?;
+    let w = World::start_on_open_broker("flood")?;
     let app = w.app("steady");
     w.deploy_and_wait(std::slice::from_ref(&app))?;
     let app_pid = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));

@@ -47,11 +47,12 @@ fn a_rotated_signing_key_reaches_the_agent_without_reprovisioning() -> anyhow::R
 /// still run from disk after a faithful reboot.
 #[test]
 fn a_device_that_adopted_a_rotated_key_set_reboots_offline_with_every_app() -> anyhow::Result<()> {
-    let mut w = World::start("rotboot")?;
+    let mut w = World::start_on_open_broker("rotboot")?;
     let apps = [w.app("a"), w.app("b")];
     w.deploy_and_wait(&apps)?;
     // Rotate on disk only: the running hub keeps its old key and publishes
-    // nothing re-signed; the new key set reaches the device on its topic.
+    // nothing re-signed; the test publishes the new key set on its topic
+    // (hence the open broker: on the embedded one only the hub may).
     let out = w.hub.cli(&["keys", "rotate"])?;
     assert!(out.contains("is now 2"), "{out}");
     let keyset = std::fs::read(w.hub.dir.path().join("keyset.bin"))?;

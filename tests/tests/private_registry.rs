@@ -129,7 +129,7 @@ fn hub_resolves_and_agent_pulls_from_a_private_registry_with_configured_credenti
         places.push((format!("hub API {path}"), body));
     }
     let topic = outpost_protocol::topics::manifest(&device.parse()?);
-    let manifest = mqtt::retained(hub.mqtt_addr(), &topic)?;
+    let manifest = mqtt::retained_as(hub.mqtt_addr(), Some(&agent.broker_login()?), &topic)?;
     places.push((
         "published manifest".into(),
         String::from_utf8_lossy(&manifest).into_owned(),

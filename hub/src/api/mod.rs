@@ -33,6 +33,8 @@ pub struct ApiState {
     pub hub: Arc<Hub>,
     pub token: Arc<String>,
     pub publish: Arc<PublishStats>,
+    /// What the embedded broker refused; `None` with an external broker.
+    pub broker: Option<Arc<crate::broker::access::Refused>>,
 }
 
 /// Build the router.
@@ -352,6 +354,14 @@ async fn stats(State(s): State<ApiState>) -> Result<Json<Stats>, AppError> {
             .publish
             .publish_errors
             .load(std::sync::atomic::Ordering::Relaxed),
+        broker_logins_refused: s
+            .broker
+            .as_ref()
+            .map(|r| r.logins.load(std::sync::atomic::Ordering::Relaxed)),
+        broker_topics_refused: s
+            .broker
+            .as_ref()
+            .map(|r| r.topics.load(std::sync::atomic::Ordering::Relaxed)),
         watermarks_published: s
             .publish
             .watermarks_published

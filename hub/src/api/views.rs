@@ -122,4 +122,11 @@ pub struct Stats {
     /// device when the hub (re)subscribes).
     #[serde(default)]
     pub watermarks_published: u64,
+    /// Logins the embedded broker refused since the hub started (`None`
+    /// with an external broker, whose own logs tell).
+    #[serde(default)]
+    pub broker_logins_refused: Option<u64>,
+    /// Connections the embedded broker closed over a topic they may not use.
+    #[serde(default)]
+    pub broker_topics_refused: Option<u64>,
 }

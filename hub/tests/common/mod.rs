@@ -143,8 +143,28 @@ impl Drop for Subscriber {
 }
 
 impl Subscriber {
+    /// An anonymous client (brokers that allow them: the tests' Mosquitto).
     pub async fn connect(id: &str, port: u16, topics: &[String]) -> Subscriber {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        Subscriber::start(MqttOptions::new(id, "127.0.0.1", port), topics)
+    }
+
+    /// A client logged in as device `id` with its key, as an agent logs in
+    /// (`outpost_protocol::login`); the embedded broker admits nothing else.
+    pub async fn device(
+        id: &DeviceId,
+        key: &outpost_protocol::SigningKey,
+        port: u16,
+        topics: &[String],
+    ) -> Subscriber {
+        let mut o = MqttOptions::new(id.as_str(), "127.0.0.1", port);
+        o.set_credentials(
+            id.as_str(),
+            outpost_protocol::login::device_password(key, id),
+        );
+        Subscriber::start(o, topics)
+    }
+
+    fn start(mut o: MqttOptions, topics: &[String]) -> Subscriber {
         o.set_max_packet_size(1 << 20, 1 << 20)
             .set_keep_alive(Duration::from_secs(30));
         let (client, mut eventloop) = AsyncClient::new(o, 100);

@@ -51,6 +51,22 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+/// Outpost patch: what a client asks to do with a topic, for [`AclHandler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAccess {
+    /// PUBLISH to a topic, or a last will on it.
+    Publish,
+    /// SUBSCRIBE with a filter.
+    Subscribe,
+}
+
+/// Outpost patch: per-client topic authorization. Called with the client id
+/// the connection authenticated with, the access and the topic (or filter);
+/// `false` refuses it: a refused last will refuses the CONNECT, a refused
+/// PUBLISH or SUBSCRIBE closes the connection (MQTT 3.1.1 has no negative
+/// PUBACK, and closing is what section 3.3.5 allows).
+pub type AclHandler = Arc<dyn Fn(&str, AclAccess, &str) -> bool + Send + Sync>;
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -173,6 +189,9 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// Outpost patch: see [`AclHandler`]; `None` allows everything.
+    #[serde(skip)]
+    pub acl: Option<AclHandler>,
 }
 
 impl ConnectionSettings {
@@ -198,6 +217,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("acl", &self.acl.is_some())
             .finish()
     }
 }

@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{AclAccess, AclHandler, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -43,6 +43,9 @@ pub enum Error {
     ConnectionAck(String),
     #[error("Authentication error")]
     InvalidAuth,
+    // Outpost patch: see `AclHandler`.
+    #[error("Not authorized: {access:?} on {topic:?}")]
+    NotAuthorized { access: AclAccess, topic: String },
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -58,6 +61,8 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    // Outpost patch: the topic authorization of this connection.
+    acl: Option<AclHandler>,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -68,6 +73,7 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        acl: Option<AclHandler>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -123,6 +129,7 @@ impl<P: Protocol> RemoteLink<P> {
             // Outpost patch: start empty (see `router::iobufs::Outgoing::new`).
             notifications: VecDeque::new(),
             will_delay_interval,
+            acl,
         })
     }
 
@@ -139,6 +146,17 @@ impl<P: Protocol> RemoteLink<P> {
                         let mut buffer = self.link_tx.buffer();
                         buffer.push_back(packet);
                         self.network.readv(&mut buffer)?;
+                        // Outpost patch: a refused PUBLISH or SUBSCRIBE
+                        // closes the connection before the router sees
+                        // anything of this read.
+                        if let Some(acl) = &self.acl {
+                            if let Some((access, topic)) =
+                                refused(acl.as_ref(), &self.connect.client_id, buffer.iter())
+                            {
+                                buffer.clear();
+                                return Err(Error::NotAuthorized { access, topic });
+                            }
+                        }
                         buffer.len()
                     };
 
@@ -174,6 +192,34 @@ impl<P: Protocol> RemoteLink<P> {
     }
 }
 
+/// Outpost patch: the first packet `acl` refuses for `client_id`, as the
+/// access and the topic or filter.
+fn refused<'a>(
+    acl: &(dyn Fn(&str, AclAccess, &str) -> bool + Send + Sync),
+    client_id: &str,
+    packets: impl Iterator<Item = &'a Packet>,
+) -> Option<(AclAccess, String)> {
+    for packet in packets {
+        match packet {
+            Packet::Publish(publish, _) => {
+                let topic = String::from_utf8_lossy(&publish.topic);
+                if !acl(client_id, AclAccess::Publish, &topic) {
+                    return Some((AclAccess::Publish, topic.into_owned()));
+                }
+            }
+            Packet::Subscribe(subscribe, _) => {
+                for filter in &subscribe.filters {
+                    if !acl(client_id, AclAccess::Subscribe, &filter.path) {
+                        return Some((AclAccess::Subscribe, filter.path.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Read MQTT connect packet from network and verify it.
 /// authentication and checks are done here.
 pub async fn mqtt_connect<P>(
@@ -193,14 +239,45 @@ where
     })
     .await??;
 
-    let (connect, _props, login) = match packet {
-        Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
+    let (connect, _props, will, login) = match packet {
+        Packet::Connect(ref connect, ref props, ref will, _, ref login) => {
+            (connect, props, will, login)
+        }
         packet => return Err(Error::NotConnectPacket(packet)),
     };
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    // Outpost patch: a refused login gets a CONNACK saying so (upstream
+    // closes the socket without one, which a client can only report as a
+    // network error), and a last will goes through the topic authorization
+    // (the broker would publish it on the client's behalf).
+    let mut refusal = handle_auth(config.clone(), login.as_ref(), &connect.client_id)
+        .await
+        .err();
+    if refusal.is_none() {
+        if let (Some(acl), Some(will)) = (&config.acl, will) {
+            let topic = String::from_utf8_lossy(&will.topic);
+            if !acl(&connect.client_id, AclAccess::Publish, &topic) {
+                refusal = Some(Error::NotAuthorized {
+                    access: AclAccess::Publish,
+                    topic: topic.into_owned(),
+                });
+            }
+        }
+    }
+    if let Some(e) = refusal {
+        let code = match e {
+            Error::InvalidAuth => ConnectReturnCode::BadUserNamePassword,
+            _ => ConnectReturnCode::NotAuthorized,
+        };
+        let ack = ConnAck {
+            session_present: false,
+            code,
+        };
+        network.write(Packet::ConnAck(ack, None)).await?;
+        return Err(e);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -239,6 +316,12 @@ async fn handle_auth(
     // if authentication is configured and connect packet doesn't have login details
     // return an error
     let Some(login) = login else {
+        // Outpost patch: the external handler hears of a CONNECT without a
+        // login too (as an empty username and password), so the embedding
+        // program logs and counts every refused attempt.
+        if let Some(auth) = &config.external_auth {
+            auth(client_id.to_owned(), String::new(), String::new()).await;
+        }
         return Err(Error::InvalidAuth);
     };
 
@@ -288,6 +371,7 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            acl: None,
         }
     }
 
@@ -383,5 +467,50 @@ mod tests {
         let mut cfg = config();
         cfg.set_auth_handler(closure);
         cfg.set_auth_handler(fnptr);
+    }
+
+    // Outpost patch: the topic authorization of a connection's packets.
+    #[test]
+    fn outpost_acl_refuses_the_first_unauthorized_packet() {
+        use crate::protocol::{Filter, Packet, Publish, QoS, RetainForwardRule, Subscribe};
+        use crate::AclAccess;
+        let acl = |client: &str, access: AclAccess, topic: &str| {
+            topic.starts_with(&format!("{client}/"))
+                || (access == AclAccess::Subscribe && topic == "shared")
+        };
+        let filter = |path: &str| Filter {
+            path: path.to_owned(),
+            qos: QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        };
+        let ok = [
+            Packet::Publish(Publish::new("a/status", "x", false), None),
+            Packet::Subscribe(
+                Subscribe {
+                    pkid: 1,
+                    filters: vec![filter("a/manifest"), filter("shared")],
+                },
+                None,
+            ),
+        ];
+        assert_eq!(super::refused(&acl, "a", ok.iter()), None);
+        let bad_sub = Packet::Subscribe(
+            Subscribe {
+                pkid: 2,
+                filters: vec![filter("a/manifest"), filter("b/manifest")],
+            },
+            None,
+        );
+        assert_eq!(
+            super::refused(&acl, "a", ok.iter().chain([&bad_sub])),
+            Some((AclAccess::Subscribe, "b/manifest".to_owned()))
+        );
+        let bad_pub = Packet::Publish(Publish::new("shared", "x", true), None);
+        assert_eq!(
+            super::refused(&acl, "a", [&bad_pub].into_iter()),
+            Some((AclAccess::Publish, "shared".to_owned()))
+        );
     }
 }

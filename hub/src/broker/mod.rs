@@ -1,5 +1,6 @@
 //! The embedded MQTT broker (rumqttd), started in-process by `serve` unless an
-//! external broker is configured.
+//! external broker is configured. Who may log in and use which topic is
+//! `access.rs` (rules in `acl.rs`).
 //!
 //! rumqttd keeps retained messages and sessions in memory only, which is why the
 //! hub republishes every manifest whenever it (re)connects. Its payload limit is
@@ -7,10 +8,15 @@
 //! long before the broker would drop connections over it. No console is started
 //! (rumqttd's console is unauthenticated).
 
+pub mod access;
+pub mod acl;
+
+use access::BrokerAccess;
 use outpost_protocol::{topics, MAX_MESSAGE_BYTES};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Room for MQTT headers and topic names on top of the largest message.
@@ -37,20 +43,31 @@ pub enum BrokerError {
 }
 
 /// The rumqttd configuration the hub uses, serving `listener` (already bound to
-/// `listen`).
+/// `listen`), with logins and topics checked by `access`.
 pub fn config(
     listen: SocketAddr,
     listener: TcpListener,
     max_connections: usize,
+    access: Arc<BrokerAccess>,
 ) -> rumqttd::Config {
-    let connections = rumqttd::ConnectionSettings {
+    let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: MAX_PACKET_BYTES,
         max_inflight_count: 500,
         auth: None,
         external_auth: None,
         dynamic_filters: true,
+        acl: None,
     };
+    {
+        let access = Arc::clone(&access);
+        connections.set_auth_handler(move |client_id, username, password| {
+            std::future::ready(access.login(&client_id, &username, &password))
+        });
+    }
+    connections.acl = Some(Arc::new(move |client_id, what, topic| {
+        access.allows(client_id, what, topic)
+    }));
     let server = rumqttd::ServerSettings {
         name: "outpost-v4".into(),
         listen,
@@ -109,6 +126,7 @@ pub fn config(
 pub fn start_embedded(
     listen: SocketAddr,
     max_connections: usize,
+    access: Arc<BrokerAccess>,
 ) -> Result<SocketAddr, BrokerError> {
     // The hub binds the socket and rumqttd serves it (our patch, see
     // third_party/README.md): an address in use is reported by name (rumqttd
@@ -122,7 +140,11 @@ pub fn start_embedded(
         addr: listen,
         source,
     })?;
-    let cfg = config(addr, listener, max_connections);
+    let probe = (
+        access.hub_id().to_string(),
+        access.hub_password().to_string(),
+    );
+    let cfg = config(addr, listener, max_connections, access);
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
@@ -139,7 +161,7 @@ pub fn start_embedded(
     };
     let mut last = String::new();
     for _ in 0..200 {
-        match mqtt_ping(connect_to) {
+        match mqtt_ping(connect_to, &probe.0, &probe.1) {
             Ok(()) => {
                 tracing::info!(%addr, "embedded MQTT broker listening");
                 return Ok(addr);
@@ -151,17 +173,31 @@ pub fn start_embedded(
     Err(BrokerError::NotListening { addr, detail: last })
 }
 
-/// Readiness check that speaks MQTT: CONNECT, expect an accepting CONNACK, then
-/// DISCONNECT. (A bare TCP connect makes rumqttd log an error for every start.)
-fn mqtt_ping(addr: SocketAddr) -> std::io::Result<()> {
-    const ID: &[u8] = b"outpost-hub-probe";
+/// Readiness check that speaks MQTT: CONNECT with the hub's login, expect an
+/// accepting CONNACK, then DISCONNECT. (A bare TCP connect makes rumqttd log
+/// an error for every start.)
+fn mqtt_ping(addr: SocketAddr, client_id: &str, password: &str) -> std::io::Result<()> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut pkt = vec![0x10, (12 + ID.len()) as u8];
-    // protocol name "MQTT", level 4 (3.1.1), clean session, keep-alive 10 s
-    pkt.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
-    pkt.extend_from_slice(&[0, ID.len() as u8]);
-    pkt.extend_from_slice(ID);
+    // protocol name "MQTT", level 4 (3.1.1), username + password + clean
+    // session, keep-alive 10 s; then client id, username, password.
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 10];
+    for field in [client_id, client_id, password] {
+        let len = u16::try_from(field.len()).map_err(std::io::Error::other)?;
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut pkt = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        pkt.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    pkt.extend_from_slice(&body);
     s.write_all(&pkt)?;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack)?;

@@ -1,0 +1,113 @@
+//! Who may use which topic on the broker: the pure rule behind the embedded
+//! broker's topic authorization (`access.rs`) and the Mosquitto ACL the hub
+//! generates (`mosquitto.rs`).
+//!
+//! A device reads its own manifest and ack watermark and the fleet's key set,
+//! and writes its own status and events; nothing else, no wildcards. The hub's
+//! two links (their client ids contain ':', which no device id can) use every
+//! Outpost topic. Any other client id is nobody.
+
+use outpost_protocol::topics::{self, DeviceId, DeviceTopic};
+use rumqttd::AclAccess;
+
+/// A client, as its (authenticated) client id makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Who {
+    Hub,
+    Device(DeviceId),
+    Nobody,
+}
+
+/// Classify `client_id` given the hub's two client ids.
+pub fn who(client_id: &str, hub_ids: &[String; 2]) -> Who {
+    if hub_ids.iter().any(|h| h == client_id) {
+        return Who::Hub;
+    }
+    match client_id.parse::<DeviceId>() {
+        Ok(id) => Who::Device(id),
+        Err(_) => Who::Nobody,
+    }
+}
+
+/// Whether `who` may `access` `topic` (a topic name for a publish, a filter
+/// for a subscription).
+pub fn may(who: &Who, access: AclAccess, topic: &str) -> bool {
+    match who {
+        Who::Hub => topic == topics::PREFIX || topic.starts_with(&format!("{}/", topics::PREFIX)),
+        Who::Nobody => false,
+        Who::Device(me) => match (access, topics::parse(topic)) {
+            (AclAccess::Subscribe, Some(DeviceTopic::Manifest(d) | DeviceTopic::Acks(d))) => {
+                &d == me
+            }
+            (AclAccess::Publish, Some(DeviceTopic::Status(d) | DeviceTopic::Events(d))) => &d == me,
+            (AclAccess::Subscribe, None) => topic == topics::keyset(),
+            _ => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AclAccess::{Publish, Subscribe};
+
+    fn hub_ids() -> [String; 2] {
+        ["outpost:hub".into(), "outpost:hub-pub".into()]
+    }
+
+    #[test]
+    fn clients_are_classified_by_their_id() {
+        assert_eq!(who("outpost:hub", &hub_ids()), Who::Hub);
+        assert_eq!(who("outpost:hub-pub", &hub_ids()), Who::Hub);
+        assert_eq!(
+            who("pi-1", &hub_ids()),
+            Who::Device("pi-1".parse().unwrap())
+        );
+        assert_eq!(who("outpost:other", &hub_ids()), Who::Nobody);
+        assert_eq!(who("", &hub_ids()), Who::Nobody);
+    }
+
+    #[test]
+    fn a_device_reaches_only_its_own_topics_and_the_key_set() {
+        let a = Who::Device("a".parse().unwrap());
+        let b: DeviceId = "b".parse().unwrap();
+        let me: DeviceId = "a".parse().unwrap();
+        let allowed = [
+            (Subscribe, topics::manifest(&me)),
+            (Subscribe, topics::acks(&me)),
+            (Subscribe, topics::keyset()),
+            (Publish, topics::status(&me)),
+            (Publish, topics::events(&me)),
+        ];
+        for (access, topic) in &allowed {
+            assert!(may(&a, *access, topic), "{access:?} {topic}");
+        }
+        let refused = [
+            (Subscribe, topics::manifest(&b)),
+            (Subscribe, topics::acks(&b)),
+            (Subscribe, topics::status(&me)),
+            (Subscribe, topics::all_status()),
+            (Subscribe, "outpost/v1/dev/+/manifest".to_string()),
+            (Subscribe, "#".to_string()),
+            (Subscribe, "outpost/v1/#".to_string()),
+            (Publish, topics::status(&b)),
+            (Publish, topics::events(&b)),
+            (Publish, topics::manifest(&me)),
+            (Publish, topics::acks(&me)),
+            (Publish, topics::keyset()),
+            (Publish, "elsewhere".to_string()),
+        ];
+        for (access, topic) in &refused {
+            assert!(!may(&a, *access, topic), "{access:?} {topic}");
+        }
+    }
+
+    #[test]
+    fn the_hub_uses_outpost_topics_and_nobody_uses_anything() {
+        assert!(may(&Who::Hub, Publish, &topics::keyset()));
+        assert!(may(&Who::Hub, Subscribe, &topics::all_events()));
+        assert!(!may(&Who::Hub, Publish, "outpost/v1x"));
+        assert!(!may(&Who::Hub, Subscribe, "#"));
+        assert!(!may(&Who::Nobody, Subscribe, &topics::keyset()));
+    }
+}
