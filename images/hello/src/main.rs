@@ -26,7 +26,10 @@
 //! - With `$TICK_MS` set, prints `tick N` every that many milliseconds (a
 //!   steadily logging app for the flash-wear benchmark).
 //!
-//! Listens on `$PORT` (default 8080). SIGTERM exits at once with status 0: as
+//! Listens on `$PORT` (default 8080); with `$REUSEPORT` set, with
+//! `SO_REUSEPORT`, so two copies (old and new during a `hand-over` update) can
+//! listen on the same host port at once and the kernel spreads connections
+//! over both. SIGTERM exits at once with status 0: as
 //! PID 1 in a container the default action would be ignored.
 
 use std::fs::OpenOptions;
@@ -60,6 +63,59 @@ extern "C" {
     fn flock(fd: i32, operation: i32) -> i32;
     // `long syscall(long number, ...)`; `long` is pointer-sized on Linux.
     fn syscall(number: isize, ...) -> isize;
+    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, len: u32) -> i32;
+    fn bind(fd: i32, addr: *const u8, len: u32) -> i32;
+    fn listen(fd: i32, backlog: i32) -> i32;
+}
+
+/// Listen on 0.0.0.0:`port`; with `reuse_port`, `SO_REUSEPORT` is set before
+/// the bind (std cannot), so another copy may listen on the port too. The
+/// constants are the same on x86_64, arm64 and armv7 Linux.
+fn listen_on(port: u16, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    if !reuse_port {
+        return TcpListener::bind(("0.0.0.0", port));
+    }
+    #[repr(C)]
+    struct SockaddrIn {
+        family: u16,
+        port: u16,
+        addr: u32,
+        zero: [u8; 8],
+    }
+    const AF_INET: i32 = 2;
+    const SOCK_STREAM_CLOEXEC: i32 = 1 | 0o2000000;
+    const SOL_SOCKET: i32 = 1;
+    const SO_REUSEADDR: i32 = 2;
+    const SO_REUSEPORT: i32 = 15;
+    let err = std::io::Error::last_os_error;
+    let fd = unsafe { socket(AF_INET, SOCK_STREAM_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err());
+    }
+    // Owns the descriptor from here: an error below closes it.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let one: i32 = 1;
+    for opt in [SO_REUSEADDR, SO_REUSEPORT] {
+        if unsafe { setsockopt(fd, SOL_SOCKET, opt, (&one as *const i32).cast(), 4) } != 0 {
+            return Err(err());
+        }
+    }
+    let sa = SockaddrIn {
+        family: AF_INET as u16,
+        port: port.to_be(),
+        addr: 0,
+        zero: [0; 8],
+    };
+    let len = std::mem::size_of::<SockaddrIn>() as u32;
+    if unsafe { bind(fd, (&sa as *const SockaddrIn).cast(), len) } != 0 {
+        return Err(err());
+    }
+    if unsafe { listen(fd, 128) } != 0 {
+        return Err(err());
+    }
+    Ok(listener)
 }
 
 /// `/syscall`: one raw syscall with the query's number and arguments.
@@ -251,7 +307,8 @@ fn main() {
             data_dir().display()
         );
     }
-    let listener = match TcpListener::bind(("0.0.0.0", port.parse::<u16>().unwrap_or(8080))) {
+    let reuse_port = std::env::var_os("REUSEPORT").is_some_and(|v| !v.is_empty());
+    let listener = match listen_on(port.parse::<u16>().unwrap_or(8080), reuse_port) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("hello: cannot listen on port {port}: {e}");
