@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn the_list_is_an_aligned_table_with_relative_times() {
-        let now = 100_000;
+        let now = 1_000_000;
         let t = |name: &str, role, scope: &str, last: Option<u64>, revoked: Option<u64>| TokenView {
             name: name.into(),
             role,
