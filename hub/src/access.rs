@@ -158,7 +158,10 @@ impl Request<'_> {
 
 /// Why [`decide`] said no.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("token {token} ({role}, scope {}) may not {refused}: {reason}", scope_text(scope))]
+#[error(
+    "token {token} ({role}, scope {}) may not {refused}: {reason}",
+    scope_text(scope)
+)]
 pub struct Denied {
     pub token: String,
     pub role: Role,
@@ -229,7 +232,10 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
         }
         Request::AddDevice | Request::RemoveDevice { .. } | Request::ReadAudit => {
             if caller.role != Role::Admin {
-                deny(format!("only admin tokens may, this one is {}", caller.role))
+                deny(format!(
+                    "only admin tokens may, this one is {}",
+                    caller.role
+                ))
             } else if scoped {
                 deny("only an unscoped admin token may (it concerns the whole fleet)".into())
             } else {
@@ -238,7 +244,10 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
         }
         Request::ManageTokens => {
             if caller.role != Role::Admin {
-                deny(format!("only admin tokens may, this one is {}", caller.role))
+                deny(format!(
+                    "only admin tokens may, this one is {}",
+                    caller.role
+                ))
             } else if scoped {
                 // A scoped admin could mint an unscoped token.
                 deny("only an unscoped admin token may (a token it made could reach beyond its scope)".into())
@@ -309,24 +318,129 @@ mod tests {
         let gw = l(&[("role", "gw")]);
         let requests: Vec<(&str, Request)> = vec![
             ("list", Request::List),
-            ("read dev a", Request::ReadDevice { id: "d", labels: &a_gw }),
-            ("read dev b", Request::ReadDevice { id: "d", labels: &b }),
-            ("read dev unlabelled", Request::ReadDevice { id: "d", labels: &none }),
-            ("read dep a", Request::ReadDeployment { name: "x", selector: &a_gw }),
-            ("read dep gw", Request::ReadDeployment { name: "x", selector: &gw }),
+            (
+                "read dev a",
+                Request::ReadDevice {
+                    id: "d",
+                    labels: &a_gw,
+                },
+            ),
+            (
+                "read dev b",
+                Request::ReadDevice {
+                    id: "d",
+                    labels: &b,
+                },
+            ),
+            (
+                "read dev unlabelled",
+                Request::ReadDevice {
+                    id: "d",
+                    labels: &none,
+                },
+            ),
+            (
+                "read dep a",
+                Request::ReadDeployment {
+                    name: "x",
+                    selector: &a_gw,
+                },
+            ),
+            (
+                "read dep gw",
+                Request::ReadDeployment {
+                    name: "x",
+                    selector: &gw,
+                },
+            ),
             ("add device", Request::AddDevice),
             ("remove device", Request::RemoveDevice { id: "d" }),
-            ("label a->a", Request::LabelDevice { id: "d", before: &a, after: &a_gw }),
-            ("label a->b", Request::LabelDevice { id: "d", before: &a, after: &b }),
-            ("label b->a", Request::LabelDevice { id: "d", before: &b, after: &a }),
-            ("apply new a", Request::ApplyDeployment { name: "x", selector: &a_gw, current: None }),
-            ("apply new gw", Request::ApplyDeployment { name: "x", selector: &gw, current: None }),
-            ("apply over b", Request::ApplyDeployment { name: "x", selector: &a, current: Some(&b) }),
-            ("apply over a", Request::ApplyDeployment { name: "x", selector: &a, current: Some(&a_gw) }),
-            ("delete dep a", Request::DeleteDeployment { name: "x", selector: &a }),
-            ("delete dep b", Request::DeleteDeployment { name: "x", selector: &b }),
-            ("rollout a", Request::RolloutCommand { name: "x", command: "pause", selector: &a }),
-            ("rollout b", Request::RolloutCommand { name: "x", command: "pause", selector: &b }),
+            (
+                "label a->a",
+                Request::LabelDevice {
+                    id: "d",
+                    before: &a,
+                    after: &a_gw,
+                },
+            ),
+            (
+                "label a->b",
+                Request::LabelDevice {
+                    id: "d",
+                    before: &a,
+                    after: &b,
+                },
+            ),
+            (
+                "label b->a",
+                Request::LabelDevice {
+                    id: "d",
+                    before: &b,
+                    after: &a,
+                },
+            ),
+            (
+                "apply new a",
+                Request::ApplyDeployment {
+                    name: "x",
+                    selector: &a_gw,
+                    current: None,
+                },
+            ),
+            (
+                "apply new gw",
+                Request::ApplyDeployment {
+                    name: "x",
+                    selector: &gw,
+                    current: None,
+                },
+            ),
+            (
+                "apply over b",
+                Request::ApplyDeployment {
+                    name: "x",
+                    selector: &a,
+                    current: Some(&b),
+                },
+            ),
+            (
+                "apply over a",
+                Request::ApplyDeployment {
+                    name: "x",
+                    selector: &a,
+                    current: Some(&a_gw),
+                },
+            ),
+            (
+                "delete dep a",
+                Request::DeleteDeployment {
+                    name: "x",
+                    selector: &a,
+                },
+            ),
+            (
+                "delete dep b",
+                Request::DeleteDeployment {
+                    name: "x",
+                    selector: &b,
+                },
+            ),
+            (
+                "rollout a",
+                Request::RolloutCommand {
+                    name: "x",
+                    command: "pause",
+                    selector: &a,
+                },
+            ),
+            (
+                "rollout b",
+                Request::RolloutCommand {
+                    name: "x",
+                    command: "pause",
+                    selector: &b,
+                },
+            ),
             ("audit", Request::ReadAudit),
             ("tokens", Request::ManageTokens),
         ];
@@ -398,12 +512,28 @@ mod tests {
         )
         .unwrap_err();
         let text = d.to_string();
-        for part in ["operator-site=a", "operator", "site=a", "apply deployment web", "{role=gw}"] {
+        for part in [
+            "operator-site=a",
+            "operator",
+            "site=a",
+            "apply deployment web",
+            "{role=gw}",
+        ] {
             assert!(text.contains(part), "{part:?} missing in {text}");
         }
         let v = caller(Role::Viewer, "");
-        let d = decide(&v, &Request::DeleteDeployment { name: "web", selector: &gw }).unwrap_err();
-        assert!(d.to_string().contains("whole fleet") && d.reason.contains("only read"), "{d}");
+        let d = decide(
+            &v,
+            &Request::DeleteDeployment {
+                name: "web",
+                selector: &gw,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            d.to_string().contains("whole fleet") && d.reason.contains("only read"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -412,6 +542,9 @@ mod tests {
             assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
-        assert!("root".parse::<Role>().unwrap_err().contains("admin, operator or viewer"));
+        assert!("root"
+            .parse::<Role>()
+            .unwrap_err()
+            .contains("admin, operator or viewer"));
     }
 }

@@ -157,34 +157,56 @@ mod tests {
     #[test]
     fn the_list_is_an_aligned_table_with_relative_times() {
         let now = 1_000_000;
-        let t = |name: &str, role, scope: &str, last: Option<u64>, revoked: Option<u64>| TokenView {
-            name: name.into(),
-            role,
-            scope: Scope::parse(scope).unwrap(),
-            created_at: now - 2 * 86_400,
-            created_by: "hub".into(),
-            last_used: last,
-            revoked_at: revoked,
-        };
+        let t =
+            |name: &str, role, scope: &str, last: Option<u64>, revoked: Option<u64>| TokenView {
+                name: name.into(),
+                role,
+                scope: Scope::parse(scope).unwrap(),
+                created_at: now - 2 * 86_400,
+                created_by: "hub".into(),
+                last_used: last,
+                revoked_at: revoked,
+            };
         let out = table(
             &[
                 t("admin", Role::Admin, "", Some(now - 30), None),
-                t("plant-a-ops", Role::Operator, "site=plant-a", None, Some(now - 7200)),
+                t(
+                    "plant-a-ops",
+                    Role::Operator,
+                    "site=plant-a",
+                    None,
+                    Some(now - 7200),
+                ),
             ],
             now,
         );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[1].contains("30s ago") && lines[1].contains("live"), "{out}");
-        assert!(lines[2].contains("site=plant-a") && lines[2].contains("never") && lines[2].contains("revoked 2h ago"), "{out}");
+        assert!(
+            lines[1].contains("30s ago") && lines[1].contains("live"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("site=plant-a")
+                && lines[2].contains("never")
+                && lines[2].contains("revoked 2h ago"),
+            "{out}"
+        );
         assert!(lines[1].contains("2d ago"), "{out}");
         // Every ROLE cell starts in the same column.
-        let starts: Vec<usize> = lines.iter().map(|l| {
-            ["ROLE", "admin", "operator"].iter().filter_map(|w| {
-                let i = l.find(&format!("  {w}"))?;
-                Some(i + 2)
-            }).next().unwrap()
-        }).collect();
+        let starts: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                ["ROLE", "admin", "operator"]
+                    .iter()
+                    .filter_map(|w| {
+                        let i = l.find(&format!("  {w}"))?;
+                        Some(i + 2)
+                    })
+                    .next()
+                    .unwrap()
+            })
+            .collect();
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{out}");
     }
 

@@ -44,7 +44,9 @@ pub enum ServeError {
     Reissue(#[from] crate::hub::HubError),
     #[error("the first admin API token: {0}")]
     Token(#[from] crate::tokens::TokenError),
-    #[error("the HTTP API's TLS: {0} (hub.toml [api]; `outpost-hub init` makes api.crt and api.key)")]
+    #[error(
+        "the HTTP API's TLS: {0} (hub.toml [api]; `outpost-hub init` makes api.crt and api.key)"
+    )]
     Tls(#[from] crate::tls::TlsError),
     #[error("HTTP API cannot listen on {addr}: {source}")]
     HttpBind {

@@ -131,9 +131,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
     if certs.is_empty() {
-        return Err(bad(
-            "it holds no -----BEGIN CERTIFICATE----- section".into()
-        ));
+        return Err(bad("it holds no -----BEGIN CERTIFICATE----- section".into()));
     }
     Ok(certs)
 }

@@ -109,7 +109,14 @@ pub fn check_name(name: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
-fn audit(tx: &mut Tx, now: u64, who: &str, action: &str, target: &str, detail: serde_json::Value) -> Result<(), StoreError> {
+fn audit(
+    tx: &mut Tx,
+    now: u64,
+    who: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), StoreError> {
     tx.append_audit(AuditEntry {
         seq: 0,
         at: now,
@@ -203,7 +210,14 @@ pub fn revoke(store: &Store, name: &str, who: &str, now: u64) -> Result<TokenVie
         }
         rec.revoked_at = Some(now);
         tx.put_token(&rec)?;
-        audit(tx, now, who, "token.revoke", name, serde_json::json!({ "role": rec.role, "scope": rec.scope }))?;
+        audit(
+            tx,
+            now,
+            who,
+            "token.revoke",
+            name,
+            serde_json::json!({ "role": rec.role, "scope": rec.scope }),
+        )?;
         Ok::<_, TokenError>(rec)
     })?;
     tracing::info!(token = %rec.name, by = who, "API token revoked");
@@ -257,7 +271,14 @@ pub fn bootstrap(store: &Store, dir: &DataDir, now: u64) -> Result<Option<String
         if secret.trim().is_empty() {
             return Err(TokenError::Empty { path: path.clone() });
         }
-        let rec = record(FIRST_ADMIN, Role::Admin, Scope::default(), &secret, "hub", now);
+        let rec = record(
+            FIRST_ADMIN,
+            Role::Admin,
+            Scope::default(),
+            &secret,
+            "hub",
+            now,
+        );
         insert(tx, &rec, "the data directory's token file")?;
         Ok(true)
     })?;
@@ -282,7 +303,10 @@ mod tests {
     #[test]
     fn the_token_file_becomes_the_admin_token_once() {
         let (_tmp, store, dir) = store();
-        assert_eq!(bootstrap(&store, &dir, 1).unwrap().as_deref(), Some("admin"));
+        assert_eq!(
+            bootstrap(&store, &dir, 1).unwrap().as_deref(),
+            Some("admin")
+        );
         assert_eq!(bootstrap(&store, &dir, 2).unwrap(), None);
         let c = authenticate(&store, "s3cret-admin", 3).unwrap().unwrap();
         assert_eq!((c.name.as_str(), c.role), ("admin", Role::Admin));
@@ -292,7 +316,10 @@ mod tests {
         assert_eq!(recs[0].hash, hash("s3cret-admin"));
         assert_eq!(recs[0].last_used, Some(3));
         let audit = store.audit(10).unwrap();
-        assert_eq!((audit[0].action.as_str(), audit[0].who.as_str()), ("token.create", "hub"));
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].who.as_str()),
+            ("token.create", "hub")
+        );
     }
 
     #[test]
@@ -300,7 +327,15 @@ mod tests {
         let (_tmp, store, dir) = store();
         bootstrap(&store, &dir, 1).unwrap();
         let site_a = Scope::parse("site=a").unwrap();
-        let op = create(&store, "ops-a", Role::Operator, site_a.clone(), "token:admin", 5).unwrap();
+        let op = create(
+            &store,
+            "ops-a",
+            Role::Operator,
+            site_a.clone(),
+            "token:admin",
+            5,
+        )
+        .unwrap();
         assert_eq!(op.token.scope, site_a);
         assert!(!store.tokens().unwrap().iter().any(|t| t.hash == op.secret));
         let c = authenticate(&store, &op.secret, 6).unwrap().unwrap();
@@ -309,14 +344,39 @@ mod tests {
 
         revoke(&store, "ops-a", "token:admin", 7).unwrap();
         assert!(authenticate(&store, &op.secret, 8).unwrap().is_none());
-        let e = create(&store, "ops-a", Role::Viewer, Scope::default(), "token:admin", 9).unwrap_err();
+        let e = create(
+            &store,
+            "ops-a",
+            Role::Viewer,
+            Scope::default(),
+            "token:admin",
+            9,
+        )
+        .unwrap_err();
         assert!(matches!(e, TokenError::Exists { revoked: true, .. }), "{e}");
-        assert!(matches!(revoke(&store, "ops-a", "x", 9), Err(TokenError::AlreadyRevoked { .. })));
-        assert!(matches!(revoke(&store, "nope", "x", 9), Err(TokenError::NotFound { .. })));
+        assert!(matches!(
+            revoke(&store, "ops-a", "x", 9),
+            Err(TokenError::AlreadyRevoked { .. })
+        ));
+        assert!(matches!(
+            revoke(&store, "nope", "x", 9),
+            Err(TokenError::NotFound { .. })
+        ));
 
         // The last admin stays; a second one makes the first revocable.
-        assert!(matches!(revoke(&store, "admin", "x", 9), Err(TokenError::LastAdmin { .. })));
-        create(&store, "admin2", Role::Admin, Scope::default(), "token:admin", 10).unwrap();
+        assert!(matches!(
+            revoke(&store, "admin", "x", 9),
+            Err(TokenError::LastAdmin { .. })
+        ));
+        create(
+            &store,
+            "admin2",
+            Role::Admin,
+            Scope::default(),
+            "token:admin",
+            10,
+        )
+        .unwrap();
         revoke(&store, "admin", "token:admin2", 11).unwrap();
         assert!(authenticate(&store, "s3cret-admin", 12).unwrap().is_none());
         // The revoked secret in the token file does not come back.
@@ -333,7 +393,15 @@ mod tests {
                 Err(TokenError::BadName { .. })
             ));
         }
-        let e = create(&store, "a", Role::Admin, Scope::parse("site=a").unwrap(), "t", 1).unwrap_err();
+        let e = create(
+            &store,
+            "a",
+            Role::Admin,
+            Scope::parse("site=a").unwrap(),
+            "t",
+            1,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("site=a"), "{e}");
     }
 

@@ -88,6 +88,12 @@ impl HubServe {
         &self.data_dir
     }
 
+    /// The HTTP API's listen address (default 127.0.0.1:0).
+    pub fn http_listen(mut self, addr: SocketAddr) -> HubServe {
+        self.http_listen = addr;
+        self
+    }
+
     /// The embedded broker's listen address (default 127.0.0.1:0).
     pub fn mqtt_listen(mut self, addr: SocketAddr) -> HubServe {
         self.mqtt_listen = addr;

@@ -30,9 +30,10 @@ pub(super) async fn authenticate(
     };
     let store = s.hub.store.clone();
     let now = s.hub.now();
-    let caller = tokio::task::spawn_blocking(move || crate::tokens::authenticate(&store, &secret, now))
-        .await
-        .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))??;
+    let caller =
+        tokio::task::spawn_blocking(move || crate::tokens::authenticate(&store, &secret, now))
+            .await
+            .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))??;
     let Some(caller) = caller else {
         // Not audited: anyone who can reach the port could fill the log.
         tracing::warn!(method = %req.method(), path = %req.uri().path(), "API request with an unknown or revoked token");
@@ -44,7 +45,11 @@ pub(super) async fn authenticate(
 
 /// May `caller` make `request`? A denial is recorded in the audit log
 /// (`access.refused`, by `token:<name>`) and answered with 403.
-pub(super) async fn allow(s: &ApiState, caller: &Caller, request: Request<'_>) -> Result<(), AppError> {
+pub(super) async fn allow(
+    s: &ApiState,
+    caller: &Caller,
+    request: Request<'_>,
+) -> Result<(), AppError> {
     match access::decide(caller, &request) {
         Ok(()) => Ok(()),
         Err(denied) => Err(refuse(s, denied).await),

@@ -545,6 +545,8 @@ async fn rollout_command(
         },
     )
     .await?;
-    s.hub.rollout_command(name.clone(), cmd, caller.who()).await?;
+    s.hub
+        .rollout_command(name.clone(), cmd, caller.who())
+        .await?;
     rollout_view(&s, name).await
 }

@@ -11,11 +11,11 @@
 mod records;
 mod tokens;
 
+pub use records::TokenRecord;
 pub use records::{
     AdmittedDevice, AuditEntry, DeploymentRecord, DeviceMarks, DeviceRecord, EventRecord,
     ManifestMeta, RolloutRecord, StatusRecord,
 };
-pub use records::TokenRecord;
 
 use outpost_protocol::DeviceId;
 use redb::{

@@ -3,8 +3,8 @@
 //! index a request's bearer token is looked up by. Revoking removes the hash
 //! entry, so a revoked secret finds nothing from the next request on.
 
-use super::{decode, encode, scan, DbCtx, Store, StoreError, Tx};
 use super::records::TokenRecord;
+use super::{decode, encode, scan, DbCtx, Store, StoreError, Tx};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");

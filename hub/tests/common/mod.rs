@@ -293,8 +293,7 @@ impl InProcessHub {
         )
         .await
         .unwrap();
-        let api =
-            ApiClient::for_data_dir(format!("https://{}", running.http_addr), &dir).unwrap();
+        let api = ApiClient::for_data_dir(format!("https://{}", running.http_addr), &dir).unwrap();
         InProcessHub {
             tmp,
             dir,
