@@ -43,7 +43,7 @@ pub enum ClientError {
     #[error("cannot set up TLS to the hub at {url}: {source}")]
     Tls {
         url: String,
-        source: crate::tls::TlsError,
+        source: Box<crate::tls::TlsError>,
     },
 }
 
@@ -119,7 +119,7 @@ impl ApiClient {
         let base = base.into().trim_end_matches('/').to_string();
         let tls_err = |source| ClientError::Tls {
             url: base.clone(),
-            source,
+            source: Box::new(source),
         };
         let (config, mismatch) = match &trust {
             Trust::Pin(p) => {

@@ -5,7 +5,8 @@
 
 use super::{ApiState, AppError};
 use crate::access::{self, Caller, Denied, Request};
-use crate::store::{AuditEntry, StoreError};
+use crate::store::AuditEntry;
+
 use axum::extract::{Request as HttpRequest, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -72,10 +73,8 @@ pub(super) async fn refuse(s: &ApiState, denied: Denied) -> AppError {
         }),
     };
     let store = s.hub.store.clone();
-    let audited = tokio::task::spawn_blocking(move || {
-        store.write(|tx| tx.append_audit(entry).map_err(StoreError::from))
-    })
-    .await;
+    let audited =
+        tokio::task::spawn_blocking(move || store.write(|tx| tx.append_audit(entry))).await;
     match audited {
         Ok(Ok(_)) => AppError::forbidden(denied),
         // The refusal stands either way; failing to record it is logged.

@@ -16,7 +16,7 @@ pub struct AppError {
     pub message: String,
     /// For a 403 of the access rules: the token's role and scope and what
     /// was refused, also as fields of the body.
-    pub denied: Option<Denied>,
+    pub denied: Option<Box<Denied>>,
 }
 
 #[derive(Serialize)]
@@ -69,7 +69,7 @@ impl AppError {
             status: StatusCode::FORBIDDEN,
             field: None,
             message: denied.to_string(),
-            denied: Some(denied),
+            denied: Some(Box::new(denied)),
         }
     }
 
@@ -85,7 +85,7 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let d = self.denied.as_ref();
+        let d = self.denied.as_deref();
         let body = Body {
             error: &self.message,
             field: self.field.as_deref(),
