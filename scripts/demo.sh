@@ -51,7 +51,7 @@ docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry.log" 2>&1 & P
 wait_port "$REG_PORT"
 skopeo copy --all --quiet --dest-tls-verify=false "oci:$LAYOUT:latest" "docker://127.0.0.1:$REG_PORT/outpost/hello:v1"
 
-echo "==> outpost-hub init + serve (embedded broker on 127.0.0.1:$MQTT_PORT, API on 127.0.0.1:$HTTP_PORT)"
+echo "==> outpost-hub init + serve (embedded broker on 127.0.0.1:$MQTT_PORT, API on https://127.0.0.1:$HTTP_PORT)"
 H=("$HUB" --data-dir "$WORK/hub")
 "${H[@]}" init --http-listen "127.0.0.1:$HTTP_PORT" --mqtt-listen "127.0.0.1:$MQTT_PORT" >/dev/null
 sed -i "s/^insecure = \[.*\]/insecure = [\"127.0.0.1:$REG_PORT\"]/" "$WORK/hub/hub.toml"
@@ -102,6 +102,7 @@ Look at it from another shell:
     ${H[*]} devices
     ${H[*]} status demo-pi
     ${H[*]} events demo-pi
+    ${H[*]} token list      # the API's tokens (TLS, certificate $WORK/hub/api.crt pinned)
     $AGENT --config $WORK/agent/agent.toml status
     curl http://127.0.0.1:$APP_PORT/        curl http://127.0.0.1:$APP_PORT/count
 Logs: $WORK/hub.log  $WORK/agent.log

@@ -32,6 +32,11 @@ pub struct Cli {
     /// API token (default: the data directory's `token` file).
     #[arg(long, global = true, env = "OUTPOST_HUB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate(s) (PEM) to trust for the hub's TLS, e.g. a remote
+    /// hub's api.crt (default: pin the data directory's certificate, else the
+    /// system's roots).
+    #[arg(long, global = true, env = "OUTPOST_HUB_CA")]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -110,6 +115,9 @@ pub enum Command {
     /// Staged rollouts (`[rollout]` in a deployment): progress, pause, resume, abort.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// API tokens with roles and scopes (needs an admin token).
+    #[command(subcommand)]
+    Token(crate::cli_tokens::TokenCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,30 +267,34 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Token(cmd) => {
+            let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
+            crate::cli_tokens::run(cmd, &client).await
+        }
         cmd => {
-            let client = api_client(&dir, cli.url, cli.token)?;
+            let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
             remote(cmd, &client).await
         }
     }
 }
 
-/// The API client: `--url`/`--token` when given, else from the data directory.
-fn api_client(dir: &DataDir, url: Option<String>, token: Option<String>) -> Result<ApiClient> {
+/// The API client: `--url`/`--token`/`--ca-file` when given, else from the
+/// data directory (its hub.toml's address over https, its token, its
+/// certificate pinned).
+fn api_client(
+    dir: &DataDir,
+    url: Option<String>,
+    token: Option<String>,
+    ca_file: Option<PathBuf>,
+) -> Result<ApiClient> {
     let url = match url {
         Some(u) => u,
-        None => {
-            let config = HubConfig::load(&dir.config()).with_context(|| {
-                format!(
-                    "no --url given and no hub config in {} (use --data-dir or --url)",
-                    dir.root.display()
-                )
-            })?;
-            let mut addr = config.http_listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            format!("http://{addr}")
-        }
+        None => crate::client::base_url(dir).with_context(|| {
+            format!(
+                "no --url given and no hub config in {} (use --data-dir or --url)",
+                dir.root.display()
+            )
+        })?,
     };
     let token = match token {
         Some(t) => t,
@@ -290,7 +302,16 @@ fn api_client(dir: &DataDir, url: Option<String>, token: Option<String>) -> Resu
             format!("no --token given and cannot read {}", dir.token().display())
         })?,
     };
-    Ok(ApiClient::new(url, token.trim()))
+    if let Some(ca) = &ca_file {
+        if !ca.exists() {
+            bail!(
+                "the CA file {} (--ca-file / OUTPOST_HUB_CA) for {url} does not exist",
+                ca.display()
+            );
+        }
+    }
+    let trust = crate::client::Trust::choose(ca_file, dir);
+    Ok(ApiClient::with_trust(url, token.trim(), trust)?)
 }
 
 fn init(
@@ -324,7 +345,12 @@ fn init(
         config.mqtt.broker = Some(b);
     }
     let created = signing::create_keys(dir, now_secs())?;
-    Store::open(&dir.database())?;
+    let cert = crate::tls::create_self_signed(
+        dir,
+        crate::tls::default_names(crate::tls::hostname().as_deref()),
+    )?;
+    let store = Store::open(&dir.database())?;
+    crate::tokens::bootstrap(&store, dir, now_secs())?;
     config.save(&dir.config())?;
     println!("initialised {}", dir.root.display());
     println!(
@@ -334,7 +360,20 @@ fn init(
     );
     println!("  signing key id:    {}", created.signing_key_id);
     println!("  key set (epoch 1): {}", dir.keyset().display());
-    println!("  API token:         {}", dir.token().display());
+    println!(
+        "  API token:         {} (token \"{}\", role admin)",
+        dir.token().display(),
+        crate::tokens::FIRST_ADMIN
+    );
+    println!(
+        "  API certificate:   {} for {}",
+        cert.cert.display(),
+        cert.names.join(", ")
+    );
+    println!("  SHA-256 fingerprint: {}", cert.fingerprint);
+    println!(
+        "the CLI on this machine pins that certificate; elsewhere copy it and use --ca-file (OUTPOST_HUB_CA)"
+    );
     println!("provision agents with root.pub and keyset.bin; then keep the root key offline:");
     println!("  outpost-hub keys export-root --out /media/offline/root.key --remove");
     Ok(())
@@ -579,7 +618,7 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
             }
         }
         Command::Rollout(cmd) => rollout(cmd, c).await?,
-        Command::Init { .. } | Command::Serve { .. } | Command::Keys(_) => {
+        Command::Init { .. } | Command::Serve { .. } | Command::Keys(_) | Command::Token(_) => {
             bail!("internal: local command routed to the API client")
         }
     }

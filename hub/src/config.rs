@@ -49,6 +49,62 @@ pub struct HubConfig {
     /// apply deployments) is not enough to grant a deployment more privilege.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admission: Vec<AdmissionRule>,
+    /// TLS of the HTTP API (`[api]`); the address stays `http_listen`.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: how the HTTP API is served. TLS is on unless `tls = false`; the
+/// certificate and key are the data directory's `api.crt` / `api.key`
+/// (self-signed, made by `init`) unless `tls_cert` / `tls_key` name the
+/// operator's own (PEM; the certificate file may hold the chain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `false` serves plain HTTP: bearer tokens then cross the network in
+    /// clear. Only for a hub whose API is reachable on loopback alone, or
+    /// behind a TLS-terminating proxy; the hub says so loudly at start.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tls: true,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The certificate (chain) the API serves: `tls_cert`, else `DATA_DIR/api.crt`.
+    pub fn cert_path(&self, dir: &DataDir) -> PathBuf {
+        self.tls_cert.clone().unwrap_or_else(|| dir.api_cert())
+    }
+
+    /// Its private key: `tls_key`, else `DATA_DIR/api.key`.
+    pub fn key_path(&self, dir: &DataDir) -> PathBuf {
+        self.tls_key.clone().unwrap_or_else(|| dir.api_key())
+    }
+
+    /// `https` or `http`, as clients must say it.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// How the hub reaches MQTT.
@@ -117,6 +173,7 @@ impl Default for HubConfig {
             mqtt: MqttConfig::default(),
             registry: RegistryConfig::default(),
             admission: Vec::new(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -133,6 +190,12 @@ impl HubConfig {
         })?;
         if let Some(url) = &config.mqtt.broker {
             BrokerUrl::parse(url)?;
+        }
+        if config.api.tls_cert.is_some() != config.api.tls_key.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "[api] tls_cert and tls_key go together: give both or neither".into(),
+            });
         }
         config
             .admission_policy()
@@ -239,6 +302,15 @@ impl DataDir {
     pub fn token(&self) -> PathBuf {
         self.root.join("token")
     }
+    /// The API's self-signed certificate (PEM), made by `init`; clients on
+    /// this machine pin it.
+    pub fn api_cert(&self) -> PathBuf {
+        self.root.join("api.crt")
+    }
+    /// The private key of [`DataDir::api_cert`] (PEM, mode 0600).
+    pub fn api_key(&self) -> PathBuf {
+        self.root.join("api.key")
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +416,26 @@ run_as_non_root = true
         std::fs::write(&path, text.replace("deny_host_network", "deny_host_net")).unwrap();
         let e = HubConfig::load(&path).unwrap_err().to_string();
         assert!(e.contains("deny_host_net"), "{e}");
+    }
+
+    #[test]
+    fn api_tls_is_on_by_default_and_cert_and_key_go_together() {
+        let c: HubConfig = toml::from_str("http_listen = \"127.0.0.1:8480\"").unwrap();
+        assert!(c.api.tls);
+        let dir = DataDir::new("/d");
+        assert_eq!(c.api.cert_path(&dir), Path::new("/d/api.crt"));
+        assert_eq!(c.api.key_path(&dir), Path::new("/d/api.key"));
+        let c: HubConfig =
+            toml::from_str("[api]\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"\n").unwrap();
+        assert_eq!(c.api.cert_path(&dir), Path::new("/etc/c.pem"));
+        let c: HubConfig = toml::from_str("[api]\ntls = false\n").unwrap();
+        assert_eq!(c.api.scheme(), "http");
+
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("hub.toml");
+        std::fs::write(&path, "[api]\ntls_cert = \"/etc/c.pem\"\n").unwrap();
+        let e = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("tls_key"), "{e}");
     }
 
     #[test]

@@ -30,18 +30,27 @@
 //! - [`publish`]: the single task that publishes (on the publish link).
 //! - [`ingest`]: verification and storage of device status and events, and the
 //!   single task that subscribes and acks (on the ingest link).
-//! - [`api`]: the axum HTTP API.
+//! - [`api`]: the axum HTTP API, served over TLS (`api::server`).
+//! - [`access`]: token roles and scopes, and the pure authorization decision
+//!   `decide(caller, request)` every API handler asks.
+//! - [`tokens`]: API tokens (hashed secrets in the store): create, revoke,
+//!   authenticate, the first admin token.
+//! - [`tls`]: the API's certificate (self-signed at `init`, or the
+//!   operator's), the server configuration and the client's pinned trust.
 //! - [`serve`]: wiring it all together; [`serve::start`] runs a hub in-process
 //!   (used by tests and the fleet simulator).
-//! - [`cli`] and [`client`]: the command line and its HTTP client.
+//! - [`cli`] and [`client`]: the command line and its HTTP client (TLS,
+//!   the data directory's certificate pinned); [`cli_tokens`]: `token …`.
 //! - [`memory`]: allocator settings for a long-running hub process.
 //! - [`clock`]: the one reader of the wall clock; operations take time from
 //!   the hub's clock.
 
+pub mod access;
 pub mod admission;
 pub mod api;
 pub mod broker;
 pub mod cli;
+pub mod cli_tokens;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -59,3 +68,5 @@ pub mod scope;
 pub mod serve;
 pub mod signing;
 pub mod store;
+pub mod tls;
+pub mod tokens;

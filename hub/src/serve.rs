@@ -43,11 +43,12 @@ pub enum ServeError {
     Link(#[from] LinkError),
     #[error("cannot re-sign manifests under the current signing key: {0}")]
     Reissue(#[from] crate::hub::HubError),
-    #[error("cannot read the API token {path}: {source}")]
-    Token {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("the first admin API token: {0}")]
+    Token(#[from] crate::tokens::TokenError),
+    #[error(
+        "the HTTP API's TLS: {0} (hub.toml [api]; `outpost-hub init` makes api.crt and api.key)"
+    )]
+    Tls(#[from] crate::tls::TlsError),
     #[error("HTTP API cannot listen on {addr}: {source}")]
     HttpBind {
         addr: SocketAddr,
@@ -104,13 +105,8 @@ impl Running {
 /// Start the hub; returns when it listens.
 pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Running, ServeError> {
     let dir = &opts.data_dir;
-    let token = std::fs::read_to_string(dir.token())
-        .map_err(|source| ServeError::Token {
-            path: dir.token(),
-            source,
-        })?
-        .trim()
-        .to_string();
+    // Read before anything listens: a bad certificate stops the hub here.
+    let api_tls = api_tls(&opts.config, dir)?;
     let signer = Signer::load(dir)?;
     let db_path = dir.database();
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
@@ -120,6 +116,7 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
             key: "-".into(),
             detail: e.to_string(),
         })??;
+    crate::tokens::bootstrap(&store, dir, crate::clock::now_secs())?;
 
     let ingest_id = opts.config.mqtt.client_id.clone();
     let publish_id = link::publisher_client_id(&ingest_id);
@@ -248,22 +245,12 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         })?;
     let app = api::router(ApiState {
         hub: Arc::clone(&hub),
-        token: Arc::new(token),
         publish: Arc::clone(&publish_stats),
         broker: broker_refused,
     });
-    {
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-    }
-    tracing::info!(%http_addr, broker = %format!("{}:{}", target.host, target.port), embedded = embedded_broker.is_some(), "hub started");
+    let tls = api_tls.is_some();
+    tracker.spawn(api::server::serve(listener, app, api_tls, shutdown.clone()));
+    tracing::info!(%http_addr, tls, broker = %format!("{}:{}", target.host, target.port), embedded = embedded_broker.is_some(), "hub started");
     Ok(Running {
         http_addr,
         embedded_broker,
@@ -271,6 +258,29 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         publish_stats,
         tracker,
     })
+}
+
+/// The API's TLS server configuration from `[api]`; `None` (and a loud
+/// warning) when the operator turned TLS off.
+fn api_tls(
+    config: &HubConfig,
+    dir: &DataDir,
+) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
+    if !config.api.tls {
+        tracing::warn!(
+            http_listen = %config.http_listen,
+            "TLS IS OFF for the HTTP API ([api] tls = false in hub.toml): bearer tokens and \
+             everything else cross the network in clear; only safe on loopback or behind a \
+             TLS-terminating proxy"
+        );
+        return Ok(None);
+    }
+    let (cert, key) = (config.api.cert_path(dir), config.api.key_path(dir));
+    let server = crate::tls::server_config(&cert, &key)?;
+    if let Ok(certs) = crate::tls::load_certs(&cert) {
+        tracing::info!(cert = %cert.display(), sha256 = %crate::tls::fingerprint(&certs[0]), "HTTP API serves TLS");
+    }
+    Ok(Some(server))
 }
 
 /// Start and run until `shutdown` fires. With `ready_file`, the bound addresses

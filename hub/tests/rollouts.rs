@@ -367,13 +367,13 @@ async fn a_rollout_advances_as_devices_commit_pauses_on_rollbacks_survives_a_res
     assert_eq!(
         actions,
         vec![
-            ("rollout.wave", "api"),
+            ("rollout.wave", "token"),
             ("rollout.wave", "hub"),
             ("rollout.pause", "hub"),
-            ("rollout.resume", "api"),
-            ("rollout.wave", "api"),
-            ("rollout.pause", "api"),
-            ("rollout.abort", "api"),
+            ("rollout.resume", "token"),
+            ("rollout.wave", "token"),
+            ("rollout.pause", "token"),
+            ("rollout.abort", "token"),
         ]
     );
     hub.kill();

@@ -201,10 +201,8 @@ impl HubProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let http = ready.http_addr;
-        let token = String::from_utf8_lossy(&read(data_dir.token())?)
-            .trim()
-            .to_string();
-        let api = ApiClient::new(format!("http://{http}"), token);
+        // TLS, pinning the certificate `init` made in the data directory.
+        let api = ApiClient::for_data_dir(format!("https://{http}"), &data_dir)?;
         let mqtt = match (&broker, ready.mqtt_addr) {
             (None, Some(addr)) => addr,
             (None, None) => return Err(HubError::NoBroker { path: ready_path }),

@@ -43,9 +43,10 @@ impl HubAddrs {
         })
     }
 
-    /// `http://ADDR`, what `outpost-hub --url` wants.
+    /// `https://ADDR`, what `outpost-hub --url` wants (the API serves TLS;
+    /// the CLI pins the certificate of its `--data-dir`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        format!("https://{}", self.http)
     }
 }
 
@@ -85,6 +86,12 @@ impl HubServe {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The HTTP API's listen address (default 127.0.0.1:0).
+    pub fn http_listen(mut self, addr: SocketAddr) -> HubServe {
+        self.http_listen = addr;
+        self
     }
 
     /// The embedded broker's listen address (default 127.0.0.1:0).
@@ -153,6 +160,57 @@ impl HubServe {
     }
 }
 
+/// GET `path` from the API of the hub of `data_dir` at `addr`, over TLS
+/// trusting that directory's `api.crt` and with its `token`, without the
+/// hub's client (for crates that drive only the binaries): the status code
+/// and the body.
+pub fn api_get(data_dir: &Path, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::{Read, Write};
+    let cert_path = data_dir.join("api.crt");
+    let cert = CertificateDer::from_pem_file(&cert_path)
+        .with_context(|| format!("the hub's certificate {}", cert_path.display()))?;
+    let token = std::fs::read_to_string(data_dir.join("token"))
+        .with_context(|| format!("the token in {}", data_dir.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let tcp = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    )
+    .with_context(|| format!("GET {path} over TLS"))?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A peer that closes without close_notify, after a whole answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e).with_context(|| format!("reading the answer to GET {path}")),
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed answer to GET {path}: {text}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in the answer to GET {path}: {head}"))?;
+    Ok((status, body.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +220,7 @@ mod tests {
         let a = HubAddrs::parse(r#"{"http_addr":"127.0.0.1:4000","mqtt_addr":"127.0.0.1:4001"}"#)?;
         assert_eq!(a.http, "127.0.0.1:4000".parse()?);
         assert_eq!(a.mqtt, Some("127.0.0.1:4001".parse()?));
-        assert_eq!(a.url(), "http://127.0.0.1:4000");
+        assert_eq!(a.url(), "https://127.0.0.1:4000");
         let external = HubAddrs::parse(r#"{"http_addr":"127.0.0.1:4000","mqtt_addr":null}"#)?;
         assert_eq!(external.mqtt, None);
         assert!(HubAddrs::parse(r#"{"mqtt_addr":null}"#).is_err());

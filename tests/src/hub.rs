@@ -17,8 +17,7 @@ use outpost_test_support::hub::{HubProcess, HubServe};
 use outpost_test_support::process::{run, tail};
 use outpost_test_support::PortLease;
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -159,7 +158,7 @@ impl Hub {
         cmd.arg("--data-dir").arg(self.dir.path());
         // hub.toml says port 0: the address is the one the hub reported.
         if let Some(http) = self.http {
-            cmd.arg("--url").arg(format!("http://{http}"));
+            cmd.arg("--url").arg(format!("https://{http}"));
         }
         let out = run(cmd.args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -247,26 +246,15 @@ impl Hub {
         set_registry_section(&self.dir.path().join("hub.toml"), section)
     }
 
-    /// GET an HTTP API path with the hub's token; the raw response body.
+    /// GET an HTTP API path with the hub's token, over TLS trusting the
+    /// hub's certificate; the raw response body.
     pub fn api_get(&self, path: &str) -> Result<String> {
-        let token = std::fs::read_to_string(self.dir.path().join("token"))?;
         let http = self.http.context("the hub has not been started")?;
-        let mut s = TcpStream::connect(http)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
-            token.trim()
-        )?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        let (head, body) = buf
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("malformed answer to GET {path}"))?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            bail!("GET {path}: {head}");
+        let (status, body) = outpost_test_support::hub::api_get(self.dir.path(), http, path)?;
+        if status != 200 {
+            bail!("GET {path}: {status} {body}");
         }
-        Ok(body.to_string())
+        Ok(body)
     }
 }
 

@@ -1,7 +1,9 @@
 //! The one HTTP error type: a status, the bad field when there is one, and a
 //! message that says what was wrong without exposing internals.
 
+use crate::access::{Denied, Role};
 use crate::hub::HubError;
+use crate::tokens::TokenError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,6 +14,9 @@ pub struct AppError {
     pub status: StatusCode,
     pub field: Option<String>,
     pub message: String,
+    /// For a 403 of the access rules: the token's role and scope and what
+    /// was refused, also as fields of the body.
+    pub denied: Option<Box<Denied>>,
 }
 
 #[derive(Serialize)]
@@ -19,6 +24,15 @@ struct Body<'a> {
     error: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+    /// `""` for the whole fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a str>,
 }
 
 impl AppError {
@@ -27,6 +41,7 @@ impl AppError {
             status: StatusCode::BAD_REQUEST,
             field,
             message: message.into(),
+            denied: None,
         }
     }
 
@@ -35,6 +50,7 @@ impl AppError {
             status: StatusCode::NOT_FOUND,
             field: None,
             message: message.into(),
+            denied: None,
         }
     }
 
@@ -42,16 +58,41 @@ impl AppError {
         AppError {
             status: StatusCode::UNAUTHORIZED,
             field: None,
-            message: "missing or wrong bearer token".into(),
+            message: "missing, unknown or revoked bearer token".into(),
+            denied: None,
+        }
+    }
+
+    /// 403: the token's role or scope does not allow the request.
+    pub fn forbidden(denied: Denied) -> Self {
+        AppError {
+            status: StatusCode::FORBIDDEN,
+            field: None,
+            message: denied.to_string(),
+            denied: Some(Box::new(denied)),
+        }
+    }
+
+    fn internal() -> Self {
+        AppError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            field: None,
+            message: "internal error; see the hub log".into(),
+            denied: None,
         }
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        let d = self.denied.as_deref();
         let body = Body {
             error: &self.message,
             field: self.field.as_deref(),
+            token: d.map(|d| d.token.as_str()),
+            role: d.map(|d| d.role),
+            scope: d.map(|d| d.scope.to_string()),
+            refused: d.map(|d| d.refused.as_str()),
         };
         (self.status, Json(body)).into_response()
     }
@@ -65,6 +106,7 @@ impl From<HubError> for AppError {
                 status: StatusCode::FORBIDDEN,
                 field: r.0.first().map(|r| r.field.clone()),
                 message: e.to_string(),
+                denied: None,
             },
             HubError::Resolve { field, .. } => {
                 AppError::bad_request(Some(field.clone()), e.to_string())
@@ -77,14 +119,38 @@ impl From<HubError> for AppError {
                 status: StatusCode::CONFLICT,
                 field: None,
                 message: e.to_string(),
+                denied: None,
             },
             HubError::Store(_) | HubError::Keys(_) | HubError::Internal(_) => {
                 tracing::error!(error = %e, "request failed");
-                AppError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    field: None,
-                    message: "internal error; see the hub log".into(),
-                }
+                AppError::internal()
+            }
+        }
+    }
+}
+
+impl From<TokenError> for AppError {
+    fn from(e: TokenError) -> Self {
+        match &e {
+            TokenError::BadName { .. } => AppError::bad_request(Some("name".into()), e.to_string()),
+            TokenError::ScopedAdmin { .. } => {
+                AppError::bad_request(Some("scope".into()), e.to_string())
+            }
+            TokenError::NotFound { .. } => AppError::not_found(e.to_string()),
+            TokenError::Exists { .. }
+            | TokenError::AlreadyRevoked { .. }
+            | TokenError::LastAdmin { .. } => AppError {
+                status: StatusCode::CONFLICT,
+                field: None,
+                message: e.to_string(),
+                denied: None,
+            },
+            TokenError::Secret(_)
+            | TokenError::Read { .. }
+            | TokenError::Empty { .. }
+            | TokenError::Store(_) => {
+                tracing::error!(error = %e, "token operation failed");
+                AppError::internal()
             }
         }
     }

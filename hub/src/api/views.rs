@@ -111,8 +111,13 @@ impl DeviceDetail {
 /// `GET /v1/stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Registered devices inside the token's scope.
     pub devices: usize,
+    /// Of those, online.
     pub online: usize,
+    /// The scope `devices` and `online` count over (`""`: the whole fleet).
+    #[serde(default)]
+    pub scope: String,
     /// Ingest counters: `status_accepted`, `status_rejected.<reason>`, …
     pub counters: BTreeMap<String, u64>,
     pub manifests_published: u64,

@@ -1,6 +1,7 @@
 //! The hub's durable state in one redb file: devices, deployments, the signed
 //! manifest and generation of each device, last verified status, device events,
-//! reject counters, the append-only audit log and each deployment's latest rollout.
+//! reject counters, the append-only audit log, each deployment's latest rollout and
+//! the API tokens (`tokens.rs`).
 //!
 //! Records are JSON in `&[u8]` values (readable with any redb tool, tolerant of
 //! added fields); signed manifests are stored as the exact bytes that get
@@ -8,7 +9,9 @@
 //! apply touching 10,000 devices costs one fsync, not 10,000.
 
 mod records;
+mod tokens;
 
+pub use records::TokenRecord;
 pub use records::{
     AdmittedDevice, AuditEntry, DeploymentRecord, DeviceMarks, DeviceRecord, EventRecord,
     ManifestMeta, RolloutRecord, StatusRecord,
@@ -134,6 +137,7 @@ impl Store {
             tx.txn.open_table(COUNTERS).ctx("create tables")?;
             tx.txn.open_table(MARKS).ctx("create tables")?;
             tx.txn.open_table(ROLLOUTS).ctx("create tables")?;
+            tokens::create_tables(tx)?;
             Ok::<_, StoreError>(())
         })?;
         Ok(store)

@@ -131,3 +131,26 @@ pub struct AdmittedDevice {
     /// When the outcome was decided (hub time).
     pub decided_at: Option<u64>,
 }
+
+/// An API token (table `tokens`, keyed by name). Only the SHA-256 of its
+/// secret is stored; the secret is shown once, when it is made. Revoked
+/// tokens stay listed (their name is not reused, so `token:<name>` in the
+/// audit log means one token) but no longer authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: crate::access::Role,
+    /// Empty: the whole fleet.
+    pub scope: crate::scope::Scope,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    pub created_at: u64,
+    /// The `token:<name>` that made it (`hub` for the first admin token).
+    pub created_by: String,
+    /// Hub time of the last request it authenticated, written at most every
+    /// few minutes (see `tokens::LAST_USED_EVERY_SECS`).
+    #[serde(default)]
+    pub last_used: Option<u64>,
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
+}

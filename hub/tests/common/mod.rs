@@ -73,8 +73,7 @@ impl HubProc {
             .await
             .unwrap()
             .unwrap();
-        let token = std::fs::read_to_string(DataDir::new(&dir).token()).unwrap();
-        let api = ApiClient::new(hub.addrs.url(), token.trim());
+        let api = ApiClient::for_data_dir(hub.addrs.url(), &DataDir::new(&dir)).unwrap();
         HubProc {
             proc: hub.proc,
             dir,
@@ -297,6 +296,7 @@ impl InProcessHub {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path());
         outpost_hub::signing::create_keys(&dir, 0).unwrap();
+        outpost_hub::tls::create_self_signed(&dir, outpost_hub::tls::default_names(None)).unwrap();
         let mut config = HubConfig {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             ..Default::default()
@@ -313,8 +313,7 @@ impl InProcessHub {
         )
         .await
         .unwrap();
-        let token = std::fs::read_to_string(dir.token()).unwrap();
-        let api = ApiClient::new(format!("http://{}", running.http_addr), token.trim());
+        let api = ApiClient::for_data_dir(format!("https://{}", running.http_addr), &dir).unwrap();
         InProcessHub {
             tmp,
             dir,
