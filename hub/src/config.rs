@@ -133,6 +133,15 @@ pub struct MqttConfig {
     /// withholds CONNACK, so it is set well above the expected fleet size.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Serve the embedded broker over TLS with this certificate (PEM, chain
+    /// included) and `tls_key`; devices then use `mqtts://` and trust it
+    /// (e.g. the API's own `api.crt` / `api.key`, which name localhost and
+    /// this machine). Without them the broker speaks plain MQTT, which is
+    /// why it listens on loopback unless `listen` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Registry access for resolving image tags to digests: the `[registry]`
@@ -162,6 +171,8 @@ impl Default for MqttConfig {
             ca_file: None,
             client_id: default_client_id(),
             max_connections: default_max_connections(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -195,6 +206,12 @@ impl HubConfig {
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: "[api] tls_cert and tls_key go together: give both or neither".into(),
+            });
+        }
+        if config.mqtt.tls_cert.is_some() != config.mqtt.tls_key.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "[mqtt] tls_cert and tls_key go together: give both or neither".into(),
             });
         }
         config

@@ -132,20 +132,25 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
             let refused = Some(Arc::clone(&access.refused));
             let listen = opts.config.mqtt.listen;
             let max = opts.config.mqtt.max_connections;
-            let addr =
-                tokio::task::spawn_blocking(move || broker::start_embedded(listen, max, access))
-                    .await
-                    .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
-            let host = if addr.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                addr.ip().to_string()
+            let tls = match (&opts.config.mqtt.tls_cert, &opts.config.mqtt.tls_key) {
+                (Some(cert), Some(key)) => {
+                    // The API's loader; MQTT clients offer no ALPN.
+                    let mut config = (*crate::tls::server_config(cert, key)?).clone();
+                    config.alpn_protocols.clear();
+                    Some(Arc::new(config))
+                }
+                _ => None,
             };
+            let embedded = tokio::task::spawn_blocking(move || {
+                broker::start_embedded(listen, max, access, tls)
+            })
+            .await
+            .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
             (
-                Some(addr),
+                Some(embedded.addr),
                 BrokerUrl {
-                    host,
-                    port: addr.port(),
+                    host: embedded.local.ip().to_string(),
+                    port: embedded.local.port(),
                     tls: false,
                 },
                 login,

@@ -1,7 +1,8 @@
 //! The whole path over `mqtts://`: hub and agent both verify a TLS broker
-//! (mosquitto) against a CA file.
+//! (mosquitto) against a CA file; and an agent on the hub's embedded broker
+//! served over TLS.
 
-use outpost_e2e::{eventually, unique, Agent, AppDef, Hub, Registry, TlsBroker, PATIENCE};
+use outpost_e2e::{eventually, mqtt, unique, Agent, AppDef, Hub, Registry, TlsBroker, PATIENCE};
 
 #[test]
 fn deployment_over_an_mqtts_broker_runs_and_reports() -> anyhow::Result<()> {
@@ -25,5 +26,53 @@ fn deployment_over_an_mqtts_broker_runs_and_reports() -> anyhow::Result<()> {
             .then_some(())
     });
     assert_eq!(agent.connected(), Some(true));
+    Ok(())
+}
+
+/// The embedded broker with `[mqtt] tls_cert` / `tls_key` (here the API's own
+/// certificate, which names 127.0.0.1): the agent connects over `mqtts://`
+/// trusting that certificate and runs what the hub deploys; a client that
+/// speaks plain MQTT to the same port, even with the device's valid login,
+/// gets nowhere.
+#[test]
+fn an_agent_reaches_the_embedded_broker_over_tls_and_plain_mqtt_gets_nowhere() -> anyhow::Result<()>
+{
+    let registry = Registry::start()?;
+    let image = registry.push_sample("v1")?;
+    let mut hub = Hub::start(&registry)?;
+    hub.stop();
+    let cert = hub.dir.path().join("api.crt");
+    let key = hub.dir.path().join("api.key");
+    let cfg_path = hub.dir.path().join("hub.toml");
+    let cfg = std::fs::read_to_string(&cfg_path)?.replace(
+        "[mqtt]\n",
+        &format!(
+            "[mqtt]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    std::fs::write(&cfg_path, cfg)?;
+    hub.serve()?;
+    let url = format!("mqtts://127.0.0.1:{}", hub.mqtt_addr().port());
+    let device = unique("etls");
+    let mut agent = Agent::init_with(&hub, &device, &url, Some(&cert), &registry)?;
+    hub.add_device(&device, &agent.public_key)?;
+    agent.start()?;
+    let app = AppDef::hello(&unique("etls-app"), &image);
+    hub.deploy(&device, std::slice::from_ref(&app))?;
+    eventually(PATIENCE, "the app to answer", || app.get("/"));
+    eventually(PATIENCE, "the agent to be connected", || {
+        agent.connected().filter(|c| *c)
+    });
+
+    let topic = outpost_protocol::topics::manifest(&device.parse()?);
+    let plain = mqtt::retained_as(hub.mqtt_addr(), Some(&agent.broker_login()?), &topic);
+    assert!(plain.is_err(), "plain MQTT on the TLS port read {plain:?}");
+    eventually(PATIENCE, "the hub to log the failed handshake", || {
+        hub.log()
+            .contains("broker TLS handshake failed")
+            .then_some(())
+    });
     Ok(())
 }

@@ -42,11 +42,17 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// The rumqttd configuration the hub uses, serving `listener` (already bound to
-/// `listen`), with logins and topics checked by `access`.
+/// One socket the broker serves: bound by the hub, with TLS or without.
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub socket: TcpListener,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The rumqttd configuration the hub uses, serving `listeners` (already
+/// bound), with logins and topics checked by `access`.
 pub fn config(
-    listen: SocketAddr,
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     max_connections: usize,
     access: Arc<BrokerAccess>,
 ) -> rumqttd::Config {
@@ -68,14 +74,22 @@ pub fn config(
     connections.acl = Some(Arc::new(move |client_id, what, topic| {
         access.allows(client_id, what, topic)
     }));
-    let server = rumqttd::ServerSettings {
-        name: "outpost-v4".into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-        listener: Some(rumqttd::BoundListener::new(listener)),
-    };
+    let servers: HashMap<String, rumqttd::ServerSettings> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let server = rumqttd::ServerSettings {
+                name: format!("outpost-v4-{i}"),
+                listen: l.addr,
+                tls: None,
+                next_connection_delay_ms: 0,
+                connections: connections.clone(),
+                listener: Some(rumqttd::BoundListener::new(l.socket)),
+                acceptor: l.tls.map(tls_acceptor),
+            };
+            (i.to_string(), server)
+        })
+        .collect();
     // rumqttd keeps one in-memory commit log per subscription filter, and a
     // log keeps every packet until its segments are full. Each device
     // subscribes to its own manifest and acks topics, so with room for a few
@@ -114,37 +128,98 @@ pub fn config(
     rumqttd::Config {
         id: 0,
         router,
-        v4: Some(HashMap::from([("1".to_string(), server)])),
+        v4: Some(servers),
         console: None,
         ..Default::default()
     }
 }
 
-/// Start the broker on `listen` (port 0 picks a free port) and wait until it
-/// accepts MQTT connections; returns the address it listens on. rumqttd runs on
-/// its own threads for the rest of the process: it has no shutdown API.
+/// A TLS handshake must finish within this, or the connection is dropped
+/// (a client that opens a socket and sends nothing holds no slot for long).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Our rustls (ring) in front of rumqttd (our patch 10,
+/// third_party/README.md): the handshake runs in the connection's own task.
+fn tls_acceptor(config: Arc<rustls::ServerConfig>) -> rumqttd::Acceptor {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    rumqttd::Acceptor(Arc::new(move |stream: tokio::net::TcpStream| {
+        let acceptor = acceptor.clone();
+        Box::pin(async move {
+            let peer = stream.peer_addr().ok();
+            let tls =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::warn!(?peer, error = %e, "broker TLS handshake failed");
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        tracing::warn!(?peer, "broker TLS handshake timed out");
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "TLS handshake timed out",
+                        ));
+                    }
+                };
+            Ok(Box::new(tls) as Box<dyn rumqttd::NetworkStream>)
+        })
+    }))
+}
+
+/// Where a started embedded broker listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Embedded {
+    /// The address devices connect to (TLS when the broker has a certificate).
+    pub addr: SocketAddr,
+    /// Where the hub's own links connect: `addr` without TLS, or a second,
+    /// plaintext listener on loopback when `addr` speaks TLS (so the links do
+    /// not depend on the names in the operator's certificate).
+    pub local: SocketAddr,
+}
+
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let socket = TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+    let bound = socket
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    Ok((socket, bound))
+}
+
+/// Start the broker on `listen` (port 0 picks a free port), with TLS when
+/// `tls` is given, and wait until it accepts MQTT connections. rumqttd runs
+/// on its own threads for the rest of the process: it has no shutdown API.
 pub fn start_embedded(
     listen: SocketAddr,
     max_connections: usize,
     access: Arc<BrokerAccess>,
-) -> Result<SocketAddr, BrokerError> {
-    // The hub binds the socket and rumqttd serves it (our patch, see
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Embedded, BrokerError> {
+    // The hub binds the sockets and rumqttd serves them (our patch, see
     // third_party/README.md): an address in use is reported by name (rumqttd
     // only logs it), and the bound port is known without a window in which
     // another process could take it.
-    let listener = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
-        addr: listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-        addr: listen,
-        source,
-    })?;
+    let (socket, addr) = bind(listen)?;
+    let mut listeners = Vec::new();
+    let local = if tls.is_some() {
+        let (local_socket, local) = bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        listeners.push(Listener {
+            addr: local,
+            socket: local_socket,
+            tls: None,
+        });
+        local
+    } else if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let with_tls = tls.is_some();
+    listeners.push(Listener { addr, socket, tls });
     let probe = (
         access.hub_id().to_string(),
         access.hub_password().to_string(),
     );
-    let cfg = config(addr, listener, max_connections, access);
+    let cfg = config(listeners, max_connections, access);
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
@@ -154,17 +229,12 @@ pub fn start_embedded(
             }
         })
         .map_err(BrokerError::Thread)?;
-    let connect_to = if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
     let mut last = String::new();
     for _ in 0..200 {
-        match mqtt_ping(connect_to, &probe.0, &probe.1) {
+        match mqtt_ping(local, &probe.0, &probe.1) {
             Ok(()) => {
-                tracing::info!(%addr, "embedded MQTT broker listening");
-                return Ok(addr);
+                tracing::info!(%addr, tls = with_tls, %local, "embedded MQTT broker listening");
+                return Ok(Embedded { addr, local });
             }
             Err(e) => last = e.to_string(),
         }

@@ -138,6 +138,32 @@ pub struct ServerSettings {
     /// with no window between binding and serving.
     #[serde(skip)]
     pub listener: Option<BoundListener>,
+    /// Outpost patch: turns each accepted TCP stream into the stream the
+    /// server speaks MQTT over (the embedding program's TLS). Runs in the
+    /// connection's own task, so a slow handshake holds up no other accept;
+    /// an error drops that connection only. Replaces `tls` when set.
+    #[serde(skip)]
+    pub acceptor: Option<Acceptor>,
+}
+
+/// Outpost patch: a stream as the server reads MQTT from it.
+pub use link::network::N as NetworkStream;
+
+/// Outpost patch: what [`ServerSettings::acceptor`] runs for each connection.
+pub type AcceptFn = dyn Fn(
+        tokio::net::TcpStream,
+    ) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<Box<dyn NetworkStream>>> + Send>>
+    + Send
+    + Sync;
+
+/// Outpost patch: see [`ServerSettings::acceptor`].
+#[derive(Clone)]
+pub struct Acceptor(pub Arc<AcceptFn>);
+
+impl fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Acceptor")
+    }
 }
 
 /// Outpost patch: a listening socket handed to [`ServerSettings::listener`].

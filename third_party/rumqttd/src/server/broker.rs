@@ -14,7 +14,7 @@ use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
+use tracing::{debug, error, field, info, warn, Instrument};
 use uuid::Uuid;
 
 #[cfg(feature = "websocket")]
@@ -407,6 +407,35 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+
+            // Outpost patch: the embedding program's acceptor runs in the
+            // connection's task (see `ServerSettings::acceptor`).
+            if let (Some(acceptor), LinkType::Remote) = (&self.config.acceptor, &link_type) {
+                let accept = acceptor.0.clone();
+                let config = config.clone();
+                let router_tx = self.router_tx.clone();
+                let protocol = self.protocol.clone();
+                let will_handlers = self.awaiting_will_handler.clone();
+                count += 1;
+                task::spawn(
+                    async move {
+                        match accept(stream).await {
+                            Ok(network) => {
+                                remote(config, None, router_tx, network, protocol, will_handlers)
+                                    .await
+                            }
+                            Err(e) => debug!(error=?e, ?addr, "stream accept failed"),
+                        }
+                    }
+                    .instrument(tracing::error_span!(
+                        "remote_link",
+                        client_id = field::Empty,
+                        connection_id = field::Empty,
+                    )),
+                );
+                time::sleep(delay).await;
+                continue;
+            }
 
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
