@@ -77,6 +77,31 @@ pub struct MqttConfig {
     /// withholds CONNACK, so it is set well above the expected fleet size.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Client certificates the hub's two links present to an external broker
+    /// (`outpost-hub broker-config mosquitto` makes them and prints this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<LinkCerts>,
+    /// Command run (no shell) after the hub rewrote the broker CRL
+    /// (`device remove`), e.g. `["systemctl", "restart", "mosquitto"]`:
+    /// Mosquitto reads its CRL only at start (docs/security.md). Its
+    /// failure fails the removal's request with the command's output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_revoke: Vec<String>,
+    /// Where the hub also writes the broker CRL (the file Mosquitto's
+    /// `crlfile` names): Mosquitto rereads it as its own user, which cannot
+    /// read the hub's private data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
+}
+
+/// PEM certificate and key paths of the hub's two MQTT links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkCerts {
+    pub ingest_cert: PathBuf,
+    pub ingest_key: PathBuf,
+    pub publish_cert: PathBuf,
+    pub publish_key: PathBuf,
 }
 
 /// Registry access for resolving image tags to digests: the `[registry]`
@@ -106,6 +131,9 @@ impl Default for MqttConfig {
             ca_file: None,
             client_id: default_client_id(),
             max_connections: default_max_connections(),
+            client_auth: None,
+            on_revoke: Vec::new(),
+            crl_file: None,
         }
     }
 }
@@ -238,6 +266,10 @@ impl DataDir {
     }
     pub fn token(&self) -> PathBuf {
         self.root.join("token")
+    }
+    /// The broker CA's directory (`broker::ca::CaFiles`).
+    pub fn broker_ca(&self) -> PathBuf {
+        self.root.join("broker-ca")
     }
 }
 
