@@ -199,7 +199,13 @@ pub async fn run(
 
     // The link.
     let broker = cfg.broker_addr()?;
-    match link::connect(&device, &key, &broker, cfg.ca_file.as_deref()) {
+    match link::connect(
+        &device,
+        &key,
+        &broker,
+        cfg.ca_file.as_deref(),
+        cfg.broker_cert.as_deref(),
+    ) {
         Err(e) => {
             // Apps keep running from the persisted manifest; only the link is off.
             // The inbox's and the link's writers stay unused in this scope until
@@ -395,6 +401,7 @@ mod tests {
             &device,
             &key,
             &crate::config::parse_broker("mqtt://127.0.0.1:1").unwrap(),
+            None,
             None,
         )
         .unwrap();

@@ -91,6 +91,12 @@ pub struct InitArgs {
     /// default: the system bundle).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for this device's key from the hub's CA
+    /// (`outpost-hub device add --cert-out`), presented over `mqtts://` to
+    /// an external Mosquitto. Run `init` first to get the key, register the
+    /// device, then run `init` again with this flag (the key is kept).
+    #[arg(long)]
+    pub broker_cert: Option<PathBuf>,
     /// Root public key: 64 hex characters, or a file containing them (`root.pub`).
     #[arg(long)]
     pub root_key: String,
@@ -368,6 +374,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
         device_id: device_id.clone(),
         broker: a.broker,
         ca_file: a.ca_file,
+        broker_cert: a.broker_cert.clone(),
         root_key: root.to_string(),
         keyset_file,
         data_dir: a.data_dir,
@@ -397,6 +404,15 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
             .with_context(|| format!("writing device key {}", key_path.display()))?;
         key
     };
+    if let Some(path) = &a.broker_cert {
+        if !cfg.broker_addr()?.tls {
+            bail!("--broker-cert needs an mqtts:// --broker");
+        }
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --broker-cert {}", path.display()))?;
+        crate::link::cert_is_for_key(&pem, &key.public_key().0)
+            .map_err(|why| anyhow::anyhow!("--broker-cert {}: {why}", path.display()))?;
+    }
     cfg.save(config_path)?;
     let pk = key.public_key();
     println!("device-id: {device_id}");

@@ -120,6 +120,11 @@ pub struct Config {
     /// PEM CA bundle for `mqtts://`; the system bundle when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for this device's key, issued by the hub's CA
+    /// (`outpost-hub device add --cert-out`): presented with `mqtts://` to a
+    /// Mosquitto that knows devices by certificate. Unset: password login only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cert: Option<PathBuf>,
     /// Hex ed25519 root public key that signs key sets.
     pub root_key: String,
     /// The initial `SignedKeySet` (copied into the data dir by `init`).
@@ -190,7 +195,12 @@ impl Config {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
-        cfg.broker_addr()?;
+        if cfg.broker_cert.is_some() && !cfg.broker_addr()?.tls {
+            return Err(ConfigError::BadBroker {
+                url: cfg.broker.clone(),
+                why: "broker_cert is set: a client certificate needs mqtts://",
+            });
+        }
         cfg.root_public_key()?;
         cfg.budget()?;
         if cfg.logs.files == 0 {
@@ -378,6 +388,7 @@ mod tests {
             device_id: "pi-1".parse().unwrap(),
             broker: "mqtt://127.0.0.1:1883".into(),
             ca_file: None,
+            broker_cert: None,
             root_key: "ab".repeat(32),
             keyset_file: dir.path().join("keyset.bin"),
             data_dir: dir.path().into(),

@@ -97,6 +97,60 @@ pub enum LinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the broker certificate {path}: {source}")]
+    BrokerCert {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the broker certificate {path} is not for this device's key: {why}")]
+    WrongBrokerCert { path: PathBuf, why: String },
+}
+
+/// The DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410), followed
+/// by the 32 key bytes.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// Whether the PEM certificate `pem` certifies the ed25519 `public_key`:
+/// its DER holds the key's SubjectPublicKeyInfo (44 bytes that do not occur
+/// by chance). (Pure.)
+pub fn cert_is_for_key(pem: &str, public_key: &[u8; 32]) -> Result<(), String> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    let mut spki = ED25519_SPKI_PREFIX.to_vec();
+    spki.extend_from_slice(public_key);
+    if der.windows(spki.len()).any(|w| w == spki.as_slice()) {
+        Ok(())
+    } else {
+        Err("it certifies another key (issue one with `outpost-hub device cert`)".into())
+    }
+}
+
+/// The device key (PKCS#8 DER, as ring made it) as the PEM rumqttc's
+/// rustls loads (`PRIVATE KEY`; ring's ed25519 PKCS#8 v2 is accepted).
+pub fn key_pem(pkcs8: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
 }
 
 /// Client id = device id (stable, so the broker keeps our session), persistent
@@ -110,6 +164,21 @@ pub fn options(
     broker: &BrokerAddr,
     ca_file: Option<&Path>,
 ) -> Result<MqttOptions, LinkError> {
+    options_with_cert(device, key, broker, ca_file, None)
+}
+
+/// [`options`], and with `broker_cert` (a PEM client certificate the hub CA
+/// issued for this device's key) a `mqtts://` link presents it with the
+/// device key: how an external Mosquitto knows the device. The password
+/// login is still sent; such a Mosquitto ignores it (the certificate's name
+/// is the username).
+pub fn options_with_cert(
+    device: &DeviceId,
+    key: &SigningKey,
+    broker: &BrokerAddr,
+    ca_file: Option<&Path>,
+    broker_cert: Option<&Path>,
+) -> Result<MqttOptions, LinkError> {
     let mut o = MqttOptions::new(device.as_str(), broker.host.clone(), broker.port);
     o.set_credentials(device.as_str(), login::device_password(key, device));
     o.set_clean_session(false)
@@ -120,12 +189,28 @@ pub fn options(
     if broker.tls {
         let path = ca_file.map_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE), Path::to_path_buf);
         let ca = std::fs::read(&path).map_err(|source| LinkError::CaFile { path, source })?;
+        let client_auth = match broker_cert {
+            None => None,
+            Some(p) => {
+                let pem = std::fs::read_to_string(p).map_err(|source| LinkError::BrokerCert {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                cert_is_for_key(&pem, &key.public_key().0).map_err(|why| {
+                    LinkError::WrongBrokerCert {
+                        path: p.to_path_buf(),
+                        why,
+                    }
+                })?;
+                Some((pem.into_bytes(), key_pem(key.pkcs8()).into_bytes()))
+            }
+        };
         // rumqttc's rustls needs a process-wide provider: ring (no aws-lc-rs).
         let _ = rustls::crypto::ring::default_provider().install_default();
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
             ca,
             alpn: None,
-            client_auth: None,
+            client_auth,
         }));
     }
     Ok(o)
@@ -142,8 +227,12 @@ pub fn connect(
     key: &SigningKey,
     broker: &BrokerAddr,
     ca_file: Option<&Path>,
+    broker_cert: Option<&Path>,
 ) -> Result<(AsyncClient, LinkDriver), LinkError> {
-    Ok(connect_with(device, options(device, key, broker, ca_file)?))
+    Ok(connect_with(
+        device,
+        options_with_cert(device, key, broker, ca_file, broker_cert)?,
+    ))
 }
 
 /// [`connect`] with options the caller built with [`options`]: the fleet
@@ -297,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_certificate_must_certify_this_devices_key() {
+        use base64::Engine;
+        let k = key();
+        let pk = k.public_key().0;
+        let pem_of = |der: &[u8]| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
+        };
+        // A certificate's DER holds the key's SubjectPublicKeyInfo.
+        let mut der = vec![0x30, 0x82, 0x01, 0x00];
+        der.extend_from_slice(&ED25519_SPKI_PREFIX);
+        der.extend_from_slice(&pk);
+        der.extend_from_slice(&[0xa3, 0x00]);
+        assert_eq!(cert_is_for_key(&pem_of(&der), &pk), Ok(()));
+        let other = SigningKey::generate().unwrap().public_key().0;
+        assert!(cert_is_for_key(&pem_of(&der), &other).is_err());
+        assert!(cert_is_for_key("not a pem", &pk).is_err());
+        // The key PEM rustls loads: PKCS#8 under PRIVATE KEY.
+        let pem = key_pem(k.pkcs8());
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert!(pem.lines().all(|l| l.len() <= 64));
+    }
+
+    #[test]
     fn tls_needs_a_readable_ca_bundle_and_names_it() {
         let broker = BrokerAddr {
             host: "h".into(),
@@ -321,7 +434,7 @@ mod tests {
             port: 1,
             tls: false,
         };
-        let (_client, driver) = connect(&device, &key(), &broker, None).unwrap();
+        let (_client, driver) = connect(&device, &key(), &broker, None, None).unwrap();
         let o = options(&device, &key(), &broker, None).unwrap();
         let (_client, with) = connect_with(&device, o);
         for d in [driver, with] {

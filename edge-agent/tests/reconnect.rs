@@ -48,7 +48,7 @@ async fn a_broker_that_connacks_then_drops_is_not_hammered() {
         tls: false,
     };
     let key = outpost_protocol::SigningKey::generate().unwrap();
-    let (_client, driver) = link::connect(&device, &key, &broker, None).unwrap();
+    let (_client, driver) = link::connect(&device, &key, &broker, None, None).unwrap();
     let (in_tx, mut in_rx) = mpsc::unbounded_channel();
     let (ack_tx, _ack_rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();

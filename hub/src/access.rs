@@ -105,6 +105,9 @@ pub enum Request<'a> {
     AddDevice,
     /// `DELETE /v1/devices/{id}`.
     RemoveDevice { id: &'a str },
+    /// `POST /v1/devices/{id}/broker-cert`: a client certificate for an
+    /// external broker, i.e. a device credential.
+    IssueBrokerCert { id: &'a str },
     /// `PATCH /v1/devices/{id}/labels`: the labels before and after.
     LabelDevice {
         id: &'a str,
@@ -144,6 +147,9 @@ impl Request<'_> {
             Request::List => "list".into(),
             Request::AddDevice => "register devices".into(),
             Request::RemoveDevice { id } => format!("remove device {id}"),
+            Request::IssueBrokerCert { id } => {
+                format!("issue a broker certificate for device {id}")
+            }
             Request::LabelDevice { id, .. } => format!("label device {id}"),
             Request::ApplyDeployment { name, .. } => format!("apply deployment {name}"),
             Request::DeleteDeployment { name, .. } => format!("delete deployment {name}"),
@@ -230,7 +236,10 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
                 deny(outside_selector(selector, "its"))
             }
         }
-        Request::AddDevice | Request::RemoveDevice { .. } | Request::ReadAudit => {
+        Request::AddDevice
+        | Request::RemoveDevice { .. }
+        | Request::IssueBrokerCert { .. }
+        | Request::ReadAudit => {
             if caller.role != Role::Admin {
                 deny(format!(
                     "only admin tokens may, this one is {}",
@@ -355,6 +364,7 @@ mod tests {
             ),
             ("add device", Request::AddDevice),
             ("remove device", Request::RemoveDevice { id: "d" }),
+            ("issue broker cert", Request::IssueBrokerCert { id: "d" }),
             (
                 "label a->a",
                 Request::LabelDevice {
@@ -455,6 +465,7 @@ mod tests {
             ("read dep gw", "Y.Y.Y."),
             ("add device", "Y....."),
             ("remove device", "Y....."),
+            ("issue broker cert", "Y....."),
             ("label a->a", "YYYY.."),
             ("label a->b", "Y.Y..."),
             ("label b->a", "Y.Y..."),

@@ -118,6 +118,26 @@ pub enum Command {
     /// API tokens with roles and scopes (needs an admin token).
     #[command(subcommand)]
     Token(crate::cli_tokens::TokenCommand),
+    /// Write an external broker's configuration (runs locally: it uses the
+    /// data directory's broker CA).
+    #[command(subcommand)]
+    BrokerConfig(BrokerConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BrokerConfigCommand {
+    /// Mosquitto: TLS with client certificates from the hub CA, per-device
+    /// ACL, the hub's CRL; prints what hub.toml and agent.toml need.
+    Mosquitto {
+        /// The name (DNS or IP) clients dial; the server certificate's name.
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Directory for mosquitto.conf, acl, ca.pem, server.pem, server.key.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +191,16 @@ pub enum DeviceCommand {
         /// KEY=VALUE, repeatable.
         #[arg(long = "label", short = 'l')]
         labels: Vec<String>,
+        /// Write the device's broker certificate (PEM, for an external
+        /// Mosquitto) to this file.
+        #[arg(long)]
+        cert_out: Option<PathBuf>,
+    },
+    /// Issue a new broker certificate for a registered device.
+    Cert {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Unregister a device and clear its retained manifest.
     Remove { id: String },
@@ -255,6 +285,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("root key removed from {}", dir.root.display());
             }
             Ok(())
+        }
+        Command::BrokerConfig(BrokerConfigCommand::Mosquitto { host, port, out }) => {
+            crate::cli_broker::mosquitto_config(&dir, &host, port, &out)
         }
         Command::Keys(KeysCommand::Rotate { root_key }) => {
             let r = signing::rotate(&dir, root_key.as_deref(), crate::hub::now_secs())?;
@@ -353,6 +386,7 @@ fn init(
     crate::tokens::bootstrap(&store, dir, now_secs())?;
     config.save(&dir.config())?;
     println!("initialised {}", dir.root.display());
+    crate::cli_broker::init_ca(dir, &config)?;
     println!(
         "  root public key:   {} ({})",
         created.root_public,
@@ -426,17 +460,29 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
             id,
             public_key,
             labels: ls,
+            cert_out,
         }) => {
             let labels: BTreeMap<String, String> =
                 ls.iter().map(|l| parse_label(l)).collect::<Result<_>>()?;
             let body =
                 serde_json::json!({ "id": id, "public_key": public_key.trim(), "labels": labels });
-            let d: DeviceSummary = c.call(Method::POST, "/v1/devices", Some(&body)).await?;
+            let added: crate::api::AddedDevice =
+                c.call(Method::POST, "/v1/devices", Some(&body)).await?;
+            let d = &added.device;
             println!(
                 "registered {} (desired generation {})",
                 d.id,
                 gen(d.desired)
             );
+            if let Some(out) = cert_out {
+                let cert = added
+                    .broker_cert
+                    .context("the hub sent no broker certificate")?;
+                crate::cli_broker::write_cert(&cert, &out)?;
+            }
+        }
+        Command::Device(DeviceCommand::Cert { id, out }) => {
+            crate::cli_broker::device_cert(c, &id, &out).await?;
         }
         Command::Device(DeviceCommand::Remove { id }) => {
             c.call::<(), ()>(Method::DELETE, &format!("/v1/devices/{id}"), None)
@@ -618,7 +664,11 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
             }
         }
         Command::Rollout(cmd) => rollout(cmd, c).await?,
-        Command::Init { .. } | Command::Serve { .. } | Command::Keys(_) | Command::Token(_) => {
+        Command::Init { .. }
+        | Command::Serve { .. }
+        | Command::Keys(_)
+        | Command::Token(_)
+        | Command::BrokerConfig(_) => {
             bail!("internal: local command routed to the API client")
         }
     }

@@ -142,6 +142,31 @@ pub struct MqttConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Client certificates the hub's two links present to an external broker
+    /// (`outpost-hub broker-config mosquitto` makes them and prints this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<LinkCerts>,
+    /// Command run (no shell) after the hub rewrote the broker CRL
+    /// (`device remove`), e.g. `["systemctl", "reload", "mosquitto"]`:
+    /// Mosquitto rereads its CRL at start and on SIGHUP (docs/security.md).
+    /// Its failure fails the removal's request with the command's output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_revoke: Vec<String>,
+    /// Where the hub also writes the broker CRL (the file Mosquitto's
+    /// `crlfile` names): Mosquitto rereads it as its own user, which cannot
+    /// read the hub's private data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
+}
+
+/// PEM certificate and key paths of the hub's two MQTT links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkCerts {
+    pub ingest_cert: PathBuf,
+    pub ingest_key: PathBuf,
+    pub publish_cert: PathBuf,
+    pub publish_key: PathBuf,
 }
 
 /// Registry access for resolving image tags to digests: the `[registry]`
@@ -173,6 +198,9 @@ impl Default for MqttConfig {
             max_connections: default_max_connections(),
             tls_cert: None,
             tls_key: None,
+            client_auth: None,
+            on_revoke: Vec::new(),
+            crl_file: None,
         }
     }
 }
@@ -327,6 +355,10 @@ impl DataDir {
     /// The private key of [`DataDir::api_cert`] (PEM, mode 0600).
     pub fn api_key(&self) -> PathBuf {
         self.root.join("api.key")
+    }
+    /// The broker CA's directory (`broker::ca::CaFiles`).
+    pub fn broker_ca(&self) -> PathBuf {
+        self.root.join("broker-ca")
     }
 }
 

@@ -22,7 +22,8 @@
 //! - [`store`]: the redb tables and typed transactions.
 //! - [`hub`]: operations (register, label, apply, delete) = validate, render,
 //!   sign, persist in one transaction, then hand off to the publisher.
-//! - [`broker`]: the embedded rumqttd broker.
+//! - [`broker`]: the embedded rumqttd broker, its login and topic rules, and
+//!   for an external Mosquitto the hub's CA and the generated configuration.
 //! - [`link`]: rumqttc options and the event-loop driver with its own backoff,
 //!   for the hub's two connections (ingest: subscribe + acks; publish: manifests).
 //! - [`outbox`]: what the publisher is asked to do, so committers and the
@@ -40,7 +41,9 @@
 //! - [`serve`]: wiring it all together; [`serve::start`] runs a hub in-process
 //!   (used by tests and the fleet simulator).
 //! - [`cli`] and [`client`]: the command line and its HTTP client (TLS,
-//!   the data directory's certificate pinned); [`cli_tokens`]: `token …`.
+//!   the data directory's certificate pinned); [`cli_tokens`]: `token …`;
+//!   [`cli_broker`]: its broker-credential commands (`broker-config`,
+//!   device certificates).
 //! - [`memory`]: allocator settings for a long-running hub process.
 //! - [`clock`]: the one reader of the wall clock; operations take time from
 //!   the hub's clock.
@@ -50,6 +53,7 @@ pub mod admission;
 pub mod api;
 pub mod broker;
 pub mod cli;
+pub mod cli_broker;
 pub mod cli_tokens;
 pub mod client;
 pub mod clock;

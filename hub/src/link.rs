@@ -44,6 +44,11 @@ pub enum LinkError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read the MQTT client certificate or key {path}: {source}")]
+    ClientAuth {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Client id of the publish link: the ingest link's id with `-pub` appended.
@@ -55,12 +60,15 @@ pub fn publisher_client_id(client_id: &str) -> String {
 /// Build client options: stable id, persistent session, manual acks, packet
 /// limits that match the broker's. Used for both links. With `password`, the
 /// link logs in with its client id as username (the embedded broker's hub
-/// login, `broker::access`).
+/// login, `broker::access`). With `client_auth` (PEM certificate and key
+/// paths, `[mqtt.client_auth]`), a `mqtts://` link presents that certificate
+/// (an external Mosquitto that takes the client's identity from it).
 pub fn options(
     client_id: &str,
     broker: &BrokerUrl,
     ca_file: Option<&Path>,
     password: Option<&str>,
+    client_auth: Option<(&Path, &Path)>,
 ) -> Result<MqttOptions, LinkError> {
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     if let Some(password) = password {
@@ -77,12 +85,22 @@ pub fn options(
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
         let ca = std::fs::read(&path).map_err(|source| LinkError::CaFile { path, source })?;
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| LinkError::ClientAuth {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let client_auth = match client_auth {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
         // rumqttc's rustls needs a process-wide provider; ring, never aws-lc-rs.
         let _ = rustls::crypto::ring::default_provider().install_default();
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
             ca,
             alpn: None,
-            client_auth: None,
+            client_auth,
         }));
     }
     Ok(o)

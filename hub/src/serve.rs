@@ -41,6 +41,8 @@ pub enum ServeError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    BrokerCa(#[from] crate::broker::ca::CaError),
     #[error("cannot re-sign manifests under the current signing key: {0}")]
     Reissue(#[from] crate::hub::HubError),
     #[error("the first admin API token: {0}")]
@@ -160,18 +162,37 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
     };
 
     // Two connections (see `link`): acks never queue behind manifest publishes.
+    let certs = opts.config.mqtt.client_auth.as_ref();
     let ingest_opts = link::options(
         &ingest_id,
         &target,
         opts.config.mqtt.ca_file.as_deref(),
         login.as_deref(),
+        certs.map(|c| (c.ingest_cert.as_path(), c.ingest_key.as_path())),
     )?;
     let publish_opts = link::options(
         &publish_id,
         &target,
         opts.config.mqtt.ca_file.as_deref(),
         login.as_deref(),
+        certs.map(|c| (c.publish_cert.as_path(), c.publish_key.as_path())),
     )?;
+    // The broker CA (made here for data directories older than it): devices
+    // get certificates at `device add`, and its CRL is written afresh.
+    let broker_ca = {
+        let files = crate::broker::ca::CaFiles::new(dir.broker_ca());
+        let on_revoke = opts.config.mqtt.on_revoke.clone();
+        let crl_copy = opts.config.mqtt.crl_file.clone();
+        let now = crate::clock::now_secs();
+        tokio::task::spawn_blocking(move || {
+            let ca = crate::broker::ca::BrokerCa::open_or_create(files, now, on_revoke)?
+                .with_crl_copy(crl_copy);
+            ca.write_crl(now)?;
+            Ok::<_, crate::broker::ca::CaError>(Arc::new(ca))
+        })
+        .await
+        .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??
+    };
     let (ingest_client, ingest_eventloop) = link::client(ingest_opts);
     let (publish_client, publish_eventloop) = link::client(publish_opts);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
@@ -180,7 +201,9 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
     let keyset = signer.keyset_bytes().to_vec();
     let policy = opts.config.admission_policy()?;
     let hub = Arc::new(
-        Hub::new(store.clone(), signer, opts.resolver, outbox_tx.clone()).with_policy(policy),
+        Hub::new(store.clone(), signer, opts.resolver, outbox_tx.clone())
+            .with_policy(policy)
+            .with_broker_ca(broker_ca),
     );
     // Before the publisher's first republish-all, so that agents get manifests
     // signed by the current key right after its key set.

@@ -225,6 +225,7 @@ async fn every_role_and_scope_is_allowed_exactly_what_it_should() {
         ("Y...uu", post.clone(), "/v1/devices", Some(json!({ "id": "new-{c}", "public_key": "{key}", "labels": { "site": "a" } }))),
         ("Y...uu", post.clone(), "/v1/devices/batch", Some(json!({ "devices": [{ "id": "batch-{c}", "public_key": "{key}", "labels": { "site": "a" } }] }))),
         ("Y...uu", del.clone(), "/v1/devices/new-{c}", None),
+        ("Y...uu", post.clone(), "/v1/devices/a-1/broker-cert", None),
         ("YY..uu", patch.clone(), "/v1/devices/a-1/labels", Some(json!({ "set": { "by": "{c}" } }))),
         ("-...uu", patch.clone(), "/v1/devices/a-2/labels", Some(json!({ "set": { "site": "b" } }))),
         ("-...uu", patch.clone(), "/v1/devices/b-1/labels", Some(json!({ "set": { "site": "a" } }))),

@@ -36,7 +36,15 @@ pub struct MosquittoConfig {
     /// More configuration lines, appended (listener options among them apply
     /// to the last listener).
     pub extra: String,
+    /// A whole configuration of one listener instead (e.g. one `outpost-hub
+    /// broker-config mosquitto` wrote), with `LEASED_PORT` where its port
+    /// goes; the fixture adds `user root` (its files may be in a private
+    /// temp dir) and leases the port, reported as [`Mosquitto::tls_port`].
+    pub custom: Option<String>,
 }
+
+/// The token [`MosquittoConfig::custom`] has in place of the port.
+pub const LEASED_PORT: &str = "LEASED_PORT";
 
 /// A running (or killed, see [`Mosquitto::kill`]) Mosquitto.
 #[derive(Debug)]
@@ -59,7 +67,7 @@ impl Mosquitto {
     }
 
     pub fn start_with(config: MosquittoConfig) -> Result<Mosquitto> {
-        if !config.plain && !config.tls {
+        if !config.plain && !config.tls && config.custom.is_none() {
             bail!("a Mosquitto without listeners");
         }
         let dir = tempfile::tempdir()?;
@@ -85,7 +93,9 @@ impl Mosquitto {
         let mut last = None;
         for _ in 0..BIND_ATTEMPTS {
             self.plain = self.config.plain.then(PortLease::new).transpose()?;
-            self.tls = self.config.tls.then(PortLease::new).transpose()?;
+            self.tls = (self.config.tls || self.config.custom.is_some())
+                .then(PortLease::new)
+                .transpose()?;
             match self.spawn()? {
                 Ok(()) => return Ok(()),
                 Err(log) => last = Some(log),
@@ -138,6 +148,12 @@ impl Mosquitto {
         let d = self.dir.path().display();
         // Started as root, Mosquitto drops to its own user unless told not to;
         // the files here are in a private temp dir.
+        if let (Some(custom), Some(l)) = (&self.config.custom, &self.tls) {
+            return format!(
+                "user root\n{}",
+                custom.replace(LEASED_PORT, &l.port().to_string())
+            );
+        }
         let mut c = String::from(
             "user root\nper_listener_settings false\nallow_anonymous true\npersistence false\n",
         );

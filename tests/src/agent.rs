@@ -30,6 +30,8 @@ pub struct Agent {
     pub public_key: String,
     proc: Option<ProcessGuard>,
     boots: Mutex<u32>,
+    /// How it was provisioned, to run `init` again ([`Agent::provision_broker_cert`]).
+    init: AgentInit,
 }
 
 impl Agent {
@@ -95,7 +97,7 @@ impl Agent {
                 extra.push(registry.host().into());
             }
         }
-        let public_key = AgentInit {
+        let init = AgentInit {
             bin: bins().agent.clone(),
             config: dir.path().join("agent.toml"),
             device_id: device_id.into(),
@@ -106,8 +108,8 @@ impl Agent {
             run_dir: Some(dir.path().join("run")),
             ca_file: ca_file.map(Path::to_path_buf),
             extra,
-        }
-        .run()?;
+        };
+        let public_key = init.run()?;
         // The run dir is a real tmpfs, as `/run` on a device: a power cut
         // (`Agent::power_cut`) loses it.
         reboot::mount_tmpfs(&dir.path().join("run"))?;
@@ -117,12 +119,26 @@ impl Agent {
             public_key,
             proc: None,
             boots: Mutex::new(0),
+            init,
         };
         // Agents of parallel tests (and several agents of one test) share
         // this host, and containers are named by app and spec: a cgroup
         // parent each keeps one agent's orphan sweep off another's apps.
         agent.set_setting("cgroup_parent", &format!("\"{}\"", agent.cgroup_parent()))?;
         Ok(agent)
+    }
+
+    /// `outpost-agent init` again, as an operator provisions a device for a
+    /// Mosquitto that knows devices by certificate: the same arguments plus
+    /// `--broker-cert CERT` (issued by the hub for the key the first `init`
+    /// made, which this one keeps).
+    pub fn provision_broker_cert(&self, cert: &Path) -> Result<()> {
+        let mut init = self.init.clone();
+        init.extra.push("--broker-cert".into());
+        init.extra.push(cert.into());
+        let key = init.run()?;
+        anyhow::ensure!(key == self.public_key, "init changed the device key");
+        self.set_setting("cgroup_parent", &format!("\"{}\"", self.cgroup_parent()))
     }
 
     /// The cgroup holding this agent's apps (`cgroup_parent` in its config).

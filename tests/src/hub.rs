@@ -96,6 +96,74 @@ impl Hub {
         Ok(hub)
     }
 
+    /// A hub whose broker is a Mosquitto running the configuration
+    /// `outpost-hub broker-config mosquitto` wrote (on a leased loopback port
+    /// instead of 8883 of every address), with the `hub.toml` lines it
+    /// printed and `on_revoke` sending that Mosquitto SIGHUP. Returns the
+    /// Mosquitto (keep it alive) and its CA file for agents.
+    pub fn start_with_locked_mosquitto(
+        registry: &Registry,
+    ) -> Result<(
+        Hub,
+        outpost_test_support::mosquitto::Mosquitto,
+        std::path::PathBuf,
+    )> {
+        use outpost_test_support::mosquitto::{Mosquitto, MosquittoConfig, LEASED_PORT};
+        let dir = tempfile::tempdir()?;
+        run(Command::new(&bins().hub)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("init"))?;
+        let out = dir.path().join("mosquitto");
+        run(Command::new(&bins().hub)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["broker-config", "mosquitto", "--host", "127.0.0.1", "--out"])
+            .arg(&out))?;
+        let conf = std::fs::read_to_string(out.join("mosquitto.conf"))?;
+        ensure!(
+            conf.contains("\nlistener 8883\n"),
+            "unexpected listener in\n{conf}"
+        );
+        let conf = conf.replace(
+            "\nlistener 8883\n",
+            &format!("\nlistener {LEASED_PORT} 127.0.0.1\n"),
+        );
+        let mosquitto = Mosquitto::start_with(MosquittoConfig {
+            custom: Some(conf),
+            ..MosquittoConfig::default()
+        })?;
+        let port = mosquitto.tls_port().context("the TLS listener")?;
+        let pid = mosquitto.pid().context("Mosquitto's pid")?;
+        let ca = dir.path().join("broker-ca");
+        let cfg_path = dir.path().join("hub.toml");
+        let cfg = std::fs::read_to_string(&cfg_path)?.replacen(
+            "[mqtt]\n",
+            &format!(
+                "[mqtt]\nca_file = \"{}\"\ncrl_file = \"{}\"\non_revoke = [\"kill\", \"-HUP\", \"{pid}\"]\n",
+                out.join("ca.pem").display(),
+                out.join("crl.pem").display()
+            ),
+            1,
+        ) + &format!(
+            "\n[mqtt.client_auth]\ningest_cert = \"{c}/hub-ingest.pem\"\ningest_key = \"{c}/hub-ingest.key\"\n\
+             publish_cert = \"{c}/hub-publish.pem\"\npublish_key = \"{c}/hub-publish.key\"\n",
+            c = ca.display()
+        );
+        std::fs::write(&cfg_path, cfg)?;
+        set_registry_section(&cfg_path, registry.client_settings(true))?;
+        let mut hub = Hub {
+            dir,
+            mqtt_port: port,
+            mqtt_lease: None,
+            external: Some(format!("mqtts://127.0.0.1:{port}")),
+            http: None,
+            proc: None,
+        };
+        hub.serve()?;
+        Ok((hub, mosquitto, out.join("ca.pem")))
+    }
+
     /// Start (again) `outpost-hub serve`; returns once it reported its
     /// addresses, or with its log if it exited first.
     pub fn serve(&mut self) -> Result<()> {
@@ -162,6 +230,23 @@ impl Hub {
         }
         let out = run(cmd.args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// [`Hub::add_device`], writing the device's broker certificate to `cert_out`.
+    pub fn add_device_with_cert(&self, id: &str, public_key: &str, cert_out: &Path) -> Result<()> {
+        let out = cert_out.to_str().context("a UTF-8 path")?;
+        self.cli(&[
+            "device",
+            "add",
+            id,
+            "--public-key",
+            public_key,
+            "--label",
+            &format!("e2e={id}"),
+            "--cert-out",
+            out,
+        ])
+        .map(|_| ())
     }
 
     pub fn add_device(&self, id: &str, public_key: &str) -> Result<()> {

@@ -121,7 +121,21 @@ impl From<HubError> for AppError {
                 message: e.to_string(),
                 denied: None,
             },
-            HubError::Store(_) | HubError::Keys(_) | HubError::Internal(_) => {
+            // The operator's own command failed: say how, and that the
+            // device is removed and its certificate in the CRL.
+            HubError::BrokerCa(crate::broker::ca::CaError::Hook { .. }) => {
+                tracing::error!(error = %e, "on_revoke command failed");
+                AppError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    field: None,
+                    message: format!("the device is removed, but the broker was not told: {e}"),
+                    denied: None,
+                }
+            }
+            HubError::Store(_)
+            | HubError::Keys(_)
+            | HubError::BrokerCa(_)
+            | HubError::Internal(_) => {
                 tracing::error!(error = %e, "request failed");
                 AppError::internal()
             }

@@ -50,6 +50,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/devices/batch", post(add_devices))
         .route("/v1/devices/{id}", get(get_device).delete(remove_device))
         .route("/v1/devices/{id}/labels", patch(label_device))
+        .route("/v1/devices/{id}/broker-cert", post(device_broker_cert))
         .route("/v1/devices/{id}/events", get(device_events))
         .route("/v1/deployments", get(list_deployments).put(apply))
         .route(
@@ -126,11 +127,21 @@ struct NewDevice {
     labels: BTreeMap<String, String>,
 }
 
+/// `POST /v1/devices`'s answer: the device, and its broker certificate
+/// (for an external Mosquitto; `None` from a hub without a broker CA).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct AddedDevice {
+    #[serde(flatten)]
+    pub device: DeviceSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cert: Option<crate::hub::BrokerCert>,
+}
+
 async fn add_device(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     raw: Bytes,
-) -> Result<(StatusCode, Json<DeviceSummary>), AppError> {
+) -> Result<(StatusCode, Json<AddedDevice>), AppError> {
     allow(&s, &caller, Access::AddDevice).await?;
     let req: NewDevice = body(&raw)?;
     let id = device_id(&req.id)?;
@@ -141,11 +152,36 @@ async fn add_device(
             AppError::bad_request(Some("public_key".into()), e.to_string())
         })?;
     let rec = s.hub.add_device(id, key, req.labels, caller.who()).await?;
+    let broker_cert = if s.hub.has_broker_ca() {
+        Some(
+            s.hub
+                .issue_broker_cert(rec.id.clone(), caller.who())
+                .await?,
+        )
+    } else {
+        None
+    };
     let meta = s.hub.store.manifest_meta(&rec.id)?;
     Ok((
         StatusCode::CREATED,
-        Json(DeviceSummary::new(&rec, meta.as_ref(), None, s.hub.now())),
+        Json(AddedDevice {
+            device: DeviceSummary::new(&rec, meta.as_ref(), None, s.hub.now()),
+            broker_cert,
+        }),
     ))
+}
+
+/// A new broker certificate for a registered device (one registered before
+/// the hub had a CA, or one whose certificate file was lost).
+async fn device_broker_cert(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<crate::hub::BrokerCert>), AppError> {
+    allow(&s, &caller, Access::IssueBrokerCert { id: id.as_str() }).await?;
+    let id = device_id(&id)?;
+    let cert = s.hub.issue_broker_cert(id, caller.who()).await?;
+    Ok((StatusCode::CREATED, Json(cert)))
 }
 
 #[derive(Deserialize)]

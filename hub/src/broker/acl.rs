@@ -7,7 +7,7 @@
 //! two links (their client ids contain ':', which no device id can) use every
 //! Outpost topic. Any other client id is nobody.
 
-use outpost_protocol::topics::{self, DeviceId, DeviceTopic};
+use outpost_protocol::topics::{self, DeviceId};
 use rumqttd::AclAccess;
 
 /// A client, as its (authenticated) client id makes it.
@@ -29,20 +29,59 @@ pub fn who(client_id: &str, hub_ids: &[String; 2]) -> Who {
     }
 }
 
+/// One thing every device may do with its own topics or the key set: the
+/// single list both the embedded broker's check ([`may`]) and the Mosquitto
+/// ACL (`mosquitto.rs`, one `pattern` line each) are made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceGrant {
+    ReadManifest,
+    ReadAcks,
+    ReadKeySet,
+    WriteStatus,
+    WriteEvents,
+}
+
+/// Everything a device may do; nothing else, no wildcards.
+pub const DEVICE_GRANTS: [DeviceGrant; 5] = [
+    DeviceGrant::ReadManifest,
+    DeviceGrant::ReadAcks,
+    DeviceGrant::ReadKeySet,
+    DeviceGrant::WriteStatus,
+    DeviceGrant::WriteEvents,
+];
+
+impl DeviceGrant {
+    /// Subscribe (read) or publish (write).
+    pub fn access(self) -> AclAccess {
+        match self {
+            DeviceGrant::ReadManifest | DeviceGrant::ReadAcks | DeviceGrant::ReadKeySet => {
+                AclAccess::Subscribe
+            }
+            DeviceGrant::WriteStatus | DeviceGrant::WriteEvents => AclAccess::Publish,
+        }
+    }
+
+    /// The topic this grant covers for device `me`.
+    pub fn topic(self, me: &DeviceId) -> String {
+        match self {
+            DeviceGrant::ReadManifest => topics::manifest(me),
+            DeviceGrant::ReadAcks => topics::acks(me),
+            DeviceGrant::ReadKeySet => topics::keyset(),
+            DeviceGrant::WriteStatus => topics::status(me),
+            DeviceGrant::WriteEvents => topics::events(me),
+        }
+    }
+}
+
 /// Whether `who` may `access` `topic` (a topic name for a publish, a filter
 /// for a subscription).
 pub fn may(who: &Who, access: AclAccess, topic: &str) -> bool {
     match who {
         Who::Hub => topic == topics::PREFIX || topic.starts_with(&format!("{}/", topics::PREFIX)),
         Who::Nobody => false,
-        Who::Device(me) => match (access, topics::parse(topic)) {
-            (AclAccess::Subscribe, Some(DeviceTopic::Manifest(d) | DeviceTopic::Acks(d))) => {
-                &d == me
-            }
-            (AclAccess::Publish, Some(DeviceTopic::Status(d) | DeviceTopic::Events(d))) => &d == me,
-            (AclAccess::Subscribe, None) => topic == topics::keyset(),
-            _ => false,
-        },
+        Who::Device(me) => DEVICE_GRANTS
+            .iter()
+            .any(|g| g.access() == access && g.topic(me) == topic),
     }
 }
 

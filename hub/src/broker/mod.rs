@@ -1,6 +1,8 @@
 //! The embedded MQTT broker (rumqttd), started in-process by `serve` unless an
 //! external broker is configured. Who may log in and use which topic is
-//! `access.rs` (rules in `acl.rs`).
+//! `access.rs` (rules in `acl.rs`). For an external Mosquitto: the hub's
+//! certificate authority (`ca.rs`: client and server certificates, the CRL)
+//! and the configuration the hub generates (`mosquitto.rs`).
 //!
 //! rumqttd keeps retained messages and sessions in memory only, which is why the
 //! hub republishes every manifest whenever it (re)connects. Its payload limit is
@@ -10,6 +12,8 @@
 
 pub mod access;
 pub mod acl;
+pub mod ca;
+pub mod mosquitto;
 
 use access::BrokerAccess;
 use outpost_protocol::{topics, MAX_MESSAGE_BYTES};

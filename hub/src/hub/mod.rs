@@ -7,7 +7,10 @@
 //! ids to the publisher. The publisher reads the bytes back from the store, so
 //! whatever it sends is the latest committed manifest (latest wins).
 
+mod broker_certs;
 pub mod rollouts;
+
+pub use broker_certs::BrokerCert;
 
 use crate::admission::{self, AdmissionPolicy, Refused};
 use crate::clock::{Clock, SystemClock};
@@ -58,6 +61,8 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyFileError),
+    #[error(transparent)]
+    BrokerCa(#[from] crate::broker::ca::CaError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -123,6 +128,8 @@ pub struct Hub {
     /// once at start, so a change takes a restart.
     policy: AdmissionPolicy,
     outbox: mpsc::UnboundedSender<Outbox>,
+    /// Issues and revokes devices' broker certificates (`broker_certs.rs`).
+    pub(crate) broker_ca: Option<Arc<crate::broker::ca::BrokerCa>>,
     /// Hub clock (unix seconds) of the last "you are behind" republish per device,
     /// so a device that is slow to apply is not flooded.
     pub(crate) republished: Mutex<HashMap<DeviceId, u64>>,
@@ -210,6 +217,7 @@ impl Hub {
             clock: Arc::new(SystemClock),
             policy: AdmissionPolicy::default(),
             outbox,
+            broker_ca: None,
             republished: Mutex::new(HashMap::new()),
         }
     }
@@ -373,6 +381,10 @@ impl Hub {
         id: DeviceId,
         who: String,
     ) -> Result<(), HubError> {
+        // Revoked first: a removal that fails after this leaves a device
+        // still registered whose certificate is revoked, which a retried
+        // removal completes; never a removed device with a valid one.
+        let revoked = self.revoke_broker_certs(&id).await?;
         let id2 = id.clone();
         self.transact(who, move |op| {
             if !op.tx.remove_device(&id2)? {
@@ -387,6 +399,9 @@ impl Hub {
         })
         .await?;
         tracing::info!(device_id = %id, "device removed");
+        if !revoked.is_empty() {
+            self.after_revocation().await?;
+        }
         Ok(())
     }
 
