@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{init, HubProc, DEADLINE};
+use common::{init, mqtt_connect, HubProc, DEADLINE};
 use outpost_hub::api::Stats;
 use outpost_protocol::{login, topics, DeviceId, SigningKey};
 use rumqttc::{
@@ -43,23 +43,6 @@ fn options(port: u16, client_id: &str, login: Option<(&str, String)>) -> MqttOpt
         o.set_credentials(user, password);
     }
     o
-}
-
-/// Connect; the CONNACK's verdict (`Ok` = accepted) and the live client.
-async fn connect(o: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
-    let (c, mut el) = AsyncClient::new(o, 16);
-    let verdict = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await
-    .expect("no CONNACK and no error");
-    verdict.map(|()| (c, el))
 }
 
 fn refused_with(r: Result<(AsyncClient, EventLoop), ConnectionError>, code: ConnectReturnCode) {
@@ -115,25 +98,25 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
     // client id, the hub's client id, an unregistered device: all refused at
     // CONNECT, with a CONNACK that says so.
     let bad = ConnectReturnCode::BadUserNamePassword;
-    refused_with(connect(options(port, "dev-a", None)).await, bad);
+    refused_with(mqtt_connect(options(port, "dev-a", None)).await, bad);
     refused_with(
-        connect(options(port, "dev-a", Some(("dev-a", "v1.00".into())))).await,
+        mqtt_connect(options(port, "dev-a", Some(("dev-a", "v1.00".into())))).await,
         bad,
     );
     refused_with(
-        connect(options(port, "dev-a", Some(("dev-a", b.password())))).await,
+        mqtt_connect(options(port, "dev-a", Some(("dev-a", b.password())))).await,
         bad,
     );
     refused_with(
-        connect(options(port, "dev-b", Some(("dev-a", a.password())))).await,
+        mqtt_connect(options(port, "dev-b", Some(("dev-a", a.password())))).await,
         bad,
     );
     refused_with(
-        connect(options(port, "outpost:hub", Some(("dev-a", a.password())))).await,
+        mqtt_connect(options(port, "outpost:hub", Some(("dev-a", a.password())))).await,
         bad,
     );
     refused_with(
-        connect(options(
+        mqtt_connect(options(
             port,
             "outpost:hub",
             Some(("outpost:hub", a.password())),
@@ -143,7 +126,7 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
     );
     let stranger = Dev::new("dev-x");
     refused_with(
-        connect(options(port, "dev-x", Some(("dev-x", stranger.password())))).await,
+        mqtt_connect(options(port, "dev-x", Some(("dev-x", stranger.password())))).await,
         bad,
     );
     // A last will on another device's status topic would have the broker
@@ -155,10 +138,13 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
         QoS::AtLeastOnce,
         false,
     ));
-    refused_with(connect(with_will).await, ConnectReturnCode::NotAuthorized);
+    refused_with(
+        mqtt_connect(with_will).await,
+        ConnectReturnCode::NotAuthorized,
+    );
 
     // B, as itself, reads its manifest and the key set.
-    let (b_client, mut b_el) = connect(options(port, "dev-b", Some(("dev-b", b.password()))))
+    let (b_client, mut b_el) = mqtt_connect(options(port, "dev-b", Some(("dev-b", b.password()))))
         .await
         .unwrap();
     b_client
@@ -185,7 +171,7 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
     // A, as itself, asks for B's manifest: the connection is closed and
     // nothing of B's arrives.
     let before = stats(&hub).await;
-    let (c, mut el) = connect(options(port, "dev-a", Some(("dev-a", a.password()))))
+    let (c, mut el) = mqtt_connect(options(port, "dev-a", Some(("dev-a", a.password()))))
         .await
         .unwrap();
     c.subscribe(topics::manifest(&b.id), QoS::AtLeastOnce)
@@ -194,7 +180,7 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
     let got = until_closed(&mut el).await;
     assert!(got.is_empty(), "A read {got:?}");
     // A wildcard over every device's manifest: the same.
-    let (c, mut el) = connect(options(port, "dev-a", Some(("dev-a", a.password()))))
+    let (c, mut el) = mqtt_connect(options(port, "dev-a", Some(("dev-a", a.password()))))
         .await
         .unwrap();
     c.subscribe("outpost/v1/dev/+/manifest", QoS::AtLeastOnce)
@@ -208,7 +194,7 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
         (topics::status(&b.id), b"not b".to_vec()),
         (topics::keyset(), b"not a key set".to_vec()),
     ] {
-        let (c, mut el) = connect(options(port, "dev-a", Some(("dev-a", a.password()))))
+        let (c, mut el) = mqtt_connect(options(port, "dev-a", Some(("dev-a", a.password()))))
             .await
             .unwrap();
         c.publish(&topic, QoS::AtLeastOnce, true, payload)
@@ -227,7 +213,7 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
     assert_eq!(after.broker_logins_refused, Some(7), "{after:?}");
     assert_eq!(after.broker_topics_refused, Some(5), "{after:?}");
     // The retained key set is still the hub's.
-    let (c, mut el) = connect(options(port, "dev-b", Some(("dev-b", b.password()))))
+    let (c, mut el) = mqtt_connect(options(port, "dev-b", Some(("dev-b", b.password()))))
         .await
         .unwrap();
     c.subscribe(topics::keyset(), QoS::AtLeastOnce)
@@ -248,7 +234,7 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
 
     // A device removed while connected: its next packet closes the
     // connection, and it cannot log in again.
-    let (c, mut el) = connect(options(port, "dev-a", Some(("dev-a", a.password()))))
+    let (c, mut el) = mqtt_connect(options(port, "dev-a", Some(("dev-a", a.password()))))
         .await
         .unwrap();
     let poller = tokio::spawn(async move { until_closed(&mut el).await });
@@ -263,12 +249,12 @@ async fn the_embedded_broker_admits_devices_only_as_themselves_and_only_to_their
     .unwrap();
     poller.await.unwrap();
     refused_with(
-        connect(options(port, "dev-a", Some(("dev-a", a.password())))).await,
+        mqtt_connect(options(port, "dev-a", Some(("dev-a", a.password())))).await,
         bad,
     );
     // Nothing above disturbed B: it still logs in.
     tokio::time::sleep(QUIET).await;
-    connect(options(port, "dev-b", Some(("dev-b", b.password()))))
+    mqtt_connect(options(port, "dev-b", Some(("dev-b", b.password()))))
         .await
         .unwrap();
     assert!(hub.proc.log_text().contains("broker login refused"));

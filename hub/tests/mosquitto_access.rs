@@ -15,10 +15,7 @@ use outpost_protocol::{
 };
 use outpost_test_support::eventually_async;
 use outpost_test_support::mosquitto::{Mosquitto, MosquittoConfig, LEASED_PORT};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -52,22 +49,6 @@ fn options(port: u16, client_id: &str, ca: &[u8], auth: Option<(Vec<u8>, Vec<u8>
             client_auth: auth,
         }));
     o
-}
-
-async fn connect(o: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
-    let (c, mut el) = AsyncClient::new(o, 16);
-    let verdict = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await
-    .expect("no CONNACK and no error");
-    verdict.map(|()| (c, el))
 }
 
 /// Topic → payload of every publish that arrives within `quiet` of the last.
@@ -233,11 +214,13 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     let keyset = std::fs::read(dir.join("keyset.bin")).unwrap();
 
     // No certificate: refused during the TLS handshake.
-    assert!(connect(options(port, "dev-a", &ca, None)).await.is_err());
+    assert!(mqtt_connect(options(port, "dev-a", &ca, None))
+        .await
+        .is_err());
 
     // B, as itself, gets its manifest (delivered by the hub through this
     // Mosquitto) and the key set.
-    let (b_client, mut b_el) = connect(options(port, "dev-b", &ca, Some(b.auth())))
+    let (b_client, mut b_el) = mqtt_connect(options(port, "dev-b", &ca, Some(b.auth())))
         .await
         .unwrap();
     b_client
@@ -263,7 +246,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     // A subscribes to everything and B's manifest by name: it reads its own
     // manifest and ack watermark and the key set, nothing of B's (Mosquitto checks read rights
     // per message delivered).
-    let (a_client, mut a_el) = connect(options(port, "dev-a", &ca, Some(a.auth())))
+    let (a_client, mut a_el) = mqtt_connect(options(port, "dev-a", &ca, Some(a.auth())))
         .await
         .unwrap();
     for f in [
@@ -309,7 +292,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     collect(&mut a_el, QUIET).await;
     let after: DeviceDetail = hub.api.get("/v1/devices/dev-b").await.unwrap();
     assert!(after.status.is_none(), "A's status in B's name arrived");
-    let (c, mut el) = connect(options(port, "dev-b", &ca, Some(b.auth())))
+    let (c, mut el) = mqtt_connect(options(port, "dev-b", &ca, Some(b.auth())))
         .await
         .unwrap();
     c.subscribe(topics::keyset(), QoS::AtLeastOnce)
@@ -324,7 +307,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     // A asks for B's client id, then the hub's: Mosquitto names it dev-a
     // each time (use_username_as_clientid), so neither B nor the hub is
     // kicked.
-    let (b_client, mut b_el) = connect(options(port, "dev-b", &ca, Some(b.auth())))
+    let (b_client, mut b_el) = mqtt_connect(options(port, "dev-b", &ca, Some(b.auth())))
         .await
         .unwrap();
     b_client
@@ -336,7 +319,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     let mut impostors = Vec::new();
     for id in ["dev-b", "outpost:hub", "outpost:hub-pub"] {
         impostors.push(
-            connect(options(port, id, &ca, Some(a.auth())))
+            mqtt_connect(options(port, id, &ca, Some(a.auth())))
                 .await
                 .unwrap(),
         );
@@ -388,7 +371,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     // still gets in.
     drop((a_client, a_el));
     // One connection of A's stays open across the removal.
-    let (a_open, mut a_open_el) = connect(options(port, "dev-a", &ca, Some(a.auth())))
+    let (a_open, mut a_open_el) = mqtt_connect(options(port, "dev-a", &ca, Some(a.auth())))
         .await
         .unwrap();
     hub.cli(&["device", "remove", "dev-a"]);
@@ -398,7 +381,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
         DEADLINE,
         "Mosquitto to refuse the removed device",
         || async {
-            connect(options(port, "dev-a", &ca, Some(a.auth())))
+            mqtt_connect(options(port, "dev-a", &ca, Some(a.auth())))
                 .await
                 .is_err()
                 .then_some(())
@@ -428,7 +411,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     })
     .await
     .expect("no PUBACK on the connection opened before the removal");
-    connect(options(port, "dev-b", &ca, Some(b.auth())))
+    mqtt_connect(options(port, "dev-b", &ca, Some(b.auth())))
         .await
         .unwrap();
     assert!(mosquitto.pid() == Some(pid), "Mosquitto was not restarted");

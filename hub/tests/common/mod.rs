@@ -128,6 +128,26 @@ impl HubProc {
     }
 }
 
+/// Connect with `o`; the CONNACK's verdict (`Ok` = accepted, `Err` with the
+/// refusal or the network error) and the live client.
+pub async fn mqtt_connect(
+    o: MqttOptions,
+) -> Result<(AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
+    let (c, mut el) = AsyncClient::new(o, 16);
+    let verdict = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("no CONNACK and no error");
+    verdict.map(|()| (c, el))
+}
+
 /// A plain MQTT client subscribed to some topics; publishes arrive on `rx`.
 pub struct Subscriber {
     pub client: AsyncClient,
