@@ -7,6 +7,7 @@
 //! roots when neither is at hand.
 
 use crate::config::{DataDir, HubConfig};
+use outpost_oci::client::error_chain;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -252,19 +253,4 @@ pub fn base_url(dir: &DataDir) -> Result<String, ClientError> {
 /// Err = already installed.
 fn install_ring() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// `e` and its causes, since reqwest's own text stops at "error sending
-/// request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut detail = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !detail.contains(&text) {
-            detail = format!("{detail}: {text}");
-        }
-        cause = c.source();
-    }
-    detail
 }

@@ -428,8 +428,9 @@ fn http_client(roots: &[CertificateDer<'static>]) -> Result<reqwest::Client, req
 }
 
 /// `e` and its causes (e.g. the TLS error under reqwest's "error sending
-/// request"), since callers often log only `to_string()`.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// request"), since callers often log only `to_string()`. The hub's API
+/// client uses it too.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut detail = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

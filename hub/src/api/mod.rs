@@ -108,6 +108,26 @@ fn device_record(s: &ApiState, id: &DeviceId) -> Result<crate::store::DeviceReco
         .ok_or_else(|| AppError::not_found(format!("device {id:?} not found")))
 }
 
+/// Device `id`'s record, if the caller may read it (`GET` of the device and
+/// of its events).
+async fn readable_device(
+    s: &ApiState,
+    caller: &Caller,
+    id: &DeviceId,
+) -> Result<crate::store::DeviceRecord, AppError> {
+    let rec = device_record(s, id)?;
+    allow(
+        s,
+        caller,
+        Access::ReadDevice {
+            id: id.as_str(),
+            labels: &rec.labels,
+        },
+    )
+    .await?;
+    Ok(rec)
+}
+
 /// The selector of deployment `name`; empty when there is none (which only
 /// an unscoped token covers: a scoped one learns nothing about it).
 fn selector_of(s: &ApiState, name: &str) -> Result<BTreeMap<String, String>, AppError> {
@@ -258,16 +278,7 @@ async fn get_device(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDetail>, AppError> {
     let id = device_id(&id)?;
-    let rec = device_record(&s, &id)?;
-    allow(
-        &s,
-        &caller,
-        Access::ReadDevice {
-            id: id.as_str(),
-            labels: &rec.labels,
-        },
-    )
-    .await?;
+    let rec = readable_device(&s, &caller, &id).await?;
     let meta = s.hub.store.manifest_meta(&id)?;
     let status = s.hub.store.status(&id)?;
     Ok(Json(DeviceDetail::new(&rec, meta, status, s.hub.now())))
@@ -356,16 +367,7 @@ async fn device_events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Vec<crate::store::EventRecord>>, AppError> {
     let id = device_id(&id)?;
-    let rec = device_record(&s, &id)?;
-    allow(
-        &s,
-        &caller,
-        Access::ReadDevice {
-            id: id.as_str(),
-            labels: &rec.labels,
-        },
-    )
-    .await?;
+    readable_device(&s, &caller, &id).await?;
     let limit = q.limit.unwrap_or(1000).min(10_000);
     Ok(Json(s.hub.store.events(&id, q.after, limit)?))
 }
