@@ -103,6 +103,7 @@ pub async fn run(
                 cfg.root_public_key()?,
                 &bytes,
                 &cfg.keyset_file.display().to_string(),
+                crate::clock::wall_ms() / 1000,
             )?;
             store.save_trust(&t)?;
             t
@@ -146,14 +147,12 @@ pub async fn run(
         pulls,
         readiness,
         release,
+        hub: hub_contact,
     } = writers;
-    let reporter = Arc::new(Reporter::new(
-        outbox.clone(),
-        key.clone(),
-        parts,
-        boots,
-        cfg.status_file(),
-    ));
+    let reporter = Arc::new(
+        Reporter::new(outbox.clone(), key.clone(), parts, boots, cfg.status_file())
+            .with_hub_silent_after(Duration::from_secs(cfg.hub_silent_after_secs)),
+    );
 
     let tracker = TaskTracker::new();
     let desired_rx = desired.subscribe();
@@ -233,8 +232,7 @@ pub async fn run(
                 gate,
                 outbox.clone(),
                 store.clone(),
-                desired,
-                rejections,
+                (desired, rejections, hub_contact),
                 hub_tx,
             );
             tracker.spawn(link_events(
@@ -377,10 +375,12 @@ mod tests {
                 version: 1,
                 issued_at: 0,
                 keys: vec![root.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             &root,
         );
-        let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin").unwrap();
+        let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin", 0).unwrap();
         let device: outpost_protocol::DeviceId = "pi-1".parse().unwrap();
         let key = Arc::new(SigningKey::generate().unwrap());
         let outbox = Outbox::new(device.clone(), key.clone(), store.clone(), 100);
@@ -395,7 +395,13 @@ mod tests {
         let mut conn = w.link.subscribe();
         let (hub, _) = watch::channel(HubAck::default());
         let gate = TrustGate::new(device.clone(), trust, store.clone());
-        let inbox = Inbox::new(gate, outbox, store.clone(), w.desired, w.rejections, hub);
+        let inbox = Inbox::new(
+            gate,
+            outbox,
+            store.clone(),
+            (w.desired, w.rejections, w.hub),
+            hub,
+        );
         // A client whose event loop is never polled: subscribing only queues.
         let (client, _driver) = link::connect(
             &device,

@@ -359,7 +359,12 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
     })?;
     let keyset = std::fs::read(&a.keyset)
         .with_context(|| format!("reading --keyset {}", a.keyset.display()))?;
-    initial_trust(root, &keyset, &a.keyset.display().to_string())?;
+    initial_trust(
+        root,
+        &keyset,
+        &a.keyset.display().to_string(),
+        crate::clock::wall_ms() / 1000,
+    )?;
     let registry = registry_section(&a)?;
 
     std::fs::create_dir_all(&a.data_dir)
@@ -386,6 +391,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
         status_interval_secs: 30,
         resync_interval_ms: 1_000,
         cgroup_parent: crate::config::DEFAULT_CGROUP_PARENT.into(),
+        hub_silent_after_secs: crate::report::DEFAULT_HUB_SILENT_AFTER_SECS,
     };
     // Keep an existing key: re-running init must not change the device identity.
     let key_path = cfg.key_file();
@@ -540,10 +546,23 @@ fn status(config_path: &Path, json: bool) -> Result<()> {
                 .as_ref()
                 .and_then(|t| t.last)
                 .map(|a| (a.epoch, a.generation));
+            let floor = l.trust.as_ref().map_or(0, |t| t.time_floor);
+            let silent = crate::freshness::silence(
+                &crate::freshness::HubContact {
+                    last_heartbeat: None,
+                    time_floor: floor,
+                    heard_at: None,
+                },
+                crate::clock::wall_ms() / 1000,
+                Duration::ZERO,
+                Duration::from_secs(cfg.hub_silent_after_secs),
+            );
             let v = serde_json::json!({
                 "device_id": cfg.device_id.as_str(),
                 "agent_running": false,
                 "applied": applied,
+                "time_floor": floor,
+                "hub_silent_secs": silent,
                 "rejected": l.rejected,
                 "last_rejection": l.last_rejection,
                 "outbox_pending": l.outbox_len,
@@ -577,6 +596,7 @@ fn print_status_text(v: &serde_json::Value, running: bool) {
     if running {
         println!("connected: {}", v["connected"]);
     }
+    println!("hub: {}", hub_line(v));
     if let Some(apps) = v["apps"].as_object() {
         for (name, a) in apps {
             println!(
@@ -597,6 +617,29 @@ fn print_status_text(v: &serde_json::Value, running: bool) {
         println!("last rejection: {r}");
     }
     println!("outbox pending: {}", v["outbox_pending"]);
+}
+
+/// The hub's freshness in words, from the status JSON. (Pure.)
+fn hub_line(v: &serde_json::Value) -> String {
+    let heartbeat = match v["last_heartbeat"].as_u64() {
+        Some(t) => format!("last heartbeat signed at {t} (unix seconds)"),
+        None => "no heartbeat received in this run".to_string(),
+    };
+    match v["hub_silent_secs"].as_u64() {
+        Some(s) => format!("SILENT for {}; {heartbeat}", human_secs(s)),
+        None => heartbeat,
+    }
+}
+
+/// `3 d 4 h`, `2 h 5 min`, `7 min`, `42 s`. (Pure.)
+fn human_secs(s: u64) -> String {
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3_600, s % 3_600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, h, _) => format!("{d} d {h} h"),
+    }
 }
 
 fn stop_all(config_path: &Path) -> Result<()> {
@@ -627,4 +670,22 @@ fn stop_all(config_path: &Path) -> Result<()> {
         bail!("{failures} container(s) could not be removed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_line_says_silent_in_words() {
+        let v = serde_json::json!({"last_heartbeat": 100, "hub_silent_secs": 7_500});
+        assert_eq!(
+            hub_line(&v),
+            "SILENT for 2 h 5 min; last heartbeat signed at 100 (unix seconds)"
+        );
+        let v = serde_json::json!({"last_heartbeat": null, "hub_silent_secs": null});
+        assert_eq!(hub_line(&v), "no heartbeat received in this run");
+        assert_eq!(human_secs(42), "42 s");
+        assert_eq!(human_secs(3 * 86_400 + 4 * 3_600), "3 d 4 h");
+    }
 }

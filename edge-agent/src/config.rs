@@ -155,6 +155,15 @@ pub struct Config {
     /// orphan sweep would stop the other's apps.
     #[serde(default = "default_cgroup_parent")]
     pub cgroup_parent: String,
+    /// Without signed word from the hub (a heartbeat, a manifest) for this
+    /// long, the hub counts as silent: reported in the status and logged.
+    /// The hub sends a heartbeat every minute by default.
+    #[serde(default = "default_hub_silent_after")]
+    pub hub_silent_after_secs: u64,
+}
+
+fn default_hub_silent_after() -> u64 {
+    crate::report::DEFAULT_HUB_SILENT_AFTER_SECS
 }
 
 /// Where the apps' cgroups go unless `cgroup_parent` says otherwise.
@@ -401,6 +410,7 @@ mod tests {
             outbox_limit: 5,
             status_interval_secs: 30,
             resync_interval_ms: 1000,
+            hub_silent_after_secs: 300,
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
         };
         let p = dir.path().join("agent.toml");

@@ -387,6 +387,8 @@ mod tests {
             version: 1,
             issued_at: 0,
             keys: vec![hub_key.public_key()],
+            expires_at: outpost_protocol::NEVER,
+            root_version: 1,
         };
         let (tx, rx) = watch::channel(HubAck::default());
         let wm = |n: u64, device: &str| EventWatermark {
@@ -503,6 +505,7 @@ mod tests {
             key_id: outpost_protocol::KeyId("k".into()),
             apps: vec![],
             release: Default::default(),
+            expires_at: outpost_protocol::NEVER,
         })
     }
 

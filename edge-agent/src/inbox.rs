@@ -1,12 +1,15 @@
-//! The inbox: what the hub sends this device. Manifests and key sets go
-//! through the trust gate ([`crate::trust`]) and [`decide`] turns the gate's
-//! verdict into a [`Delivery`]; event watermarks go to [`crate::delivery`].
+//! The inbox: what the hub sends this device. Manifests, key sets, root
+//! rotation links and hub heartbeats go through the trust gate
+//! ([`crate::trust`]) and [`decide`] turns the gate's verdict into a
+//! [`Delivery`]; event watermarks go to [`crate::delivery`].
 //!
-//! The inbox owns two parts of the view (see [`crate::view`]): the desired
-//! manifest (and with it `applied`), and the rejection counters, which it also
-//! persists. It holds a manifest refused for an unknown key or epoch until a
-//! newer key set arrives (see [`Inbox`]'s `held`), and reports refusals through
-//! the [`Throttle`] of [`crate::rejections`].
+//! The inbox owns three parts of the view (see [`crate::view`]): the desired
+//! manifest (and with it `applied`), the rejection counters, which it also
+//! persists, and the hub contact (heartbeat, time floor). It holds a manifest
+//! refused for an unknown key or epoch until a newer key set arrives (see
+//! [`Inbox`]'s `held`), a key set signed by a root it does not know yet until
+//! a root rotation arrives, and root links that arrive ahead of their turn;
+//! it reports refusals through the [`Throttle`] of [`crate::rejections`].
 //!
 //! A message is acknowledged to the broker unless its decision could not be
 //! made durable: the broker then redelivers it.
@@ -15,9 +18,12 @@ use crate::delivery::{self, HubAck};
 use crate::outbox::Outbox;
 use crate::rejections::{OnReject, Throttle};
 use crate::state::{StateError, Store};
-use crate::trust::{KeySetOutcome, ManifestOutcome, TrustGate};
-use crate::view::{Desired, Rejections, Writer};
-use outpost_protocol::{topics, DeviceId, EventKind, Manifest, RejectCounters, RejectReason};
+use crate::trust::{HeartbeatOutcome, KeySetOutcome, ManifestOutcome, RootOutcome, TrustGate};
+use crate::view::{Desired, HubContact, Rejections, Writer};
+use outpost_protocol::{
+    topics, DeviceId, EventKind, KeySetError, Manifest, RejectCounters, RejectReason, RootError,
+};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -28,17 +34,30 @@ pub enum Route {
     Watermark,
     Manifest,
     KeySet,
+    /// A root rotation link (one retained topic per root version).
+    Root,
+    /// The hub's signed heartbeat.
+    Heartbeat,
     /// Nothing this agent subscribes to: ignored (and acknowledged).
     Other,
 }
 
 pub fn route(topic: &str, device: &DeviceId) -> Route {
+    let roots = topics::roots();
+    let roots_prefix = roots.trim_end_matches('+');
     if topic == topics::acks(device) {
         Route::Watermark
     } else if topic == topics::manifest(device) {
         Route::Manifest
     } else if topic == topics::keyset() {
         Route::KeySet
+    } else if topic == topics::heartbeat() {
+        Route::Heartbeat
+    } else if topic
+        .strip_prefix(roots_prefix)
+        .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    {
+        Route::Root
     } else {
         Route::Other
     }
@@ -49,6 +68,8 @@ pub fn route(topic: &str, device: &DeviceId) -> Route {
 pub enum Gated {
     Manifest(ManifestOutcome),
     KeySet(KeySetOutcome),
+    Root(RootOutcome),
+    Heartbeat(HeartbeatOutcome),
 }
 
 /// What the inbox does with a gated message (see [`decide`]).
@@ -60,12 +81,22 @@ pub enum Delivery {
     /// A newer key set, committed: `KeySetAccepted` is queued and a held
     /// manifest is verified again.
     KeySetAdopted { version: u64 },
+    /// A newer root, committed: `RootAdopted` is queued, a key set held for
+    /// it and the next held link are verified again.
+    RootAdopted { version: u64 },
+    /// A root link ahead of the device's root (several rotations while it was
+    /// away; retained links arrive in any order): kept until its turn, not a
+    /// refusal.
+    RootAhead { version: u64 },
+    /// A verified hub heartbeat: the hub contact moves.
+    Heartbeat { issued_at: u64, time_floor: u64 },
     /// What the device already has (a retained manifest or key set delivered
     /// again): nothing to do.
     Duplicate,
     /// Refused for a key or epoch that a newer key set may bring (after a
-    /// rotation the manifest can arrive first): counted and reported like
-    /// any refusal, and kept to be verified again.
+    /// rotation the manifest can arrive first), or a key set signed by a root
+    /// that a root rotation may bring: counted and reported like any refusal,
+    /// and kept to be verified again.
     Held {
         reason: String,
         counters: RejectCounters,
@@ -75,8 +106,8 @@ pub enum Delivery {
         reason: String,
         counters: RejectCounters,
     },
-    /// A held manifest refused again after a newer key set: it was counted
-    /// when it arrived, so it is only logged.
+    /// A held manifest (or key set) refused again after a newer key set (or
+    /// root): it was counted when it arrived, so it is only logged.
     StillRefused { reason: String },
 }
 
@@ -105,15 +136,54 @@ pub fn decide(gated: Gated, retry: bool, counters: &RejectCounters) -> Delivery 
             }
         }
         Gated::KeySet(KeySetOutcome::Adopted(version)) => Delivery::KeySetAdopted { version },
+        Gated::KeySet(KeySetOutcome::Rejected(e)) if retry => Delivery::StillRefused {
+            reason: format!("key set: {e}"),
+        },
         Gated::KeySet(KeySetOutcome::Rejected(e)) => {
             counters.keyset += 1;
+            let held = matches!(e, KeySetError::NotRootKey { .. });
+            let reason = format!("key set: {e}");
+            if held {
+                Delivery::Held { reason, counters }
+            } else {
+                Delivery::Rejected { reason, counters }
+            }
+        }
+        Gated::Root(RootOutcome::Adopted(version)) => Delivery::RootAdopted { version },
+        Gated::Root(RootOutcome::AlreadyKnown) => Delivery::Duplicate,
+        Gated::Root(RootOutcome::Rejected(RootError::NotNext { got, .. })) => {
+            Delivery::RootAhead { version: got }
+        }
+        Gated::Root(RootOutcome::Rejected(e)) if retry => Delivery::StillRefused {
+            reason: format!("root rotation: {e}"),
+        },
+        Gated::Root(RootOutcome::Rejected(e)) => {
+            counters.root += 1;
             Delivery::Rejected {
-                reason: format!("key set: {e}"),
+                reason: format!("root rotation: {e}"),
+                counters,
+            }
+        }
+        Gated::Heartbeat(HeartbeatOutcome::Fresh {
+            issued_at,
+            time_floor,
+        }) => Delivery::Heartbeat {
+            issued_at,
+            time_floor,
+        },
+        Gated::Heartbeat(HeartbeatOutcome::Rejected(e)) => {
+            counters.heartbeat += 1;
+            Delivery::Rejected {
+                reason: format!("hub heartbeat: {e}"),
                 counters,
             }
         }
     }
 }
+
+/// Most root links kept ahead of their turn (the whole chain a device could
+/// have missed; more would be an attack on memory).
+const MAX_ROOTS_AHEAD: usize = 16;
 
 /// Why a manifest or key set could not be decided (it is then not
 /// acknowledged, and the broker delivers it again).
@@ -138,6 +208,8 @@ pub struct Inbox {
     desired: Writer<Desired>,
     /// Refusals in the view; only the inbox writes them.
     rejections: Writer<Rejections>,
+    /// What the device heard from the hub; only the inbox writes it.
+    contact: Writer<HubContact>,
     /// The hub's verified event watermark, for the sender.
     hub: watch::Sender<HubAck>,
     /// The last manifest refused for an unknown key or epoch: after a key
@@ -145,6 +217,11 @@ pub struct Inbox {
     /// verified once more when a newer key set is adopted instead of waiting
     /// for the hub to notice and resend it.
     held: Option<Vec<u8>>,
+    /// The last key set refused as signed by an unknown root: after a root
+    /// rotation it may arrive before the rotation link (two topics).
+    held_keyset: Option<Vec<u8>>,
+    /// Root links ahead of the device's root, by version, until their turn.
+    roots_ahead: BTreeMap<u64, Vec<u8>>,
     /// Reports refusals without a write per refusal (see [`crate::rejections`]).
     throttle: Throttle,
     /// Origin of the throttle's monotonic clock.
@@ -162,18 +239,21 @@ impl Inbox {
         gate: TrustGate,
         outbox: Outbox,
         store: Arc<Store>,
-        desired: Writer<Desired>,
-        rejections: Writer<Rejections>,
+        (desired, rejections, contact): (Writer<Desired>, Writer<Rejections>, Writer<HubContact>),
         hub: watch::Sender<HubAck>,
     ) -> Inbox {
+        contact.send_modify(|c| c.time_floor = gate.state().time_floor);
         Inbox {
             outbox,
             store,
             gate: Some(gate),
             desired,
             rejections,
+            contact,
             hub,
             held: None,
+            held_keyset: None,
+            roots_ahead: BTreeMap::new(),
             throttle: Throttle::default(),
             started: tokio::time::Instant::now(),
         }
@@ -225,20 +305,31 @@ impl Inbox {
         self.process(topic, payload, false).await
     }
 
-    /// Run the trust gate off the async threads.
+    /// Run the trust gate off the async threads. The device clock is read
+    /// here, at the edge; the verifier gets it as an input.
     async fn gate(&mut self, route: Route, payload: Vec<u8>) -> Result<Gated, InboxError> {
         let mut gate = self.gate.take().ok_or(InboxError::GateLost)?;
+        let now = crate::clock::wall_ms() / 1000;
         let (gate, result) = tokio::task::spawn_blocking(move || {
-            let r = if route == Route::Manifest {
-                gate.manifest(&payload).map(Gated::Manifest)
-            } else {
-                gate.keyset(&payload).map(Gated::KeySet)
+            let r = match route {
+                Route::Manifest => gate.manifest(&payload, now).map(Gated::Manifest),
+                Route::Root => gate.root(&payload).map(Gated::Root),
+                Route::Heartbeat => gate.heartbeat(&payload).map(Gated::Heartbeat),
+                _ => gate.keyset(&payload, now).map(Gated::KeySet),
             };
             (gate, r)
         })
         .await
         .map_err(InboxError::Task)?;
+        let floor = gate.state().time_floor;
         self.gate = Some(gate);
+        // Anything signed that moved the floor is word from the hub.
+        if floor > self.contact.borrow().time_floor {
+            self.contact.send_modify(|c| {
+                c.time_floor = floor;
+                c.heard_at = Some(tokio::time::Instant::now());
+            });
+        }
         result.map_err(InboxError::Persist)
     }
 
@@ -259,11 +350,13 @@ impl Inbox {
                 tracing::debug!(device_id = %device, topic, "message on an unexpected topic ignored");
                 return true;
             }
-            Route::Manifest | Route::KeySet => {}
+            Route::Manifest | Route::KeySet | Route::Root | Route::Heartbeat => {}
         }
         let size = payload.len();
-        // Only a manifest can be held for a later key set (see `held`).
-        let held_copy = (route == Route::Manifest).then(|| payload.clone());
+        // A manifest can be held for a later key set, a key set for a later
+        // root, a root link for its turn (see `held`).
+        let held_copy =
+            matches!(route, Route::Manifest | Route::KeySet | Route::Root).then(|| payload.clone());
         let gated = match self.gate(route, payload).await {
             Ok(g) => g,
             Err(e) => {
@@ -291,6 +384,41 @@ impl Inbox {
                     return Box::pin(self.process(&topics::manifest(&device), held, true)).await;
                 }
             }
+            Delivery::RootAdopted { version } => {
+                tracing::info!(device_id = %device, version, "root key adopted through its rotation link");
+                self.outbox.event(EventKind::RootAdopted { version }).await;
+                let next = version.saturating_add(1);
+                if let Some(link) = self.roots_ahead.remove(&next) {
+                    self.roots_ahead.retain(|v, _| *v > next);
+                    return Box::pin(self.process(&topics::root(next), link, true)).await;
+                }
+                self.roots_ahead.clear();
+                if let Some(held) = self.held_keyset.take() {
+                    tracing::info!(device_id = %device, "re-verifying the key set held for a newer root");
+                    return Box::pin(self.process(&topics::keyset(), held, true)).await;
+                }
+            }
+            Delivery::RootAhead { version } => {
+                tracing::debug!(device_id = %device, version, "root link ahead of its turn; kept");
+                if let Some(link) = held_copy {
+                    if self.roots_ahead.len() < MAX_ROOTS_AHEAD
+                        || self.roots_ahead.contains_key(&version)
+                    {
+                        self.roots_ahead.insert(version, link);
+                    }
+                }
+            }
+            Delivery::Heartbeat {
+                issued_at,
+                time_floor,
+            } => {
+                tracing::debug!(device_id = %device, issued_at, time_floor, "hub heartbeat");
+                // `heard_at` moved in `gate` if the floor did: a replayed old
+                // heartbeat does not count as word from the hub.
+                self.contact.send_modify(|c| {
+                    c.last_heartbeat = Some(c.last_heartbeat.unwrap_or(0).max(issued_at));
+                });
+            }
             Delivery::Duplicate => {
                 tracing::debug!(device_id = %device, "re-delivered; already have it");
             }
@@ -298,7 +426,11 @@ impl Inbox {
                 tracing::warn!(device_id = %device, reason = %reason, "held manifest still refused after the new key set");
             }
             Delivery::Held { reason, counters } => {
-                self.held = held_copy;
+                if route == Route::KeySet {
+                    self.held_keyset = held_copy;
+                } else {
+                    self.held = held_copy;
+                }
                 self.refused(reason, counters, size).await;
             }
             Delivery::Rejected { reason, counters } => {
@@ -360,10 +492,12 @@ mod tests {
                 version: 1,
                 issued_at: 0,
                 keys: vec![signer.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             &root,
         );
-        let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin").unwrap();
+        let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin", 0).unwrap();
         let device: DeviceId = "pi-1".parse().unwrap();
         let key = Arc::new(SigningKey::generate().unwrap());
         let outbox = Outbox::new(device.clone(), key.clone(), store.clone(), 100);
@@ -382,8 +516,7 @@ mod tests {
                 TrustGate::new(device, trust, store.clone()),
                 outbox,
                 store.clone(),
-                writers.desired,
-                writers.rejections,
+                (writers.desired, writers.rejections, writers.hub),
                 hub,
             ),
             reporter,
@@ -411,6 +544,7 @@ mod tests {
             key_id: signer.key_id(),
             apps: vec![AppSpec::new("web", image)],
             release: Default::default(),
+            expires_at: outpost_protocol::NEVER,
         };
         seal_value(Kind::Manifest, signer, &m).unwrap()
     }
@@ -482,6 +616,8 @@ mod tests {
                 version: 2,
                 issued_at: 0,
                 keys: vec![next.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             &r.root,
         );
@@ -503,12 +639,77 @@ mod tests {
                 version: 3,
                 issued_at: 0,
                 keys: vec![next.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             &r.root,
         );
         assert!(r.inbox.handle(&topics::keyset(), ks3.0).await);
         let v = r.reporter.view();
         assert_eq!((v.applied, v.rejected.total()), (Some((2, 1)), 2));
+    }
+
+    /// Two root rotations while the device was away: the links and the key
+    /// set signed by the newest root arrive in the worst order, and the
+    /// device still ends on the new root with the new key set, nothing
+    /// counted as refused but the key set's first arrival.
+    #[tokio::test]
+    async fn a_root_chain_and_its_key_set_are_adopted_in_any_order() {
+        let mut r = rig();
+        let r2 = SigningKey::generate().unwrap();
+        let r3 = SigningKey::generate().unwrap();
+        let l2 = outpost_protocol::RootRotation::sign(2, &r.root, &r2, 5);
+        let l3 = outpost_protocol::RootRotation::sign(3, &r2, &r3, 6);
+        let ks = SignedKeySet::sign(
+            &KeySet {
+                version: 2,
+                issued_at: 7,
+                keys: vec![r.signer.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
+            },
+            &r3,
+        );
+        assert!(r.inbox.handle(&topics::keyset(), ks.0).await);
+        assert!(r.inbox.handle(&topics::root(3), l3).await);
+        assert!(r.inbox.handle(&topics::root(2), l2.clone()).await);
+        let state = r.store.load().unwrap().trust.unwrap();
+        assert_eq!(
+            (state.root, state.root_version, state.keyset.version),
+            (r3.public_key(), 3, 2)
+        );
+        assert_eq!(state.time_floor, 7);
+        let v = r.reporter.view();
+        assert_eq!((v.rejected.keyset, v.rejected.total()), (1, 1));
+        assert_eq!(v.time_floor, 7);
+        // A re-delivered old link is nothing.
+        assert!(r.inbox.handle(&topics::root(2), l2).await);
+        assert_eq!(r.reporter.view().rejected.total(), 1);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_move_the_hub_contact_and_forged_ones_are_counted() {
+        let mut r = rig();
+        let hb = |t| {
+            outpost_protocol::Heartbeat {
+                issued_at: t,
+                interval_secs: 60,
+            }
+            .seal(&r.signer)
+        };
+        assert!(r.inbox.handle(&topics::heartbeat(), hb(1_000)).await);
+        let v = r.reporter.view();
+        assert_eq!((v.last_heartbeat, v.time_floor), (Some(1_000), 1_000));
+        let stranger = SigningKey::generate().unwrap();
+        let forged = outpost_protocol::Heartbeat {
+            issued_at: 9_999,
+            interval_secs: 60,
+        }
+        .seal(&stranger);
+        assert!(r.inbox.handle(&topics::heartbeat(), forged).await);
+        let v = r.reporter.view();
+        assert_eq!((v.last_heartbeat, v.time_floor), (Some(1_000), 1_000));
+        assert_eq!(v.rejected.heartbeat, 1);
     }
 
     #[test]
@@ -519,6 +720,10 @@ mod tests {
             (topics::acks(&device), Route::Watermark),
             (topics::manifest(&device), Route::Manifest),
             (topics::keyset(), Route::KeySet),
+            (topics::heartbeat(), Route::Heartbeat),
+            (topics::root(2), Route::Root),
+            ("outpost/v1/roots/".to_string(), Route::Other),
+            ("outpost/v1/roots/2/x".to_string(), Route::Other),
             // Another device's topics are not ours, whatever arrives on them.
             (topics::manifest(&other), Route::Other),
             (topics::acks(&other), Route::Other),
@@ -540,6 +745,7 @@ mod tests {
             key_id: KeyId("k".into()),
             apps: vec![],
             release: Default::default(),
+            expires_at: outpost_protocol::NEVER,
         };
         let before = RejectCounters {
             rollback: 4,

@@ -6,8 +6,10 @@
 //!   `logs` commands.
 //! - [`logview`]: reading an app's log files for `logs [--follow] [--tail N]`.
 //! - [`config`]: the TOML config file and derived paths.
-//! - [`trust`]: the verifier gate (verify → persist → commit) for manifests and
-//!   key sets.
+//! - [`trust`]: the verifier gate (verify → persist → commit) for manifests,
+//!   key sets, root rotations and hub heartbeats.
+//! - [`freshness`]: what the device heard from the hub, and when the hub
+//!   counts as silent.
 //! - [`state`]: the redb file (accepted manifest, trust state, counters, outbox).
 //! - [`link`]: MQTT (rumqttc) with own jittered backoff and subscriptions.
 //! - [`inbox`]: what the hub sends: manifests and key sets through the trust
@@ -40,6 +42,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod driver;
+pub mod freshness;
 pub mod health;
 pub mod images;
 pub mod inbox;

@@ -328,13 +328,19 @@ impl LinkDriver {
     }
 }
 
-/// Subscribe to the key set, the device's manifest and its event watermark
-/// (after every ConnAck).
+/// Subscribe to the root rotation links, the key set, the device's manifest,
+/// its event watermark and the hub heartbeat (after every ConnAck). Roots and
+/// key set first: a retained manifest signed under a new key then finds its
+/// key already adopted (if not, the inbox holds it).
 pub async fn subscribe(
     client: &AsyncClient,
     device: &DeviceId,
 ) -> Result<(), rumqttc::ClientError> {
+    client.subscribe(topics::roots(), QoS::AtLeastOnce).await?;
     client.subscribe(topics::keyset(), QoS::AtLeastOnce).await?;
+    client
+        .subscribe(topics::heartbeat(), QoS::AtLeastOnce)
+        .await?;
     client
         .subscribe(topics::manifest(device), QoS::AtLeastOnce)
         .await?;

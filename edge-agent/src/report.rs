@@ -32,6 +32,9 @@ struct LocalStatus<'a> {
     boots: u64,
     #[serde(flatten)]
     view: &'a View,
+    /// Seconds since the newest signed word from the hub, when over the
+    /// threshold (`hub_silent_after_secs`).
+    hub_silent_secs: Option<u64>,
     outbox_pending: u64,
     written_at_ms: u64,
 }
@@ -49,7 +52,13 @@ pub struct Reporter {
     status_seq: AtomicU64,
     started: Instant,
     status_file: PathBuf,
+    /// How long without signed word from the hub before it counts as silent.
+    hub_silent_after: std::time::Duration,
 }
+
+/// Default of `hub_silent_after_secs`: five heartbeats of the hub's default
+/// interval.
+pub const DEFAULT_HUB_SILENT_AFTER_SECS: u64 = 300;
 
 impl std::fmt::Debug for Reporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,7 +82,29 @@ impl Reporter {
             status_seq: AtomicU64::new(0),
             started: Instant::now(),
             status_file,
+            hub_silent_after: std::time::Duration::from_secs(DEFAULT_HUB_SILENT_AFTER_SECS),
         }
+    }
+
+    /// Set how long without signed word from the hub counts as silence.
+    pub fn with_hub_silent_after(mut self, after: std::time::Duration) -> Reporter {
+        self.hub_silent_after = after;
+        self
+    }
+
+    /// Seconds the hub has been silent, if past the threshold (see
+    /// [`crate::freshness::silence`]).
+    pub fn hub_silent_secs(&self) -> Option<u64> {
+        let contact = self.parts.hub_contact();
+        let since_heard = contact
+            .heard_at
+            .map_or_else(|| self.started.elapsed(), |t| t.elapsed());
+        crate::freshness::silence(
+            &contact,
+            now_ms() / 1000,
+            since_heard,
+            self.hub_silent_after,
+        )
     }
 
     pub fn device_id(&self) -> &DeviceId {
@@ -108,6 +139,9 @@ impl Reporter {
             rejected: v.rejected.clone(),
             last_rejection: v.last_rejection.clone(),
             release: v.release.clone(),
+            last_heartbeat: v.last_heartbeat,
+            hub_silent_secs: self.hub_silent_secs(),
+            time_floor: v.time_floor,
         };
         report.seal(&self.key)
     }
@@ -122,6 +156,7 @@ impl Reporter {
             agent_pid: std::process::id(),
             boots: self.boots,
             view: &v,
+            hub_silent_secs: self.hub_silent_secs(),
             outbox_pending,
             written_at_ms: now_ms(),
         };
@@ -204,6 +239,7 @@ mod tests {
             key_id: KeyId("k".into()),
             apps: vec![],
             release: Default::default(),
+            expires_at: outpost_protocol::NEVER,
         });
         writers.desired.send_replace(Some(accepted.clone()));
         writers.desired.send_replace(Some(accepted));

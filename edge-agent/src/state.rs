@@ -20,12 +20,18 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Event seq -> sealed event bytes.
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
-const K_TRUST: &str = "trust";
+/// The trust state in format version 3's layout (time floor, root version).
+const K_TRUST: &str = "trust.v3";
+/// The trust state as agents before format version 3 wrote it: read once at
+/// start (`legacy::decode_trust_state_v2`), removed at the next save.
+const K_TRUST_V2: &str = "trust";
 const K_MANIFEST: &str = "manifest";
 /// The public key that verified the accepted manifest when it was accepted (see
 /// `TrustGate::persisted_manifest`). Absent in databases written before it.
 const K_MANIFEST_KEY: &str = "manifest_key";
-const K_REJECTED: &str = "rejected";
+const K_REJECTED: &str = "rejected.v3";
+/// Reject counters before format version 3 (no `expired`); as `K_TRUST_V2`.
+const K_REJECTED_V2: &str = "rejected";
 const K_LAST_REJECTION: &str = "last_rejection";
 const K_EVENT_SEQ: &str = "event_seq";
 const K_DROPPED: &str = "dropped";
@@ -177,6 +183,23 @@ impl Store {
         Ok(v.map(|g| g.value().to_vec()))
     }
 
+    /// A value stored under an older layout, decoded by `decode`.
+    fn get_legacy<T>(
+        &self,
+        key: &str,
+        what: &'static str,
+        decode: impl Fn(&[u8]) -> Result<T, outpost_protocol::OpenError>,
+    ) -> Result<Option<T>, StateError> {
+        match self.get_raw(key)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                what,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     fn get<T: DeserializeOwned>(
         &self,
         key: &str,
@@ -203,10 +226,22 @@ impl Store {
             t.len().map_err(|e| self.err(e))?
         };
         Ok(Loaded {
-            trust: self.get(K_TRUST, "trust state")?,
+            trust: match self.get(K_TRUST, "trust state")? {
+                Some(t) => Some(t),
+                None => self.get_legacy(K_TRUST_V2, "trust state (format version 2)", |b| {
+                    outpost_protocol::legacy::decode_trust_state_v2(b)
+                })?,
+            },
             manifest: self.get_raw(K_MANIFEST)?,
             manifest_key: self.get(K_MANIFEST_KEY, "manifest key")?,
-            rejected: self.get(K_REJECTED, "reject counters")?.unwrap_or_default(),
+            rejected: match self.get(K_REJECTED, "reject counters")? {
+                Some(c) => c,
+                None => self
+                    .get_legacy(K_REJECTED_V2, "reject counters (format version 2)", |b| {
+                        outpost_protocol::legacy::decode_counters_v2(b)
+                    })?
+                    .unwrap_or_default(),
+            },
             last_rejection: self.get(K_LAST_REJECTION, "last rejection")?,
             event_seq: self.get(K_EVENT_SEQ, "event seq")?.unwrap_or(0),
             dropped: self.get(K_DROPPED, "dropped count")?.unwrap_or(0),
@@ -233,8 +268,9 @@ impl Store {
     /// Persist trust state alone (first provisioning, key set adoption).
     pub fn save_trust(&self, trust: &TrustState) -> Result<(), StateError> {
         self.write(Durability::Immediate, |tx| {
-            tx.open_table(META)?
-                .insert(K_TRUST, enc(trust).as_slice())?;
+            let mut t = tx.open_table(META)?;
+            t.insert(K_TRUST, enc(trust).as_slice())?;
+            t.remove(K_TRUST_V2)?;
             Ok(())
         })
     }
@@ -250,6 +286,7 @@ impl Store {
         self.write(Durability::Immediate, |tx| {
             let mut t = tx.open_table(META)?;
             t.insert(K_TRUST, enc(trust).as_slice())?;
+            t.remove(K_TRUST_V2)?;
             t.insert(K_MANIFEST, manifest)?;
             t.insert(K_MANIFEST_KEY, enc(key).as_slice())?;
             Ok(())
@@ -264,6 +301,7 @@ impl Store {
         self.write(Durability::Immediate, |tx| {
             let mut t = tx.open_table(META)?;
             t.insert(K_REJECTED, enc(counters).as_slice())?;
+            t.remove(K_REJECTED_V2)?;
             t.insert(K_LAST_REJECTION, enc(&reason.to_string()).as_slice())?;
             Ok(())
         })
@@ -418,9 +456,72 @@ mod tests {
                 version: 1,
                 issued_at: 0,
                 keys: vec![root.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             last: None,
+            time_floor: 7,
+            root_version: 1,
         }
+    }
+
+    /// A state database written by an agent before format version 3 opens:
+    /// its trust state and counters are read in their old layout and written
+    /// back in the new one at the next save.
+    #[test]
+    fn trust_and_counters_of_format_version_2_are_read_and_migrated() {
+        #[derive(Serialize)]
+        struct OldKeySet {
+            version: u64,
+            issued_at: u64,
+            keys: Vec<PublicKey>,
+        }
+        #[derive(Serialize)]
+        struct OldTrust {
+            root: PublicKey,
+            keyset: OldKeySet,
+            last: Option<outpost_protocol::LastAccepted>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let root = SigningKey::generate().unwrap();
+        let old = OldTrust {
+            root: root.public_key(),
+            keyset: OldKeySet {
+                version: 3,
+                issued_at: 9,
+                keys: vec![root.public_key()],
+            },
+            last: Some(outpost_protocol::LastAccepted {
+                epoch: 3,
+                generation: 8,
+                body_digest: outpost_protocol::Digest::of(b"m"),
+            }),
+        };
+        let s = Store::open(&path).unwrap();
+        s.write(Durability::Immediate, |tx| {
+            let mut t = tx.open_table(META)?;
+            t.insert(K_TRUST_V2, enc(&old).as_slice())?;
+            t.insert(
+                K_REJECTED_V2,
+                enc(&[0u64, 4, 0, 0, 0, 0, 0, 0, 0, 1]).as_slice(),
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let l = s.load().unwrap();
+        let t = l.trust.expect("the old trust state is read");
+        assert_eq!((t.keyset.version, t.time_floor, t.root_version), (3, 0, 1));
+        assert_eq!(t.last.map(|l| l.generation), Some(8));
+        assert_eq!((l.rejected.malformed, l.rejected.keyset), (4, 1));
+        s.save_trust(&t).unwrap();
+        assert!(
+            s.get_raw(K_TRUST_V2).unwrap().is_none(),
+            "old layout removed"
+        );
+        drop(s);
+        let again = Store::open(&path).unwrap().load().unwrap();
+        assert_eq!(again.trust, Some(t));
     }
 
     #[test]

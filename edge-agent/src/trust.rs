@@ -1,6 +1,8 @@
-//! The agent's trust gate: every manifest and key set goes through the protocol's
-//! `Verifier`, and an accepted one is persisted before the verifier's high-water mark
-//! moves and before anything acts on it.
+//! The agent's trust gate: every manifest, key set, root rotation and hub
+//! heartbeat goes through the protocol's `Verifier`, and an accepted one is
+//! persisted before the verifier's high-water mark moves and before anything
+//! acts on it. (A heartbeat's time floor is persisted at most hourly, see
+//! [`crate::freshness::persist_floor`].)
 //!
 //! Decision and bookkeeping only; the caller acks the MQTT message after this
 //! returns (so a crash before the commit makes the broker redeliver).
@@ -9,8 +11,8 @@ use crate::state::{StateError, Store};
 use outpost_protocol::envelope::{self, Kind};
 use outpost_protocol::{DeviceId, Digest};
 use outpost_protocol::{
-    KeySet, KeySetError, Manifest, PublicKey, RejectReason, SignedKeySet, TrustState, Verdict,
-    Verifier,
+    HeartbeatError, KeySet, KeySetError, Manifest, PublicKey, RejectReason, RootError,
+    SignedKeySet, TrustState, Verdict, Verifier,
 };
 use std::sync::Arc;
 
@@ -46,9 +48,32 @@ pub enum KeySetOutcome {
     Rejected(KeySetError),
 }
 
+/// What became of one root rotation link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootOutcome {
+    /// The device's root is now this version (persisted).
+    Adopted(u64),
+    /// A link already walked past (retained re-delivery).
+    AlreadyKnown,
+    Rejected(RootError),
+}
+
+/// What became of one hub heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// Verified: the hub's time `issued_at`; the floor is now `time_floor`.
+    Fresh {
+        issued_at: u64,
+        time_floor: u64,
+    },
+    Rejected(HeartbeatError),
+}
+
 pub struct TrustGate {
     verifier: Verifier,
     store: Arc<Store>,
+    /// The time floor last written to the store (see `heartbeat`).
+    floor_on_disk: u64,
 }
 
 impl std::fmt::Debug for TrustGate {
@@ -59,19 +84,25 @@ impl std::fmt::Debug for TrustGate {
 
 /// Trust state for a first start: the root key from the config and the
 /// provisioned key set, which must be signed by that root.
+/// `now` is the device clock (unix seconds): an expired provisioning key set
+/// is refused.
 pub fn initial_trust(
     root: PublicKey,
     keyset_bytes: &[u8],
     keyset_path: &str,
+    now: u64,
 ) -> Result<TrustState, TrustError> {
-    let keyset: KeySet = SignedKeySet::verify(keyset_bytes, &root, None).map_err(|source| {
-        TrustError::InitialKeySet {
-            path: keyset_path.to_string(),
-            source,
-        }
-    })?;
+    let keyset: KeySet =
+        SignedKeySet::verify(keyset_bytes, &root, None, now).map_err(|source| {
+            TrustError::InitialKeySet {
+                path: keyset_path.to_string(),
+                source,
+            }
+        })?;
     Ok(TrustState {
         root,
+        time_floor: keyset.issued_at,
+        root_version: keyset.root_version,
         keyset,
         last: None,
     })
@@ -80,6 +111,7 @@ pub fn initial_trust(
 impl TrustGate {
     pub fn new(device_id: DeviceId, state: TrustState, store: Arc<Store>) -> TrustGate {
         TrustGate {
+            floor_on_disk: state.time_floor,
             verifier: Verifier::new(device_id, state),
             store,
         }
@@ -139,8 +171,9 @@ impl TrustGate {
 
     /// Verify, and on acceptance persist (manifest + trust state, one durable
     /// transaction) and only then move the verifier's high-water mark.
-    pub fn manifest(&mut self, bytes: &[u8]) -> Result<ManifestOutcome, StateError> {
-        match self.verifier.verify(bytes) {
+    /// `now`: the device clock, unix seconds.
+    pub fn manifest(&mut self, bytes: &[u8], now: u64) -> Result<ManifestOutcome, StateError> {
+        match self.verifier.verify(bytes, now) {
             Err(reason) => Ok(ManifestOutcome::Rejected(reason)),
             Ok(Verdict::Duplicate { .. }) => Ok(ManifestOutcome::Duplicate),
             Ok(Verdict::Accept(accepted)) => {
@@ -154,25 +187,69 @@ impl TrustGate {
                 let mut next = self.verifier.clone();
                 next.commit(&accepted);
                 self.store.save_accepted(next.state(), bytes, &key)?;
+                self.floor_on_disk = next.state().time_floor;
                 self.verifier = next;
                 Ok(ManifestOutcome::Applied(accepted.manifest))
             }
         }
     }
 
-    pub fn keyset(&mut self, bytes: &[u8]) -> Result<KeySetOutcome, StateError> {
-        match self.verifier.verify_keyset(bytes) {
+    pub fn keyset(&mut self, bytes: &[u8], now: u64) -> Result<KeySetOutcome, StateError> {
+        match self.verifier.verify_keyset(bytes, now) {
             Err(KeySetError::NotNewer { .. }) => Ok(KeySetOutcome::AlreadyKnown),
             Err(e) => Ok(KeySetOutcome::Rejected(e)),
             Ok(set) => {
                 let version = set.version;
                 let mut next = self.verifier.clone();
                 next.adopt_keyset(set);
-                self.store.save_trust(next.state())?;
-                self.verifier = next;
+                self.commit_state(next)?;
                 Ok(KeySetOutcome::Adopted(version))
             }
         }
+    }
+
+    /// One root rotation link: adopted (and persisted) if it follows the
+    /// current root.
+    pub fn root(&mut self, bytes: &[u8]) -> Result<RootOutcome, StateError> {
+        match self.verifier.verify_root(bytes) {
+            Err(e) if e.is_already_known() => Ok(RootOutcome::AlreadyKnown),
+            Err(e) => Ok(RootOutcome::Rejected(e)),
+            Ok(rotation) => {
+                let mut next = self.verifier.clone();
+                next.adopt_root(&rotation);
+                self.commit_state(next)?;
+                Ok(RootOutcome::Adopted(rotation.version))
+            }
+        }
+    }
+
+    /// A hub heartbeat: verified, raises the time floor in memory, and on
+    /// disk when it moved far enough (bounded flash writes).
+    pub fn heartbeat(&mut self, bytes: &[u8]) -> Result<HeartbeatOutcome, StateError> {
+        let hb = match self.verifier.verify_heartbeat(bytes) {
+            Ok(hb) => hb,
+            Err(e) => return Ok(HeartbeatOutcome::Rejected(e)),
+        };
+        let mut next = self.verifier.clone();
+        next.raise_floor(hb.issued_at);
+        let floor = next.state().time_floor;
+        if crate::freshness::persist_floor(self.floor_on_disk, floor) {
+            self.commit_state(next)?;
+        } else {
+            self.verifier = next;
+        }
+        Ok(HeartbeatOutcome::Fresh {
+            issued_at: hb.issued_at,
+            time_floor: floor,
+        })
+    }
+
+    /// Persist `next`'s state, then make it the verifier.
+    fn commit_state(&mut self, next: Verifier) -> Result<(), StateError> {
+        self.store.save_trust(next.state())?;
+        self.floor_on_disk = next.state().time_floor;
+        self.verifier = next;
+        Ok(())
     }
 }
 
@@ -181,6 +258,9 @@ mod tests {
     use super::*;
     use outpost_protocol::envelope::seal_value;
     use outpost_protocol::{AppSpec, SigningKey};
+
+    /// The device clock in these tests (unix seconds).
+    const NOW: u64 = 1_000;
 
     struct World {
         root: SigningKey,
@@ -200,10 +280,12 @@ mod tests {
                 version: 1,
                 issued_at: 0,
                 keys: vec![signer.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             &root,
         );
-        let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin").unwrap();
+        let trust = initial_trust(root.public_key(), &ks.0, "keyset.bin", NOW).unwrap();
         World {
             gate: TrustGate::new("pi-1".parse().unwrap(), trust, store.clone()),
             root,
@@ -225,6 +307,7 @@ mod tests {
             key_id: w.signer.key_id(),
             apps: vec![AppSpec::new("web", image)],
             release: Default::default(),
+            expires_at: outpost_protocol::NEVER,
         };
         seal_value(Kind::Manifest, &w.signer, &m).unwrap()
     }
@@ -236,6 +319,8 @@ mod tests {
                 version,
                 issued_at: 0,
                 keys: vec![key.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             &w.root,
         )
@@ -246,13 +331,16 @@ mod tests {
         let mut w = world();
         let b = manifest(&w, 3);
         assert!(matches!(
-            w.gate.manifest(&b).unwrap(),
+            w.gate.manifest(&b, NOW).unwrap(),
             ManifestOutcome::Applied(_)
         ));
         let loaded = w.store.load().unwrap();
         assert_eq!(loaded.manifest.as_deref(), Some(b.as_slice()));
         assert_eq!(loaded.trust.unwrap().last.unwrap().generation, 3);
-        assert_eq!(w.gate.manifest(&b).unwrap(), ManifestOutcome::Duplicate);
+        assert_eq!(
+            w.gate.manifest(&b, NOW).unwrap(),
+            ManifestOutcome::Duplicate
+        );
         assert_eq!(w.gate.persisted_manifest(&b, None).unwrap().generation, 3);
     }
 
@@ -263,10 +351,13 @@ mod tests {
     fn a_manifest_accepted_under_an_older_key_set_stays_runnable_after_a_rotation() {
         let mut w = world();
         let b = manifest(&w, 4);
-        w.gate.manifest(&b).unwrap();
+        w.gate.manifest(&b, NOW).unwrap();
         let k2 = SigningKey::generate().unwrap();
         let set = rotated_keyset(&w, 2, &k2);
-        assert_eq!(w.gate.keyset(&set.0).unwrap(), KeySetOutcome::Adopted(2));
+        assert_eq!(
+            w.gate.keyset(&set.0, NOW).unwrap(),
+            KeySetOutcome::Adopted(2)
+        );
         // A reboot: everything comes from the store.
         let loaded = w.store.load().unwrap();
         let gate = TrustGate::new(
@@ -293,7 +384,7 @@ mod tests {
         // New manifests under the old key are refused.
         let mut gate = gate;
         assert!(matches!(
-            gate.manifest(&manifest(&w, 6)).unwrap(),
+            gate.manifest(&manifest(&w, 6), NOW).unwrap(),
             ManifestOutcome::Rejected(RejectReason::UnknownKey { .. })
         ));
     }
@@ -303,14 +394,14 @@ mod tests {
         let mut w = world();
         let old = manifest(&w, 1);
         let new = manifest(&w, 2);
-        w.gate.manifest(&new).unwrap();
+        w.gate.manifest(&new, NOW).unwrap();
         let before = w.store.load().unwrap();
         let mut flipped = new.clone();
         let n = flipped.len();
         flipped[n - 3] ^= 0x40;
         for bad in [old, flipped, vec![0xAB; 1 << 20]] {
             assert!(matches!(
-                w.gate.manifest(&bad).unwrap(),
+                w.gate.manifest(&bad, NOW).unwrap(),
                 ManifestOutcome::Rejected(_)
             ));
         }
@@ -324,20 +415,117 @@ mod tests {
         let mut w = world();
         let k2 = SigningKey::generate().unwrap();
         let set = rotated_keyset(&w, 2, &k2);
-        assert_eq!(w.gate.keyset(&set.0).unwrap(), KeySetOutcome::Adopted(2));
-        assert_eq!(w.gate.keyset(&set.0).unwrap(), KeySetOutcome::AlreadyKnown);
+        assert_eq!(
+            w.gate.keyset(&set.0, NOW).unwrap(),
+            KeySetOutcome::Adopted(2)
+        );
+        assert_eq!(
+            w.gate.keyset(&set.0, NOW).unwrap(),
+            KeySetOutcome::AlreadyKnown
+        );
         let forged = SignedKeySet::sign(
             &KeySet {
                 version: 3,
                 issued_at: 0,
                 keys: vec![k2.public_key()],
+                expires_at: outpost_protocol::NEVER,
+                root_version: 1,
             },
             &k2,
         );
         assert!(matches!(
-            w.gate.keyset(&forged.0).unwrap(),
+            w.gate.keyset(&forged.0, NOW).unwrap(),
             KeySetOutcome::Rejected(_)
         ));
         assert_eq!(w.store.load().unwrap().trust.unwrap().keyset.version, 2);
+    }
+
+    #[test]
+    fn heartbeats_raise_the_floor_at_once_and_on_disk_only_hourly() {
+        let mut w = world();
+        let hb = |t: u64| {
+            outpost_protocol::Heartbeat {
+                issued_at: t,
+                interval_secs: 60,
+            }
+            .seal(&w.signer)
+        };
+        let start = 1_780_000_000;
+        for (i, t) in [start, start + 60, start + 120].into_iter().enumerate() {
+            assert_eq!(
+                w.gate.heartbeat(&hb(t)).unwrap(),
+                HeartbeatOutcome::Fresh {
+                    issued_at: t,
+                    time_floor: t
+                },
+                "heartbeat {i}"
+            );
+        }
+        // Only the first moved the floor on disk by an hour or more.
+        assert_eq!(w.store.load().unwrap().trust.unwrap().time_floor, start);
+        w.gate.heartbeat(&hb(start + 3_600)).unwrap();
+        assert_eq!(
+            w.store.load().unwrap().trust.unwrap().time_floor,
+            start + 3_600
+        );
+        // An older heartbeat (replayed) verifies but moves nothing back.
+        assert!(matches!(
+            w.gate.heartbeat(&hb(start)).unwrap(),
+            HeartbeatOutcome::Fresh { time_floor, .. } if time_floor == start + 3_600
+        ));
+        // A stranger's heartbeat is refused.
+        let stranger = SigningKey::generate().unwrap();
+        let forged = outpost_protocol::Heartbeat {
+            issued_at: u64::MAX,
+            interval_secs: 60,
+        }
+        .seal(&stranger);
+        assert!(matches!(
+            w.gate.heartbeat(&forged).unwrap(),
+            HeartbeatOutcome::Rejected(_)
+        ));
+        assert_eq!(w.gate.state().time_floor, start + 3_600);
+    }
+
+    /// A device offline through two root rotations walks the chain when it
+    /// returns, in whatever order the retained links arrive, and then trusts a
+    /// key set signed by the newest root only.
+    #[test]
+    fn root_rotations_are_walked_in_order_and_persisted() {
+        let mut w = world();
+        let r2 = SigningKey::generate().unwrap();
+        let r3 = SigningKey::generate().unwrap();
+        let l2 = outpost_protocol::RootRotation::sign(2, &w.root, &r2, NOW);
+        let l3 = outpost_protocol::RootRotation::sign(3, &r2, &r3, NOW);
+        assert!(matches!(
+            w.gate.root(&l3).unwrap(),
+            RootOutcome::Rejected(RootError::NotNext { current: 1, got: 3 })
+        ));
+        assert_eq!(w.gate.root(&l2).unwrap(), RootOutcome::Adopted(2));
+        assert_eq!(w.gate.root(&l3).unwrap(), RootOutcome::Adopted(3));
+        assert_eq!(w.gate.root(&l2).unwrap(), RootOutcome::AlreadyKnown);
+        let loaded = w.store.load().unwrap().trust.unwrap();
+        assert_eq!((loaded.root, loaded.root_version), (r3.public_key(), 3));
+        let k2 = SigningKey::generate().unwrap();
+        let set = |root: &SigningKey| {
+            SignedKeySet::sign(
+                &KeySet {
+                    version: 2,
+                    issued_at: NOW,
+                    keys: vec![k2.public_key()],
+                    expires_at: outpost_protocol::NEVER,
+                    root_version: 1,
+                },
+                root,
+            )
+        };
+        assert!(matches!(
+            w.gate.keyset(&set(&w.root).0, NOW).unwrap(),
+            KeySetOutcome::Rejected(KeySetError::NotRootKey { .. })
+        ));
+        assert_eq!(
+            w.gate.keyset(&set(&r3).0, NOW).unwrap(),
+            KeySetOutcome::Adopted(2)
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! | `apps[..].state` while pulling   | [`Pulls`]     | the reconciler's executor      |
 //! | `apps[..].ready`                 | [`Readiness`] | the health task ([`crate::health`]) |
 //! | `release`                        | [`Release`]   | the reconciler                 |
+//! | `last_heartbeat`, `time_floor`   | [`HubContact`]| the inbox (a quiet part: see [`crate::freshness`]) |
 //!
 //! `applied` is the manifest the device accepted and committed, which is what
 //! the hub compares with what it published to decide whether to send it again;
@@ -26,6 +27,7 @@
 //! the status sender and the status-file writer watch. The [`View`] is built on
 //! read by [`compose`], a pure function of the parts.
 
+pub use crate::freshness::HubContact;
 use outpost_protocol::{AppState, AppStatus, Manifest, RejectCounters, ReleaseStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -43,6 +45,10 @@ pub struct View {
     pub connected: bool,
     /// The newest release's state (trial, committed, rolled back).
     pub release: Option<ReleaseStatus>,
+    /// `issued_at` of the newest verified hub heartbeat.
+    pub last_heartbeat: Option<u64>,
+    /// The trusted-time floor (highest signed hub time seen).
+    pub time_floor: u64,
 }
 
 /// The accepted manifest the reconciler works towards (`applied` in the view).
@@ -146,6 +152,7 @@ pub struct Writers {
     pub pulls: Writer<Pulls>,
     pub readiness: Writer<Readiness>,
     pub release: Writer<Release>,
+    pub hub: Writer<HubContact>,
 }
 
 /// The reading side of every part, for the reporter.
@@ -158,6 +165,7 @@ pub struct Parts {
     pulls: watch::Receiver<Pulls>,
     readiness: watch::Receiver<Readiness>,
     release: watch::Receiver<Release>,
+    hub: watch::Receiver<HubContact>,
     changed: Arc<watch::Sender<u64>>,
 }
 
@@ -184,6 +192,8 @@ pub fn parts(desired: Desired, rejections: Rejections) -> (Writers, Parts) {
     let (pulls, pulls_rx) = part(Pulls::new(), &changed);
     let (readiness, readiness_rx) = part(Readiness::new(), &changed);
     let (release, release_rx) = part(None, &changed);
+    // Quiet: its own change counter, which nobody watches.
+    let (hub, hub_rx) = part(HubContact::default(), &Arc::new(watch::channel(0).0));
     (
         Writers {
             desired,
@@ -193,6 +203,7 @@ pub fn parts(desired: Desired, rejections: Rejections) -> (Writers, Parts) {
             pulls,
             readiness,
             release,
+            hub,
         },
         Parts {
             desired: desired_rx,
@@ -202,6 +213,7 @@ pub fn parts(desired: Desired, rejections: Rejections) -> (Writers, Parts) {
             pulls: pulls_rx,
             readiness: readiness_rx,
             release: release_rx,
+            hub: hub_rx,
             changed,
         },
     )
@@ -218,6 +230,7 @@ impl Parts {
         let pulls = self.pulls.borrow().clone();
         let readiness = self.readiness.borrow().clone();
         let release = self.release.borrow().clone();
+        let hub = *self.hub.borrow();
         compose(
             desired.as_deref(),
             &rejections,
@@ -226,7 +239,13 @@ impl Parts {
             &pulls,
             &readiness,
             release,
+            &hub,
         )
+    }
+
+    /// What the device last heard from the hub.
+    pub fn hub_contact(&self) -> HubContact {
+        *self.hub.borrow()
     }
 
     /// Bumped whenever any part changed.
@@ -240,6 +259,8 @@ impl Parts {
 /// An app being pulled shows the pull's progress; an app with a health check
 /// shows the health task's last verdict (not ready until there is one). Pulls
 /// and verdicts of apps the reconciler does not list are not shown.
+// One argument per part: the composition is the one place that sees them all.
+#[allow(clippy::too_many_arguments)]
 pub fn compose(
     desired: Option<&Manifest>,
     rejections: &Rejections,
@@ -248,6 +269,7 @@ pub fn compose(
     pulls: &Pulls,
     readiness: &Readiness,
     release: Release,
+    hub: &HubContact,
 ) -> View {
     for (name, app) in apps.iter_mut() {
         if let Some(&(done, total)) = pulls.get(name) {
@@ -267,6 +289,8 @@ pub fn compose(
         last_rejection: rejections.last.clone(),
         connected: link.is_some(),
         release,
+        last_heartbeat: hub.last_heartbeat,
+        time_floor: hub.time_floor,
     }
 }
 
@@ -284,6 +308,7 @@ mod tests {
             key_id: KeyId("k".into()),
             apps: vec![],
             release: Default::default(),
+            expires_at: outpost_protocol::NEVER,
         })
     }
 
@@ -343,6 +368,11 @@ mod tests {
             &pulls,
             &readiness,
             None,
+            &HubContact {
+                last_heartbeat: Some(40),
+                time_floor: 50,
+                heard_at: None,
+            },
         );
         // (app, state, ready)
         let cases = [
@@ -369,6 +399,7 @@ mod tests {
             (2, Some("replay"))
         );
         assert!(v.connected);
+        assert_eq!((v.last_heartbeat, v.time_floor), (Some(40), 50));
         let empty = compose(
             None,
             &Rejections::default(),
@@ -377,6 +408,7 @@ mod tests {
             &pulls,
             &readiness,
             None,
+            &HubContact::default(),
         );
         assert_eq!(empty, View::default());
     }
@@ -433,5 +465,16 @@ mod tests {
             p.remove("web");
         });
         assert_eq!(parts.view().apps["web"].state, AppState::Pending);
+        // The hub contact is shown but wakes nobody (a heartbeat a minute
+        // from every device must not become a status report each).
+        let before = *changes.borrow_and_update();
+        w.hub.send_replace(HubContact {
+            last_heartbeat: Some(9),
+            time_floor: 9,
+            heard_at: None,
+        });
+        assert!(!changes.has_changed().unwrap());
+        assert_eq!(*changes.borrow(), before);
+        assert_eq!(parts.view().last_heartbeat, Some(9));
     }
 }

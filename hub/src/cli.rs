@@ -179,6 +179,20 @@ pub enum KeysCommand {
         #[arg(long)]
         root_key: Option<PathBuf>,
     },
+    /// Replace the root key itself: a new root announced by a link signed by
+    /// the old one, and a new signing key under it. Run with the hub stopped;
+    /// on its next start the hub publishes the link and the new key set, and
+    /// every device walks from its root to the new one. Devices provisioned
+    /// from now on use the new root.pub and keyset.bin.
+    RotateRoot {
+        /// The current root key, if it was exported from the data directory.
+        #[arg(long)]
+        root_key: Option<PathBuf>,
+        /// Where to write the new root key (required with --root-key; by
+        /// default it replaces the data directory's root.key).
+        #[arg(long)]
+        new_root_out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,6 +311,32 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             println!(
                 "start (or restart) the hub: it publishes the new key set and re-signs every device's manifest"
+            );
+            Ok(())
+        }
+        Command::Keys(KeysCommand::RotateRoot {
+            root_key,
+            new_root_out,
+        }) => {
+            let r = signing::rotate_root(
+                &dir,
+                root_key.as_deref(),
+                new_root_out.as_deref(),
+                crate::hub::now_secs(),
+            )?;
+            println!(
+                "root key {} replaced by {} (root version {}); new signing key in key set version (manifest epoch) {}",
+                r.previous_root.key_id(),
+                r.new_root.key_id(),
+                r.root_version,
+                r.epoch
+            );
+            println!("new root key written to {}", r.new_root_path.display());
+            if root_key.is_some() {
+                println!("destroy the old root key file once the new one is safe");
+            }
+            println!(
+                "start (or restart) the hub: it publishes the rotation link and the new key set, and re-signs every device's manifest"
             );
             Ok(())
         }
@@ -596,6 +636,7 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
                 if let Some(r) = &st.last_rejection {
                     println!("rejected:  {} total, last: {r}", st.rejected.total());
                 }
+                println!("hub:       {}", freshness_line(st, now));
                 if let Some(r) = &st.release {
                     println!("release:   {}", release_line(r));
                 }
@@ -731,6 +772,20 @@ async fn rollout(cmd: RolloutCommand, c: &ApiClient) -> Result<()> {
 
 /// A device's release state in words, e.g. `generation 3 rolled back to 2
 /// (web: exited with code 3)`.
+/// The hub's freshness as the device reports it. (Pure.)
+fn freshness_line(st: &outpost_protocol::StatusReport, now: u64) -> String {
+    let heard = match st.last_heartbeat {
+        Some(t) => format!("last heartbeat it verified {}", ago(Some(t), now)),
+        None => "it has verified no heartbeat since its agent started".to_string(),
+    };
+    match st.hub_silent_secs {
+        Some(s) => {
+            format!("SILENT for the device for {s} s (updates withheld or link cut); {heard}")
+        }
+        None => format!("heard by the device; {heard}"),
+    }
+}
+
 fn release_line(r: &outpost_protocol::ReleaseStatus) -> String {
     use outpost_protocol::ReleasePhase as P;
     let g = |id: (u64, u64)| format!("generation {}", id.1);

@@ -52,6 +52,40 @@ pub struct HubConfig {
     /// TLS of the HTTP API (`[api]`); the address stays `http_listen`.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Heartbeat and manifest expiry (`[freshness]`).
+    #[serde(default)]
+    pub freshness: FreshnessConfig,
+}
+
+/// `[freshness]`: how often the hub signs a heartbeat, and how long a
+/// manifest is adopted as new by a device. The hub re-issues a manifest (a
+/// new generation, same content) once half its validity has passed, so a
+/// device that is online never holds one close to expiry; a device offline
+/// past the expiry keeps running what it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreshnessConfig {
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+    #[serde(default = "default_manifest_valid_secs")]
+    pub manifest_valid_secs: u64,
+}
+
+fn default_heartbeat_secs() -> u64 {
+    60
+}
+
+fn default_manifest_valid_secs() -> u64 {
+    30 * 86_400
+}
+
+impl Default for FreshnessConfig {
+    fn default() -> Self {
+        FreshnessConfig {
+            heartbeat_secs: default_heartbeat_secs(),
+            manifest_valid_secs: default_manifest_valid_secs(),
+        }
+    }
 }
 
 /// `[api]`: how the HTTP API is served. TLS is on unless `tls = false`; the
@@ -213,6 +247,7 @@ impl Default for HubConfig {
             registry: RegistryConfig::default(),
             admission: Vec::new(),
             api: ApiConfig::default(),
+            freshness: FreshnessConfig::default(),
         }
     }
 }
@@ -346,6 +381,14 @@ impl DataDir {
     }
     pub fn token(&self) -> PathBuf {
         self.root.join("token")
+    }
+    /// Root rotation links (`signing::rotate_root`), one file per version.
+    pub fn roots(&self) -> PathBuf {
+        self.root.join("roots")
+    }
+    /// The link that introduced root `version`.
+    pub fn root_link(&self, version: u64) -> PathBuf {
+        self.roots().join(format!("{version}.bin"))
     }
     /// The API's self-signed certificate (PEM), made by `init`; clients on
     /// this machine pin it.

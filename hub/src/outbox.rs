@@ -19,6 +19,8 @@ pub enum Outbox {
     Watermarks(Vec<DeviceId>),
     /// The ingest link (re)subscribed: new `hub_session`, every watermark.
     Announce,
+    /// Time for the signed heartbeat (`serve::heartbeats`).
+    Heartbeat,
 }
 
 /// Counters the API exposes.
@@ -28,4 +30,5 @@ pub struct PublishStats {
     pub republish_all: AtomicU64,
     pub publish_errors: AtomicU64,
     pub watermarks_published: AtomicU64,
+    pub heartbeats_published: AtomicU64,
 }

@@ -7,6 +7,10 @@
 //! Manifests are read from the store when sent, so a queued request always
 //! publishes the latest committed bytes.
 //!
+//! It publishes the hub's signed heartbeat (retained, `topics::heartbeat`)
+//! when the heartbeat task asks and after each CONNACK, and the root rotation
+//! links (retained, `topics::root`) with the key set.
+//!
 //! It also publishes each device's signed event watermark (retained, on
 //! `topics::acks`), read from the store when sent, after ingest's durable
 //! commit. Each time the ingest link (re)subscribes it picks a new random
@@ -20,7 +24,7 @@
 
 use crate::hub::Hub;
 use crate::store::Store;
-use outpost_protocol::{topics, DeviceId, EventWatermark};
+use outpost_protocol::{topics, DeviceId, EventWatermark, Heartbeat};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,10 +33,21 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::outbox::{Outbox, PublishStats};
 
+/// What the publisher sends after every CONNACK besides the manifests.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The root-signed key set.
+    pub keyset: Vec<u8>,
+    /// Root rotation links by root version (`signing::root_links`).
+    pub roots: Vec<(u64, Vec<u8>)>,
+    /// `[freshness] heartbeat_secs`, stated in each heartbeat.
+    pub heartbeat_secs: u32,
+}
+
 pub async fn run(
     client: AsyncClient,
     hub: Arc<Hub>,
-    keyset: Vec<u8>,
+    trust: Trust,
     mut rx: mpsc::UnboundedReceiver<Outbox>,
     stats: Arc<PublishStats>,
     shutdown: CancellationToken,
@@ -45,7 +60,11 @@ pub async fn run(
             m = rx.recv() => match m { Some(m) => m, None => break },
         };
         let result = match msg {
-            Outbox::Connected => connected(&client, &store, &keyset, &stats).await,
+            Outbox::Connected => match connected(&client, &store, &trust, &stats).await {
+                Ok(()) => heartbeat(&client, &hub, trust.heartbeat_secs, &stats).await,
+                Err(e) => Err(e),
+            },
+            Outbox::Heartbeat => heartbeat(&client, &hub, trust.heartbeat_secs, &stats).await,
             Outbox::Manifests(ids) => manifests(&client, &store, ids, &stats).await,
             Outbox::Clear(id) => clear(&client, &id).await,
             Outbox::Watermarks(ids) => watermarks(&client, &hub, Some(ids), session, &stats).await,
@@ -122,14 +141,46 @@ async fn watermarks(
     Ok(())
 }
 
+/// Sign and publish a heartbeat at the hub's time now.
+async fn heartbeat(
+    client: &AsyncClient,
+    hub: &Hub,
+    interval_secs: u32,
+    stats: &PublishStats,
+) -> Result<(), String> {
+    let sealed = hub.signer.seal_heartbeat(&Heartbeat {
+        issued_at: hub.now(),
+        interval_secs,
+    });
+    client
+        .publish(topics::heartbeat(), QoS::AtLeastOnce, true, sealed)
+        .await
+        .map_err(|e| e.to_string())?;
+    stats.heartbeats_published.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
 async fn connected(
     client: &AsyncClient,
     store: &Store,
-    keyset: &[u8],
+    trust: &Trust,
     stats: &PublishStats,
 ) -> Result<(), String> {
+    // Root links before the key set they lead to (devices hold a key set
+    // signed by a root they do not know yet, but need not).
+    for (version, link) in &trust.roots {
+        client
+            .publish(topics::root(*version), QoS::AtLeastOnce, true, link.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     client
-        .publish(topics::keyset(), QoS::AtLeastOnce, true, keyset.to_vec())
+        .publish(
+            topics::keyset(),
+            QoS::AtLeastOnce,
+            true,
+            trust.keyset.clone(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let store = store.clone();

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -198,12 +199,26 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(4 * ingest::BATCH);
-    let keyset = signer.keyset_bytes().to_vec();
+    let freshness = opts.config.freshness.clone();
+    let trust = crate::publish::Trust {
+        keyset: signer.keyset_bytes().to_vec(),
+        roots: crate::signing::root_links(dir)?,
+        heartbeat_secs: u32::try_from(freshness.heartbeat_secs).unwrap_or(u32::MAX),
+    };
+    let now = crate::clock::now_secs();
+    if signer.keyset_expires_at() <= now.saturating_add(30 * 86_400) {
+        tracing::warn!(
+            expires_at = signer.keyset_expires_at(),
+            "the key set expires within 30 days (or has): devices provisioned or rotated after that refuse it; \
+             run `outpost-hub keys rotate` with the root key"
+        );
+    }
     let policy = opts.config.admission_policy()?;
     let hub = Arc::new(
         Hub::new(store.clone(), signer, opts.resolver, outbox_tx.clone())
             .with_policy(policy)
-            .with_broker_ca(broker_ca),
+            .with_broker_ca(broker_ca)
+            .with_manifest_validity(freshness.manifest_valid_secs),
     );
     // Before the publisher's first republish-all, so that agents get manifests
     // signed by the current key right after its key set.
@@ -240,10 +255,15 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         ));
     }
     tracker.spawn(ingest::sender(ingest_client, inbox_rx, shutdown.clone()));
+    tracker.spawn(heartbeats(
+        Arc::clone(&hub),
+        Duration::from_secs(freshness.heartbeat_secs.max(1)),
+        shutdown.clone(),
+    ));
     tracker.spawn(publish::run(
         publish_client,
         Arc::clone(&hub),
-        keyset,
+        trust,
         outbox_rx,
         Arc::clone(&publish_stats),
         shutdown.clone(),
@@ -286,6 +306,27 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         publish_stats,
         tracker,
     })
+}
+
+/// Most manifests renewed per heartbeat tick: renewing a large fleet is spread
+/// over ticks instead of stalling the store for one long transaction.
+const RENEW_PER_TICK: usize = 500;
+
+/// Ask for a signed heartbeat every `every`, and renew manifests past half
+/// their validity.
+async fn heartbeats(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        hub.send(Outbox::Heartbeat);
+        if let Err(e) = hub.renew_expiring(RENEW_PER_TICK).await {
+            tracing::warn!(error = %e, "renewing manifests failed; retried at the next heartbeat");
+        }
+    }
 }
 
 /// The API's TLS server configuration from `[api]`; `None` (and a loud

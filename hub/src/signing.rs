@@ -1,14 +1,19 @@
 //! Key material on disk: the offline-capable root key, the manifest-signing key,
 //! the root-signed key set, and the API token; plus sealing manifests.
 //!
-//! The root key only signs key sets. It is needed at `init` and to rotate the
-//! signing key (`keys rotate`), never by `serve`, so an operator can export it
-//! and delete it from the hub (`keys export-root --remove`) and bring it back
-//! only to rotate (`keys rotate --root-key FILE`).
+//! The root key only signs key sets and the link to its successor. It is
+//! needed at `init` and to rotate the signing key (`keys rotate`) or itself
+//! (`keys rotate-root`), never by `serve`, so an operator can export it and
+//! delete it from the hub (`keys export-root --remove`) and bring it back only
+//! to rotate (`keys rotate --root-key FILE`).
+//!
+//! Key sets expire (a year by default): `keys rotate` issues a fresh one.
+//! Root rotation links are kept in `roots/<version>.bin` and published by
+//! `serve`, so a device provisioned under any earlier root walks the chain.
 
 use crate::config::DataDir;
 use outpost_protocol::envelope::{self, Kind};
-use outpost_protocol::{KeySet, Manifest, PublicKey, SignedKeySet, SigningKey};
+use outpost_protocol::{KeySet, Manifest, PublicKey, RootRotation, SignedKeySet, SigningKey};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -53,7 +58,15 @@ pub enum KeyFileError {
     EpochExhausted { version: u64 },
     #[error("manifest could not be encoded: {0}")]
     Encode(String),
+    #[error("the root key was given with --root-key {root_key}, so the new root needs a place outside the data directory: pass --new-root-out FILE")]
+    NewRootOutMissing { root_key: PathBuf },
+    #[error("root rotation link {path}: {detail}")]
+    BadRootLink { path: PathBuf, detail: String },
 }
+
+/// How long a key set is adopted as new by devices: renewing it needs the
+/// root key, which is meant to be offline, so this is long.
+pub const KEYSET_VALID_SECS: u64 = 365 * 86_400;
 
 /// Write `bytes` to a new file with mode 0600; never overwrites.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
@@ -122,6 +135,8 @@ pub fn create_keys(dir: &DataDir, now: u64) -> Result<Created, KeyFileError> {
         version: 1,
         issued_at: now,
         keys: vec![signer.public_key()],
+        expires_at: now.saturating_add(KEYSET_VALID_SECS),
+        root_version: 1,
     };
     let signed = SignedKeySet::sign(&set, &root);
     let token = new_token()?;
@@ -175,7 +190,10 @@ impl Signer {
                 source,
             })?;
         let keyset_bytes = read(&dir.keyset())?;
-        let keyset = SignedKeySet::verify(&keyset_bytes, &root, None).map_err(|source| {
+        // Time 0: the hub keeps serving its own key set after it expired
+        // (devices holding it keep working); `serve` warns, `keys rotate`
+        // renews it.
+        let keyset = SignedKeySet::verify(&keyset_bytes, &root, None, 0).map_err(|source| {
             KeyFileError::BadKeySet {
                 path: dir.keyset(),
                 source,
@@ -215,6 +233,16 @@ impl Signer {
     /// The root-signed key set as published on `topics::keyset()`.
     pub fn keyset_bytes(&self) -> &[u8] {
         &self.keyset_bytes
+    }
+
+    /// When devices stop adopting this key set as new (unix seconds).
+    pub fn keyset_expires_at(&self) -> u64 {
+        self.keyset.expires_at
+    }
+
+    /// Seal the hub heartbeat (its own envelope kind, same key).
+    pub fn seal_heartbeat(&self, h: &outpost_protocol::Heartbeat) -> Vec<u8> {
+        h.seal(&self.key)
     }
 
     /// Seal a device's event watermark (its own envelope kind, same key).
@@ -309,6 +337,8 @@ pub fn rotate(dir: &DataDir, root_key: Option<&Path>, now: u64) -> Result<Rotate
         version,
         issued_at: now,
         keys: vec![next.public_key()],
+        expires_at: now.saturating_add(KEYSET_VALID_SECS),
+        root_version: current.keyset.root_version,
     };
     let signed = SignedKeySet::sign(&set, &root);
     let (key_next, set_next) = (next_path(&dir.signing_key()), next_path(&dir.keyset()));
@@ -322,14 +352,167 @@ pub fn rotate(dir: &DataDir, root_key: Option<&Path>, now: u64) -> Result<Rotate
     })
 }
 
+/// What `keys rotate-root` did.
+#[derive(Debug)]
+pub struct RootRotated {
+    pub previous_root: PublicKey,
+    pub new_root: PublicKey,
+    /// The new root's version (the first root is 1).
+    pub root_version: u64,
+    /// The key set version (manifest epoch) signed by the new root.
+    pub epoch: u64,
+    /// Where the new root key was written.
+    pub new_root_path: PathBuf,
+}
+
+/// Replace the root key: a new root, announced by a link signed by the old
+/// root and countersigned by the new one (`outpost_protocol::root`), and a new
+/// signing key in a key set signed by the new root. Devices walk the link
+/// when the hub next starts and publishes it; none is re-provisioned.
+///
+/// With the root key in the data directory the new one replaces it there;
+/// with `root_key` (exported) the new one goes to `new_root_out`, and the old
+/// file is the operator's to destroy. Crash-safe like [`rotate`]: everything
+/// is written as `*.next` first and [`finish_rotation`] completes or discards
+/// it as a whole, so a link is never published without the key set it leads
+/// to.
+pub fn rotate_root(
+    dir: &DataDir,
+    root_key: Option<&Path>,
+    new_root_out: Option<&Path>,
+    now: u64,
+) -> Result<RootRotated, KeyFileError> {
+    let current = Signer::load(dir)?;
+    let old_path = root_key.map_or_else(|| dir.root_key(), Path::to_path_buf);
+    if !old_path.exists() {
+        return Err(KeyFileError::RootKeyAbsent { path: old_path });
+    }
+    let old = load_key(&old_path)?;
+    if old.public_key() != root_public(dir)? {
+        return Err(KeyFileError::WrongRootKey { path: old_path });
+    }
+    let new_root_path = match (root_key, new_root_out) {
+        (_, Some(out)) => out.to_path_buf(),
+        (None, None) => dir.root_key(),
+        (Some(r), None) => {
+            return Err(KeyFileError::NewRootOutMissing {
+                root_key: r.to_path_buf(),
+            })
+        }
+    };
+    let root_version = current.keyset.root_version.saturating_add(1);
+    let epoch = current
+        .keyset
+        .version
+        .checked_add(1)
+        .ok_or(KeyFileError::EpochExhausted {
+            version: current.keyset.version,
+        })?;
+    let new_root = SigningKey::generate().map_err(KeyFileError::Generate)?;
+    let signer = SigningKey::generate().map_err(KeyFileError::Generate)?;
+    let link = RootRotation::sign(root_version, &old, &new_root, now);
+    let set = KeySet {
+        version: epoch,
+        issued_at: now,
+        keys: vec![signer.public_key()],
+        expires_at: now.saturating_add(KEYSET_VALID_SECS),
+        root_version,
+    };
+    let signed = SignedKeySet::sign(&set, &new_root);
+    std::fs::create_dir_all(dir.roots()).map_err(|source| KeyFileError::Write {
+        path: dir.roots(),
+        source,
+    })?;
+    // The new root first, where the operator keeps it: everything after it
+    // can be redone, a lost new root could not.
+    if new_root_path == dir.root_key() {
+        write_private(&next_path(&dir.root_key()), new_root.pkcs8())?;
+    } else {
+        write_private(&new_root_path, new_root.pkcs8())?;
+    }
+    write_private(&next_path(&dir.root_link(root_version)), &link)?;
+    write_private(
+        &next_path(&dir.root_pub()),
+        format!(
+            "{}
+",
+            new_root.public_key()
+        )
+        .as_bytes(),
+    )?;
+    write_private(&next_path(&dir.signing_key()), signer.pkcs8())?;
+    write_private(&next_path(&dir.keyset()), &signed.0)?;
+    finish_rotation(dir)?;
+    Ok(RootRotated {
+        previous_root: old.public_key(),
+        new_root: new_root.public_key(),
+        root_version,
+        epoch,
+        new_root_path,
+    })
+}
+
+/// The root rotation links in `roots/`, by version, each checked to lead
+/// from the previous one (the chain devices will walk).
+pub fn root_links(dir: &DataDir) -> Result<Vec<(u64, Vec<u8>)>, KeyFileError> {
+    let mut links = Vec::new();
+    let entries = match std::fs::read_dir(dir.roots()) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(links),
+        Err(source) => {
+            return Err(KeyFileError::Read {
+                path: dir.roots(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(v) = name
+            .strip_suffix(".bin")
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        links.push((v, read(&entry.path())?));
+    }
+    links.sort_by_key(|(v, _)| *v);
+    Ok(links)
+}
+
 /// Complete a rotation whose `*.next` files are both present and consistent
 /// (the key set verifies with `root.pub` and lists the key); otherwise throw
 /// the leftovers away, leaving the current keys in charge.
 fn finish_rotation(dir: &DataDir) -> Result<(), KeyFileError> {
     let (key_next, set_next) = (next_path(&dir.signing_key()), next_path(&dir.keyset()));
+    let (pub_next, root_next) = (next_path(&dir.root_pub()), next_path(&dir.root_key()));
+    let links_next: Vec<PathBuf> = std::fs::read_dir(dir.roots())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "next"))
+                .collect()
+        })
+        .unwrap_or_default();
     if !key_next.exists() && !set_next.exists() {
+        // A root rotation cut short before its key set: nothing leads there.
+        for p in links_next.iter().chain([&pub_next, &root_next]) {
+            if p.exists() {
+                tracing::warn!(path = %p.display(), "discarding a leftover of an incomplete root rotation");
+                std::fs::remove_file(p).map_err(|source| KeyFileError::Write {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
         return Ok(());
     }
+    // A root rotation: the pending key set is signed by the pending root.
+    let root_pub_path = if pub_next.exists() {
+        pub_next.clone()
+    } else {
+        dir.root_pub()
+    };
     // After the first rename only `signing.key.next` is left, and the key set
     // to check it against is the (already new) `keyset.bin`.
     let set_path = if set_next.exists() {
@@ -340,14 +523,33 @@ fn finish_rotation(dir: &DataDir) -> Result<(), KeyFileError> {
     let complete = (|| {
         let key = load_key(&key_next).ok()?;
         let bytes = std::fs::read(&set_path).ok()?;
-        let set = SignedKeySet::verify(&bytes, &root_public(dir).ok()?, None).ok()?;
+        let root: PublicKey = String::from_utf8_lossy(&std::fs::read(&root_pub_path).ok()?)
+            .trim()
+            .parse()
+            .ok()?;
+        let set = SignedKeySet::verify(&bytes, &root, None, 0).ok()?;
         set.find(&key.key_id()).map(|_| ())
     })()
     .is_some();
     if complete {
-        // The key set first: a crash between the renames leaves the new key
-        // set with `signing.key.next` still pending, which the next load
-        // completes here.
+        // Root material and links first, then the key set, then the key: a
+        // crash between the renames leaves later `.next` files pending, which
+        // the next load completes here (the key set verifies against the
+        // already renamed root.pub).
+        let mut renames: Vec<(PathBuf, PathBuf)> = links_next
+            .iter()
+            .map(|p| (p.clone(), p.with_extension("")))
+            .collect();
+        renames.push((root_next.clone(), dir.root_key()));
+        renames.push((pub_next.clone(), dir.root_pub()));
+        for (from, to) in renames {
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(|source| KeyFileError::Write {
+                    path: to.clone(),
+                    source,
+                })?;
+            }
+        }
         for (from, to) in [(&set_next, dir.keyset()), (&key_next, dir.signing_key())] {
             if from.exists() {
                 std::fs::rename(from, &to).map_err(|source| KeyFileError::Write {
@@ -359,7 +561,10 @@ fn finish_rotation(dir: &DataDir) -> Result<(), KeyFileError> {
         tracing::info!("signing key rotation completed");
     } else if set_next.exists() || key_next.exists() {
         tracing::warn!("discarding an incomplete signing key rotation");
-        for p in [&key_next, &set_next] {
+        for p in [&key_next, &set_next, &pub_next, &root_next]
+            .into_iter()
+            .chain(links_next.iter())
+        {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|source| KeyFileError::Write {
                     path: p.to_path_buf(),
@@ -439,6 +644,8 @@ mod tests {
             version: 2,
             issued_at: 8,
             keys: vec![next.public_key()],
+            expires_at: outpost_protocol::NEVER,
+            root_version: 1,
         };
         write_private(&next_path(&dir.signing_key()), next.pkcs8()).unwrap();
         std::fs::write(dir.keyset(), SignedKeySet::sign(&set, &root).0).unwrap();

@@ -595,6 +595,9 @@ async fn a_silent_device_is_skipped_and_a_stuck_wave_times_out_on_the_hubs_clock
                 phase: ReleasePhase::Downloading,
                 committed: None,
             }),
+            last_heartbeat: None,
+            hub_silent_secs: None,
+            time_floor: 0,
         };
         hub.store
             .write(|tx| {

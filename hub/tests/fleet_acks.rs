@@ -97,7 +97,7 @@ fn spawn_device(
                 _ = stop.cancelled() => return,
                 p = rx.recv() => match p { Some(p) => p, None => return },
             };
-            let (epoch, generation) = match v.verify(&p.payload) {
+            let (epoch, generation) = match v.verify(&p.payload, outpost_hub::clock::now_secs()) {
                 Ok(Verdict::Accept(a)) => {
                     v.commit(&a);
                     (a.manifest.epoch, a.manifest.generation)
@@ -119,6 +119,9 @@ fn spawn_device(
                 rejected: RejectCounters::default(),
                 last_rejection: None,
                 release: None,
+                last_heartbeat: None,
+                hub_silent_secs: None,
+                time_floor: 0,
             };
             if client
                 .publish(

@@ -41,7 +41,10 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
     let topic = topics::manifest(&id);
     let mut dev = Subscriber::device(&id, &key, mqtt_port, std::slice::from_ref(&topic)).await;
     let first = dev.next_on(&topic).await;
-    let generation = match verifier(tmp.path(), &id).verify(&first.payload).unwrap() {
+    let generation = match verifier(tmp.path(), &id)
+        .verify(&first.payload, outpost_hub::clock::now_secs())
+        .unwrap()
+    {
         Verdict::Accept(a) => a.manifest.generation,
         other => panic!("{other:?}"),
     };
@@ -87,6 +90,9 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
         rejected: RejectCounters::default(),
         last_rejection: None,
         release: None,
+        last_heartbeat: None,
+        hub_silent_secs: None,
+        time_floor: 0,
     };
     dev.client
         .publish(
@@ -99,7 +105,10 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
         .unwrap();
     let again = dev.next_on(&topic).await;
     assert_eq!(again.payload, first.payload, "same generation, same bytes");
-    match verifier(tmp.path(), &id).verify(&again.payload).unwrap() {
+    match verifier(tmp.path(), &id)
+        .verify(&again.payload, outpost_hub::clock::now_secs())
+        .unwrap()
+    {
         Verdict::Accept(a) => assert_eq!(a.manifest.generation, generation),
         other => panic!("{other:?}"),
     }
@@ -246,6 +255,9 @@ async fn the_signed_event_watermark_covers_only_contiguous_stored_events_and_the
         rejected: RejectCounters::default(),
         last_rejection: None,
         release: None,
+        last_heartbeat: None,
+        hub_silent_secs: None,
+        time_floor: 0,
     };
     dev.client
         .publish(

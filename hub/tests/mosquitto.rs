@@ -78,6 +78,9 @@ async fn hub_with_external_mosquitto_delivers_manifests_and_ingests_status() {
         rejected: RejectCounters::default(),
         last_rejection: None,
         release: None,
+        last_heartbeat: None,
+        hub_silent_secs: None,
+        time_floor: 0,
     };
     sub.client
         .publish(topics::status(&id), QoS::AtLeastOnce, false, r.seal(&key))

@@ -79,7 +79,8 @@ async fn manifest_where(
             if p.topic == topics::keyset() {
                 keyset = Some(p.payload.to_vec());
             } else if p.topic == topic {
-                if let Ok(Verdict::Accept(a)) = v.verify(&p.payload) {
+                if let Ok(Verdict::Accept(a)) = v.verify(&p.payload, outpost_hub::clock::now_secs())
+                {
                     v.commit(&a);
                     if pred(&a.manifest) {
                         return a.manifest;
@@ -107,6 +108,9 @@ fn status(id: &DeviceId, seq: u64) -> StatusReport {
         rejected: RejectCounters::default(),
         last_rejection: None,
         release: None,
+        last_heartbeat: None,
+        hub_silent_secs: None,
+        time_floor: 0,
     }
 }
 
@@ -244,8 +248,8 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
     drop((b_client, b_el));
 
     // A subscribes to everything and B's manifest by name: it reads its own
-    // manifest and ack watermark and the key set, nothing of B's (Mosquitto checks read rights
-    // per message delivered).
+    // manifest and ack watermark, the hub heartbeat and the key set, nothing
+    // of B's (Mosquitto checks read rights per message delivered).
     let (a_client, mut a_el) = mqtt_connect(options(port, "dev-a", &ca, Some(a.auth())))
         .await
         .unwrap();
@@ -263,6 +267,7 @@ async fn mosquitto_configured_by_the_hub_admits_devices_only_as_themselves_and_o
         [
             &topics::acks(&a.id),
             &topics::manifest(&a.id),
+            &topics::heartbeat(),
             &topics::keyset()
         ],
         "A read {topics_read:?}"

@@ -151,7 +151,10 @@ async fn hub_restart_keeps_devices_deployments_generations_and_republishes_manif
         Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let got = sub.next_on(&topic).await;
     let v = verifier(&dir, &id);
-    match v.verify(&got.payload).unwrap() {
+    match v
+        .verify(&got.payload, outpost_hub::clock::now_secs())
+        .unwrap()
+    {
         Verdict::Accept(a) => {
             assert_eq!(a.manifest.generation, desired.generation);
             assert_eq!(a.manifest.apps[0].image.to_string(), pinned("reg/svc", 2));
@@ -247,7 +250,10 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
     )
     .await;
     let set = verifier
-        .verify_keyset(&sub.next_on(&topics::keyset()).await.payload)
+        .verify_keyset(
+            &sub.next_on(&topics::keyset()).await.payload,
+            outpost_hub::clock::now_secs(),
+        )
         .unwrap();
     assert_eq!(set.version, 2);
     verifier.adopt_keyset(set);
@@ -264,7 +270,9 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
         &forged,
     )
     .unwrap();
-    let err = verifier.verify(&bytes).unwrap_err();
+    let err = verifier
+        .verify(&bytes, outpost_hub::clock::now_secs())
+        .unwrap_err();
     assert!(
         matches!(err, outpost_protocol::RejectReason::UnknownKey { .. }),
         "{err:?}"
@@ -296,6 +304,9 @@ fn report(id: &str, seq: u64, applied: Option<(u64, u64)>) -> StatusReport {
         rejected: RejectCounters::default(),
         last_rejection: None,
         release: None,
+        last_heartbeat: None,
+        hub_silent_secs: None,
+        time_floor: 0,
     }
 }
 

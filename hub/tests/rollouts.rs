@@ -69,7 +69,10 @@ async fn manifest_of(hub: &HubProc, links: &mut Links, d: &Device) -> Manifest {
     let mut sub =
         Subscriber::device(id, &d.key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let p = sub.next_on(&topic).await;
-    match verifier(&hub.dir, id).verify(&p.payload).unwrap() {
+    match verifier(&hub.dir, id)
+        .verify(&p.payload, outpost_hub::clock::now_secs())
+        .unwrap()
+    {
         Verdict::Accept(a) => a.manifest,
         other => panic!("{other:?}"),
     }
@@ -115,6 +118,9 @@ async fn report(links: &mut Links, d: &mut Device, applied: (u64, u64), release:
         rejected: RejectCounters::default(),
         last_rejection: None,
         release: Some(release),
+        last_heartbeat: None,
+        hub_silent_secs: None,
+        time_floor: 0,
     };
     links
         .of(d)

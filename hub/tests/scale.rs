@@ -130,6 +130,9 @@ async fn status_from_every_device_is_ingested() {
                 rejected: RejectCounters::default(),
                 last_rejection: None,
                 release: None,
+                last_heartbeat: None,
+                hub_silent_secs: None,
+                time_floor: 0,
             };
             (topics::status(id), r.seal(&key))
         })

@@ -39,6 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         version: 1,
         issued_at: 0,
         keys: vec![key.public_key()],
+        expires_at: outpost_protocol::NEVER,
+        root_version: 1,
     };
     let verifier = Verifier::new(
         manifest.device_id.clone(),
@@ -46,6 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             root: key.public_key(),
             keyset,
             last: None,
+            time_floor: 0,
+            root_version: 1,
         },
     );
     const N: usize = 2000;
@@ -57,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = std::hint::black_box(seal(Kind::Manifest, &key, &body));
         encode_sign.push(t.elapsed());
         let t = Instant::now();
-        let verdict = verifier.verify(&bytes)?;
+        let verdict = verifier.verify(&bytes, manifest.issued_at)?;
         verify.push(t.elapsed());
         assert!(matches!(verdict, Verdict::Accept(_)));
     }

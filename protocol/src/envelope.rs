@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 4] = *b"OPST";
 /// The envelope/body format this build writes. Version 2 added the release
 /// policy and update-strategy fields to manifests and the release state to
-/// status reports (`legacy.rs` reads version-1 bodies).
-pub const FORMAT_VERSION: u8 = 2;
+/// status reports; version 3 added expiry to manifests and key sets, the
+/// `expired` reject counter and the hub-contact fields of status reports
+/// (`legacy.rs` and `status.rs` read the older bodies).
+pub const FORMAT_VERSION: u8 = 3;
 /// The oldest format this build still reads: a device upgraded before its hub
 /// keeps accepting the hub's messages, and its persisted manifest stays
 /// readable across the upgrade.
@@ -41,6 +43,10 @@ pub enum Kind {
     /// The hub's signed event watermark (`watermark.rs`); its own kind so a
     /// watermark can never be presented as a manifest signed by the same key.
     Watermark = 5,
+    /// The hub's signed, time-stamped heartbeat (`heartbeat.rs`).
+    Heartbeat = 6,
+    /// A new root key signed by the previous one (`root.rs`).
+    RootRotation = 7,
 }
 
 impl Kind {
@@ -51,6 +57,8 @@ impl Kind {
             3 => Kind::Status,
             4 => Kind::Event,
             5 => Kind::Watermark,
+            6 => Kind::Heartbeat,
+            7 => Kind::RootRotation,
             _ => return None,
         })
     }
@@ -249,7 +257,10 @@ mod tests {
         let mut relabelled = old.clone();
         relabelled[4] = FORMAT_VERSION;
         let o = open(Kind::Manifest, &relabelled).unwrap();
-        assert!(!o.signed_by(&k.public_key()), "a v1 body cannot pass as v2");
+        assert!(
+            !o.signed_by(&k.public_key()),
+            "a v1 body cannot pass as current"
+        );
     }
 
     #[test]
@@ -280,13 +291,13 @@ mod tests {
         let k = SigningKey::generate().unwrap();
         let msg = seal(Kind::Manifest, &k, b"x");
         assert_eq!(open(Kind::Manifest, b"NOPE"), Err(OpenError::BadMagic));
-        let mut v3 = msg.clone();
-        v3[4] = 3;
+        let mut future = msg.clone();
+        future[4] = FORMAT_VERSION + 1;
         assert_eq!(
-            open(Kind::Manifest, &v3),
+            open(Kind::Manifest, &future),
             Err(OpenError::UnsupportedVersion {
-                found: 3,
-                supported: 2
+                found: FORMAT_VERSION + 1,
+                supported: FORMAT_VERSION
             })
         );
         let mut v0 = msg.clone();

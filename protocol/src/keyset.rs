@@ -9,7 +9,8 @@ use crate::envelope::{self, Kind, OpenError};
 use crate::keys::{KeyId, PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
 
-const MAX_KEYS: usize = 16;
+/// Most keys one key set may list.
+pub const MAX_KEYS: usize = 16;
 
 /// The manifest-signing keys trusted at one version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +19,22 @@ pub struct KeySet {
     pub issued_at: u64,
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_KEYS>")]
     pub keys: Vec<PublicKey>,
+    /// Unix seconds (hub clock) after which an agent no longer adopts this key
+    /// set as *new*; one it holds stays trusted (an offline device keeps
+    /// working). Renewing needs the root key, so this is long (a year by
+    /// default, `outpost-hub keys rotate --valid-days`). `NEVER` before format
+    /// version 3.
+    #[serde(default = "crate::manifest::never")]
+    pub expires_at: u64,
+    /// Version of the root key that signs this set (`root.rs`): a device
+    /// provisioned after root rotations learns where in the chain it starts.
+    /// 1 before format version 3.
+    #[serde(default = "first_root")]
+    pub root_version: u64,
+}
+
+fn first_root() -> u64 {
+    1
 }
 
 /// Why a key set was refused.
@@ -33,6 +50,12 @@ pub enum KeySetError {
     NotNewer { current: u64, got: u64 },
     #[error("key set version {0} lists no keys")]
     Empty(u64),
+    #[error("key set version {version} expired at {expires_at} (unix seconds), trusted time is {now}: a stale key set is not adopted")]
+    Expired {
+        version: u64,
+        expires_at: u64,
+        now: u64,
+    },
 }
 
 impl KeySet {
@@ -54,11 +77,13 @@ impl SignedKeySet {
     }
 
     /// Verify against `root` and return the key set if it is newer than `current`
-    /// (pass `None` when provisioning the first one).
+    /// (pass `None` when provisioning the first one) and not expired at `now`
+    /// (the caller's trusted time, unix seconds).
     pub fn verify(
         bytes: &[u8],
         root: &PublicKey,
         current: Option<u64>,
+        now: u64,
     ) -> Result<KeySet, KeySetError> {
         let opened = envelope::open(Kind::KeySet, bytes)?;
         if opened.key_id != root.key_id() {
@@ -70,7 +95,7 @@ impl SignedKeySet {
         if !opened.signed_by(root) {
             return Err(KeySetError::BadSignature);
         }
-        let set: KeySet = envelope::decode_body("key set", opened.body)?;
+        let set = crate::legacy::decode_keyset(opened.version, opened.body)?;
         if set.keys.is_empty() {
             return Err(KeySetError::Empty(set.version));
         }
@@ -81,6 +106,13 @@ impl SignedKeySet {
                     got: set.version,
                 });
             }
+        }
+        if set.expires_at <= now {
+            return Err(KeySetError::Expired {
+                version: set.version,
+                expires_at: set.expires_at,
+                now,
+            });
         }
         Ok(set)
     }
@@ -98,36 +130,75 @@ mod tests {
             version: 2,
             issued_at: 0,
             keys: vec![signer.public_key()],
+            expires_at: 1000,
+            root_version: 1,
         };
         let signed = SignedKeySet::sign(&set, &root);
         assert_eq!(
-            SignedKeySet::verify(&signed.0, &root.public_key(), Some(1)).unwrap(),
+            SignedKeySet::verify(&signed.0, &root.public_key(), Some(1), 10).unwrap(),
             set
         );
         assert!(matches!(
-            SignedKeySet::verify(&signed.0, &root.public_key(), Some(2)),
+            SignedKeySet::verify(&signed.0, &root.public_key(), Some(2), 10),
             Err(KeySetError::NotNewer { current: 2, got: 2 })
         ));
         let by_signer = SignedKeySet::sign(&set, &signer);
         assert!(matches!(
-            SignedKeySet::verify(&by_signer.0, &root.public_key(), Some(1)),
+            SignedKeySet::verify(&by_signer.0, &root.public_key(), Some(1), 10),
             Err(KeySetError::NotRootKey { .. })
         ));
         let mut tampered = signed.0.clone();
         let n = tampered.len();
         tampered[n - 1] ^= 1;
-        assert!(SignedKeySet::verify(&tampered, &root.public_key(), Some(1)).is_err());
+        assert!(SignedKeySet::verify(&tampered, &root.public_key(), Some(1), 10).is_err());
+        assert!(matches!(
+            SignedKeySet::verify(&signed.0, &root.public_key(), Some(1), 1000),
+            Err(KeySetError::Expired {
+                version: 2,
+                expires_at: 1000,
+                now: 1000
+            })
+        ));
         let empty = SignedKeySet::sign(
             &KeySet {
                 version: 3,
                 issued_at: 0,
                 keys: vec![],
+                expires_at: 1000,
+                root_version: 1,
             },
             &root,
         );
         assert!(matches!(
-            SignedKeySet::verify(&empty.0, &root.public_key(), None),
+            SignedKeySet::verify(&empty.0, &root.public_key(), None, 10),
             Err(KeySetError::Empty(3))
         ));
+    }
+}
+
+#[cfg(test)]
+mod legacy_tests {
+    use super::*;
+    use serde::Serialize;
+
+    #[test]
+    fn a_version_2_key_set_opens_and_never_expires() {
+        #[derive(Serialize)]
+        struct Old {
+            version: u64,
+            issued_at: u64,
+            keys: Vec<PublicKey>,
+        }
+        let root = SigningKey::generate().unwrap();
+        let old = Old {
+            version: 4,
+            issued_at: 7,
+            keys: vec![root.public_key()],
+        };
+        let bytes =
+            envelope::seal_version(2, Kind::KeySet, &root, &postcard::to_stdvec(&old).unwrap());
+        let set = SignedKeySet::verify(&bytes, &root.public_key(), None, u64::MAX - 1).unwrap();
+        assert_eq!((set.version, set.issued_at), (4, 7));
+        assert_eq!(set.expires_at, crate::manifest::NEVER);
     }
 }

@@ -1,5 +1,6 @@
-//! Manifest bodies by envelope format version: version 1's layout, frozen,
-//! read by this build and converted.
+//! Bodies by envelope format version: the layouts of versions 1 and 2, frozen,
+//! read by this build and converted (manifests, key sets, and the agent's
+//! persisted trust state, which embeds a key set).
 //!
 //! Postcard has no field names or lengths: a struct that gained a field no
 //! longer decodes from the old bytes. A device upgraded before its hub must
@@ -9,11 +10,15 @@
 
 use crate::envelope::{decode_body, OpenError};
 use crate::image::ImageRef;
-use crate::keys::KeyId;
+use crate::keys::{KeyId, PublicKey};
+use crate::keyset::{KeySet, MAX_KEYS};
 use crate::manifest::{
     AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, ReleasePolicy, Resources,
-    RestartPolicy, UpdateStrategy, VolumeMount, DEFAULT_HANDOVER_TIMEOUT_SECS, MAX_APPS,
+    RestartPolicy, UpdateStrategy, VolumeMount, DEFAULT_HANDOVER_TIMEOUT_SECS, MAX_APPS, NEVER,
 };
+use crate::verify::{LastAccepted, TrustState};
+
+pub use crate::status::v1::decode_counters_v2;
 use crate::topics::DeviceId;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -95,12 +100,88 @@ impl From<AppSpecV1> for AppSpec {
     }
 }
 
+/// Version 2's manifest: today's apps and release policy, no expiry.
+#[derive(Deserialize)]
+struct ManifestV2 {
+    device_id: DeviceId,
+    epoch: u64,
+    generation: u64,
+    issued_at: u64,
+    key_id: KeyId,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_APPS>")]
+    apps: Vec<AppSpec>,
+    release: ReleasePolicy,
+}
+
 /// Decode a manifest body written in envelope format `version`.
 pub fn decode_manifest(version: u8, body: &[u8]) -> Result<Manifest, OpenError> {
     match version {
         1 => decode_manifest_v1(body),
+        2 => {
+            let m: ManifestV2 = decode_body("manifest (format version 2)", body)?;
+            Ok(Manifest {
+                device_id: m.device_id,
+                epoch: m.epoch,
+                generation: m.generation,
+                issued_at: m.issued_at,
+                key_id: m.key_id,
+                apps: m.apps,
+                release: m.release,
+                expires_at: NEVER,
+            })
+        }
         _ => decode_body("manifest", body),
     }
+}
+
+/// Key sets before format version 3: no expiry.
+#[derive(Deserialize)]
+struct KeySetV2 {
+    version: u64,
+    issued_at: u64,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_KEYS>")]
+    keys: Vec<PublicKey>,
+}
+
+impl From<KeySetV2> for KeySet {
+    fn from(k: KeySetV2) -> KeySet {
+        KeySet {
+            version: k.version,
+            issued_at: k.issued_at,
+            keys: k.keys,
+            expires_at: NEVER,
+            root_version: 1,
+        }
+    }
+}
+
+/// Decode a key set body written in envelope format `version`.
+pub fn decode_keyset(version: u8, body: &[u8]) -> Result<KeySet, OpenError> {
+    match version {
+        1 | 2 => Ok(decode_body::<KeySetV2>("key set (format version 2)", body)?.into()),
+        _ => decode_body("key set", body),
+    }
+}
+
+/// The agent's trust state as agents before format version 3 persisted it
+/// (postcard): no time floor, no root version.
+#[derive(Deserialize)]
+struct TrustStateV2 {
+    root: PublicKey,
+    keyset: KeySetV2,
+    last: Option<LastAccepted>,
+}
+
+/// Read a trust state persisted by an agent before format version 3.
+pub fn decode_trust_state_v2(bytes: &[u8]) -> Result<TrustState, OpenError> {
+    let t: TrustStateV2 = decode_body("trust state (format version 2)", bytes)?;
+    Ok(TrustState {
+        root: t.root,
+        keyset: t.keyset.into(),
+        last: t.last,
+        time_floor: 0,
+        root_version: 1,
+    })
 }
 
 /// A version-1 manifest body, with the default release policy.
@@ -114,6 +195,7 @@ pub fn decode_manifest_v1(body: &[u8]) -> Result<Manifest, OpenError> {
         key_id: m.key_id,
         apps: m.apps.into_iter().map(AppSpec::from).collect(),
         release: ReleasePolicy::default(),
+        expires_at: NEVER,
     })
 }
 

@@ -14,6 +14,9 @@
 //! - [`image`]: image references pinned by sha256 digest.
 //! - [`status`]: device-signed `StatusReport`s and `Event`s.
 //! - [`keyset`]: rotation of manifest-signing keys under an offline root key.
+//! - [`root`]: rotation of the root key itself (a chain of links, each signed
+//!   by the previous root).
+//! - [`heartbeat`]: the hub's signed, time-stamped heartbeat (freshness).
 //! - [`watermark`]: the hub-signed event watermark (`EventWatermark`) that lets
 //!   an agent delete an event only once the hub has stored it.
 //! - [`verify`]: the agent-side `Verifier` (accept / duplicate / reject with reason).
@@ -25,12 +28,14 @@
 
 pub mod bounded;
 pub mod envelope;
+pub mod heartbeat;
 pub mod image;
 pub mod keys;
 pub mod keyset;
 pub mod legacy;
 pub mod login;
 pub mod manifest;
+pub mod root;
 pub mod sample;
 pub mod status;
 pub mod topics;
@@ -40,13 +45,15 @@ pub mod watermark;
 pub use envelope::{
     Kind, OpenError, Opened, FORMAT_VERSION, MAGIC, MAX_MESSAGE_BYTES, MIN_FORMAT_VERSION,
 };
+pub use heartbeat::{Heartbeat, HeartbeatError};
 pub use image::{Digest, ImageConfig, ImageRef, Platform};
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey};
 pub use keyset::{KeySet, KeySetError, SignedKeySet};
 pub use manifest::{
     AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, Probe, Protocol,
-    ReleasePolicy, Resources, RestartPolicy, UpdateStrategy, ValidationError, VolumeMount,
+    ReleasePolicy, Resources, RestartPolicy, UpdateStrategy, ValidationError, VolumeMount, NEVER,
 };
+pub use root::{RootError, RootRotation};
 pub use status::{
     AppState, AppStatus, DeviceMessageError, Event, EventKind, RejectCounters, ReleasePhase,
     ReleaseStatus, StatusReport,

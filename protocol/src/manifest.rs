@@ -35,6 +35,20 @@ pub struct Manifest {
     /// always carries it (format version 2, see `legacy.rs`).
     #[serde(default)]
     pub release: ReleasePolicy,
+    /// Unix seconds (hub clock) after which a device refuses this manifest as
+    /// *new* (a replayed or withheld old manifest cannot be installed), while
+    /// one it already runs keeps running: an offline device keeps working.
+    /// The hub re-issues manifests before they expire. [`NEVER`] for
+    /// manifests of format versions before 3 (`legacy.rs`).
+    #[serde(default = "never")]
+    pub expires_at: u64,
+}
+
+/// `expires_at` of something that does not expire.
+pub const NEVER: u64 = u64::MAX;
+
+pub(crate) fn never() -> u64 {
+    NEVER
 }
 
 /// Default time every app must stay up (and ready, with a health check)
@@ -654,6 +668,7 @@ mod tests {
             key_id: KeyId("k".into()),
             apps: vec![AppSpec::new("web", img()), AppSpec::new("web", img())],
             release: Default::default(),
+            expires_at: NEVER,
         };
         assert_eq!(
             m.validate(),

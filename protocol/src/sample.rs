@@ -107,5 +107,6 @@ pub fn gateway_manifest(device_id: DeviceId, key_id: KeyId, generation: u64) -> 
         key_id,
         apps: vec![reader, bridge, tsdb, dash, watchdog],
         release: crate::manifest::ReleasePolicy::default(),
+        expires_at: crate::manifest::NEVER,
     }
 }

@@ -45,6 +45,18 @@ pub struct StatusReport {
     /// `default` lets the hub read records stored before the field existed.
     #[serde(default)]
     pub release: Option<ReleaseStatus>,
+    /// `issued_at` (hub clock) of the newest verified hub heartbeat; `None`
+    /// if none arrived since provisioning (format version 3).
+    #[serde(default)]
+    pub last_heartbeat: Option<u64>,
+    /// Set when the device has heard nothing signed from the hub for longer
+    /// than its threshold: seconds since the newest hub time it trusts. The
+    /// device decides (it is the one that may be cut off or fed stale data).
+    #[serde(default)]
+    pub hub_silent_secs: Option<u64>,
+    /// The device's trusted-time floor (`verify.rs`).
+    #[serde(default)]
+    pub time_floor: u64,
 }
 
 /// The device's release state: what it is working towards and what it runs.
@@ -122,6 +134,16 @@ pub struct RejectCounters {
     pub conflicting_generation: u64,
     pub invalid_spec: u64,
     pub keyset: u64,
+    /// Expired on arrival (format version 3). `default`: records stored
+    /// before the counter existed read as zero.
+    #[serde(default)]
+    pub expired: u64,
+    /// Hub heartbeats that did not verify (format version 3).
+    #[serde(default)]
+    pub heartbeat: u64,
+    /// Root rotation links that did not verify (format version 3).
+    #[serde(default)]
+    pub root: u64,
 }
 
 impl RejectCounters {
@@ -136,6 +158,9 @@ impl RejectCounters {
             + self.conflicting_generation
             + self.invalid_spec
             + self.keyset
+            + self.expired
+            + self.heartbeat
+            + self.root
     }
 }
 
@@ -224,6 +249,11 @@ pub enum EventKind {
         app: String,
         release: (u64, u64),
     },
+    /// The device adopted root key `version` through a rotation link signed by
+    /// the previous root (`root.rs`).
+    RootAdopted {
+        version: u64,
+    },
 }
 
 /// Why a status or event from a device was refused by the hub.
@@ -302,6 +332,7 @@ impl StatusReport {
             |s: &StatusReport| &s.device_id,
             |version, what, body| match version {
                 1 => v1::decode_status(body),
+                2 => v1::decode_status_v2(body),
                 _ => envelope::decode_body(what, body),
             },
         )
@@ -332,10 +363,53 @@ impl Event {
     }
 }
 
-/// Status bodies as format version 1 wrote them (before `release`), for a
-/// hub upgraded after some of its devices. Frozen: never edit.
-mod v1 {
+/// Status bodies as format versions 1 and 2 wrote them (before `release`, and
+/// before the hub-contact fields and the `expired` counter), for a hub
+/// upgraded after some of its devices. Frozen: never edit.
+pub(crate) mod v1 {
     use super::*;
+
+    /// The reject counters before format version 3.
+    #[derive(Deserialize)]
+    pub(crate) struct RejectCountersV2 {
+        too_large: u64,
+        malformed: u64,
+        unsupported_version: u64,
+        unknown_key: u64,
+        bad_signature: u64,
+        wrong_device: u64,
+        rollback: u64,
+        conflicting_generation: u64,
+        invalid_spec: u64,
+        keyset: u64,
+    }
+
+    impl From<RejectCountersV2> for RejectCounters {
+        fn from(c: RejectCountersV2) -> RejectCounters {
+            RejectCounters {
+                too_large: c.too_large,
+                malformed: c.malformed,
+                unsupported_version: c.unsupported_version,
+                unknown_key: c.unknown_key,
+                bad_signature: c.bad_signature,
+                wrong_device: c.wrong_device,
+                rollback: c.rollback,
+                conflicting_generation: c.conflicting_generation,
+                invalid_spec: c.invalid_spec,
+                keyset: c.keyset,
+                expired: 0,
+                heartbeat: 0,
+                root: 0,
+            }
+        }
+    }
+
+    /// Counters persisted by an agent before format version 3 (postcard).
+    pub fn decode_counters_v2(bytes: &[u8]) -> Result<RejectCounters, OpenError> {
+        let c: RejectCountersV2 =
+            envelope::decode_body("reject counters (format version 2)", bytes)?;
+        Ok(c.into())
+    }
 
     #[derive(Deserialize)]
     struct StatusReportV1 {
@@ -349,8 +423,25 @@ mod v1 {
         uptime_secs: u64,
         #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_ITEMS>")]
         apps: Vec<AppStatus>,
-        rejected: RejectCounters,
+        rejected: RejectCountersV2,
         last_rejection: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct StatusReportV2 {
+        device_id: DeviceId,
+        applied: Option<(u64, u64)>,
+        boot: u64,
+        seq: u64,
+        event_floor: u64,
+        reported_at: u64,
+        agent_version: String,
+        uptime_secs: u64,
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_ITEMS>")]
+        apps: Vec<AppStatus>,
+        rejected: RejectCountersV2,
+        last_rejection: Option<String>,
+        release: Option<ReleaseStatus>,
     }
 
     /// A version-1 status body: an agent that knows no release states.
@@ -366,9 +457,34 @@ mod v1 {
             agent_version: s.agent_version,
             uptime_secs: s.uptime_secs,
             apps: s.apps,
-            rejected: s.rejected,
+            rejected: s.rejected.into(),
             last_rejection: s.last_rejection,
             release: None,
+            last_heartbeat: None,
+            hub_silent_secs: None,
+            time_floor: 0,
+        })
+    }
+
+    /// A version-2 status body: an agent that knows no hub heartbeat.
+    pub fn decode_status_v2(body: &[u8]) -> Result<StatusReport, OpenError> {
+        let s: StatusReportV2 = envelope::decode_body("status report (format version 2)", body)?;
+        Ok(StatusReport {
+            device_id: s.device_id,
+            applied: s.applied,
+            boot: s.boot,
+            seq: s.seq,
+            event_floor: s.event_floor,
+            reported_at: s.reported_at,
+            agent_version: s.agent_version,
+            uptime_secs: s.uptime_secs,
+            apps: s.apps,
+            rejected: s.rejected.into(),
+            last_rejection: s.last_rejection,
+            release: s.release,
+            last_heartbeat: None,
+            hub_silent_secs: None,
+            time_floor: 0,
         })
     }
 }
@@ -391,6 +507,9 @@ mod tests {
             rejected: RejectCounters::default(),
             last_rejection: None,
             release: None,
+            last_heartbeat: Some(3),
+            hub_silent_secs: None,
+            time_floor: 3,
         }
     }
 
@@ -468,7 +587,7 @@ mod tests {
             agent_version: &'a str,
             uptime_secs: u64,
             apps: Vec<AppStatus>,
-            rejected: RejectCounters,
+            rejected: [u64; 10],
             last_rejection: Option<String>,
         }
         let key = SigningKey::generate().unwrap();
@@ -483,7 +602,7 @@ mod tests {
             agent_version: "0.1.0",
             uptime_secs: 7,
             apps: vec![],
-            rejected: RejectCounters::default(),
+            rejected: [0, 1, 0, 0, 0, 0, 0, 0, 0, 2],
             last_rejection: None,
         };
         let bytes =
@@ -494,5 +613,20 @@ mod tests {
             (Some((1, 2)), 3, 4, 5)
         );
         assert_eq!(s.release, None);
+        assert_eq!((s.rejected.malformed, s.rejected.keyset), (1, 2));
+
+        // Version 2 appended the release state; version 3 the hub contact.
+        let mut v2 = postcard::to_stdvec(&old).unwrap();
+        let release = Some(ReleaseStatus {
+            target: (1, 2),
+            phase: ReleasePhase::Committed,
+            committed: Some((1, 2)),
+        });
+        v2.extend(postcard::to_stdvec(&release).unwrap());
+        let bytes = envelope::seal_version(2, Kind::Status, &key, &v2);
+        let s = StatusReport::open(&bytes, &device, &key.public_key()).unwrap();
+        assert_eq!(s.release, release);
+        assert_eq!((s.last_heartbeat, s.hub_silent_secs), (None, None));
+        assert_eq!(s.rejected.expired, 0);
     }
 }

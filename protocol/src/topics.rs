@@ -18,6 +18,22 @@ pub fn keyset() -> String {
     format!("{PREFIX}/keyset")
 }
 
+/// Retained, QoS 1: the hub's signed heartbeat (`heartbeat.rs`), one for the
+/// whole fleet.
+pub fn heartbeat() -> String {
+    format!("{PREFIX}/heartbeat")
+}
+
+/// Retained, QoS 1: the root rotation link to root `version` (`root.rs`).
+pub fn root(version: u64) -> String {
+    format!("{PREFIX}/roots/{version}")
+}
+
+/// What a device subscribes to for every root rotation link.
+pub fn roots() -> String {
+    format!("{PREFIX}/roots/+")
+}
+
 /// Retained, QoS 1: the device's current signed manifest.
 pub fn manifest(device: &DeviceId) -> String {
     format!("{PREFIX}/dev/{device}/manifest")

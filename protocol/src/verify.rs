@@ -6,13 +6,23 @@
 //! same bytes rather than skipping ahead. Checks run in this order, each with its
 //! own reason: size (before any decoding), framing and format version, key id,
 //! signature over the exact received bytes, decoding without trailing bytes, device
-//! binding, key epoch, generation, spec validation.
+//! binding, key epoch, generation, expiry, spec validation.
+//!
+//! Freshness (TUF's time floor): the state keeps `time_floor`, the highest
+//! hub time the device has seen in anything signed (an accepted manifest, an
+//! adopted key set, a hub heartbeat). It never moves back. Trusted time is the
+//! later of the device clock and the floor, so a Raspberry Pi booting in 1970
+//! still refuses a manifest that expired before the last heartbeat it saw.
+//! Expiry is checked only for *new* manifests: the one already accepted (a
+//! duplicate) keeps running after it expires, and so does the persisted one.
 
 use crate::envelope::{self, Kind, OpenError, MAX_MESSAGE_BYTES};
+use crate::heartbeat::{Heartbeat, HeartbeatError};
 use crate::image::Digest;
 use crate::keys::{KeyId, PublicKey};
 use crate::keyset::{KeySet, KeySetError, SignedKeySet};
 use crate::manifest::{Manifest, ValidationError};
+use crate::root::{RootError, RootRotation};
 use crate::status::RejectCounters;
 use crate::topics::DeviceId;
 use serde::{Deserialize, Serialize};
@@ -42,6 +52,13 @@ pub enum RejectReason {
     ConflictingGeneration { epoch: u64, generation: u64 },
     #[error("manifest breaks a spec rule: {0}")]
     Invalid(#[from] ValidationError),
+    #[error("manifest (epoch {epoch}, generation {generation}) expired at {expires_at} (unix seconds); trusted time is {now}: stale or withheld")]
+    Expired {
+        epoch: u64,
+        generation: u64,
+        expires_at: u64,
+        now: u64,
+    },
 }
 
 impl RejectReason {
@@ -59,6 +76,7 @@ impl RejectReason {
             RejectReason::Rollback { .. } => &mut c.rollback,
             RejectReason::ConflictingGeneration { .. } => &mut c.conflicting_generation,
             RejectReason::Invalid(_) => &mut c.invalid_spec,
+            RejectReason::Expired { .. } => &mut c.expired,
         };
         *slot += 1;
     }
@@ -91,6 +109,18 @@ pub struct TrustState {
     pub root: PublicKey,
     pub keyset: KeySet,
     pub last: Option<LastAccepted>,
+    /// Highest hub time (unix seconds) seen in a verified message; never
+    /// moves back (see the module docs).
+    pub time_floor: u64,
+    /// Version of `root`: 1 as provisioned, +1 per adopted rotation.
+    pub root_version: u64,
+}
+
+impl TrustState {
+    /// The later of the device clock `now` and the time floor.
+    pub fn trusted_now(&self, now: u64) -> u64 {
+        now.max(self.time_floor)
+    }
 }
 
 /// A manifest that passed every rule, not yet committed.
@@ -128,8 +158,9 @@ impl Verifier {
         &self.device_id
     }
 
-    /// Decide about `bytes` without changing anything.
-    pub fn verify(&self, bytes: &[u8]) -> Result<Verdict, RejectReason> {
+    /// Decide about `bytes` without changing anything; `now` is the device
+    /// clock (unix seconds), used through [`TrustState::trusted_now`].
+    pub fn verify(&self, bytes: &[u8], now: u64) -> Result<Verdict, RejectReason> {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(RejectReason::TooLarge {
                 size: bytes.len(),
@@ -189,6 +220,15 @@ impl Verifier {
                 };
             }
         }
+        let trusted = self.state.trusted_now(now);
+        if manifest.expires_at <= trusted {
+            return Err(RejectReason::Expired {
+                epoch: manifest.epoch,
+                generation: manifest.generation,
+                expires_at: manifest.expires_at,
+                now: trusted,
+            });
+        }
         manifest.validate()?;
         Ok(Verdict::Accept(Accepted {
             manifest,
@@ -203,17 +243,49 @@ impl Verifier {
             generation: accepted.manifest.generation,
             body_digest: accepted.body_digest,
         });
+        self.raise_floor(accepted.manifest.issued_at);
+    }
+
+    /// Move the time floor to `t` if that is later; it never moves back.
+    pub fn raise_floor(&mut self, t: u64) {
+        self.state.time_floor = self.state.time_floor.max(t);
     }
 
     /// Check a published key set; the caller persists it and then calls
     /// [`Verifier::adopt_keyset`].
-    pub fn verify_keyset(&self, bytes: &[u8]) -> Result<KeySet, KeySetError> {
-        SignedKeySet::verify(bytes, &self.state.root, Some(self.state.keyset.version))
+    pub fn verify_keyset(&self, bytes: &[u8], now: u64) -> Result<KeySet, KeySetError> {
+        SignedKeySet::verify(
+            bytes,
+            &self.state.root,
+            Some(self.state.keyset.version),
+            self.state.trusted_now(now),
+        )
     }
 
     pub fn adopt_keyset(&mut self, set: KeySet) {
         if set.version > self.state.keyset.version {
+            self.raise_floor(set.issued_at);
             self.state.keyset = set;
+        }
+    }
+
+    /// Check a hub heartbeat against the trusted key set; the caller raises
+    /// the floor with its `issued_at` (and decides when to persist it).
+    pub fn verify_heartbeat(&self, bytes: &[u8]) -> Result<Heartbeat, HeartbeatError> {
+        Heartbeat::open(bytes, &self.state.keyset)
+    }
+
+    /// Check one root rotation link against the current root; the caller
+    /// persists and then calls [`Verifier::adopt_root`].
+    pub fn verify_root(&self, bytes: &[u8]) -> Result<RootRotation, RootError> {
+        RootRotation::verify(bytes, &self.state.root, self.state.root_version)
+    }
+
+    pub fn adopt_root(&mut self, rotation: &RootRotation) {
+        if rotation.version == self.state.root_version.saturating_add(1) {
+            self.state.root = rotation.new_root;
+            self.state.root_version = rotation.version;
+            self.raise_floor(rotation.issued_at);
         }
     }
 }
@@ -238,11 +310,15 @@ mod tests {
             version: 1,
             issued_at: 0,
             keys: vec![signer.public_key()],
+            expires_at: crate::manifest::NEVER,
+            root_version: 1,
         };
         let state = TrustState {
             root: root.public_key(),
             keyset,
             last: None,
+            time_floor: 0,
+            root_version: 1,
         };
         World {
             verifier: Verifier::new("pi-1".parse().unwrap(), state),
@@ -269,15 +345,19 @@ mod tests {
             key_id: signer.key_id(),
             apps: vec![AppSpec::new(app, image)],
             release: Default::default(),
+            expires_at: 1_000,
         }
     }
+
+    /// The device clock in these tests: before every test manifest expires.
+    const NOW: u64 = 500;
 
     fn sealed(signer: &SigningKey, m: &Manifest) -> Vec<u8> {
         seal_value(Kind::Manifest, signer, m).unwrap()
     }
 
     fn accept(w: &mut World, bytes: &[u8]) {
-        match w.verifier.verify(bytes).unwrap() {
+        match w.verifier.verify(bytes, NOW).unwrap() {
             Verdict::Accept(a) => w.verifier.commit(&a),
             other => panic!("expected accept, got {other:?}"),
         }
@@ -289,7 +369,7 @@ mod tests {
         let bytes = sealed(&w.signer, &manifest(&w.signer, "pi-1", 1, 1, "web"));
         accept(&mut w, &bytes);
         assert_eq!(
-            w.verifier.verify(&bytes),
+            w.verifier.verify(&bytes, NOW),
             Ok(Verdict::Duplicate {
                 epoch: 1,
                 generation: 1
@@ -388,6 +468,24 @@ mod tests {
                 |r| matches!(r, RejectReason::UnknownEpoch { epoch: 7, known: 1 }),
             ),
             (
+                "expired",
+                |w| {
+                    let mut m = manifest(&w.signer, "pi-1", 1, 1, "web");
+                    m.expires_at = NOW;
+                    sealed(&w.signer, &m)
+                },
+                |r| {
+                    matches!(
+                        r,
+                        RejectReason::Expired {
+                            expires_at: NOW,
+                            now: NOW,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
                 "invalid spec",
                 |w| sealed(&w.signer, &manifest(&w.signer, "pi-1", 1, 1, "Not A Label")),
                 |r| matches!(r, RejectReason::Invalid(_)),
@@ -398,7 +496,7 @@ mod tests {
             let mut w = world();
             let bytes = make(&mut w);
             let before = w.verifier.state().clone();
-            let reason = w.verifier.verify(&bytes).expect_err(name);
+            let reason = w.verifier.verify(&bytes, NOW).expect_err(name);
             assert!(check(&reason), "{name}: unexpected {reason:?}");
             assert_eq!(
                 w.verifier.state(),
@@ -410,7 +508,7 @@ mod tests {
             assert_eq!(counters.total(), 1, "{name}");
             seen.insert(std::mem::discriminant(&reason));
         }
-        assert_eq!(seen.len(), 10, "each rule must map to its own reason");
+        assert_eq!(seen.len(), 11, "each rule must map to its own reason");
     }
 
     #[test]
@@ -423,17 +521,84 @@ mod tests {
             version: 2,
             issued_at: 0,
             keys: vec![fresh_signer.public_key()],
+            expires_at: crate::manifest::NEVER,
+            root_version: 1,
         };
         let signed = SignedKeySet::sign(&set, &w.root);
-        let adopted = w.verifier.verify_keyset(&signed.0).unwrap();
+        let adopted = w.verifier.verify_keyset(&signed.0, NOW).unwrap();
         w.verifier.adopt_keyset(adopted);
         let recovered = sealed(&fresh_signer, &manifest(&fresh_signer, "pi-1", 2, 1, "web"));
         accept(&mut w, &recovered);
         // The compromised key is gone from the key set.
         let again = sealed(&w.signer, &manifest(&w.signer, "pi-1", 2, 2, "evil"));
         assert!(matches!(
-            w.verifier.verify(&again),
+            w.verifier.verify(&again, NOW),
             Err(RejectReason::UnknownKey { .. })
         ));
+    }
+
+    #[test]
+    fn the_time_floor_only_rises_and_makes_a_stale_manifest_expire_on_a_clock_in_1970() {
+        let mut w = world();
+        let first = manifest(&w.signer, "pi-1", 1, 1, "web");
+        let first_bytes = sealed(&w.signer, &first);
+        accept(&mut w, &first_bytes);
+        assert_eq!(
+            w.verifier.state().time_floor,
+            100,
+            "the manifest's issued_at"
+        );
+        // A heartbeat from later moves the floor; an older one does not.
+        let signer = SigningKey::from_pkcs8(w.signer.pkcs8()).unwrap();
+        let hb = |t| {
+            Heartbeat {
+                issued_at: t,
+                interval_secs: 60,
+            }
+            .seal(&signer)
+        };
+        let late = w.verifier.verify_heartbeat(&hb(2_000)).unwrap();
+        w.verifier.raise_floor(late.issued_at);
+        let early = w.verifier.verify_heartbeat(&hb(50)).unwrap();
+        w.verifier.raise_floor(early.issued_at);
+        assert_eq!(w.verifier.state().time_floor, 2_000);
+        // The device clock says 1970 (0); the floor says 2000: a manifest
+        // that expired at 1000 is refused as new...
+        let stale = manifest(&w.signer, "pi-1", 1, 2, "web");
+        assert!(matches!(
+            w.verifier.verify(&sealed(&w.signer, &stale), 0),
+            Err(RejectReason::Expired { now: 2_000, .. })
+        ));
+        // ...while the one already accepted is still a duplicate, not refused.
+        assert!(matches!(
+            w.verifier.verify(&first_bytes, 0),
+            Ok(Verdict::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn a_new_root_adopted_through_the_chain_signs_the_next_key_set() {
+        let mut w = world();
+        let root2 = SigningKey::generate().unwrap();
+        let link = RootRotation::sign(2, &w.root, &root2, 300);
+        let rotation = w.verifier.verify_root(&link).unwrap();
+        w.verifier.adopt_root(&rotation);
+        assert_eq!(w.verifier.state().root_version, 2);
+        assert_eq!(w.verifier.state().time_floor, 300);
+        let set = KeySet {
+            version: 2,
+            issued_at: 310,
+            keys: vec![w.signer.public_key()],
+            expires_at: crate::manifest::NEVER,
+            root_version: 1,
+        };
+        // The old root no longer signs key sets; the new one does.
+        let by_old = SignedKeySet::sign(&set, &w.root);
+        assert!(matches!(
+            w.verifier.verify_keyset(&by_old.0, NOW),
+            Err(KeySetError::NotRootKey { .. })
+        ));
+        let by_new = SignedKeySet::sign(&set, &root2);
+        assert_eq!(w.verifier.verify_keyset(&by_new.0, NOW), Ok(set));
     }
 }

@@ -104,6 +104,8 @@ mod tests {
             version: 1,
             issued_at: 0,
             keys: vec![signer.public_key()],
+            expires_at: crate::manifest::NEVER,
+            root_version: 1,
         };
         let me: DeviceId = "pi-1".parse().unwrap();
         let good = wm("pi-1", 5).seal(&signer);

@@ -39,7 +39,7 @@ static GLOBAL: Counting = Counting;
 
 fn decode_all(verifier: &Verifier, bytes: &[u8]) -> usize {
     LARGEST.store(0, Ordering::Relaxed);
-    let _ = verifier.verify(bytes);
+    let _ = verifier.verify(bytes, 0);
     let _ = postcard::from_bytes::<Manifest>(bytes);
     let _ = postcard::from_bytes::<StatusReport>(bytes);
     LARGEST.load(Ordering::Relaxed)
@@ -51,6 +51,8 @@ fn verifier() -> (SigningKey, Verifier) {
         version: 1,
         issued_at: 0,
         keys: vec![key.public_key()],
+        expires_at: u64::MAX,
+        root_version: 1,
     };
     let v = Verifier::new(
         "d".parse().unwrap(),
@@ -58,6 +60,8 @@ fn verifier() -> (SigningKey, Verifier) {
             root: key.public_key(),
             keyset,
             last: None,
+            time_floor: 0,
+            root_version: 1,
         },
     );
     (key, v)

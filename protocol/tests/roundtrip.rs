@@ -97,8 +97,8 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn manifest()(device_id in device_id(), epoch in any::<u64>(), generation in any::<u64>(), issued_at in any::<u64>(), apps in vec(app_spec(), 0..5)) -> Manifest {
-        Manifest { device_id, epoch, generation, issued_at, key_id: key().key_id(), apps , release: Default::default(),}
+    fn manifest()(device_id in device_id(), epoch in any::<u64>(), generation in any::<u64>(), issued_at in any::<u64>(), apps in vec(app_spec(), 0..5), expires_at in any::<u64>()) -> Manifest {
+        Manifest { device_id, epoch, generation, issued_at, key_id: key().key_id(), apps , release: Default::default(), expires_at }
     }
 }
 
@@ -122,14 +122,14 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn counters()(c in vec(any::<u64>(), 10)) -> RejectCounters {
-        RejectCounters { too_large: c[0], malformed: c[1], unsupported_version: c[2], unknown_key: c[3], bad_signature: c[4], wrong_device: c[5], rollback: c[6], conflicting_generation: c[7], invalid_spec: c[8], keyset: c[9] }
+    fn counters()(c in vec(any::<u64>(), 13)) -> RejectCounters {
+        RejectCounters { too_large: c[0], malformed: c[1], unsupported_version: c[2], unknown_key: c[3], bad_signature: c[4], wrong_device: c[5], rollback: c[6], conflicting_generation: c[7], invalid_spec: c[8], keyset: c[9], expired: c[10], heartbeat: c[11], root: c[12] }
     }
 }
 
 prop_compose! {
-    fn status()(device_id in device_id(), applied in option::of(any::<(u64, u64)>()), (boot, seq, event_floor) in any::<(u64, u64, u64)>(), reported_at in any::<u64>(), agent_version in text(), uptime_secs in any::<u64>(), apps in vec(app_status(), 0..5), rejected in counters(), last_rejection in option::of(text())) -> StatusReport {
-        StatusReport { device_id, applied, boot, seq, event_floor, reported_at, agent_version, uptime_secs, apps, rejected, last_rejection , release: None,}
+    fn status()(device_id in device_id(), applied in option::of(any::<(u64, u64)>()), (boot, seq, event_floor) in any::<(u64, u64, u64)>(), reported_at in any::<u64>(), agent_version in text(), uptime_secs in any::<u64>(), apps in vec(app_status(), 0..5), rejected in counters(), last_rejection in option::of(text()), (last_heartbeat, hub_silent_secs, time_floor) in (option::of(any::<u64>()), option::of(any::<u64>()), any::<u64>())) -> StatusReport {
+        StatusReport { device_id, applied, boot, seq, event_floor, reported_at, agent_version, uptime_secs, apps, rejected, last_rejection , release: None, last_heartbeat, hub_silent_secs, time_floor }
     }
 }
 
@@ -165,8 +165,8 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn keyset()(version in any::<u64>(), issued_at in any::<u64>(), keys in vec(any::<[u8; 32]>().prop_map(PublicKey), 1..4)) -> KeySet {
-        KeySet { version, issued_at, keys }
+    fn keyset()(version in any::<u64>(), issued_at in any::<u64>(), keys in vec(any::<[u8; 32]>().prop_map(PublicKey), 1..4), expires_at in 1..=u64::MAX, root_version in any::<u64>()) -> KeySet {
+        KeySet { version, issued_at, keys, expires_at, root_version }
     }
 }
 
@@ -206,15 +206,17 @@ proptest! {
     #[test]
     fn keyset_round_trips(k in keyset()) {
         let signed = SignedKeySet::sign(&k, key());
-        prop_assert_eq!(SignedKeySet::verify(&signed.0, &key().public_key(), None).unwrap(), k);
+        prop_assert_eq!(SignedKeySet::verify(&signed.0, &key().public_key(), None, 0).unwrap(), k);
     }
 
     #[test]
-    fn trust_state_round_trips(k in keyset(), last in option::of((any::<u64>(), any::<u64>(), digest()))) {
+    fn trust_state_round_trips(k in keyset(), last in option::of((any::<u64>(), any::<u64>(), digest())), (time_floor, root_version) in any::<(u64, u64)>()) {
         let state = TrustState {
             root: key().public_key(),
             keyset: k,
             last: last.map(|(epoch, generation, body_digest)| LastAccepted { epoch, generation, body_digest }),
+            time_floor,
+            root_version,
         };
         let bytes = postcard::to_stdvec(&state).unwrap();
         prop_assert_eq!(postcard::from_bytes::<TrustState>(&bytes).unwrap(), state);
@@ -233,9 +235,9 @@ proptest! {
         let mut bytes = seal_value(Kind::Manifest, key(), &m).unwrap();
         let i = pos.index(bytes.len());
         bytes[i] ^= 1 << bit;
-        let keyset = KeySet { version: u64::MAX, issued_at: 0, keys: vec![key().public_key()] };
-        let verifier = Verifier::new(m.device_id.clone(), TrustState { root: key().public_key(), keyset, last: None });
-        match verifier.verify(&bytes) {
+        let keyset = KeySet { version: u64::MAX, issued_at: 0, keys: vec![key().public_key()], expires_at: u64::MAX, root_version: 1 };
+        let verifier = Verifier::new(m.device_id.clone(), TrustState { root: key().public_key(), keyset, last: None, time_floor: 0, root_version: 1 });
+        match verifier.verify(&bytes, 0) {
             Ok(Verdict::Accept(a)) => prop_assert!(false, "flipped bit {i}:{bit} accepted: {:?}", a.manifest),
             Ok(Verdict::Duplicate { .. }) => prop_assert!(false, "flipped bit accepted as duplicate"),
             Err(_) => {}
@@ -244,9 +246,9 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..2048)) {
-        let keyset = KeySet { version: 1, issued_at: 0, keys: vec![key().public_key()] };
-        let verifier = Verifier::new("d".parse().unwrap(), TrustState { root: key().public_key(), keyset, last: None });
-        let _ = verifier.verify(&bytes);
+        let keyset = KeySet { version: 1, issued_at: 0, keys: vec![key().public_key()], expires_at: u64::MAX, root_version: 1 };
+        let verifier = Verifier::new("d".parse().unwrap(), TrustState { root: key().public_key(), keyset, last: None, time_floor: 0, root_version: 1 });
+        let _ = verifier.verify(&bytes, 0);
         let _ = postcard::from_bytes::<Manifest>(&bytes);
         let _ = postcard::from_bytes::<StatusReport>(&bytes);
         let _ = postcard::from_bytes::<Event>(&bytes);

@@ -272,8 +272,10 @@ pub fn spawn(
     let store = Arc::new(Store::open_in_memory().map_err(state_err)?);
     let trust = TrustState {
         root: prov.root,
+        time_floor: prov.keyset.issued_at,
         keyset: prov.keyset.clone(),
         last: None,
+        root_version: prov.keyset.root_version,
     };
     // As the agent's first start: the provisioned trust is persisted first.
     store.save_trust(&trust).map_err(state_err)?;
@@ -289,6 +291,7 @@ pub fn spawn(
         pulls: _,
         readiness: _,
         release,
+        hub: hub_contact,
     } = writers;
     let reporter = Arc::new(Reporter::new(
         outbox.clone(),
@@ -331,8 +334,7 @@ pub fn spawn(
         TrustGate::new(id.clone(), trust, store.clone()),
         outbox,
         store,
-        desired,
-        rejections,
+        (desired, rejections, hub_contact),
         hub_tx,
     );
     let observe = observer(&id, idx, board);

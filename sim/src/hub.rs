@@ -90,7 +90,8 @@ pub fn provisioning(dir: &DataDir) -> Result<Provisioning, HubError> {
         })?;
     let keyset_path = dir.keyset();
     let keyset =
-        SignedKeySet::verify(&read(keyset_path.clone())?, &root, None).map_err(|source| {
+        // Time 0: the simulator checks the signature, not the expiry.
+        SignedKeySet::verify(&read(keyset_path.clone())?, &root, None, 0).map_err(|source| {
             HubError::KeySet {
                 path: keyset_path,
                 source,

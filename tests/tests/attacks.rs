@@ -34,6 +34,7 @@ fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_un
             key_id: key.key_id(),
             apps: vec![],
             release: Default::default(),
+            expires_at: outpost_protocol::NEVER,
         };
         Ok(seal_value(Kind::Manifest, key, &m)?)
     };

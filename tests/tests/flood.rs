@@ -48,6 +48,7 @@ fn ten_thousand_refused_manifests_cost_bounded_flash_and_no_real_event() -> Resu
                     key_id: forger.key_id(),
                     apps: vec![],
                     release: Default::default(),
+                    expires_at: outpost_protocol::NEVER,
                 };
                 seal_value(Kind::Manifest, &forger, &m).unwrap_or_default()
             }

@@ -223,6 +223,7 @@ fn manifest(generation: u64, apps: Vec<AppSpec>) -> Arc<Manifest> {
         key_id: KeyId("k".into()),
         apps,
         release: Default::default(),
+        expires_at: outpost_protocol::NEVER,
     })
 }
 

@@ -2,8 +2,10 @@
 //! broker's topic authorization (`access.rs`) and the Mosquitto ACL the hub
 //! generates (`mosquitto.rs`).
 //!
-//! A device reads its own manifest and ack watermark and the fleet's key set,
-//! and writes its own status and events; nothing else, no wildcards. The hub's
+//! A device reads its own manifest and ack watermark, the fleet's key set,
+//! the hub heartbeat and the root rotation links, and writes its own status
+//! and events; nothing else. The one wildcard is the root links' filter
+//! (`outpost/v1/roots/+`), which covers only hub-signed links. The hub's
 //! two links (their client ids contain ':', which no device id can) use every
 //! Outpost topic. Any other client id is nobody.
 
@@ -37,15 +39,19 @@ pub enum DeviceGrant {
     ReadManifest,
     ReadAcks,
     ReadKeySet,
+    ReadHeartbeat,
+    ReadRoots,
     WriteStatus,
     WriteEvents,
 }
 
-/// Everything a device may do; nothing else, no wildcards.
-pub const DEVICE_GRANTS: [DeviceGrant; 5] = [
+/// Everything a device may do; nothing else.
+pub const DEVICE_GRANTS: [DeviceGrant; 7] = [
     DeviceGrant::ReadManifest,
     DeviceGrant::ReadAcks,
     DeviceGrant::ReadKeySet,
+    DeviceGrant::ReadHeartbeat,
+    DeviceGrant::ReadRoots,
     DeviceGrant::WriteStatus,
     DeviceGrant::WriteEvents,
 ];
@@ -54,9 +60,11 @@ impl DeviceGrant {
     /// Subscribe (read) or publish (write).
     pub fn access(self) -> AclAccess {
         match self {
-            DeviceGrant::ReadManifest | DeviceGrant::ReadAcks | DeviceGrant::ReadKeySet => {
-                AclAccess::Subscribe
-            }
+            DeviceGrant::ReadManifest
+            | DeviceGrant::ReadAcks
+            | DeviceGrant::ReadKeySet
+            | DeviceGrant::ReadHeartbeat
+            | DeviceGrant::ReadRoots => AclAccess::Subscribe,
             DeviceGrant::WriteStatus | DeviceGrant::WriteEvents => AclAccess::Publish,
         }
     }
@@ -67,9 +75,25 @@ impl DeviceGrant {
             DeviceGrant::ReadManifest => topics::manifest(me),
             DeviceGrant::ReadAcks => topics::acks(me),
             DeviceGrant::ReadKeySet => topics::keyset(),
+            DeviceGrant::ReadHeartbeat => topics::heartbeat(),
+            DeviceGrant::ReadRoots => topics::roots(),
             DeviceGrant::WriteStatus => topics::status(me),
             DeviceGrant::WriteEvents => topics::events(me),
         }
+    }
+
+    /// Whether this grant covers `topic` for `me`: the grant's topic itself,
+    /// or for the root links' filter, one concrete link (`roots/<version>`),
+    /// as Mosquitto's pattern matching would have it.
+    pub fn covers(self, me: &DeviceId, topic: &str) -> bool {
+        let t = self.topic(me);
+        if t == topic {
+            return true;
+        }
+        self == DeviceGrant::ReadRoots
+            && topic
+                .strip_prefix(t.trim_end_matches('+'))
+                .is_some_and(|v| !v.is_empty() && !v.contains(['/', '+', '#']))
     }
 }
 
@@ -81,7 +105,7 @@ pub fn may(who: &Who, access: AclAccess, topic: &str) -> bool {
         Who::Nobody => false,
         Who::Device(me) => DEVICE_GRANTS
             .iter()
-            .any(|g| g.access() == access && g.topic(me) == topic),
+            .any(|g| g.access() == access && g.covers(me, topic)),
     }
 }
 

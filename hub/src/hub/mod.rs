@@ -133,6 +133,8 @@ pub struct Hub {
     /// Hub clock (unix seconds) of the last "you are behind" republish per device,
     /// so a device that is slow to apply is not flooded.
     pub(crate) republished: Mutex<HashMap<DeviceId, u64>>,
+    /// How long a manifest is valid (`[freshness] manifest_valid_secs`).
+    manifest_valid_secs: u64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -219,7 +221,14 @@ impl Hub {
             outbox,
             broker_ca: None,
             republished: Mutex::new(HashMap::new()),
+            manifest_valid_secs: crate::config::FreshnessConfig::default().manifest_valid_secs,
         }
+    }
+
+    /// The same hub issuing manifests valid for `secs`.
+    pub fn with_manifest_validity(mut self, secs: u64) -> Hub {
+        self.manifest_valid_secs = secs.max(1);
+        self
     }
 
     /// The same hub on another clock (tests).
@@ -676,6 +685,62 @@ impl Hub {
         Ok(reissued)
     }
 
+    /// Re-issue, with a new generation and a fresh expiry, every manifest past
+    /// half its validity (at most `limit` per call, the soonest to expire
+    /// first, so renewing a large fleet is spread over several calls).
+    /// Returns how many were re-issued. Called by the heartbeat task.
+    pub async fn renew_expiring(self: &Arc<Self>, limit: usize) -> Result<usize, HubError> {
+        let renewed = self
+            .transact("hub", move |op| {
+                let half = op.hub.manifest_valid_secs / 2;
+                let epoch = op.hub.signer.epoch();
+                let mut due = Vec::new();
+                for d in op.tx.devices()? {
+                    if let Some(m) = op.tx.manifest_meta(&d.id)? {
+                        if m.epoch == epoch && m.expires_at.saturating_sub(half) <= op.now {
+                            due.push((m.expires_at, d.id, d.labels, m.generation));
+                        }
+                    }
+                }
+                due.sort_by_key(|(exp, ..)| *exp);
+                due.truncate(limit);
+                if due.is_empty() {
+                    return Ok(0);
+                }
+                let deployments = pinned_deployments(op.tx)?;
+                let mut sealed = Vec::with_capacity(due.len());
+                for (_, id, labels, generation) in &due {
+                    let desired = render::desired(id, labels, &deployments)?;
+                    let digest = render::content_digest(&desired.apps, &desired.release);
+                    let (meta, bytes) = op.hub.seal_one(
+                        id,
+                        epoch,
+                        generation.saturating_add(1),
+                        (desired.apps, desired.release),
+                        digest,
+                        op.now,
+                    )?;
+                    sealed.push((id.clone(), meta, bytes));
+                }
+                op.tx
+                    .put_manifests(sealed.iter().map(|(id, m, b)| (id, m, b.as_slice())))?;
+                op.publish
+                    .manifests
+                    .extend(sealed.iter().map(|(id, ..)| id.clone()));
+                op.audit(
+                    "manifest.renew",
+                    "*",
+                    serde_json::json!({ "renewed": sealed.len() }),
+                )?;
+                Ok(sealed.len())
+            })
+            .await?;
+        if renewed > 0 {
+            tracing::info!(renewed, "re-issued manifests past half their validity");
+        }
+        Ok(renewed)
+    }
+
     /// Re-issue a device's current desired state with a generation above
     /// `applied`, the generation the device reports having accepted. Used when a
     /// device is ahead of the hub (its database restored from an older backup).
@@ -741,6 +806,7 @@ impl Hub {
             key_id: self.signer.key_id(),
             apps,
             release,
+            expires_at: now.saturating_add(self.manifest_valid_secs),
         };
         manifest.validate().map_err(|e| HubError::InvalidManifest {
             device: device.clone(),
@@ -760,6 +826,7 @@ impl Hub {
             apps_digest,
             issued_at: now,
             apps: manifest.apps.iter().map(|a| a.name.clone()).collect(),
+            expires_at: manifest.expires_at,
         };
         Ok((meta, bytes))
     }

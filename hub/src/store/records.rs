@@ -35,6 +35,11 @@ pub struct ManifestMeta {
     pub apps_digest: Digest,
     pub issued_at: u64,
     pub apps: Vec<String>,
+    /// When the manifest stops being adopted as new (unix seconds); 0 in
+    /// records written before manifests expired, which makes them due for
+    /// renewal at once.
+    #[serde(default)]
+    pub expires_at: u64,
 }
 
 /// The last status that verified, with the hub's clock at arrival (devices

@@ -243,13 +243,15 @@ pub fn verifier(dir: &Path, device: &DeviceId) -> Verifier {
         .parse()
         .unwrap();
     let keyset: KeySet =
-        SignedKeySet::verify(&std::fs::read(d.keyset()).unwrap(), &root, None).unwrap();
+        SignedKeySet::verify(&std::fs::read(d.keyset()).unwrap(), &root, None, 0).unwrap();
     Verifier::new(
         device.clone(),
         TrustState {
             root,
+            root_version: keyset.root_version,
             keyset,
             last: None,
+            time_floor: 0,
         },
     )
 }
@@ -286,7 +288,7 @@ pub async fn manifest_where(
 ) -> (outpost_protocol::Manifest, Publish) {
     loop {
         let p = sub.next_on(topic).await;
-        match v.verify(&p.payload) {
+        match v.verify(&p.payload, outpost_hub::clock::now_secs()) {
             Ok(outpost_protocol::Verdict::Accept(a)) => {
                 v.commit(&a);
                 if pred(&a.manifest) {

@@ -15,6 +15,7 @@ fn manifest(generation: u64) -> Manifest {
         key_id: KeyId("k".into()),
         apps: vec![AppSpec::new("web", image)],
         release: ReleasePolicy::default(),
+        expires_at: outpost_protocol::NEVER,
     }
 }
 

@@ -85,6 +85,9 @@ mod tests {
             rejected: RejectCounters::default(),
             last_rejection: None,
             release,
+            last_heartbeat: None,
+            hub_silent_secs: None,
+            time_floor: 0,
         }
     }
 
