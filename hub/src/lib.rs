@@ -44,6 +44,8 @@
 //!   the data directory's certificate pinned); [`cli_tokens`]: `token …`;
 //!   [`cli_broker`]: its broker-credential commands (`broker-config`,
 //!   device certificates).
+//! - [`metrics`]: `/metrics` in the Prometheus text format, a pure
+//!   rendering of facts other modules own.
 //! - [`memory`]: allocator settings for a long-running hub process.
 //! - [`clock`]: the one reader of the wall clock; operations take time from
 //!   the hub's clock.
@@ -63,6 +65,7 @@ pub mod hub;
 pub mod ingest;
 pub mod link;
 pub mod memory;
+pub mod metrics;
 pub mod outbox;
 pub mod publish;
 pub mod render;

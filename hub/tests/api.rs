@@ -48,6 +48,8 @@ fn fixture_on(resolver: Arc<dyn ImageResolver>, clock: Arc<dyn Clock>) -> Fixtur
             hub,
             publish: Arc::new(PublishStats::default()),
             broker: None,
+            ingest: Default::default(),
+            tls: true,
         },
         _outbox: rx,
         _tmp: tmp,
