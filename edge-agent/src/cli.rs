@@ -386,6 +386,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
         status_interval_secs: 30,
         resync_interval_ms: 1_000,
         cgroup_parent: crate::config::DEFAULT_CGROUP_PARENT.into(),
+        metrics_listen: None,
     };
     // Keep an existing key: re-running init must not change the device identity.
     let key_path = cfg.key_file();
