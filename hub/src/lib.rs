@@ -46,6 +46,8 @@
 //!   device certificates).
 //! - [`metrics`]: `/metrics` in the Prometheus text format, a pure
 //!   rendering of facts other modules own.
+//! - [`human`]: what people read: tables, relative times, states and
+//!   events in words (the CLI's human output, the dashboard's words).
 //! - [`memory`]: allocator settings for a long-running hub process.
 //! - [`clock`]: the one reader of the wall clock; operations take time from
 //!   the hub's clock.
@@ -62,6 +64,7 @@ pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod hub;
+pub mod human;
 pub mod ingest;
 pub mod link;
 pub mod memory;
