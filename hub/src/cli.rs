@@ -120,6 +120,13 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Print a one-time link that logs a browser in to the web dashboard
+    /// with this CLI's token (valid 2 minutes, works once).
+    Dashboard {
+        /// The page to open, e.g. /ui/devices/pi-01 (default: the fleet).
+        #[arg(long)]
+        page: Option<String>,
+    },
     /// Staged rollouts (`[rollout]` in a deployment): progress, pause, resume, abort.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -631,6 +638,21 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
             print!("{}", human::audit(&es, now_secs()));
         }
         Command::Rollout(cmd) => rollout(cmd, c, json).await?,
+        Command::Dashboard { page } => {
+            let body = serde_json::json!({ "next": page });
+            let link: serde_json::Value = c.call(Method::POST, "/v1/ui/links", Some(&body)).await?;
+            if json {
+                return print_json(&link);
+            }
+            let path = link["path"]
+                .as_str()
+                .context("the hub's answer to POST /v1/ui/links has no path")?;
+            println!("{}{path}", c.base());
+            println!(
+                "open it in a browser within {} s; it works once (the CLI's certificate check does not apply to the browser)",
+                link["expires_in_secs"]
+            );
+        }
         Command::Init { .. }
         | Command::Serve { .. }
         | Command::Keys(_)

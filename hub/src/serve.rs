@@ -280,6 +280,7 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         broker: broker_refused,
         ingest: ingest_stats,
         tls,
+        links: Default::default(),
     });
     tracker.spawn(api::server::serve(listener, app, api_tls, shutdown.clone()));
     tracing::info!(%http_addr, tls, broker = %format!("{}:{}", target.host, target.port), embedded = embedded_broker.is_some(), "hub started");

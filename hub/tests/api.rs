@@ -50,6 +50,7 @@ fn fixture_on(resolver: Arc<dyn ImageResolver>, clock: Arc<dyn Clock>) -> Fixtur
             broker: None,
             ingest: Default::default(),
             tls: true,
+            links: Default::default(),
         },
         _outbox: rx,
         _tmp: tmp,

@@ -9,6 +9,7 @@
 //! included.
 
 mod auth;
+pub mod dashboard;
 mod error;
 mod metrics;
 pub mod server;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub ingest: Arc<crate::ingest::IngestStats>,
     /// Is the API served over TLS? (The dashboard's cookie is `Secure` then.)
     pub tls: bool,
+    /// The dashboard's one-time login links.
+    pub links: Arc<dashboard::Links>,
 }
 
 /// Build the router.
@@ -67,6 +70,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rollouts/{name}/{command}", post(rollout_command))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics::metrics))
+        .route("/v1/ui/links", post(dashboard::create_link))
         .route("/v1/audit", get(audit))
         .route(
             "/v1/tokens",
@@ -83,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { Json(serde_json::json!({ "ok": true })) }),
         )
         .merge(authed)
+        .merge(dashboard::routes())
         .with_state(state)
 }
 
