@@ -130,7 +130,7 @@ async fn devices_status_events_and_rollout_status_read_as_words_in_aligned_table
     // status: no "1/2" for epoch and generation, app states in words.
     let status = hub.cli(&["status", "d-1"]);
     assert!(
-        status.contains(&format!("desired:"))
+        status.contains("desired:")
             && status.contains("epoch 1, generation")
             && status.contains(": web"),
         "{status}"
