@@ -473,7 +473,7 @@ where
 }
 
 async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
-    use crate::human;
+    use crate::api::human;
     match cmd {
         Command::Device(DeviceCommand::Add {
             id,
@@ -687,7 +687,7 @@ async fn events(c: &ApiClient, device: &str, after: u64, follow: bool, json: boo
                 println!("no events");
             }
             (false, _) if !es.is_empty() || first => {
-                print!("{}", crate::human::events(&es, now_secs(), first));
+                print!("{}", crate::api::human::events(&es, now_secs(), first));
             }
             (false, _) => {}
         }

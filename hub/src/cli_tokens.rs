@@ -4,8 +4,8 @@
 use crate::access::Role;
 use crate::client::ApiClient;
 use crate::hub::now_secs;
-use crate::human::{ago, ago_or_never};
 use crate::scope::Scope;
+use crate::text::{ago, ago_or_never};
 use crate::tokens::{NewToken, TokenView};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -61,7 +61,7 @@ pub fn table(tokens: &[TokenView], now: u64) -> String {
             ]
         })
         .collect();
-    crate::human::table(
+    crate::text::table(
         &["NAME", "ROLE", "SCOPE", "CREATED", "LAST USED", "STATE"],
         &rows,
         &[],

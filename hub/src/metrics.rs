@@ -15,7 +15,7 @@
 //! [`PublishStats`]: crate::outbox::PublishStats
 //! [`IngestStats`]: crate::ingest::IngestStats
 
-use crate::api::{AppCounts, DeviceState};
+use crate::fleet::{AppCounts, DeviceState};
 use crate::hub::rollouts::view::RolloutView;
 use crate::rollout::Phase;
 use outpost_protocol::RejectCounters;

@@ -11,6 +11,7 @@
 mod auth;
 pub mod dashboard;
 mod error;
+pub mod human;
 mod metrics;
 pub mod server;
 mod tokens;

@@ -2,9 +2,9 @@
 //! model and `now`. Every piece of text that comes from the store or a
 //! device goes through [`esc`]; the pages carry no script.
 
+use crate::api::human;
 use crate::api::{DeviceDetail, DeviceState, DeviceSummary};
 use crate::hub::rollouts::view::RolloutView;
-use crate::human;
 use crate::rollout::Phase;
 use crate::store::{DeploymentRecord, EventRecord};
 use std::fmt::Write as _;

@@ -253,7 +253,7 @@ pub fn summary(views: &[RolloutView]) -> String {
     table(&rows, &[false, true, false, true, true, true, true, false])
 }
 
-pub use crate::human::ago;
+pub use crate::text::ago;
 
 /// Rows (the first is the header) as aligned columns; `right[i]`:
 /// right-align column `i`.
@@ -267,7 +267,7 @@ fn table(rows: &[Vec<String>], right: &[bool]) -> String {
         .enumerate()
         .filter_map(|(i, r)| r.then_some(i))
         .collect();
-    crate::human::table(&header, rows, &right)
+    crate::text::table(&header, rows, &right)
 }
 
 #[cfg(test)]
