@@ -15,6 +15,7 @@ PACKAGES=(
   skopeo                  # pushes OCI layouts into the test registry
   iproute2 procps psmisc util-linux
   openssl                 # tests make their own CA, certificates and token keys
+  chromium                # headless browser of the dashboard test (hub/tests/dashboard.rs)
 )
 if [ "${OUTPOST_CROSS:-0}" = 1 ]; then
   # ARM cross compilers: the sample image for arm64/armv7, and the ARM builds of the suite.

@@ -195,6 +195,22 @@ pub async fn run(
         cancel.clone(),
     ));
     tracker.spawn(status_file_writer(reporter.clone(), cancel.clone()));
+    if let Some(addr) = cfg.metrics_listen {
+        // A taken port is logged, not fatal: apps matter more than figures.
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(device_id = %device, %addr, "serving /metrics");
+                tracker.spawn(crate::metrics::serve(
+                    listener,
+                    reporter.clone(),
+                    cancel.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(device_id = %device, %addr, error = %e, "cannot listen for /metrics (metrics_listen); running without")
+            }
+        }
+    }
 
     // The link.
     let broker = cfg.broker_addr()?;

@@ -392,6 +392,7 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
         resync_interval_ms: 1_000,
         cgroup_parent: crate::config::DEFAULT_CGROUP_PARENT.into(),
         hub_silent_after_secs: crate::report::DEFAULT_HUB_SILENT_AFTER_SECS,
+        metrics_listen: None,
     };
     // Keep an existing key: re-running init must not change the device identity.
     let key_path = cfg.key_file();

@@ -31,6 +31,8 @@ pub enum ConfigError {
     BadBudget { value: String, why: String },
     #[error("[logs] {field}: {why}")]
     BadLogs { field: &'static str, why: String },
+    #[error("metrics_listen {addr}: must be a loopback address (127.0.0.1 or ::1); the metrics listener has no login")]
+    MetricsNotLoopback { addr: std::net::SocketAddr },
 }
 
 /// Registry access of the image provider: the `[registry]` section shared with
@@ -160,6 +162,11 @@ pub struct Config {
     /// The hub sends a heartbeat every minute by default.
     #[serde(default = "default_hub_silent_after")]
     pub hub_silent_after_secs: u64,
+    /// Serve `/metrics` (Prometheus text format) on this loopback address,
+    /// e.g. `127.0.0.1:9464`; off when unset. Loopback only: the figures are
+    /// for a collector on the device, and the listener has no login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn default_hub_silent_after() -> u64 {
@@ -212,6 +219,9 @@ impl Config {
         }
         cfg.root_public_key()?;
         cfg.budget()?;
+        if let Some(addr) = cfg.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::MetricsNotLoopback { addr });
+        }
         if cfg.logs.files == 0 {
             return Err(ConfigError::BadLogs {
                 field: "files",
@@ -412,6 +422,7 @@ mod tests {
             resync_interval_ms: 1000,
             hub_silent_after_secs: 300,
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
+            metrics_listen: None,
         };
         let p = dir.path().join("agent.toml");
         cfg.save(&p).unwrap();
@@ -435,5 +446,15 @@ mod tests {
         std::fs::write(&p, "device_id = \"a/b\"\n").unwrap();
         let err = Config::load(&p).unwrap_err().to_string();
         assert!(err.contains("agent.toml"), "{err}");
+        // The metrics listener is loopback only: its figures have no login.
+        let open = format!("metrics_listen = \"0.0.0.0:9464\"\n{text}");
+        std::fs::write(&p, open).unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:9464") && err.contains("loopback"),
+            "{err}"
+        );
+        std::fs::write(&p, format!("metrics_listen = \"127.0.0.1:9464\"\n{text}")).unwrap();
+        assert!(Config::load(&p).unwrap().metrics_listen.is_some());
     }
 }

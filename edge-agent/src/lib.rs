@@ -32,6 +32,8 @@
 //!   the image disk budget.
 //! - [`view`]: the status view as parts with one writer each, and its pure
 //!   composition.
+//! - [`metrics`]: the optional loopback `/metrics` listener (`metrics_listen`),
+//!   a pure rendering of the view and a minimal HTTP responder.
 //! - [`report`]: signed status reports from the view, the local status file.
 //! - [`agent`]: wires the tasks of `outpost-agent run` together (and runs the
 //!   link task, the writer of the link state).
@@ -49,6 +51,7 @@ pub mod inbox;
 pub mod link;
 pub mod locks;
 pub mod logview;
+pub mod metrics;
 pub mod outbox;
 pub mod reconcile;
 pub mod rejections;

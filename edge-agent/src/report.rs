@@ -50,6 +50,9 @@ pub struct Reporter {
     boots: u64,
     /// Status reports sealed in this boot.
     status_seq: AtomicU64,
+    /// Milliseconds after `started` when the last status was sealed for
+    /// sending, plus one (0: none yet); for `/metrics`.
+    last_sealed: AtomicU64,
     started: Instant,
     status_file: PathBuf,
     /// How long without signed word from the hub before it counts as silent.
@@ -80,6 +83,7 @@ impl Reporter {
             parts,
             boots,
             status_seq: AtomicU64::new(0),
+            last_sealed: AtomicU64::new(0),
             started: Instant::now(),
             status_file,
             hub_silent_after: std::time::Duration::from_secs(DEFAULT_HUB_SILENT_AFTER_SECS),
@@ -126,6 +130,9 @@ impl Reporter {
     /// [`Outbox::floor`], read by the caller off the async threads.
     pub fn sealed_status(&self, event_floor: u64) -> Vec<u8> {
         let v = self.view();
+        let since_start = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_sealed
+            .store(since_start.saturating_add(1), Ordering::Relaxed);
         let report = StatusReport {
             device_id: self.device_id().clone(),
             applied: v.applied,
@@ -144,6 +151,19 @@ impl Reporter {
             time_floor: v.time_floor,
         };
         report.seal(&self.key)
+    }
+
+    /// Status reports sealed for sending in this boot.
+    pub fn reports_sent(&self) -> u64 {
+        self.status_seq.load(Ordering::Relaxed)
+    }
+
+    /// Seconds since the last status report was sealed for sending, on the
+    /// monotonic clock; `None` before the first.
+    pub fn last_report_age_secs(&self) -> Option<u64> {
+        let at = self.last_sealed.load(Ordering::Relaxed).checked_sub(1)?;
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Some(now.saturating_sub(at) / 1000)
     }
 
     /// Write the local status file atomically (write + rename) for the `status`

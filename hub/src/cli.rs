@@ -37,6 +37,10 @@ pub struct Cli {
     /// system's roots).
     #[arg(long, global = true, env = "OUTPOST_HUB_CA")]
     pub ca_file: Option<PathBuf>,
+    /// Print the API's answer as JSON (for scripts) instead of the human
+    /// form; with `--watch`/`--follow`, one JSON document per line.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,35 +86,46 @@ pub enum Command {
     },
     /// List devices.
     Devices {
+        /// Print again every 2 seconds until interrupted.
         #[arg(long)]
-        json: bool,
+        watch: bool,
     },
     /// Show one device.
     Status {
         device: String,
+        /// Print again every 2 seconds until interrupted.
         #[arg(long)]
-        json: bool,
+        watch: bool,
     },
     /// Events a device reported.
     Events {
         device: String,
+        /// Only events after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// Keep printing new events as they arrive (polls every second)
+        /// until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// List deployments.
-    Deployments {
-        #[arg(long)]
-        json: bool,
-    },
+    Deployments,
     /// Delete something.
     #[command(subcommand)]
     Delete(DeleteCommand),
-    /// Ingest and publish counters.
+    /// Device counts, ingest and publish counters.
     Stats,
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Print a one-time link that logs a browser in to the web dashboard
+    /// with this CLI's token (valid 2 minutes, works once).
+    Dashboard {
+        /// The page to open, e.g. /ui/devices/pi-01 (default: the fleet).
+        #[arg(long)]
+        page: Option<String>,
     },
     /// Staged rollouts (`[rollout]` in a deployment): progress, pause, resume, abort.
     #[command(subcommand)]
@@ -149,8 +164,6 @@ pub enum RolloutCommand {
         /// Print again every 2 seconds until the rollout completes or is aborted.
         #[arg(long)]
         watch: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Stop admitting devices; those already admitted carry on.
     Pause { deployment: String },
@@ -342,11 +355,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Token(cmd) => {
             let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
-            crate::cli_tokens::run(cmd, &client).await
+            crate::cli_tokens::run(cmd, &client, cli.json).await
         }
         cmd => {
             let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
-            remote(cmd, &client).await
+            remote(cmd, &client, cli.json).await
         }
     }
 }
@@ -472,29 +485,35 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
     });
 }
 
-fn gen(g: Option<crate::api::GenerationView>) -> String {
-    g.map(|g| format!("{}/{}", g.epoch, g.generation))
-        .unwrap_or_else(|| "-".into())
+/// Print `v` as pretty JSON.
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
-fn ago(t: Option<u64>, now: u64) -> String {
-    match t {
-        None => "never".into(),
-        Some(t) => format!("{}s ago", now.saturating_sub(t)),
+/// How often `--watch` prints again and `--follow` asks for new events.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Run `show` once, or (with `watch`) every [`WATCH_EVERY`] until
+/// interrupted, a blank line between.
+async fn watching<F, Fut>(watch: bool, mut show: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    loop {
+        show().await?;
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+        println!();
     }
 }
 
-fn labels(l: &BTreeMap<String, String>) -> String {
-    if l.is_empty() {
-        return "-".into();
-    }
-    l.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
+async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
+    use crate::api::human;
     match cmd {
         Command::Device(DeviceCommand::Add {
             id,
@@ -508,18 +527,23 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
                 serde_json::json!({ "id": id, "public_key": public_key.trim(), "labels": labels });
             let added: crate::api::AddedDevice =
                 c.call(Method::POST, "/v1/devices", Some(&body)).await?;
-            let d = &added.device;
-            println!(
-                "registered {} (desired generation {})",
-                d.id,
-                gen(d.desired)
-            );
-            if let Some(out) = cert_out {
+            if let Some(out) = &cert_out {
                 let cert = added
                     .broker_cert
+                    .clone()
                     .context("the hub sent no broker certificate")?;
-                crate::cli_broker::write_cert(&cert, &out)?;
+                crate::cli_broker::write_cert(&cert, out)?;
             }
+            if json {
+                return print_json(&added);
+            }
+            let d = &added.device;
+            println!(
+                "registered {} (desired {})",
+                d.id,
+                d.desired
+                    .map_or("none".into(), |g| human::generation(g.epoch, g.generation))
+            );
         }
         Command::Device(DeviceCommand::Cert { id, out }) => {
             crate::cli_broker::device_cert(c, &id, &out).await?;
@@ -527,6 +551,9 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
         Command::Device(DeviceCommand::Remove { id }) => {
             c.call::<(), ()>(Method::DELETE, &format!("/v1/devices/{id}"), None)
                 .await?;
+            if json {
+                return print_json(&serde_json::json!({ "removed": id }));
+            }
             println!("removed {id}");
         }
         Command::Device(DeviceCommand::Label { id, changes }) => {
@@ -548,11 +575,15 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
                     Some(&body),
                 )
                 .await?;
+            if json {
+                return print_json(&d);
+            }
             println!(
-                "{}: {} (desired generation {})",
+                "{}: {} (desired {})",
                 d.id,
-                labels(&d.labels),
-                gen(d.desired)
+                human::labels(&d.labels),
+                d.desired
+                    .map_or("none".into(), |g| human::generation(g.epoch, g.generation))
             );
         }
         Command::Apply { file } => {
@@ -561,6 +592,9 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
             let spec = DeploymentSpec::from_toml(&text)
                 .with_context(|| format!("{} is invalid", file.display()))?;
             let out: ApplyOutcome = c.call(Method::PUT, "/v1/deployments", Some(&spec)).await?;
+            if json {
+                return print_json(&out);
+            }
             println!(
                 "deployment {} revision {}{}: {} device(s) matched, {} new manifest(s)",
                 out.name,
@@ -577,114 +611,52 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
                 );
             }
         }
-        Command::Devices { json } => {
-            let ds: Vec<DeviceSummary> = c.get("/v1/devices").await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&ds)?);
-                return Ok(());
-            }
-            let now = now_secs();
-            println!(
-                "{:<24} {:<28} {:<16} {:>9} {:>9} {:>8} {:>8}",
-                "ID", "LABELS", "SEEN", "DESIRED", "APPLIED", "RUNNING", "FAILING"
-            );
-            for d in ds {
-                let seen = if d.online {
-                    format!("online ({})", ago(d.last_seen, now))
+        Command::Devices { watch } => {
+            watching(watch, || async {
+                let ds: Vec<DeviceSummary> = c.get("/v1/devices").await?;
+                if json {
+                    println!("{}", serde_json::to_string(&ds)?);
                 } else {
-                    format!("offline ({})", ago(d.last_seen, now))
-                };
-                println!(
-                    "{:<24} {:<28} {:<16} {:>9} {:>9} {:>8} {:>8}",
-                    d.id,
-                    labels(&d.labels),
-                    seen,
-                    gen(d.desired),
-                    gen(d.applied),
-                    format!("{}/{}", d.apps.running, d.apps.total),
-                    d.apps.failing
-                );
-            }
-        }
-        Command::Status { device, json } => {
-            let d: DeviceDetail = c.get(&format!("/v1/devices/{device}")).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
-                return Ok(());
-            }
-            let now = now_secs();
-            let s = &d.summary;
-            println!("device:    {}", s.id);
-            println!("labels:    {}", labels(&s.labels));
-            println!("key:       {}", s.public_key);
-            println!(
-                "online:    {} (last seen {})",
-                s.online,
-                ago(s.last_seen, now)
-            );
-            println!(
-                "desired:   {} apps [{}]",
-                gen(s.desired),
-                d.desired_apps.join(", ")
-            );
-            println!("applied:   {}", gen(s.applied));
-            if let Some(st) = &d.status {
-                println!(
-                    "agent:     {} up {}s, report seq {}",
-                    st.agent_version, st.uptime_secs, st.seq
-                );
-                if let Some(r) = &st.last_rejection {
-                    println!("rejected:  {} total, last: {r}", st.rejected.total());
+                    print!("{}", human::devices(&ds, now_secs()));
                 }
-                println!("hub:       {}", freshness_line(st, now));
-                if let Some(r) = &st.release {
-                    println!("release:   {}", release_line(r));
-                }
-                for a in &st.apps {
-                    println!(
-                        "  {:<20} {:<28} restarts={} {}",
-                        a.name,
-                        format!("{:?}", a.state),
-                        a.restarts,
-                        a.last_error.clone().unwrap_or_default()
-                    );
-                }
-            }
+                Ok(())
+            })
+            .await?;
         }
-        Command::Events { device, after } => {
-            let es: Vec<EventRecord> = c
-                .get(&format!("/v1/devices/{device}/events?after={after}"))
-                .await?;
-            for e in es {
-                println!("{:>6} {} {:?}", e.event.seq, e.event.at, e.event.kind);
-            }
+        Command::Status { device, watch } => {
+            let path = format!("/v1/devices/{device}");
+            watching(watch, || async {
+                let d: DeviceDetail = c.get(&path).await?;
+                if json && watch {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else if json {
+                    print_json(&d)?;
+                } else {
+                    print!("{}", human::status(&d, now_secs()));
+                }
+                Ok(())
+            })
+            .await?;
         }
-        Command::Deployments { json } => {
+        Command::Events {
+            device,
+            after,
+            follow,
+        } => events(c, &device, after, follow, json).await?,
+        Command::Deployments => {
             let ds: Vec<DeploymentRecord> = c.get("/v1/deployments").await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&ds)?);
-                return Ok(());
+                return print_json(&ds);
             }
-            println!("{:<24} {:>8} {:<32} APPS", "NAME", "REVISION", "SELECTOR");
-            for d in ds {
-                let apps: Vec<String> = d
-                    .apps
-                    .iter()
-                    .map(|a| format!("{}={}", a.name, a.image))
-                    .collect();
-                println!(
-                    "{:<24} {:>8} {:<32} {}",
-                    d.spec.name,
-                    d.revision,
-                    labels(&d.spec.selector),
-                    apps.join(" ")
-                );
-            }
+            print!("{}", human::deployments(&ds, now_secs()));
         }
         Command::Delete(DeleteCommand::Deployment { name }) => {
             let out: ApplyOutcome = c
                 .call::<(), _>(Method::DELETE, &format!("/v1/deployments/{name}"), None)
                 .await?;
+            if json {
+                return print_json(&out);
+            }
             println!(
                 "deleted deployment {}: {} new manifest(s)",
                 out.name,
@@ -693,18 +665,34 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
         }
         Command::Stats => {
             let s: Stats = c.get("/v1/stats").await?;
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            if json {
+                return print_json(&s);
+            }
+            print!("{}", human::stats(&s));
         }
         Command::Audit { limit } => {
             let es: Vec<AuditEntry> = c.get(&format!("/v1/audit?limit={limit}")).await?;
-            for e in es {
-                println!(
-                    "{:>6} {} {:<6} {:<18} {} {}",
-                    e.seq, e.at, e.who, e.action, e.target, e.detail
-                );
+            if json {
+                return print_json(&es);
             }
+            print!("{}", human::audit(&es, now_secs()));
         }
-        Command::Rollout(cmd) => rollout(cmd, c).await?,
+        Command::Rollout(cmd) => rollout(cmd, c, json).await?,
+        Command::Dashboard { page } => {
+            let body = serde_json::json!({ "next": page });
+            let link: serde_json::Value = c.call(Method::POST, "/v1/ui/links", Some(&body)).await?;
+            if json {
+                return print_json(&link);
+            }
+            let path = link["path"]
+                .as_str()
+                .context("the hub's answer to POST /v1/ui/links has no path")?;
+            println!("{}{path}", c.base());
+            println!(
+                "open it in a browser within {} s; it works once (the CLI's certificate check does not apply to the browser)",
+                link["expires_in_secs"]
+            );
+        }
         Command::Init { .. }
         | Command::Serve { .. }
         | Command::Keys(_)
@@ -716,15 +704,49 @@ async fn remote(cmd: Command, c: &ApiClient) -> Result<()> {
     Ok(())
 }
 
-async fn rollout(cmd: RolloutCommand, c: &ApiClient) -> Result<()> {
+/// `events DEVICE [--after SEQ] [--follow]`: a table (or a JSON array), and
+/// with `--follow` new rows (or one JSON object per line) as they arrive.
+async fn events(c: &ApiClient, device: &str, after: u64, follow: bool, json: bool) -> Result<()> {
+    let mut after = after;
+    let mut first = true;
+    loop {
+        let es: Vec<EventRecord> = c
+            .get(&format!("/v1/devices/{device}/events?after={after}"))
+            .await?;
+        if let Some(last) = es.last() {
+            after = last.event.seq;
+        }
+        match (json, follow) {
+            (true, false) => return print_json(&es),
+            (true, true) => {
+                for e in &es {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+            (false, _) if first && es.is_empty() && !follow => {
+                println!("no events");
+            }
+            (false, _) if !es.is_empty() || first => {
+                print!("{}", crate::api::human::events(&es, now_secs(), first));
+            }
+            (false, _) => {}
+        }
+        if !follow {
+            return Ok(());
+        }
+        first = false;
+        // Flushed per batch so a pipe sees each event as it arrives.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+async fn rollout(cmd: RolloutCommand, c: &ApiClient, json: bool) -> Result<()> {
     use crate::hub::rollouts::view::{summary, RolloutView};
     use crate::rollout::Phase;
     let (deployment, verb) = match cmd {
-        RolloutCommand::Status {
-            deployment,
-            watch,
-            json,
-        } => loop {
+        RolloutCommand::Status { deployment, watch } => loop {
             let done = match &deployment {
                 Some(name) => {
                     let v: RolloutView = c.get(&format!("/v1/rollouts/{name}")).await?;
@@ -749,7 +771,7 @@ async fn rollout(cmd: RolloutCommand, c: &ApiClient) -> Result<()> {
             if !watch || done {
                 return Ok(());
             }
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            tokio::time::sleep(WATCH_EVERY).await;
             println!();
         },
         RolloutCommand::Pause { deployment } => (deployment, "pause"),
@@ -763,84 +785,12 @@ async fn rollout(cmd: RolloutCommand, c: &ApiClient) -> Result<()> {
             None,
         )
         .await?;
+    if json {
+        return print_json(&v);
+    }
     println!(
         "rollout of {} revision {}: {}",
         v.deployment, v.revision, v.state
     );
     Ok(())
-}
-
-/// A device's release state in words, e.g. `generation 3 rolled back to 2
-/// (web: exited with code 3)`.
-/// The hub's freshness as the device reports it. (Pure.)
-fn freshness_line(st: &outpost_protocol::StatusReport, now: u64) -> String {
-    let heard = match st.last_heartbeat {
-        Some(t) => format!("last heartbeat it verified {}", ago(Some(t), now)),
-        None => "it has verified no heartbeat since its agent started".to_string(),
-    };
-    match st.hub_silent_secs {
-        Some(s) => {
-            format!("SILENT for the device for {s} s (updates withheld or link cut); {heard}")
-        }
-        None => format!("heard by the device; {heard}"),
-    }
-}
-
-fn release_line(r: &outpost_protocol::ReleaseStatus) -> String {
-    use outpost_protocol::ReleasePhase as P;
-    let g = |id: (u64, u64)| format!("generation {}", id.1);
-    let what = match &r.phase {
-        P::Downloading => "downloading its images".to_string(),
-        P::WaitingForLock { app } => format!("waiting: {app} holds its update lock"),
-        P::Trial => "in trial".to_string(),
-        P::Committed => "committed".to_string(),
-        P::RolledBack { to, app, reason } => {
-            format!("rolled back to {} ({app}: {reason})", g(*to))
-        }
-        P::Failed { app, reason } => {
-            format!("failed its trial, nothing to roll back to ({app}: {reason})")
-        }
-    };
-    let committed = match (&r.phase, r.committed) {
-        (P::Committed | P::RolledBack { .. }, _) | (_, None) => String::new(),
-        (_, Some(c)) => format!("; last committed {}", g(c)),
-    };
-    format!("{} {what}{committed}", g(r.target))
-}
-
-#[cfg(test)]
-mod release_line_tests {
-    use super::release_line;
-    use outpost_protocol::{ReleasePhase, ReleaseStatus};
-
-    #[test]
-    fn release_states_read_as_words() {
-        let at = |phase| ReleaseStatus {
-            target: (1, 3),
-            phase,
-            committed: Some((1, 2)),
-        };
-        let cases = [
-            (
-                at(ReleasePhase::Trial),
-                "generation 3 in trial; last committed generation 2",
-            ),
-            (at(ReleasePhase::Committed), "generation 3 committed"),
-            (
-                at(ReleasePhase::RolledBack {
-                    to: (1, 2),
-                    app: "web".into(),
-                    reason: "exited with code 3".into(),
-                }),
-                "generation 3 rolled back to generation 2 (web: exited with code 3)",
-            ),
-            (
-                at(ReleasePhase::WaitingForLock { app: "db".into() }),
-                "generation 3 waiting: db holds its update lock; last committed generation 2",
-            ),
-        ];
-        for (status, want) in cases {
-            assert_eq!(release_line(&status), want);
-        }
-    }
 }

@@ -5,6 +5,7 @@ use crate::access::Role;
 use crate::client::ApiClient;
 use crate::hub::now_secs;
 use crate::scope::Scope;
+use crate::text::{ago, ago_or_never};
 use crate::tokens::{NewToken, TokenView};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -22,14 +23,9 @@ pub enum TokenCommand {
         /// token sees and changes. None: the whole fleet.
         #[arg(long = "scope")]
         scope: Vec<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// The tokens: name, role, scope, when made and last used.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Revoke a token: it fails from the next request on.
     Revoke { name: String },
 }
@@ -43,73 +39,38 @@ impl clap::ValueEnum for Role {
     }
 }
 
-/// `30s ago`, `5m ago`, `3h ago`, `2d ago`.
-pub fn relative(t: u64, now: u64) -> String {
-    let d = now.saturating_sub(t);
-    match d {
-        0..=59 => format!("{d}s ago"),
-        60..=3599 => format!("{}m ago", d / 60),
-        3600..=86_399 => format!("{}h ago", d / 3600),
-        _ => format!("{}d ago", d / 86_400),
-    }
-}
-
-/// The table `token list` prints, columns as wide as their widest cell.
+/// The table `token list` prints.
 pub fn table(tokens: &[TokenView], now: u64) -> String {
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "ROLE".into(),
-        "SCOPE".into(),
-        "CREATED".into(),
-        "LAST USED".into(),
-        "STATE".into(),
-    ]];
-    for t in tokens {
-        rows.push([
-            t.name.clone(),
-            t.role.to_string(),
-            if t.scope.is_everything() {
-                "*".into()
-            } else {
-                t.scope.to_string()
-            },
-            relative(t.created_at, now),
-            t.last_used
-                .map(|u| relative(u, now))
-                .unwrap_or_else(|| "never".into()),
-            match t.revoked_at {
-                Some(r) => format!("revoked {}", relative(r, now)),
-                None => "live".into(),
-            },
-        ]);
-    }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.role.to_string(),
+                if t.scope.is_everything() {
+                    "*".into()
+                } else {
+                    t.scope.to_string()
+                },
+                ago(t.created_at, now),
+                ago_or_never(t.last_used, now),
+                match t.revoked_at {
+                    Some(r) => format!("revoked {}", ago(r, now)),
+                    None => "live".into(),
+                },
+            ]
+        })
+        .collect();
+    crate::text::table(
+        &["NAME", "ROLE", "SCOPE", "CREATED", "LAST USED", "STATE"],
+        &rows,
+        &[],
+    )
 }
 
-pub async fn run(cmd: TokenCommand, c: &ApiClient) -> Result<()> {
+pub async fn run(cmd: TokenCommand, c: &ApiClient, json: bool) -> Result<()> {
     match cmd {
-        TokenCommand::Create {
-            name,
-            role,
-            scope,
-            json,
-        } => {
+        TokenCommand::Create { name, role, scope } => {
             let scope = Scope::parse(&scope.join(","))
                 .with_context(|| format!("--scope {}", scope.join(" --scope ")))?;
             let body = serde_json::json!({ "name": name, "role": role, "scope": scope });
@@ -132,7 +93,7 @@ pub async fn run(cmd: TokenCommand, c: &ApiClient) -> Result<()> {
                 println!("use it with --token or OUTPOST_HUB_TOKEN");
             }
         }
-        TokenCommand::List { json } => {
+        TokenCommand::List => {
             let all: Vec<TokenView> = c.get("/v1/tokens").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
@@ -144,7 +105,11 @@ pub async fn run(cmd: TokenCommand, c: &ApiClient) -> Result<()> {
             let t: TokenView = c
                 .call::<(), _>(Method::DELETE, &format!("/v1/tokens/{name}"), None)
                 .await?;
-            println!("token {} revoked", t.name);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("token {} revoked", t.name);
+            }
         }
     }
     Ok(())
@@ -183,16 +148,16 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(
-            lines[1].contains("30s ago") && lines[1].contains("live"),
+            lines[1].contains("30 s ago") && lines[1].contains("live"),
             "{out}"
         );
         assert!(
             lines[2].contains("site=plant-a")
                 && lines[2].contains("never")
-                && lines[2].contains("revoked 2h ago"),
+                && lines[2].contains("revoked 2 h ago"),
             "{out}"
         );
-        assert!(lines[1].contains("2d ago"), "{out}");
+        assert!(lines[1].contains("2 d ago"), "{out}");
         // Every ROLE cell starts in the same column.
         let starts: Vec<usize> = lines
             .iter()
@@ -208,15 +173,5 @@ mod tests {
             })
             .collect();
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{out}");
-    }
-
-    #[test]
-    fn relative_times() {
-        assert_eq!(relative(10, 10), "0s ago");
-        assert_eq!(relative(0, 59), "59s ago");
-        assert_eq!(relative(0, 60), "1m ago");
-        assert_eq!(relative(0, 3600), "1h ago");
-        assert_eq!(relative(0, 86_400 * 3), "3d ago");
-        assert_eq!(relative(50, 10), "0s ago");
     }
 }

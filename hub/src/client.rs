@@ -180,6 +180,34 @@ impl ApiClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let bytes = self.raw(method, path, body).await?;
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// A text answer, e.g. `GET /metrics`.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let bytes = self.raw::<()>(Method::GET, path, None).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Decode {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Send a request; the body of a successful answer, or the API's error.
+    async fn raw<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<axum::body::Bytes, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
@@ -221,15 +249,7 @@ impl ApiClient {
                 field: v["field"].as_str().map(str::to_string),
             });
         }
-        let bytes = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
-            path: path.to_string(),
-            detail: e.to_string(),
-        })
+        Ok(bytes)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

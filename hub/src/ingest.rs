@@ -36,6 +36,14 @@ pub const REPUBLISH_INTERVAL_SECS: u64 = 20;
 /// one every 30 s).
 pub const ONLINE_WINDOW_SECS: u64 = 90;
 
+/// What the ingest task measures, for `/metrics` (its only writer is [`run`]).
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Messages received from the broker and waiting for a batch, as of the
+    /// latest batch taken.
+    pub backlog: std::sync::atomic::AtomicU64,
+}
+
 /// Work for the ingest link's [`sender`].
 #[derive(Debug)]
 pub enum Inbox {
@@ -326,6 +334,7 @@ pub async fn run(
     hub: Arc<Hub>,
     mut rx: mpsc::Receiver<Publish>,
     acks: mpsc::UnboundedSender<Inbox>,
+    stats: Arc<IngestStats>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -340,6 +349,9 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        stats
+            .backlog
+            .store(rx.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let h = Arc::clone(&hub);
         let result = tokio::task::spawn_blocking(move || {
             let now = h.now();

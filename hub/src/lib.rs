@@ -31,7 +31,9 @@
 //! - [`publish`]: the single task that publishes (on the publish link).
 //! - [`ingest`]: verification and storage of device status and events, and the
 //!   single task that subscribes and acks (on the ingest link).
-//! - [`api`]: the axum HTTP API, served over TLS (`api::server`).
+//! - [`api`]: the axum HTTP API, served over TLS (`api::server`), its
+//!   human form for the CLI (`api::human`) and the web dashboard
+//!   (`api::dashboard`).
 //! - [`access`]: token roles and scopes, and the pure authorization decision
 //!   `decide(caller, request)` every API handler asks.
 //! - [`tokens`]: API tokens (hashed secrets in the store): create, revoke,
@@ -44,6 +46,10 @@
 //!   the data directory's certificate pinned); [`cli_tokens`]: `token …`;
 //!   [`cli_broker`]: its broker-credential commands (`broker-config`,
 //!   device certificates).
+//! - [`metrics`]: `/metrics` in the Prometheus text format, a pure
+//!   rendering of facts other modules own.
+//! - [`text`]: tables and relative times for people (no fleet knowledge).
+//! - [`fleet`]: a device's state in one word and its app counts.
 //! - [`memory`]: allocator settings for a long-running hub process.
 //! - [`clock`]: the one reader of the wall clock; operations take time from
 //!   the hub's clock.
@@ -59,10 +65,12 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deploy;
+pub mod fleet;
 pub mod hub;
 pub mod ingest;
 pub mod link;
 pub mod memory;
+pub mod metrics;
 pub mod outbox;
 pub mod publish;
 pub mod render;
@@ -72,5 +80,6 @@ pub mod scope;
 pub mod serve;
 pub mod signing;
 pub mod store;
+pub mod text;
 pub mod tls;
 pub mod tokens;

@@ -272,10 +272,12 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         Arc::clone(&hub),
         shutdown.clone(),
     ));
+    let ingest_stats = Arc::new(ingest::IngestStats::default());
     tracker.spawn(ingest::run(
         Arc::clone(&hub),
         incoming_rx,
         inbox_tx,
+        Arc::clone(&ingest_stats),
         shutdown.clone(),
     ));
 
@@ -291,12 +293,15 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
             addr: opts.config.http_listen,
             source,
         })?;
+    let tls = api_tls.is_some();
     let app = api::router(ApiState {
         hub: Arc::clone(&hub),
         publish: Arc::clone(&publish_stats),
         broker: broker_refused,
+        ingest: ingest_stats,
+        tls,
+        links: Default::default(),
     });
-    let tls = api_tls.is_some();
     tracker.spawn(api::server::serve(listener, app, api_tls, shutdown.clone()));
     tracing::info!(%http_addr, tls, broker = %format!("{}:{}", target.host, target.port), embedded = embedded_broker.is_some(), "hub started");
     Ok(Running {

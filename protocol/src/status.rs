@@ -147,6 +147,25 @@ pub struct RejectCounters {
 }
 
 impl RejectCounters {
+    /// Every counter with its name (as metrics label it), in field order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 13] {
+        [
+            ("too_large", self.too_large),
+            ("malformed", self.malformed),
+            ("unsupported_version", self.unsupported_version),
+            ("unknown_key", self.unknown_key),
+            ("bad_signature", self.bad_signature),
+            ("wrong_device", self.wrong_device),
+            ("rollback", self.rollback),
+            ("conflicting_generation", self.conflicting_generation),
+            ("invalid_spec", self.invalid_spec),
+            ("keyset", self.keyset),
+            ("expired", self.expired),
+            ("heartbeat", self.heartbeat),
+            ("root", self.root),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
         self.too_large
             + self.malformed

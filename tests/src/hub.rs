@@ -290,24 +290,30 @@ impl Hub {
         serde_json::from_str(&out).with_context(|| format!("hub status output: {out}"))
     }
 
-    /// Events the hub received: (seq, kind name, full line).
+    /// Events the hub received: (seq, kind name, the event as JSON), from
+    /// `outpost-hub events --json` (the human form is for people).
     pub fn events(&self, id: &str) -> Result<Vec<(u64, String, String)>> {
-        let out = self.cli(&["events", id])?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                let seq = it.next()?.parse().ok()?;
-                let _at = it.next()?;
-                let kind = it.next()?.to_string();
-                Some((seq, kind, l.to_string()))
+        let out = self.cli(&["events", id, "--json"])?;
+        let records: Vec<Value> =
+            serde_json::from_str(&out).with_context(|| format!("hub events output: {out}"))?;
+        Ok(records
+            .iter()
+            .filter_map(|r| {
+                let e = &r["event"];
+                let seq = e["seq"].as_u64()?;
+                let kind = match &e["kind"] {
+                    Value::String(s) => s.clone(),
+                    Value::Object(o) => o.keys().next()?.clone(),
+                    _ => return None,
+                };
+                Some((seq, kind, e.to_string()))
             })
             .collect())
     }
 
     /// The hub's `/v1/stats` (`outpost-hub stats`): ingest counters and more.
     pub fn stats(&self) -> Result<Value> {
-        let out = self.cli(&["stats"])?;
+        let out = self.cli(&["stats", "--json"])?;
         serde_json::from_str(&out).with_context(|| format!("hub stats output: {out}"))
     }
 

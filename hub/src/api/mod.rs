@@ -9,13 +9,16 @@
 //! included.
 
 mod auth;
+pub mod dashboard;
 mod error;
+pub mod human;
+mod metrics;
 pub mod server;
 mod tokens;
 mod views;
 
 pub use error::AppError;
-pub use views::{AppCounts, DeviceDetail, DeviceSummary, GenerationView, Stats};
+pub use views::{AppCounts, DeviceDetail, DeviceState, DeviceSummary, GenerationView, Stats};
 
 use crate::access::{Caller, Request as Access};
 use crate::deploy::DeploymentSpec;
@@ -41,6 +44,12 @@ pub struct ApiState {
     pub publish: Arc<PublishStats>,
     /// What the embedded broker refused; `None` with an external broker.
     pub broker: Option<Arc<crate::broker::access::Refused>>,
+    /// What the ingest task measures (`/metrics`).
+    pub ingest: Arc<crate::ingest::IngestStats>,
+    /// Is the API served over TLS? (The dashboard's cookie is `Secure` then.)
+    pub tls: bool,
+    /// The dashboard's one-time login links.
+    pub links: Arc<dashboard::Links>,
 }
 
 /// Build the router.
@@ -61,6 +70,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rollouts/{name}", get(get_rollout))
         .route("/v1/rollouts/{name}/{command}", post(rollout_command))
         .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/ui/links", post(dashboard::create_link))
         .route("/v1/audit", get(audit))
         .route(
             "/v1/tokens",
@@ -77,6 +88,7 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { Json(serde_json::json!({ "ok": true })) }),
         )
         .merge(authed)
+        .merge(dashboard::routes())
         .with_state(state)
 }
 

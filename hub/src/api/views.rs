@@ -1,8 +1,9 @@
 //! JSON views the API returns (and the CLI reads back).
 
+pub use crate::fleet::{counts, AppCounts, DeviceState};
 use crate::ingest::ONLINE_WINDOW_SECS;
 use crate::store::{DeviceRecord, ManifestMeta, StatusRecord};
-use outpost_protocol::{AppState, StatusReport};
+use outpost_protocol::StatusReport;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -15,13 +16,6 @@ pub fn is_online(received_at: u64, now: u64) -> bool {
 pub struct GenerationView {
     pub epoch: u64,
     pub generation: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppCounts {
-    pub total: usize,
-    pub running: usize,
-    pub failing: usize,
 }
 
 /// One row of `GET /v1/devices`.
@@ -39,20 +33,10 @@ pub struct DeviceSummary {
     pub apps: AppCounts,
 }
 
-fn counts(report: &StatusReport) -> AppCounts {
-    AppCounts {
-        total: report.apps.len(),
-        running: report.apps.iter().filter(|a| a.state.is_running()).count(),
-        failing: report
-            .apps
-            .iter()
-            .filter(|a| {
-                matches!(
-                    a.state,
-                    AppState::Failed | AppState::BackingOff { .. } | AppState::Exited { .. }
-                ) || a.ready == Some(false)
-            })
-            .count(),
+impl DeviceSummary {
+    /// Online, degraded, offline or never seen.
+    pub fn state(&self) -> DeviceState {
+        DeviceState::of(self.online, self.last_seen, self.apps.failing)
     }
 }
 

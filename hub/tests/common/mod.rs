@@ -345,3 +345,127 @@ impl InProcessHub {
         }
     }
 }
+
+/// A device played by the test: registered through the CLI, logged in to the
+/// embedded broker as itself, publishing device-signed statuses and events
+/// as an agent does.
+pub struct FakeDevice {
+    pub id: outpost_protocol::DeviceId,
+    pub key: outpost_protocol::SigningKey,
+    pub seq: u64,
+    pub link: Subscriber,
+}
+
+impl FakeDevice {
+    /// Register `id` with `labels` (`k=v`) and connect it.
+    pub async fn register(hub: &HubProc, id: &str, labels: &[&str]) -> FakeDevice {
+        let key = outpost_protocol::SigningKey::generate().unwrap();
+        let pk = key.public_key().to_string();
+        let mut args = vec!["device", "add", id, "--public-key", pk.as_str()];
+        for l in labels {
+            args.extend(["-l", l]);
+        }
+        hub.cli(&args);
+        let id: DeviceId = id.parse().unwrap();
+        let link = Subscriber::device(&id, &key, hub.mqtt_port(), &[]).await;
+        FakeDevice {
+            id,
+            key,
+            seq: 0,
+            link,
+        }
+    }
+
+    /// Publish a signed status: `applied`, these apps, this release.
+    pub async fn report(
+        &mut self,
+        applied: (u64, u64),
+        apps: Vec<outpost_protocol::AppStatus>,
+        release: Option<outpost_protocol::ReleaseStatus>,
+    ) {
+        self.seq += 1;
+        let st = outpost_protocol::StatusReport {
+            device_id: self.id.clone(),
+            applied: Some(applied),
+            boot: 1,
+            seq: self.seq,
+            event_floor: 0,
+            reported_at: 0,
+            agent_version: "0.1.0-test".into(),
+            uptime_secs: 200,
+            apps,
+            rejected: Default::default(),
+            last_rejection: None,
+            release,
+            last_heartbeat: None,
+            hub_silent_secs: None,
+            time_floor: 0,
+        };
+        self.link
+            .client
+            .publish(
+                topics::status(&self.id),
+                QoS::AtLeastOnce,
+                false,
+                st.seal(&self.key),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publish signed event `seq`.
+    pub async fn event(&self, seq: u64, kind: outpost_protocol::EventKind) {
+        let e = outpost_protocol::Event {
+            device_id: self.id.clone(),
+            seq,
+            at: 5,
+            dropped_before: 0,
+            kind,
+        };
+        self.link
+            .client
+            .publish(
+                topics::events(&self.id),
+                QoS::AtLeastOnce,
+                false,
+                e.seal(&self.key),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// An app as an agent reports it.
+pub fn app(name: &str, state: outpost_protocol::AppState) -> outpost_protocol::AppStatus {
+    outpost_protocol::AppStatus {
+        name: name.into(),
+        state,
+        restarts: 0,
+        last_error: None,
+        image_digest: None,
+        ready: None,
+    }
+}
+
+/// The desired `(epoch, generation)` of device `id`, as the API says.
+pub async fn desired_of(hub: &HubProc, id: &str) -> (u64, u64) {
+    let d: outpost_hub::api::DeviceDetail =
+        hub.api.get(&format!("/v1/devices/{id}")).await.unwrap();
+    let g = d.summary.desired.unwrap();
+    (g.epoch, g.generation)
+}
+
+/// A deployment `web` of sites `a` with image byte `byte`, and (`rollout`)
+/// a canary of 1 then everyone.
+pub fn web_file(dir: &Path, byte: u8, rollout: bool) -> String {
+    let mut s = format!(
+        "name = \"web\"\nselector = {{ site = \"a\" }}\n\n[[apps]]\nname = \"web\"\nimage = \"{}\"\n",
+        pinned("reg/web", byte)
+    );
+    if rollout {
+        s.push_str("\n[rollout]\ncanary = 1\nwaves = [\"100%\"]\n");
+    }
+    let path = dir.join(format!("web-{byte}-{}.toml", u8::from(rollout)));
+    std::fs::write(&path, s).unwrap();
+    path.to_str().unwrap().to_string()
+}

@@ -253,50 +253,21 @@ pub fn summary(views: &[RolloutView]) -> String {
     table(&rows, &[false, true, false, true, true, true, true, false])
 }
 
-/// `t` relative to `now`, in the largest whole unit.
-pub fn ago(t: u64, now: u64) -> String {
-    let s = now.saturating_sub(t);
-    match s {
-        0 => "just now".into(),
-        1..=119 => format!("{s}s ago"),
-        120..=7199 => format!("{}m ago", s / 60),
-        7200..=172_799 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
-}
+pub use crate::text::ago;
 
-/// Rows as aligned columns (two spaces apart); `right[i]`: right-align
-/// column `i`. The last column is not padded.
+/// Rows (the first is the header) as aligned columns; `right[i]`:
+/// right-align column `i`.
 fn table(rows: &[Vec<String>], right: &[bool]) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
+    let Some((header, rows)) = rows.split_first() else {
+        return String::new();
+    };
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let right: Vec<usize> = right
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.then_some(i))
         .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c > 0 {
-                line.push_str("  ");
-            }
-            let w = widths[c];
-            if c + 1 == cols && !right.get(c).copied().unwrap_or(false) {
-                line.push_str(cell);
-            } else if right.get(c).copied().unwrap_or(false) {
-                let _ = write!(line, "{cell:>w$}");
-            } else {
-                let _ = write!(line, "{cell:<w$}");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::text::table(&header, rows, &right)
 }
 
 #[cfg(test)]
@@ -304,33 +275,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relative_times_use_the_largest_whole_unit() {
-        let cases = [
-            (0, "just now"),
-            (5, "5s ago"),
-            (119, "119s ago"),
-            (120, "2m ago"),
-            (7199, "119m ago"),
-            (7200, "2h ago"),
-            (200_000, "2d ago"),
-        ];
-        for (secs, want) in cases {
-            assert_eq!(ago(1_000_000 - secs, 1_000_000), want, "{secs}");
-        }
-        // A time in the future (clock skew) reads as now, not as a wrap-around.
-        assert_eq!(ago(10, 5), "just now");
-    }
-
-    #[test]
-    fn tables_align_columns() {
+    fn tables_take_their_header_from_the_first_row() {
         let rows = vec![
-            vec!["A".to_string(), "N".into(), "TEXT".into()],
-            vec!["long-name".to_string(), "12".into(), "x".into()],
-            vec!["b".to_string(), "3".into(), "longer text".into()],
+            vec!["A".to_string(), "N".into()],
+            vec!["long-name".to_string(), "12".into()],
+            vec!["b".to_string(), "3".into()],
         ];
         assert_eq!(
-            table(&rows, &[false, true, false]),
-            "A           N  TEXT\nlong-name  12  x\nb           3  longer text\n"
+            table(&rows, &[false, true]),
+            "A           N\nlong-name  12\nb           3\n"
         );
     }
 }
