@@ -108,6 +108,20 @@ impl Hub {
         outpost_test_support::mosquitto::Mosquitto,
         std::path::PathBuf,
     )> {
+        Hub::start_with_locked_mosquitto_acl(registry, str::to_string)
+    }
+
+    /// [`Hub::start_with_locked_mosquitto`] with the generated ACL file
+    /// changed by `edit` before Mosquitto reads it: a broker whose operator
+    /// (or intruder) withholds a topic.
+    pub fn start_with_locked_mosquitto_acl(
+        registry: &Registry,
+        edit: impl Fn(&str) -> String,
+    ) -> Result<(
+        Hub,
+        outpost_test_support::mosquitto::Mosquitto,
+        std::path::PathBuf,
+    )> {
         use outpost_test_support::mosquitto::{Mosquitto, MosquittoConfig, LEASED_PORT};
         let dir = tempfile::tempdir()?;
         run(Command::new(&bins().hub)
@@ -120,6 +134,8 @@ impl Hub {
             .arg(dir.path())
             .args(["broker-config", "mosquitto", "--host", "127.0.0.1", "--out"])
             .arg(&out))?;
+        let acl = std::fs::read_to_string(out.join("acl"))?;
+        std::fs::write(out.join("acl"), edit(&acl))?;
         let conf = std::fs::read_to_string(out.join("mosquitto.conf"))?;
         ensure!(
             conf.contains("\nlistener 8883\n"),
@@ -335,6 +351,21 @@ impl Hub {
     /// Replace hub.toml's `[registry]` section (takes effect at the next `serve`).
     pub fn set_registry(&self, section: toml::Table) -> Result<()> {
         set_registry_section(&self.dir.path().join("hub.toml"), section)
+    }
+
+    /// Set `[freshness]` in hub.toml (takes effect at the next `serve`).
+    pub fn set_freshness(&self, heartbeat_secs: u64, manifest_valid_secs: u64) -> Result<()> {
+        let path = self.dir.path().join("hub.toml");
+        let mut doc: toml::Table = std::fs::read_to_string(&path)?.parse()?;
+        let mut section = toml::Table::new();
+        section.insert("heartbeat_secs".into(), i64::try_from(heartbeat_secs)?.into());
+        section.insert(
+            "manifest_valid_secs".into(),
+            i64::try_from(manifest_valid_secs)?.into(),
+        );
+        doc.insert("freshness".into(), section.into());
+        std::fs::write(&path, toml::to_string(&doc)?)?;
+        Ok(())
     }
 
     /// GET an HTTP API path with the hub's token, over TLS trusting the

@@ -61,3 +61,13 @@ pub fn unique(prefix: &str) -> String {
     let n: u32 = rand::random();
     format!("{prefix}-{:06x}", n & 0xff_ffff)
 }
+
+/// Unix seconds by this machine's clock (which hub and agents under test
+/// share): for wall-time facts such as an expiry in the past.
+pub fn wall_secs() -> u64 {
+    // The one reading of the wall clock in the e2e harness (see clippy.toml).
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

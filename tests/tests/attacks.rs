@@ -1,5 +1,7 @@
 //! Hostile input on the manifest topic: each attack is rejected, counted, visible
-//! in status, and leaves the running app untouched. The attacker needs a broker
+//! in status, and leaves the running app untouched. One of them is a replay of
+//! a genuine, validly signed manifest past its expiry (freshness): the device
+//! refuses it as new although the signature is the hub's own. The attacker needs a broker
 //! that lets it publish there (the embedded broker lets only the hub): an open
 //! Mosquitto stands for a broker taken over (`World::start_on_open_broker`).
 
@@ -25,19 +27,26 @@ fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_un
 
     let signer = w.hub.signing_key()?;
     let stranger = SigningKey::generate()?;
-    let forged = |key: &SigningKey, device: &str| -> anyhow::Result<Vec<u8>> {
-        let m = Manifest {
-            device_id: device.parse()?,
-            epoch: 1,
-            generation: generation + 100,
-            issued_at: 0,
-            key_id: key.key_id(),
-            apps: vec![],
-            release: Default::default(),
-            expires_at: outpost_protocol::NEVER,
+    let forged_until =
+        |key: &SigningKey, device: &str, expires_at: u64| -> anyhow::Result<Vec<u8>> {
+            let m = Manifest {
+                device_id: device.parse()?,
+                epoch: 1,
+                generation: generation + 100,
+                issued_at: 0,
+                key_id: key.key_id(),
+                apps: vec![],
+                release: Default::default(),
+                expires_at,
+            };
+            Ok(seal_value(Kind::Manifest, key, &m)?)
         };
-        Ok(seal_value(Kind::Manifest, key, &m)?)
-    };
+    let forged =
+        |key: &SigningKey, device: &str| forged_until(key, device, outpost_protocol::NEVER);
+    // Signed by the hub's own key for this device, newer than what it runs,
+    // but expired an hour ago: what a broker holding back an old release
+    // could deliver.
+    let an_hour_ago = outpost_e2e::wall_secs() - 3_600;
     let mut flipped = current.clone();
     let n = flipped.len();
     flipped[n - 2] ^= 0x01;
@@ -46,6 +55,10 @@ fn tampered_replayed_foreign_unknown_key_and_junk_manifests_are_rejected_apps_un
         ("rollback", old),
         ("wrong_device", forged(&signer, "some-other-device")?),
         ("unknown_key", forged(&stranger, device.as_str())?),
+        (
+            "expired",
+            forged_until(&signer, device.as_str(), an_hour_ago)?,
+        ),
     ];
     for (counter, bytes) in &attacks {
         let before = w.agent.status()?["rejected"][counter].as_u64().unwrap_or(0);

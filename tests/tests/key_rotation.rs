@@ -81,3 +81,59 @@ fn a_device_that_adopted_a_rotated_key_set_reboots_offline_with_every_app() -> a
     );
     Ok(())
 }
+
+/// Two root rotations (`outpost-hub keys rotate-root`) while the device is
+/// off: when both come back, the device walks the chain link by link (each
+/// signed by the root before it, countersigned by the next), adopts the key
+/// set signed by the newest root and the manifest re-signed under it, and its
+/// app keeps running untouched. Nobody re-provisions it.
+#[test]
+fn a_device_walks_two_root_rotations_made_while_it_was_off() -> anyhow::Result<()> {
+    let mut w = World::start("rootrot")?;
+    let app = w.app("hello");
+    w.deploy_and_wait(std::slice::from_ref(&app))?;
+    let pid = eventually(PATIENCE, "app pid", || w.agent.app_pid(&app.name));
+
+    w.agent.stop();
+    w.hub.stop();
+    for (version, epoch) in [(2, 2), (3, 3)] {
+        let out = w.hub.cli(&["keys", "rotate-root"])?;
+        assert!(
+            out.contains(&format!("(root version {version})"))
+                && out.contains(&format!("manifest epoch) {epoch}")),
+            "{out}"
+        );
+    }
+    w.hub.serve()?;
+    w.agent.start()?;
+
+    let st = eventually(PATIENCE, "the agent to apply under epoch 3", || {
+        let st = w.agent.status().ok()?;
+        (st["applied"][0].as_u64()? == 3).then_some(st)
+    });
+    assert_eq!(st["rejected"]["root"].as_u64(), Some(0), "{st}");
+    eventually(PATIENCE, "the hub to see both root adoptions", || {
+        let kinds: Vec<String> = w
+            .hub
+            .events(&w.agent.device_id)
+            .ok()?
+            .into_iter()
+            .filter(|(_, kind, _)| kind == "RootAdopted")
+            .map(|(_, _, json)| json)
+            .collect();
+        (kinds.len() == 2).then_some(())
+    });
+    assert!(
+        w.agent
+            .logs()
+            .contains("root key adopted through its rotation link"),
+        "no root adoption in the agent's log"
+    );
+    assert_eq!(
+        w.agent.app_pid(&app.name),
+        Some(pid),
+        "the app was restarted"
+    );
+    assert!(app.get("/").is_some(), "app stopped answering");
+    Ok(())
+}

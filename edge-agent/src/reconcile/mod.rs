@@ -359,7 +359,11 @@ impl Reconciler {
         let mut images = images;
         let trial_running = self.trial.as_ref().is_some_and(|t| t.id == id);
         let mut gate = download_gate(&target, &containers, &images);
-        let mut route = release::route(&self.record, id, trial_running, &gate);
+        let mut route = if release::is_renewal(&self.record, &manifest) {
+            release::renewed()
+        } else {
+            release::route(&self.record, id, trial_running, &gate)
+        };
         if route.phase == ReleasePhase::Downloading {
             // Pull now; if that completes the release's images, it starts in
             // this very pass.

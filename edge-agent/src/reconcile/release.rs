@@ -186,6 +186,28 @@ pub fn route(record: &Record, target: ReleaseId, trial_running: bool, gate: &Gat
     }
 }
 
+/// Is `target` a renewal of the committed release: a newer generation with the
+/// same apps and release policy (the hub re-issues manifests before they
+/// expire, `outpost_protocol::verify`)? No container changes, so a trial
+/// would prove nothing: it commits at once. (Pure.)
+pub fn is_renewal(record: &Record, target: &Manifest) -> bool {
+    record.trial.is_none()
+        && record.committed.as_ref().is_some_and(|c| {
+            c.id < target.release_id()
+                && c.manifest.apps == target.apps
+                && c.manifest.release == target.release
+        })
+}
+
+/// The route of a renewal (see [`is_renewal`]): commit it, run it.
+pub fn renewed() -> Route {
+    Route {
+        run: Run::Target,
+        transition: Some(Transition::Commit),
+        phase: ReleasePhase::Committed,
+    }
+}
+
 fn start() -> Route {
     Route {
         run: Run::Target,

@@ -337,3 +337,32 @@ fn apply_moves_the_record_and_it_survives_json() {
         Record::default()
     );
 }
+
+/// A renewal (same apps and policy, newer generation, the hub re-issuing
+/// before expiry) commits at once; anything else, or a renewal while a trial
+/// runs, goes through `route`.
+#[test]
+fn a_renewed_manifest_commits_without_a_trial() {
+    let record = Record {
+        committed: committed(3),
+        ..Record::default()
+    };
+    assert!(is_renewal(&record, &manifest(4)));
+    assert_eq!(renewed().transition, Some(Transition::Commit));
+    assert!(!is_renewal(&record, &manifest(3)), "not newer");
+    let mut changed = manifest(4);
+    changed.apps[0].env.insert("A".into(), "1".into());
+    assert!(!is_renewal(&record, &changed), "other apps");
+    let mut policy = manifest(4);
+    policy.release.stable_secs += 1;
+    assert!(!is_renewal(&record, &policy), "other release policy");
+    let in_trial = Record {
+        trial: Some((1, 4)),
+        ..record.clone()
+    };
+    assert!(!is_renewal(&in_trial, &manifest(5)));
+    assert!(
+        !is_renewal(&Record::default(), &manifest(1)),
+        "nothing committed"
+    );
+}
