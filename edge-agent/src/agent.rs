@@ -149,9 +149,11 @@ pub async fn run(
         release,
         hub: hub_contact,
     } = writers;
+    let log_counters = Arc::new(crate::logstream::LogCounters::default());
     let reporter = Arc::new(
         Reporter::new(outbox.clone(), key.clone(), parts, boots, cfg.status_file())
-            .with_hub_silent_after(Duration::from_secs(cfg.hub_silent_after_secs)),
+            .with_hub_silent_after(Duration::from_secs(cfg.hub_silent_after_secs))
+            .with_log_counters(log_counters.clone()),
     );
 
     let tracker = TaskTracker::new();
@@ -244,13 +246,25 @@ pub async fn run(
                 status_interval: Duration::from_secs(cfg.status_interval_secs.max(1)),
             };
             tracker.spawn(sender.run(cancel.clone()));
+            let (log_tx, log_rx) = mpsc::unbounded_channel();
+            tracker.spawn(
+                crate::logstream::LogStreams::new(
+                    client.clone(),
+                    device.clone(),
+                    key.clone(),
+                    cfg.logs_dir(),
+                    log_counters.clone(),
+                )
+                .run(log_rx, cancel.clone()),
+            );
             let inbox = Inbox::new(
                 gate,
                 outbox.clone(),
                 store.clone(),
                 (desired, rejections, hub_contact),
                 hub_tx,
-            );
+            )
+            .with_log_requests(log_tx, log_counters.clone());
             tracker.spawn(link_events(
                 client,
                 link_state,

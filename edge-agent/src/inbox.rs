@@ -25,7 +25,7 @@ use outpost_protocol::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Which kind of message a topic carries, for this device. (Pure.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub enum Route {
     Root,
     /// The hub's signed heartbeat.
     Heartbeat,
+    /// A hub-signed request for an app's logs (`crate::logstream`).
+    LogRequest,
     /// Nothing this agent subscribes to: ignored (and acknowledged).
     Other,
 }
@@ -53,6 +55,8 @@ pub fn route(topic: &str, device: &DeviceId) -> Route {
         Route::KeySet
     } else if topic == topics::heartbeat() {
         Route::Heartbeat
+    } else if topic == topics::log_requests(device) {
+        Route::LogRequest
     } else if topic
         .strip_prefix(roots_prefix)
         .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -197,6 +201,9 @@ pub enum InboxError {
     Persist(#[source] StateError),
 }
 
+/// Where verified log requests go, each with the trusted time it was checked at.
+pub type LogRequests = mpsc::UnboundedSender<(outpost_protocol::LogRequest, u64)>;
+
 /// Handles manifests, key sets and watermarks (see the module docs).
 pub struct Inbox {
     outbox: Outbox,
@@ -222,6 +229,9 @@ pub struct Inbox {
     held_keyset: Option<Vec<u8>>,
     /// Root links ahead of the device's root, by version, until their turn.
     roots_ahead: BTreeMap<u64, Vec<u8>>,
+    /// Where verified log requests go, with trusted time (`None`: the agent
+    /// serves no logs, e.g. the fleet simulator).
+    logs: Option<(LogRequests, Arc<crate::logstream::LogCounters>)>,
     /// Reports refusals without a write per refusal (see [`crate::rejections`]).
     throttle: Throttle,
     /// Origin of the throttle's monotonic clock.
@@ -254,13 +264,45 @@ impl Inbox {
             held: None,
             held_keyset: None,
             roots_ahead: BTreeMap::new(),
+            logs: None,
             throttle: Throttle::default(),
             started: tokio::time::Instant::now(),
         }
     }
 
+    /// Hand verified log requests to `tx` (`crate::logstream`).
+    pub fn with_log_requests(
+        mut self,
+        tx: LogRequests,
+        counters: Arc<crate::logstream::LogCounters>,
+    ) -> Inbox {
+        self.logs = Some((tx, counters));
+        self
+    }
+
     pub fn device_id(&self) -> &DeviceId {
         self.outbox.device_id()
+    }
+
+    /// Verify a log request against the trusted key set and time; pass it on.
+    fn log_request(&self, payload: &[u8]) {
+        let device = self.device_id();
+        let (Some(gate), Some((tx, counters))) = (&self.gate, &self.logs) else {
+            tracing::debug!(device_id = %device, "log request ignored: this agent serves no logs");
+            return;
+        };
+        let now = gate.state().trusted_now(crate::clock::wall_ms() / 1000);
+        match outpost_protocol::LogRequest::open(payload, device, &gate.state().keyset, now) {
+            Ok(req) => {
+                let _ = tx.send((req, now));
+            }
+            Err(e) => {
+                counters
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(device_id = %device, error = %e, "log request refused");
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -348,6 +390,10 @@ impl Inbox {
             }
             Route::Other => {
                 tracing::debug!(device_id = %device, topic, "message on an unexpected topic ignored");
+                return true;
+            }
+            Route::LogRequest => {
+                self.log_request(&payload);
                 return true;
             }
             Route::Manifest | Route::KeySet | Route::Root | Route::Heartbeat => {}
@@ -722,6 +768,8 @@ mod tests {
             (topics::keyset(), Route::KeySet),
             (topics::heartbeat(), Route::Heartbeat),
             (topics::root(2), Route::Root),
+            (topics::log_requests(&device), Route::LogRequest),
+            (topics::log_requests(&other), Route::Other),
             ("outpost/v1/roots/".to_string(), Route::Other),
             ("outpost/v1/roots/2/x".to_string(), Route::Other),
             // Another device's topics are not ours, whatever arrives on them.

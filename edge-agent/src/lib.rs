@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`cli`]: the `init`, `run`, `status`, `stop-all`, `images [prune]` and
 //!   `logs` commands.
+//! - [`logstream`]: logs on demand: the streams the hub asked for, bounded
+//!   and rate limited.
 //! - [`logview`]: reading an app's log files for `logs [--follow] [--tail N]`.
 //! - [`config`]: the TOML config file and derived paths.
 //! - [`trust`]: the verifier gate (verify → persist → commit) for manifests,
@@ -50,6 +52,7 @@ pub mod images;
 pub mod inbox;
 pub mod link;
 pub mod locks;
+pub mod logstream;
 pub mod logview;
 pub mod metrics;
 pub mod outbox;

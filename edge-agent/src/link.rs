@@ -346,6 +346,9 @@ pub async fn subscribe(
         .await?;
     client
         .subscribe(topics::acks(device), QoS::AtLeastOnce)
+        .await?;
+    client
+        .subscribe(topics::log_requests(device), QoS::AtLeastOnce)
         .await
 }
 

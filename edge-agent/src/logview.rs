@@ -110,40 +110,77 @@ pub fn show(dir: &Path, app: &str, lines: Option<usize>, follow: bool) -> Result
     if !follow {
         return Ok(());
     }
-    let live = dir.join(format!("{app}.log"));
-    let first = rotated_path(&live, 1);
-    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let stamp = |p: &Path| std::fs::metadata(p).ok().and_then(|m| m.modified().ok());
-    let mut pos = len(&live);
-    let mut first_stamp = stamp(&first);
+    let mut follower = Follower::new(dir, app);
     loop {
         std::thread::sleep(FOLLOW_POLL);
-        let now = len(&live);
-        let s = stamp(&first);
-        if s != first_stamp {
-            // A rotation moved the head of the live file into `.1`: with a
-            // collapse the offsets shifted down by what `.1` now holds (with
-            // punched holes nothing moved, and the file did not shrink).
-            first_stamp = s;
-            if now < pos {
-                pos = pos.saturating_sub(len(&first));
-            }
-        }
-        if now < pos {
-            pos = 0;
-        }
-        if now > pos {
-            let bytes = match read_data(&live, pos) {
-                Ok(b) => b,
-                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            pos += bytes.len() as u64;
-            // Data may start past `pos` (a punched hole): count from the end.
-            pos = pos.max(now);
+        let bytes = follower.poll()?;
+        if !bytes.is_empty() {
             out.write_all(&bytes).map_err(LogViewError::Out)?;
             out.flush().map_err(LogViewError::Out)?;
         }
+    }
+}
+
+/// Reads what an app writes after the moment it was made, across rotations:
+/// `outpost-agent logs --follow` and the hub's `logs --follow`
+/// (`crate::logstream`) share it.
+#[derive(Debug)]
+pub struct Follower {
+    live: PathBuf,
+    first: PathBuf,
+    pos: u64,
+    first_stamp: Option<std::time::SystemTime>,
+}
+
+fn len_of(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+fn stamp_of(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).ok().and_then(|m| m.modified().ok())
+}
+
+impl Follower {
+    /// Start at the current end of `app`'s live log in `dir`.
+    pub fn new(dir: &Path, app: &str) -> Follower {
+        let live = dir.join(format!("{app}.log"));
+        let first = rotated_path(&live, 1);
+        Follower {
+            pos: len_of(&live),
+            first_stamp: stamp_of(&first),
+            live,
+            first,
+        }
+    }
+
+    /// What was written since the last call (empty if nothing).
+    pub fn poll(&mut self) -> Result<Vec<u8>, LogViewError> {
+        let now = len_of(&self.live);
+        let s = stamp_of(&self.first);
+        if s != self.first_stamp {
+            // A rotation moved the head of the live file into `.1`: with a
+            // collapse the offsets shifted down by what `.1` now holds (with
+            // punched holes nothing moved, and the file did not shrink).
+            self.first_stamp = s;
+            if now < self.pos {
+                self.pos = self.pos.saturating_sub(len_of(&self.first));
+            }
+        }
+        if now < self.pos {
+            self.pos = 0;
+        }
+        if now <= self.pos {
+            return Ok(Vec::new());
+        }
+        let bytes = match read_data(&self.live, self.pos) {
+            Ok(b) => b,
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        self.pos += bytes.len() as u64;
+        // Data may start past `pos` (a punched hole): count from the end.
+        self.pos = self.pos.max(now);
+        Ok(bytes)
     }
 }
 

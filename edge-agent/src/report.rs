@@ -35,6 +35,8 @@ struct LocalStatus<'a> {
     /// Seconds since the newest signed word from the hub, when over the
     /// threshold (`hub_silent_after_secs`).
     hub_silent_secs: Option<u64>,
+    /// Logs on demand (`crate::logstream`).
+    log_streams: Option<&'a crate::logstream::LogCounters>,
     outbox_pending: u64,
     written_at_ms: u64,
 }
@@ -57,6 +59,7 @@ pub struct Reporter {
     status_file: PathBuf,
     /// How long without signed word from the hub before it counts as silent.
     hub_silent_after: std::time::Duration,
+    log_counters: Option<Arc<crate::logstream::LogCounters>>,
 }
 
 /// Default of `hub_silent_after_secs`: five heartbeats of the hub's default
@@ -87,7 +90,14 @@ impl Reporter {
             started: Instant::now(),
             status_file,
             hub_silent_after: std::time::Duration::from_secs(DEFAULT_HUB_SILENT_AFTER_SECS),
+            log_counters: None,
         }
+    }
+
+    /// Show what the log streams did in the local status file.
+    pub fn with_log_counters(mut self, c: Arc<crate::logstream::LogCounters>) -> Reporter {
+        self.log_counters = Some(c);
+        self
     }
 
     /// Set how long without signed word from the hub counts as silence.
@@ -177,6 +187,7 @@ impl Reporter {
             boots: self.boots,
             view: &v,
             hub_silent_secs: self.hub_silent_secs(),
+            log_streams: self.log_counters.as_deref(),
             outbox_pending,
             written_at_ms: now_ms(),
         };

@@ -229,7 +229,7 @@ impl Store {
             trust: match self.get(K_TRUST, "trust state")? {
                 Some(t) => Some(t),
                 None => self.get_legacy(K_TRUST_V2, "trust state (format version 2)", |b| {
-                    outpost_protocol::legacy::decode_trust_state_v2(b)
+                    outpost_protocol::verify::decode_trust_state_v2(b)
                 })?,
             },
             manifest: self.get_raw(K_MANIFEST)?,

@@ -93,6 +93,13 @@ pub enum Request<'a> {
         id: &'a str,
         labels: &'a BTreeMap<String, String>,
     },
+    /// `GET /v1/devices/{id}/logs/{app}`: an app's output, streamed from the
+    /// device. Logs may hold what a viewer should not see, and asking costs
+    /// the device work: operators and admins only, within their scope.
+    ReadLogs {
+        id: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    },
     /// `GET /v1/deployments/{name}`, its rollout.
     ReadDeployment {
         name: &'a str,
@@ -143,6 +150,7 @@ impl Request<'_> {
     pub fn describe(&self) -> String {
         match self {
             Request::ReadDevice { id, .. } => format!("read device {id}"),
+            Request::ReadLogs { id, .. } => format!("read the logs of device {id}"),
             Request::ReadDeployment { name, .. } => format!("read deployment {name}"),
             Request::List => "list".into(),
             Request::AddDevice => "register devices".into(),
@@ -224,6 +232,18 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
         Request::List => Ok(()),
         Request::ReadDevice { labels, .. } => {
             if caller.sees_device(labels) {
+                Ok(())
+            } else {
+                deny(outside_device(labels, "its"))
+            }
+        }
+        Request::ReadLogs { labels, .. } => {
+            if !writes {
+                deny(format!(
+                    "only admin and operator tokens may, this one is {}",
+                    caller.role
+                ))
+            } else if caller.sees_device(labels) {
                 Ok(())
             } else {
                 deny(outside_device(labels, "its"))
@@ -349,6 +369,20 @@ mod tests {
                 },
             ),
             (
+                "logs dev a",
+                Request::ReadLogs {
+                    id: "d",
+                    labels: &a_gw,
+                },
+            ),
+            (
+                "logs dev b",
+                Request::ReadLogs {
+                    id: "d",
+                    labels: &b,
+                },
+            ),
+            (
                 "read dep a",
                 Request::ReadDeployment {
                     name: "x",
@@ -461,6 +495,8 @@ mod tests {
             ("read dev a", "YYYYYY"),
             ("read dev b", "Y.Y.Y."),
             ("read dev unlabelled", "Y.Y.Y."),
+            ("logs dev a", "YYYY.."),
+            ("logs dev b", "Y.Y..."),
             ("read dep a", "YYYYYY"),
             ("read dep gw", "Y.Y.Y."),
             ("add device", "Y....."),

@@ -108,6 +108,19 @@ pub enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// An app's output, fetched from the device on demand (nothing is kept
+    /// on the hub). Needs an operator or admin token.
+    Logs {
+        device: String,
+        app: String,
+        /// Only the last N lines first.
+        #[arg(long)]
+        tail: Option<u32>,
+        /// Keep printing what the app writes until interrupted (the device
+        /// streams only while this runs).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// List deployments.
     Deployments,
     /// Delete something.
@@ -643,6 +656,35 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
             after,
             follow,
         } => events(c, &device, after, follow, json).await?,
+        Command::Logs {
+            device,
+            app,
+            tail,
+            follow,
+        } => {
+            let mut path = format!("/v1/devices/{device}/logs/{app}?follow={follow}");
+            if let Some(n) = tail {
+                path.push_str(&format!("&tail={n}"));
+            }
+            let mut out = std::io::stdout().lock();
+            let mut pending = Vec::new();
+            c.stream(&path, |bytes| {
+                use std::io::Write;
+                if !json {
+                    out.write_all(bytes)?;
+                    return out.flush();
+                }
+                // One JSON object per complete line.
+                pending.extend_from_slice(bytes);
+                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).to_string();
+                    writeln!(out, "{}", serde_json::json!({ "line": text }))?;
+                }
+                out.flush()
+            })
+            .await?;
+        }
         Command::Deployments => {
             let ds: Vec<DeploymentRecord> = c.get("/v1/deployments").await?;
             if json {

@@ -252,6 +252,50 @@ impl ApiClient {
         Ok(bytes)
     }
 
+    /// `GET path` and hand the body to `sink` piece by piece as it arrives
+    /// (a streamed answer such as an app's logs).
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let http_err = |e: reqwest::Error| ClientError::Http {
+            url: url.clone(),
+            trust: self.trust.clone(),
+            detail: error_chain(&e),
+        };
+        let mut resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(http_err)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(http_err)?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(ClientError::Api {
+                method: Method::GET,
+                path: path.to_string(),
+                status,
+                message: v["error"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).to_string()),
+                field: v["field"].as_str().map(str::to_string),
+            });
+        }
+        while let Some(piece) = resp.chunk().await.map_err(http_err)? {
+            sink(&piece).map_err(|e| ClientError::Decode {
+                path: path.to_string(),
+                detail: format!("writing the answer: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::GET, path, None).await
     }

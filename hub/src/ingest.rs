@@ -80,17 +80,43 @@ pub async fn sender(
     let _ = client.try_disconnect();
 }
 
-/// One SUBSCRIBE for both filters, so its one SUBACK tells the driver that the
-/// hub now hears devices (it then announces itself, see `publish`).
+/// One SUBSCRIBE for every filter, so its one SUBACK tells the driver that the
+/// hub now hears devices (it then announces itself, see `publish`). Log
+/// chunks at QoS 0: they are for someone watching now (`logs.rs`).
 async fn subscribe(client: &AsyncClient) -> Result<(), rumqttc::ClientError> {
     client
         .subscribe_many([
             SubscribeFilter::new(topics::all_status(), QoS::AtLeastOnce),
             SubscribeFilter::new(topics::all_events(), QoS::AtLeastOnce),
+            SubscribeFilter::new(topics::all_logs(), QoS::AtMostOnce),
         ])
         .await?;
     tracing::info!("subscribing to device status and events");
     Ok(())
+}
+
+/// A log chunk goes straight to its waiting stream (`logs.rs`), never into a
+/// durable batch: `None` when `p` was one.
+fn relay_log(hub: &Hub, p: Publish) -> Option<Publish> {
+    let Some(DeviceTopic::Logs(id)) = topics::parse(&p.topic) else {
+        return Some(p);
+    };
+    let key = match hub.store.device(&id) {
+        Ok(Some(d)) => d.public_key,
+        Ok(None) => {
+            tracing::debug!(device_id = %id, "log chunk from an unregistered device dropped");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(device_id = %id, error = %e, "log chunk dropped: reading the device");
+            return None;
+        }
+    };
+    match outpost_protocol::LogChunk::open(&p.payload, &id, &key) {
+        Ok(chunk) => hub.logs.deliver(&id, chunk),
+        Err(e) => tracing::warn!(device_id = %id, error = %e, "log chunk refused"),
+    }
+    None
 }
 
 /// Counter name for a refused device message.
@@ -342,10 +368,17 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
+        let Some(first) = relay_log(&hub, first) else {
+            continue;
+        };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    if let Some(m) = relay_log(&hub, m) {
+                        batch.push(m);
+                    }
+                }
                 Err(_) => break,
             }
         }

@@ -69,6 +69,7 @@ pub mod fleet;
 pub mod hub;
 pub mod ingest;
 pub mod link;
+pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod outbox;

@@ -21,6 +21,8 @@ pub enum Outbox {
     Announce,
     /// Time for the signed heartbeat (`serve::heartbeats`).
     Heartbeat,
+    /// A sealed log request for the device (`logs.rs`), not retained.
+    LogRequest(DeviceId, Vec<u8>),
 }
 
 /// Counters the API exposes.

@@ -65,6 +65,10 @@ pub async fn run(
                 Err(e) => Err(e),
             },
             Outbox::Heartbeat => heartbeat(&client, &hub, trust.heartbeat_secs, &stats).await,
+            Outbox::LogRequest(id, bytes) => client
+                .publish(topics::log_requests(&id), QoS::AtLeastOnce, false, bytes)
+                .await
+                .map_err(|e| e.to_string()),
             Outbox::Manifests(ids) => manifests(&client, &store, ids, &stats).await,
             Outbox::Clear(id) => clear(&client, &id).await,
             Outbox::Watermarks(ids) => watermarks(&client, &hub, Some(ids), session, &stats).await,

@@ -240,6 +240,11 @@ impl Signer {
         self.keyset.expires_at
     }
 
+    /// Seal a log request (its own envelope kind, same key).
+    pub fn seal_log_request(&self, r: &outpost_protocol::LogRequest) -> Vec<u8> {
+        r.seal(&self.key)
+    }
+
     /// Seal the hub heartbeat (its own envelope kind, same key).
     pub fn seal_heartbeat(&self, h: &outpost_protocol::Heartbeat) -> Vec<u8> {
         h.seal(&self.key)

@@ -47,6 +47,10 @@ pub enum Kind {
     Heartbeat = 6,
     /// A new root key signed by the previous one (`root.rs`).
     RootRotation = 7,
+    /// The hub asks a device for an app's logs (`logs.rs`).
+    LogRequest = 8,
+    /// A piece of an app's logs, device-signed (`logs.rs`).
+    LogChunk = 9,
 }
 
 impl Kind {
@@ -59,6 +63,8 @@ impl Kind {
             5 => Kind::Watermark,
             6 => Kind::Heartbeat,
             7 => Kind::RootRotation,
+            8 => Kind::LogRequest,
+            9 => Kind::LogChunk,
             _ => return None,
         })
     }

@@ -95,7 +95,7 @@ impl SignedKeySet {
         if !opened.signed_by(root) {
             return Err(KeySetError::BadSignature);
         }
-        let set = crate::legacy::decode_keyset(opened.version, opened.body)?;
+        let set = decode_keyset(opened.version, opened.body)?;
         if set.keys.is_empty() {
             return Err(KeySetError::Empty(set.version));
         }
@@ -115,6 +115,35 @@ impl SignedKeySet {
             });
         }
         Ok(set)
+    }
+}
+
+/// Key sets before format version 3: no expiry, root version 1. Frozen.
+#[derive(Deserialize)]
+pub(crate) struct KeySetV2 {
+    version: u64,
+    issued_at: u64,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_KEYS>")]
+    keys: Vec<PublicKey>,
+}
+
+impl From<KeySetV2> for KeySet {
+    fn from(k: KeySetV2) -> KeySet {
+        KeySet {
+            version: k.version,
+            issued_at: k.issued_at,
+            keys: k.keys,
+            expires_at: crate::manifest::NEVER,
+            root_version: 1,
+        }
+    }
+}
+
+/// Decode a key set body written in envelope format `version`.
+pub fn decode_keyset(version: u8, body: &[u8]) -> Result<KeySet, OpenError> {
+    match version {
+        1 | 2 => Ok(envelope::decode_body::<KeySetV2>("key set (format version 2)", body)?.into()),
+        _ => envelope::decode_body("key set", body),
     }
 }
 

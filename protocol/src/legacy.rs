@@ -1,6 +1,8 @@
-//! Bodies by envelope format version: the layouts of versions 1 and 2, frozen,
-//! read by this build and converted (manifests, key sets, and the agent's
-//! persisted trust state, which embeds a key set).
+//! Bodies by envelope format version: the manifest layouts of versions 1 and
+//! 2, frozen, read by this build and converted. (Key sets keep their old
+//! layout in `keyset.rs` (`decode_keyset`), the agent's persisted trust
+//! state in `verify.rs` (`decode_trust_state_v2`), status reports and reject
+//! counters in `status.rs`.)
 //!
 //! Postcard has no field names or lengths: a struct that gained a field no
 //! longer decodes from the old bytes. A device upgraded before its hub must
@@ -10,14 +12,11 @@
 
 use crate::envelope::{decode_body, OpenError};
 use crate::image::ImageRef;
-use crate::keys::{KeyId, PublicKey};
-use crate::keyset::{KeySet, MAX_KEYS};
+use crate::keys::KeyId;
 use crate::manifest::{
     AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, ReleasePolicy, Resources,
     RestartPolicy, UpdateStrategy, VolumeMount, DEFAULT_HANDOVER_TIMEOUT_SECS, MAX_APPS, NEVER,
 };
-use crate::verify::{LastAccepted, TrustState};
-
 pub use crate::status::v1::decode_counters_v2;
 use crate::topics::DeviceId;
 use serde::Deserialize;
@@ -132,56 +131,6 @@ pub fn decode_manifest(version: u8, body: &[u8]) -> Result<Manifest, OpenError> 
         }
         _ => decode_body("manifest", body),
     }
-}
-
-/// Key sets before format version 3: no expiry.
-#[derive(Deserialize)]
-struct KeySetV2 {
-    version: u64,
-    issued_at: u64,
-    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_KEYS>")]
-    keys: Vec<PublicKey>,
-}
-
-impl From<KeySetV2> for KeySet {
-    fn from(k: KeySetV2) -> KeySet {
-        KeySet {
-            version: k.version,
-            issued_at: k.issued_at,
-            keys: k.keys,
-            expires_at: NEVER,
-            root_version: 1,
-        }
-    }
-}
-
-/// Decode a key set body written in envelope format `version`.
-pub fn decode_keyset(version: u8, body: &[u8]) -> Result<KeySet, OpenError> {
-    match version {
-        1 | 2 => Ok(decode_body::<KeySetV2>("key set (format version 2)", body)?.into()),
-        _ => decode_body("key set", body),
-    }
-}
-
-/// The agent's trust state as agents before format version 3 persisted it
-/// (postcard): no time floor, no root version.
-#[derive(Deserialize)]
-struct TrustStateV2 {
-    root: PublicKey,
-    keyset: KeySetV2,
-    last: Option<LastAccepted>,
-}
-
-/// Read a trust state persisted by an agent before format version 3.
-pub fn decode_trust_state_v2(bytes: &[u8]) -> Result<TrustState, OpenError> {
-    let t: TrustStateV2 = decode_body("trust state (format version 2)", bytes)?;
-    Ok(TrustState {
-        root: t.root,
-        keyset: t.keyset.into(),
-        last: t.last,
-        time_floor: 0,
-        root_version: 1,
-    })
 }
 
 /// A version-1 manifest body, with the default release policy.

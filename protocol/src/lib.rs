@@ -17,6 +17,7 @@
 //! - [`root`]: rotation of the root key itself (a chain of links, each signed
 //!   by the previous root).
 //! - [`heartbeat`]: the hub's signed, time-stamped heartbeat (freshness).
+//! - [`logs`]: logs on demand (hub-signed requests, device-signed chunks).
 //! - [`watermark`]: the hub-signed event watermark (`EventWatermark`) that lets
 //!   an agent delete an event only once the hub has stored it.
 //! - [`verify`]: the agent-side `Verifier` (accept / duplicate / reject with reason).
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod keyset;
 pub mod legacy;
 pub mod login;
+pub mod logs;
 pub mod manifest;
 pub mod root;
 pub mod sample;
@@ -49,6 +51,7 @@ pub use heartbeat::{Heartbeat, HeartbeatError};
 pub use image::{Digest, ImageConfig, ImageRef, Platform};
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey};
 pub use keyset::{KeySet, KeySetError, SignedKeySet};
+pub use logs::{LogChunk, LogRequest, LogRequestError};
 pub use manifest::{
     AppSpec, DeviceNode, HealthCheck, Manifest, NetworkMode, PortMapping, Probe, Protocol,
     ReleasePolicy, Resources, RestartPolicy, UpdateStrategy, ValidationError, VolumeMount, NEVER,

@@ -315,6 +315,11 @@ pub const KNOWN_CAPABILITIES: &[&str] = &[
     "CAP_DAC_READ_SEARCH",
 ];
 
+/// Is `s` a valid app name (what `AppSpec::name` allows: a DNS label)?
+pub fn is_app_name(s: &str) -> bool {
+    is_label(s, 63)
+}
+
 fn is_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max

@@ -298,7 +298,7 @@ pub enum DeviceMessageError {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn open_device<'a, T: Deserialize<'a>>(
+pub(crate) fn open_device<'a, T: Deserialize<'a>>(
     kind: Kind,
     what: &'static str,
     bytes: &'a [u8],

@@ -55,6 +55,21 @@ pub fn acks(device: &DeviceId) -> String {
     format!("{PREFIX}/dev/{device}/acks")
 }
 
+/// Hub → device, not retained: log requests (`logs.rs`).
+pub fn log_requests(device: &DeviceId) -> String {
+    format!("{PREFIX}/dev/{device}/logreq")
+}
+
+/// Device → hub, not retained: log chunks (`logs.rs`).
+pub fn logs(device: &DeviceId) -> String {
+    format!("{PREFIX}/dev/{device}/logs")
+}
+
+/// Every device's log chunks, for the hub.
+pub fn all_logs() -> String {
+    format!("{PREFIX}/dev/+/logs")
+}
+
 /// Subscription filters the hub uses for all devices.
 pub fn all_status() -> String {
     format!("{PREFIX}/dev/+/status")
@@ -71,6 +86,7 @@ pub enum DeviceTopic {
     Status(DeviceId),
     Events(DeviceId),
     Acks(DeviceId),
+    Logs(DeviceId),
 }
 
 /// Parse a concrete topic back into a device topic; `None` for anything else.
@@ -83,6 +99,7 @@ pub fn parse(topic: &str) -> Option<DeviceTopic> {
         "status" => Some(DeviceTopic::Status(id)),
         "events" => Some(DeviceTopic::Events(id)),
         "acks" => Some(DeviceTopic::Acks(id)),
+        "logs" => Some(DeviceTopic::Logs(id)),
         _ => None,
     }
 }

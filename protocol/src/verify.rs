@@ -123,6 +123,27 @@ impl TrustState {
     }
 }
 
+/// The trust state as agents before format version 3 persisted it
+/// (postcard): no time floor, no root version. Frozen.
+#[derive(Deserialize)]
+struct TrustStateV2 {
+    root: PublicKey,
+    keyset: crate::keyset::KeySetV2,
+    last: Option<LastAccepted>,
+}
+
+/// Read a trust state persisted by an agent before format version 3.
+pub fn decode_trust_state_v2(bytes: &[u8]) -> Result<TrustState, OpenError> {
+    let t: TrustStateV2 = envelope::decode_body("trust state (format version 2)", bytes)?;
+    Ok(TrustState {
+        root: t.root,
+        keyset: t.keyset.into(),
+        last: t.last,
+        time_floor: 0,
+        root_version: 1,
+    })
+}
+
 /// A manifest that passed every rule, not yet committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {

@@ -237,6 +237,21 @@ impl Hub {
     }
 
     /// `outpost-hub --data-dir … [--url …] ARGS…`; its standard output.
+    /// `outpost-hub ARGS` against this hub, not waited for (e.g. `logs
+    /// --follow`); stdout piped.
+    pub fn spawn_cli(&self, args: &[&str]) -> Result<std::process::Child> {
+        let mut cmd = Command::new(&bins().hub);
+        cmd.arg("--data-dir").arg(self.dir.path());
+        if let Some(http) = self.http {
+            cmd.arg("--url").arg(format!("https://{http}"));
+        }
+        Ok(cmd
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
+    }
+
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new(&bins().hub);
         cmd.arg("--data-dir").arg(self.dir.path());
@@ -358,7 +373,10 @@ impl Hub {
         let path = self.dir.path().join("hub.toml");
         let mut doc: toml::Table = std::fs::read_to_string(&path)?.parse()?;
         let mut section = toml::Table::new();
-        section.insert("heartbeat_secs".into(), i64::try_from(heartbeat_secs)?.into());
+        section.insert(
+            "heartbeat_secs".into(),
+            i64::try_from(heartbeat_secs)?.into(),
+        );
         section.insert(
             "manifest_valid_secs".into(),
             i64::try_from(manifest_valid_secs)?.into(),

@@ -12,6 +12,7 @@ mod auth;
 pub mod dashboard;
 mod error;
 pub mod human;
+mod logs;
 mod metrics;
 pub mod server;
 mod tokens;
@@ -61,6 +62,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/devices/{id}/labels", patch(label_device))
         .route("/v1/devices/{id}/broker-cert", post(device_broker_cert))
         .route("/v1/devices/{id}/events", get(device_events))
+        .route("/v1/devices/{id}/logs/{app}", get(device_logs))
         .route("/v1/deployments", get(list_deployments).put(apply))
         .route(
             "/v1/deployments/{name}",
@@ -382,6 +384,59 @@ async fn device_events(
     readable_device(&s, &caller, &id).await?;
     let limit = q.limit.unwrap_or(1000).min(10_000);
     Ok(Json(s.hub.store.events(&id, q.after, limit)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    tail: Option<u32>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// An app's output, streamed from the device as it sends it (text/plain).
+async fn device_logs(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, app)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<axum::response::Response, AppError> {
+    use tokio_stream::StreamExt;
+    let id = device_id(&id)?;
+    let rec = device_record(&s, &id)?;
+    allow(
+        &s,
+        &caller,
+        Access::ReadLogs {
+            id: id.as_str(),
+            labels: &rec.labels,
+        },
+    )
+    .await?;
+    if !outpost_protocol::manifest::is_app_name(&app) {
+        return Err(AppError::bad_request(
+            Some("app".into()),
+            format!("{app:?} is not an app name (lowercase letters, digits, '-')"),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(logs::relay(
+        Arc::clone(&s.hub),
+        logs::Ask {
+            device: id,
+            app,
+            tail: q.tail,
+            follow: q.follow,
+        },
+        tx,
+    ));
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|b| Ok::<_, std::convert::Infallible>(Bytes::from(b)));
+    axum::response::Response::builder()
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("cache-control", "no-store")
+        .body(axum::body::Body::from_stream(body))
+        .map_err(|e| AppError::from(crate::hub::HubError::Internal(e.to_string())))
 }
 
 async fn apply(

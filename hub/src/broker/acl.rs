@@ -2,9 +2,9 @@
 //! broker's topic authorization (`access.rs`) and the Mosquitto ACL the hub
 //! generates (`mosquitto.rs`).
 //!
-//! A device reads its own manifest and ack watermark, the fleet's key set,
-//! the hub heartbeat and the root rotation links, and writes its own status
-//! and events; nothing else. The one wildcard is the root links' filter
+//! A device reads its own manifest, ack watermark and log requests, the
+//! fleet's key set, the hub heartbeat and the root rotation links, and writes
+//! its own status, events and log chunks; nothing else. The one wildcard is the root links' filter
 //! (`outpost/v1/roots/+`), which covers only hub-signed links. The hub's
 //! two links (their client ids contain ':', which no device id can) use every
 //! Outpost topic. Any other client id is nobody.
@@ -41,19 +41,23 @@ pub enum DeviceGrant {
     ReadKeySet,
     ReadHeartbeat,
     ReadRoots,
+    ReadLogRequests,
     WriteStatus,
     WriteEvents,
+    WriteLogs,
 }
 
 /// Everything a device may do; nothing else.
-pub const DEVICE_GRANTS: [DeviceGrant; 7] = [
+pub const DEVICE_GRANTS: [DeviceGrant; 9] = [
     DeviceGrant::ReadManifest,
     DeviceGrant::ReadAcks,
     DeviceGrant::ReadKeySet,
     DeviceGrant::ReadHeartbeat,
     DeviceGrant::ReadRoots,
+    DeviceGrant::ReadLogRequests,
     DeviceGrant::WriteStatus,
     DeviceGrant::WriteEvents,
+    DeviceGrant::WriteLogs,
 ];
 
 impl DeviceGrant {
@@ -64,8 +68,11 @@ impl DeviceGrant {
             | DeviceGrant::ReadAcks
             | DeviceGrant::ReadKeySet
             | DeviceGrant::ReadHeartbeat
-            | DeviceGrant::ReadRoots => AclAccess::Subscribe,
-            DeviceGrant::WriteStatus | DeviceGrant::WriteEvents => AclAccess::Publish,
+            | DeviceGrant::ReadRoots
+            | DeviceGrant::ReadLogRequests => AclAccess::Subscribe,
+            DeviceGrant::WriteStatus | DeviceGrant::WriteEvents | DeviceGrant::WriteLogs => {
+                AclAccess::Publish
+            }
         }
     }
 
@@ -77,8 +84,10 @@ impl DeviceGrant {
             DeviceGrant::ReadKeySet => topics::keyset(),
             DeviceGrant::ReadHeartbeat => topics::heartbeat(),
             DeviceGrant::ReadRoots => topics::roots(),
+            DeviceGrant::ReadLogRequests => topics::log_requests(me),
             DeviceGrant::WriteStatus => topics::status(me),
             DeviceGrant::WriteEvents => topics::events(me),
+            DeviceGrant::WriteLogs => topics::logs(me),
         }
     }
 

@@ -135,6 +135,8 @@ pub struct Hub {
     pub(crate) republished: Mutex<HashMap<DeviceId, u64>>,
     /// How long a manifest is valid (`[freshness] manifest_valid_secs`).
     manifest_valid_secs: u64,
+    /// Log streams waiting for device chunks (`logs.rs`).
+    pub logs: crate::logs::LogStreams,
 }
 
 impl std::fmt::Debug for Hub {
@@ -222,6 +224,7 @@ impl Hub {
             broker_ca: None,
             republished: Mutex::new(HashMap::new()),
             manifest_valid_secs: crate::config::FreshnessConfig::default().manifest_valid_secs,
+            logs: crate::logs::LogStreams::default(),
         }
     }
 
