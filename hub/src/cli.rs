@@ -638,6 +638,9 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
         }
         Command::Status { device, watch } => {
             let path = format!("/v1/devices/{device}");
+            // On a terminal, image pulls under way are drawn as bars below
+            // the table (indicatif; hidden when stderr is not a terminal).
+            let bars = std::sync::Mutex::new(crate::progress::Bars::new(true));
             watching(watch, || async {
                 let d: DeviceDetail = c.get(&path).await?;
                 if json && watch {
@@ -646,6 +649,16 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
                     print_json(&d)?;
                 } else {
                     print!("{}", human::status(&d, now_secs()));
+                    if watch {
+                        let want = d
+                            .status
+                            .as_ref()
+                            .map(crate::progress::pull_bars)
+                            .unwrap_or_default();
+                        if let Ok(mut b) = bars.lock() {
+                            b.show(&want);
+                        }
+                    }
                 }
                 Ok(())
             })
@@ -785,9 +798,28 @@ async fn events(c: &ApiClient, device: &str, after: u64, follow: bool, json: boo
 }
 
 async fn rollout(cmd: RolloutCommand, c: &ApiClient, json: bool) -> Result<()> {
+    use std::io::IsTerminal;
     use crate::hub::rollouts::view::{summary, RolloutView};
     use crate::rollout::Phase;
     let (deployment, verb) = match cmd {
+        RolloutCommand::Status {
+            deployment: Some(name),
+            watch: true,
+        } if !json && std::io::stdout().is_terminal() => {
+            // A bar while it runs, the table when it is done.
+            let mut bars = crate::progress::Bars::new(false);
+            loop {
+                let v: RolloutView = c.get(&format!("/v1/rollouts/{name}")).await?;
+                let done = matches!(v.phase, Phase::Completed | Phase::Aborted);
+                bars.show(&[crate::progress::rollout_bar(&v)]);
+                if done {
+                    bars.finish();
+                    print!("{}", v.human());
+                    return Ok(());
+                }
+                tokio::time::sleep(WATCH_EVERY).await;
+            }
+        }
         RolloutCommand::Status { deployment, watch } => loop {
             let done = match &deployment {
                 Some(name) => {

@@ -72,6 +72,7 @@ pub mod link;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
+pub mod progress;
 pub mod outbox;
 pub mod publish;
 pub mod render;

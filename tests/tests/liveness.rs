@@ -76,7 +76,7 @@ fn agent_restarts_an_app_whose_health_fails_after_it_was_ready() -> anyhow::Resu
     let unhealthy = pos("AppUnhealthyRestarted").expect("AppUnhealthyRestarted missing");
     let line = &mine[unhealthy].2;
     assert!(
-        line.contains("restarts: 1") && line.contains("503"),
+        line.contains("\"restarts\":1") && line.contains("503"),
         "{line}"
     );
     let after: Vec<&str> = mine[unhealthy..].iter().map(|e| e.1.as_str()).collect();
