@@ -16,15 +16,15 @@ use std::time::Duration;
 /// Prefix of every container the agent owns; anything else on the host is ignored.
 pub const CONTAINER_PREFIX: &str = "outpost-";
 
-/// `outpost-<app>-<first 8 hex of sha256(postcard(spec))>`.
+/// `outpost-<app>-<first 8 hex of sha256(canonical spec bytes)>`.
 ///
 /// Deterministic, so a restarted agent re-adopts its containers by name, and any
-/// change in the spec yields a new name (an update is a replacement).
+/// change in the spec yields a new name (an update is a replacement). The
+/// canonical bytes (`AppSpec::canonical_bytes`) leave out the sealed secret
+/// blobs: a renewed manifest re-seals every secret with fresh randomness,
+/// and only a new secret version may replace the container.
 pub fn container_name(spec: &AppSpec) -> String {
-    // postcard encoding of an in-memory AppSpec cannot fail; fall back to the
-    // debug form so this stays total without an unwrap.
-    let bytes = postcard::to_stdvec(spec).unwrap_or_else(|_| format!("{spec:?}").into_bytes());
-    let d = Digest::of(&bytes);
+    let d = Digest::of(&spec.canonical_bytes());
     format!("{CONTAINER_PREFIX}{}-{}", spec.name, &d.hex()[..8])
 }
 

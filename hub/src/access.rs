@@ -136,6 +136,8 @@ pub enum Request<'a> {
     ReadAudit,
     /// `/v1/tokens`: list, create, revoke.
     ManageTokens,
+    /// `/v1/secrets`: list (names, versions, hashes), set, remove.
+    ManageSecrets,
 }
 
 impl Request<'_> {
@@ -158,6 +160,7 @@ impl Request<'_> {
             }
             Request::ReadAudit => "read the audit log".into(),
             Request::ManageTokens => "manage tokens".into(),
+            Request::ManageSecrets => "manage secrets".into(),
         }
     }
 }
@@ -239,6 +242,7 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
         Request::AddDevice
         | Request::RemoveDevice { .. }
         | Request::IssueBrokerCert { .. }
+        | Request::ManageSecrets
         | Request::ReadAudit => {
             if caller.role != Role::Admin {
                 deny(format!(

@@ -36,6 +36,8 @@
 //!   (`api::dashboard`).
 //! - [`access`]: token roles and scopes, and the pure authorization decision
 //!   `decide(caller, request)` every API handler asks.
+//! - [`secrets`]: the at-rest key (`secrets.key`) and encryption of secret
+//!   values in the store; `hub::secrets` seals them per device into manifests.
 //! - [`tokens`]: API tokens (hashed secrets in the store): create, revoke,
 //!   authenticate, the first admin token.
 //! - [`tls`]: the API's certificate (self-signed at `init`, or the
@@ -77,6 +79,7 @@ pub mod render;
 pub mod resolve;
 pub mod rollout;
 pub mod scope;
+pub mod secrets;
 pub mod serve;
 pub mod signing;
 pub mod store;

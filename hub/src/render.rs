@@ -152,10 +152,40 @@ pub fn desired(
     })
 }
 
+/// Set each app's secret mounts to the secrets' current `versions` (name ->
+/// version); a secret the hub does not hold keeps version 0, which sealing
+/// refuses by name. A rotated secret thus changes the content digest of
+/// exactly the devices whose apps mount it, and nothing else.
+pub fn stamp_secret_versions(apps: &mut [AppSpec], versions: &BTreeMap<String, u64>) {
+    for app in apps {
+        for s in &mut app.secrets {
+            s.version = versions.get(&s.name).copied().unwrap_or(0);
+        }
+    }
+}
+
+/// The apps whose effective secrets differ between `before` and `after`
+/// (same name, other secret versions or mounts): the apps a secret rotation
+/// restarts. Pure, for the API's answer and tests.
+pub fn apps_with_changed_secrets(before: &[AppSpec], after: &[AppSpec]) -> Vec<String> {
+    after
+        .iter()
+        .filter(|a| {
+            before
+                .iter()
+                .find(|b| b.name == a.name)
+                .is_some_and(|b| b.secrets != a.secrets)
+        })
+        .map(|a| a.name.clone())
+        .collect()
+}
+
 /// Digest of the canonical encoding of a device's apps.
 pub fn apps_digest(apps: &[AppSpec]) -> Digest {
-    // postcard of a Vec of plain structs and BTreeMaps is deterministic.
-    Digest::of(&postcard::to_stdvec(apps).unwrap_or_default())
+    // postcard of a Vec of plain structs and BTreeMaps is deterministic. The
+    // sealed secret blobs (fresh randomness at every seal) are left out, and
+    // apps without secrets digest as before the field existed.
+    Digest::of(&AppSpec::canonical_list_bytes(apps))
 }
 
 /// Digest of everything a manifest carries besides its header: what decides
@@ -166,7 +196,10 @@ pub fn content_digest(apps: &[AppSpec], release: &ReleasePolicy) -> Digest {
     if *release == ReleasePolicy::default() {
         return apps_digest(apps);
     }
-    Digest::of(&postcard::to_stdvec(&(apps, release)).unwrap_or_default())
+    // The encoding of the tuple `(apps, release)`: one after the other.
+    let mut bytes = AppSpec::canonical_list_bytes(apps);
+    bytes.extend_from_slice(&postcard::to_stdvec(release).unwrap_or_default());
+    Digest::of(&bytes)
 }
 
 /// What a device currently has (persisted by the store).

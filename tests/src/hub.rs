@@ -358,7 +358,10 @@ impl Hub {
         let path = self.dir.path().join("hub.toml");
         let mut doc: toml::Table = std::fs::read_to_string(&path)?.parse()?;
         let mut section = toml::Table::new();
-        section.insert("heartbeat_secs".into(), i64::try_from(heartbeat_secs)?.into());
+        section.insert(
+            "heartbeat_secs".into(),
+            i64::try_from(heartbeat_secs)?.into(),
+        );
         section.insert(
             "manifest_valid_secs".into(),
             i64::try_from(manifest_valid_secs)?.into(),
