@@ -137,6 +137,10 @@ pub enum DriverCause {
     /// The app left the manifest between planning and doing.
     #[error("app is no longer desired")]
     NotDesired,
+    /// A secret could not be opened into its file: sealed to another key,
+    /// or no key on this device. Only a new manifest can fix it.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretFileError),
 }
 
 impl From<OciError> for DriverCause {
@@ -169,6 +173,10 @@ impl DriverCause {
             // a cancelled task only met the agent shutting down.
             DriverCause::Task(e) => !e.is_panic(),
             DriverCause::NotDesired => false,
+            DriverCause::Secret(crate::secrets::SecretFileError::Io { source, .. }) => {
+                io_retryable(source.kind())
+            }
+            DriverCause::Secret(_) => false,
         }
     }
 }
@@ -208,7 +216,11 @@ fn runtime_retryable(e: &RuntimeError) -> bool {
         | RuntimeError::BadId(_)
         | RuntimeError::InvalidApp(_)
         | RuntimeError::Admit(_)
-        | RuntimeError::Spec(_) => false,
+        | RuntimeError::Spec(_)
+        | RuntimeError::NoSecretsDir { .. } => false,
+        // The agent writes the files just before create; a vanished one is
+        // written again on the next attempt.
+        RuntimeError::SecretMissing { .. } => true,
         RuntimeError::Rootfs(RootfsError::NoLayers | RootfsError::TooManyLayers { .. }) => false,
         // A missing device node may be plugged in later; the runtime reports
         // "missing" and "not a device node" alike.

@@ -62,6 +62,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod cli_broker;
+pub mod cli_secrets;
 pub mod cli_tokens;
 pub mod client;
 pub mod clock;
