@@ -164,22 +164,6 @@ pub fn stamp_secret_versions(apps: &mut [AppSpec], versions: &BTreeMap<String, u
     }
 }
 
-/// The apps whose effective secrets differ between `before` and `after`
-/// (same name, other secret versions or mounts): the apps a secret rotation
-/// restarts. Pure, for the API's answer and tests.
-pub fn apps_with_changed_secrets(before: &[AppSpec], after: &[AppSpec]) -> Vec<String> {
-    after
-        .iter()
-        .filter(|a| {
-            before
-                .iter()
-                .find(|b| b.name == a.name)
-                .is_some_and(|b| b.secrets != a.secrets)
-        })
-        .map(|a| a.name.clone())
-        .collect()
-}
-
 /// Digest of the canonical encoding of a device's apps.
 pub fn apps_digest(apps: &[AppSpec]) -> Digest {
     // postcard of a Vec of plain structs and BTreeMaps is deterministic. The
@@ -429,5 +413,47 @@ mod tests {
                 prop_assert_eq!(p.len(), expect);
             }
         }
+    }
+
+    #[test]
+    fn the_digest_follows_secret_versions_not_ciphertext() {
+        let mut a = app("web", 1);
+        a.secrets = vec![outpost_protocol::SecretMount {
+            name: "db".into(),
+            path: "/run/secrets/db".into(),
+            version: 0,
+            sealed: Default::default(),
+        }];
+        let other = app("ui", 2);
+        let versions = |v: u64| BTreeMap::from([("db".to_string(), v)]);
+        let mut v1 = vec![a.clone(), other.clone()];
+        stamp_secret_versions(&mut v1, &versions(1));
+        assert_eq!(v1[0].secrets[0].version, 1);
+        let base = content_digest(&v1, &ReleasePolicy::default());
+        // A sealed blob (fresh at every seal) does not change the digest.
+        let mut sealed = v1.clone();
+        sealed[0].secrets[0].sealed = outpost_protocol::SealedSecret {
+            enc: vec![7; 32],
+            ciphertext: vec![9; 40],
+        };
+        assert_eq!(content_digest(&sealed, &ReleasePolicy::default()), base);
+        // A new version does; an unknown secret renders as version 0.
+        let mut v2 = vec![a.clone(), other.clone()];
+        stamp_secret_versions(&mut v2, &versions(2));
+        assert_ne!(content_digest(&v2, &ReleasePolicy::default()), base);
+        let mut none = vec![a, other.clone()];
+        stamp_secret_versions(&mut none, &BTreeMap::new());
+        assert_eq!(none[0].secrets[0].version, 0);
+        // Apps without secrets digest exactly as before the field existed.
+        let plain = [other];
+        let mut old = postcard::to_stdvec(&1usize).unwrap();
+        let mut enc = postcard::to_stdvec(&plain[0]).unwrap();
+        assert_eq!(
+            enc.pop(),
+            Some(0),
+            "the empty secrets list is the last byte"
+        );
+        old.extend_from_slice(&enc);
+        assert_eq!(apps_digest(&plain), Digest::of(&old));
     }
 }
