@@ -411,6 +411,12 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
             .with_context(|| format!("writing device key {}", key_path.display()))?;
         key
     };
+    // The same for the encryption key: secrets sealed to it stay readable.
+    let enc_path = cfg.encryption_key_file();
+    let enc = match crate::secrets::load_decryption_key(&enc_path)? {
+        Some(k) => k,
+        None => crate::secrets::create_decryption_key(&enc_path)?,
+    };
     if let Some(path) = &a.broker_cert {
         if !cfg.broker_addr()?.tls {
             bail!("--broker-cert needs an mqtts:// --broker");
@@ -423,9 +429,13 @@ fn init(config_path: &Path, a: InitArgs) -> Result<()> {
     cfg.save(config_path)?;
     let pk = key.public_key();
     println!("device-id: {device_id}");
+    let ek = enc.public_key();
     println!("public-key: {pk}");
+    println!("encryption-key: {ek}");
     println!("config: {}", config_path.display());
-    println!("register it with: outpost-hub device add {device_id} --public-key {pk}");
+    println!(
+        "register it with: outpost-hub device add {device_id} --public-key {pk} --encryption-key {ek}"
+    );
     Ok(())
 }
 
@@ -456,6 +466,12 @@ fn runtime_driver(cfg: &Config) -> Result<crate::runtime::RuntimeDriver> {
         &cfg.logs_dir(),
         cfg.log_policy(),
         &cfg.cgroup_parent,
+        Some(crate::secrets::SecretFiles {
+            dir: cfg.secrets_dir(),
+            device: cfg.device_id.clone(),
+            key: crate::secrets::load_decryption_key(&cfg.encryption_key_file())?,
+            key_path: cfg.encryption_key_file(),
+        }),
     )?)
 }
 

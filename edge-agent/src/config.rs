@@ -315,6 +315,15 @@ impl Config {
     pub fn key_file(&self) -> PathBuf {
         self.data_dir.join("device.key")
     }
+    /// The device's X25519 key secrets are sealed to (0600, made by `init`).
+    pub fn encryption_key_file(&self) -> PathBuf {
+        self.data_dir.join("encryption.key")
+    }
+    /// Opened secrets, one dir per container: under the run dir (tmpfs),
+    /// never the data dir.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.run_dir.join("secrets")
+    }
     pub fn state_file(&self) -> PathBuf {
         self.data_dir.join("state.redb")
     }

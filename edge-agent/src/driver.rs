@@ -16,15 +16,15 @@ use std::time::Duration;
 /// Prefix of every container the agent owns; anything else on the host is ignored.
 pub const CONTAINER_PREFIX: &str = "outpost-";
 
-/// `outpost-<app>-<first 8 hex of sha256(postcard(spec))>`.
+/// `outpost-<app>-<first 8 hex of sha256(canonical spec bytes)>`.
 ///
 /// Deterministic, so a restarted agent re-adopts its containers by name, and any
-/// change in the spec yields a new name (an update is a replacement).
+/// change in the spec yields a new name (an update is a replacement). The
+/// canonical bytes (`AppSpec::canonical_bytes`) leave out the sealed secret
+/// blobs: a renewed manifest re-seals every secret with fresh randomness,
+/// and only a new secret version may replace the container.
 pub fn container_name(spec: &AppSpec) -> String {
-    // postcard encoding of an in-memory AppSpec cannot fail; fall back to the
-    // debug form so this stays total without an unwrap.
-    let bytes = postcard::to_stdvec(spec).unwrap_or_else(|_| format!("{spec:?}").into_bytes());
-    let d = Digest::of(&bytes);
+    let d = Digest::of(&spec.canonical_bytes());
     format!("{CONTAINER_PREFIX}{}-{}", spec.name, &d.hex()[..8])
 }
 
@@ -137,6 +137,10 @@ pub enum DriverCause {
     /// The app left the manifest between planning and doing.
     #[error("app is no longer desired")]
     NotDesired,
+    /// A secret could not be opened into its file: sealed to another key,
+    /// or no key on this device. Only a new manifest can fix it.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretFileError),
 }
 
 impl From<OciError> for DriverCause {
@@ -169,6 +173,10 @@ impl DriverCause {
             // a cancelled task only met the agent shutting down.
             DriverCause::Task(e) => !e.is_panic(),
             DriverCause::NotDesired => false,
+            DriverCause::Secret(crate::secrets::SecretFileError::Io { source, .. }) => {
+                io_retryable(source.kind())
+            }
+            DriverCause::Secret(_) => false,
         }
     }
 }
@@ -208,7 +216,11 @@ fn runtime_retryable(e: &RuntimeError) -> bool {
         | RuntimeError::BadId(_)
         | RuntimeError::InvalidApp(_)
         | RuntimeError::Admit(_)
-        | RuntimeError::Spec(_) => false,
+        | RuntimeError::Spec(_)
+        | RuntimeError::NoSecretsDir { .. } => false,
+        // The agent writes the files just before create; a vanished one is
+        // written again on the next attempt.
+        RuntimeError::SecretMissing { .. } => true,
         RuntimeError::Rootfs(RootfsError::NoLayers | RootfsError::TooManyLayers { .. }) => false,
         // A missing device node may be plugged in later; the runtime reports
         // "missing" and "not a device node" alike.

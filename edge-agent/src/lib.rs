@@ -61,6 +61,7 @@ pub mod rejections;
 pub mod report;
 pub mod retention;
 pub mod runtime;
+pub mod secrets;
 pub mod state;
 pub mod trust;
 pub mod view;

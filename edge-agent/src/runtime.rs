@@ -7,7 +7,9 @@
 use crate::driver::{
     app_of, ContainerDriver, ContainerStatus, CreateRequest, DriverError, ObservedContainer,
 };
-use outpost_runtime::{ContainerRequest, HelperCommand, LogPolicy, Rootfs, Runtime, RuntimeConfig};
+use outpost_runtime::{
+    ContainerRequest, HelperCommand, LogPolicy, Rootfs, Runtime, RuntimeConfig, RuntimeError,
+};
 
 /// First argument under which `outpost-agent` runs as the runtime's create helper.
 pub const HELPER_SUBCOMMAND: &str = "__runtime-helper";
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 pub struct RuntimeDriver {
     rt: Runtime,
+    /// Opens apps' sealed secrets into tmpfs files before create.
+    secrets: Option<crate::secrets::SecretFiles>,
 }
 
 impl std::fmt::Debug for RuntimeDriver {
@@ -36,6 +40,7 @@ impl RuntimeDriver {
             &data_dir.join("logs"),
             LogPolicy::default(),
             crate::config::DEFAULT_CGROUP_PARENT,
+            None,
         )
     }
 
@@ -47,8 +52,10 @@ impl RuntimeDriver {
         logs_dir: &Path,
         policy: LogPolicy,
         cgroup_parent: &str,
+        secrets: Option<crate::secrets::SecretFiles>,
     ) -> Result<RuntimeDriver, DriverError> {
         let mut config = RuntimeConfig::new(state_dir, data_dir);
+        config.secrets_dir = secrets.as_ref().map(|s| s.dir.clone());
         config.logs_dir = logs_dir.to_path_buf();
         config.log_policy = policy;
         config.cgroup_parent = cgroup_parent.to_string();
@@ -63,7 +70,7 @@ impl RuntimeDriver {
         }
         let rt = Runtime::new(config)
             .map_err(|e| DriverError::new("open runtime", state_dir.display().to_string(), e))?;
-        Ok(RuntimeDriver { rt })
+        Ok(RuntimeDriver { rt, secrets })
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -103,6 +110,24 @@ impl ContainerDriver for RuntimeDriver {
     }
 
     fn create(&self, req: &CreateRequest) -> Result<(), DriverError> {
+        if !req.spec.secrets.is_empty() {
+            let user =
+                outpost_runtime::spec::app_user(&req.spec, &req.image.config).map_err(|e| {
+                    DriverError::new("create", req.container.clone(), RuntimeError::from(e))
+                })?;
+            let files = self.secrets.as_ref().ok_or_else(|| {
+                DriverError::new(
+                    "create",
+                    req.container.clone(),
+                    RuntimeError::NoSecretsDir {
+                        app: req.spec.name.clone(),
+                    },
+                )
+            })?;
+            files
+                .write(&req.container, &req.spec, user)
+                .map_err(|e| DriverError::new("open secrets of", req.container.clone(), e))?;
+        }
         let labels = BTreeMap::from([("image".to_string(), req.spec.image.to_string())]);
         self.rt
             .create(&ContainerRequest {

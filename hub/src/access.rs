@@ -143,6 +143,8 @@ pub enum Request<'a> {
     ReadAudit,
     /// `/v1/tokens`: list, create, revoke.
     ManageTokens,
+    /// `/v1/secrets`: list (names, versions, hashes), set, remove.
+    ManageSecrets,
 }
 
 impl Request<'_> {
@@ -166,6 +168,7 @@ impl Request<'_> {
             }
             Request::ReadAudit => "read the audit log".into(),
             Request::ManageTokens => "manage tokens".into(),
+            Request::ManageSecrets => "manage secrets".into(),
         }
     }
 }
@@ -259,6 +262,7 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
         Request::AddDevice
         | Request::RemoveDevice { .. }
         | Request::IssueBrokerCert { .. }
+        | Request::ManageSecrets
         | Request::ReadAudit => {
             if caller.role != Role::Admin {
                 deny(format!(

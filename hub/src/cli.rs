@@ -146,6 +146,10 @@ pub enum Command {
     /// API tokens with roles and scopes (needs an admin token).
     #[command(subcommand)]
     Token(crate::cli_tokens::TokenCommand),
+    /// Secrets sealed to each device: set, list (never a value), remove
+    /// (needs an unscoped admin token).
+    #[command(subcommand)]
+    Secret(crate::cli_secrets::SecretCommand),
     /// Write an external broker's configuration (runs locally: it uses the
     /// data directory's broker CA).
     #[command(subcommand)]
@@ -231,6 +235,10 @@ pub enum DeviceCommand {
         /// KEY=VALUE, repeatable.
         #[arg(long = "label", short = 'l')]
         labels: Vec<String>,
+        /// The device's X25519 encryption key (hex, printed by
+        /// `outpost-agent init`): needed to deploy secrets to it.
+        #[arg(long)]
+        encryption_key: Option<String>,
         /// Write the device's broker certificate (PEM, for an external
         /// Mosquitto) to this file.
         #[arg(long)]
@@ -369,6 +377,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token(cmd) => {
             let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
             crate::cli_tokens::run(cmd, &client, cli.json).await
+        }
+        Command::Secret(cmd) => {
+            let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
+            crate::cli_secrets::run(cmd, &client, cli.json).await
         }
         cmd => {
             let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
@@ -532,12 +544,16 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
             id,
             public_key,
             labels: ls,
+            encryption_key,
             cert_out,
         }) => {
             let labels: BTreeMap<String, String> =
                 ls.iter().map(|l| parse_label(l)).collect::<Result<_>>()?;
-            let body =
+            let mut body =
                 serde_json::json!({ "id": id, "public_key": public_key.trim(), "labels": labels });
+            if let Some(k) = &encryption_key {
+                body["encryption_key"] = serde_json::Value::String(k.trim().to_string());
+            }
             let added: crate::api::AddedDevice =
                 c.call(Method::POST, "/v1/devices", Some(&body)).await?;
             if let Some(out) = &cert_out {
@@ -752,6 +768,7 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
         | Command::Serve { .. }
         | Command::Keys(_)
         | Command::Token(_)
+        | Command::Secret(_)
         | Command::BrokerConfig(_) => {
             bail!("internal: local command routed to the API client")
         }
@@ -798,9 +815,9 @@ async fn events(c: &ApiClient, device: &str, after: u64, follow: bool, json: boo
 }
 
 async fn rollout(cmd: RolloutCommand, c: &ApiClient, json: bool) -> Result<()> {
-    use std::io::IsTerminal;
     use crate::hub::rollouts::view::{summary, RolloutView};
     use crate::rollout::Phase;
+    use std::io::IsTerminal;
     let (deployment, verb) = match cmd {
         RolloutCommand::Status {
             deployment: Some(name),

@@ -216,6 +216,36 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.send(method, path, url, req).await
+    }
+
+    /// `PUT` raw bytes (a secret's value): the JSON answer.
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let req = self
+            .http
+            .request(Method::PUT, &url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        let bytes = self.send(Method::PUT, path, url, req).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<axum::body::Bytes, ClientError> {
         let http_err = |e: reqwest::Error| {
             let pinned = self
                 .mismatch

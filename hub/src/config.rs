@@ -376,6 +376,11 @@ impl DataDir {
     pub fn signing_key(&self) -> PathBuf {
         self.root.join("signing.key")
     }
+    /// The key that encrypts secret values at rest (0600; apart from the
+    /// database so a copy of `hub.redb` reveals no secret).
+    pub fn secret_key(&self) -> PathBuf {
+        self.root.join(crate::secrets::KEY_FILE)
+    }
     pub fn keyset(&self) -> PathBuf {
         self.root.join("keyset.bin")
     }

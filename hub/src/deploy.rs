@@ -146,6 +146,19 @@ pub struct AppDef {
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub network: NetworkDef,
+    /// Secrets (`outpost-hub secret set`) mounted as read-only files:
+    /// `secrets = [{ name = "db", path = "/run/secrets/db" }]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretDef>,
+}
+
+/// One secret an app reads as a file at `path` (default `/run/secrets/NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -487,6 +500,21 @@ impl AppDef {
                 NetworkDef::Host => NetworkMode::Host,
                 NetworkDef::Isolated => NetworkMode::Isolated,
             },
+            // Versions are filled in at render time and values sealed per
+            // device when its manifest is signed (`hub/secrets.rs`).
+            secrets: self
+                .secrets
+                .iter()
+                .map(|s| outpost_protocol::SecretMount {
+                    name: s.name.clone(),
+                    path: s
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| format!("/run/secrets/{}", s.name)),
+                    version: 0,
+                    sealed: Default::default(),
+                })
+                .collect(),
         };
         spec.validate().map_err(|e| match e {
             outpost_protocol::ValidationError::Field { field, problem, .. } => {

@@ -36,6 +36,8 @@
 //!   (`api::dashboard`).
 //! - [`access`]: token roles and scopes, and the pure authorization decision
 //!   `decide(caller, request)` every API handler asks.
+//! - [`secrets`]: the at-rest key (`secrets.key`) and encryption of secret
+//!   values in the store; `hub::secrets` seals them per device into manifests.
 //! - [`tokens`]: API tokens (hashed secrets in the store): create, revoke,
 //!   authenticate, the first admin token.
 //! - [`tls`]: the API's certificate (self-signed at `init`, or the
@@ -60,6 +62,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod cli_broker;
+pub mod cli_secrets;
 pub mod cli_tokens;
 pub mod client;
 pub mod clock;
@@ -72,13 +75,14 @@ pub mod link;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
-pub mod progress;
 pub mod outbox;
+pub mod progress;
 pub mod publish;
 pub mod render;
 pub mod resolve;
 pub mod rollout;
 pub mod scope;
+pub mod secrets;
 pub mod serve;
 pub mod signing;
 pub mod store;

@@ -88,9 +88,7 @@ impl Bars {
         }
         for b in want {
             let bar = self.bars.entry(b.key.clone()).or_insert_with(|| {
-                let p = self
-                    .multi
-                    .add(indicatif::ProgressBar::new(b.len));
+                let p = self.multi.add(indicatif::ProgressBar::new(b.len));
                 p.set_style(style.clone());
                 p
             });
@@ -145,7 +143,10 @@ mod tests {
         };
         let bars = pull_bars(&st);
         assert_eq!(bars.len(), 2);
-        assert_eq!((bars[0].key.as_str(), bars[0].pos, bars[0].len), ("web", 5, 10));
+        assert_eq!(
+            (bars[0].key.as_str(), bars[0].pos, bars[0].len),
+            ("web", 5, 10)
+        );
         // A total not known yet never draws past the end.
         assert_eq!((bars[1].pos, bars[1].len), (0, 1));
     }

@@ -152,10 +152,24 @@ pub fn desired(
     })
 }
 
+/// Set each app's secret mounts to the secrets' current `versions` (name ->
+/// version); a secret the hub does not hold keeps version 0, which sealing
+/// refuses by name. A rotated secret thus changes the content digest of
+/// exactly the devices whose apps mount it, and nothing else.
+pub fn stamp_secret_versions(apps: &mut [AppSpec], versions: &BTreeMap<String, u64>) {
+    for app in apps {
+        for s in &mut app.secrets {
+            s.version = versions.get(&s.name).copied().unwrap_or(0);
+        }
+    }
+}
+
 /// Digest of the canonical encoding of a device's apps.
 pub fn apps_digest(apps: &[AppSpec]) -> Digest {
-    // postcard of a Vec of plain structs and BTreeMaps is deterministic.
-    Digest::of(&postcard::to_stdvec(apps).unwrap_or_default())
+    // postcard of a Vec of plain structs and BTreeMaps is deterministic. The
+    // sealed secret blobs (fresh randomness at every seal) are left out, and
+    // apps without secrets digest as before the field existed.
+    Digest::of(&AppSpec::canonical_list_bytes(apps))
 }
 
 /// Digest of everything a manifest carries besides its header: what decides
@@ -166,7 +180,10 @@ pub fn content_digest(apps: &[AppSpec], release: &ReleasePolicy) -> Digest {
     if *release == ReleasePolicy::default() {
         return apps_digest(apps);
     }
-    Digest::of(&postcard::to_stdvec(&(apps, release)).unwrap_or_default())
+    // The encoding of the tuple `(apps, release)`: one after the other.
+    let mut bytes = AppSpec::canonical_list_bytes(apps);
+    bytes.extend_from_slice(&postcard::to_stdvec(release).unwrap_or_default());
+    Digest::of(&bytes)
 }
 
 /// What a device currently has (persisted by the store).
@@ -396,5 +413,47 @@ mod tests {
                 prop_assert_eq!(p.len(), expect);
             }
         }
+    }
+
+    #[test]
+    fn the_digest_follows_secret_versions_not_ciphertext() {
+        let mut a = app("web", 1);
+        a.secrets = vec![outpost_protocol::SecretMount {
+            name: "db".into(),
+            path: "/run/secrets/db".into(),
+            version: 0,
+            sealed: Default::default(),
+        }];
+        let other = app("ui", 2);
+        let versions = |v: u64| BTreeMap::from([("db".to_string(), v)]);
+        let mut v1 = vec![a.clone(), other.clone()];
+        stamp_secret_versions(&mut v1, &versions(1));
+        assert_eq!(v1[0].secrets[0].version, 1);
+        let base = content_digest(&v1, &ReleasePolicy::default());
+        // A sealed blob (fresh at every seal) does not change the digest.
+        let mut sealed = v1.clone();
+        sealed[0].secrets[0].sealed = outpost_protocol::SealedSecret {
+            enc: vec![7; 32],
+            ciphertext: vec![9; 40],
+        };
+        assert_eq!(content_digest(&sealed, &ReleasePolicy::default()), base);
+        // A new version does; an unknown secret renders as version 0.
+        let mut v2 = vec![a.clone(), other.clone()];
+        stamp_secret_versions(&mut v2, &versions(2));
+        assert_ne!(content_digest(&v2, &ReleasePolicy::default()), base);
+        let mut none = vec![a, other.clone()];
+        stamp_secret_versions(&mut none, &BTreeMap::new());
+        assert_eq!(none[0].secrets[0].version, 0);
+        // Apps without secrets digest exactly as before the field existed.
+        let plain = [other];
+        let mut old = postcard::to_stdvec(&1usize).unwrap();
+        let mut enc = postcard::to_stdvec(&plain[0]).unwrap();
+        assert_eq!(
+            enc.pop(),
+            Some(0),
+            "the empty secrets list is the last byte"
+        );
+        old.extend_from_slice(&enc);
+        assert_eq!(apps_digest(&plain), Digest::of(&old));
     }
 }

@@ -37,6 +37,8 @@ pub enum ServeError {
     #[error(transparent)]
     Keys(#[from] KeyFileError),
     #[error(transparent)]
+    SecretKey(#[from] crate::secrets::SecretKeyError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -218,7 +220,10 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         Hub::new(store.clone(), signer, opts.resolver, outbox_tx.clone())
             .with_policy(policy)
             .with_broker_ca(broker_ca)
-            .with_manifest_validity(freshness.manifest_valid_secs),
+            .with_manifest_validity(freshness.manifest_valid_secs)
+            .with_secret_key(crate::secrets::SecretKey::load_or_create(
+                &dir.secret_key(),
+            )?),
     );
     // Before the publisher's first republish-all, so that agents get manifests
     // signed by the current key right after its key set.

@@ -44,6 +44,7 @@ async fn one_apply_over_a_large_fleet_renders_each_device_once() {
             id: format!("sim-{i:05}").parse().unwrap(),
             public_key: key,
             labels: BTreeMap::from([("fleet".to_string(), "sim".to_string())]),
+            encryption_key: None,
         })
         .collect();
 
@@ -108,6 +109,7 @@ async fn status_from_every_device_is_ingested() {
                     id: id.clone(),
                     public_key: key.public_key(),
                     labels: BTreeMap::new(),
+                    encryption_key: None,
                 })
                 .collect(),
             "test".into(),

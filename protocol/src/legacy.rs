@@ -95,12 +95,72 @@ impl From<AppSpecV1> for AppSpec {
             network: a.network,
             handover_timeout_secs: DEFAULT_HANDOVER_TIMEOUT_SECS,
             override_lock: false,
+            secrets: vec![],
         }
     }
 }
 
-/// Version 2's manifest: today's apps and release policy, no expiry.
+/// Version 2's app spec: today's fields up to `override_lock`, no secrets.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct AppSpecV2 {
+    name: String,
+    image: ImageRef,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    command: Vec<String>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    working_dir: Option<String>,
+    user: Option<String>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    volumes: Vec<VolumeMount>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    devices: Vec<DeviceNode>,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    ports: Vec<PortMapping>,
+    resources: Resources,
+    restart: RestartPolicy,
+    health: Option<HealthCheck>,
+    update: UpdateStrategy,
+    read_only_rootfs: bool,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_LIST>")]
+    capabilities: Vec<String>,
+    network: NetworkMode,
+    handover_timeout_secs: u32,
+    override_lock: bool,
+}
+
+impl From<AppSpecV2> for AppSpec {
+    fn from(a: AppSpecV2) -> AppSpec {
+        AppSpec {
+            name: a.name,
+            image: a.image,
+            command: a.command,
+            args: a.args,
+            env: a.env,
+            working_dir: a.working_dir,
+            user: a.user,
+            volumes: a.volumes,
+            devices: a.devices,
+            ports: a.ports,
+            resources: a.resources,
+            restart: a.restart,
+            health: a.health,
+            update: a.update,
+            read_only_rootfs: a.read_only_rootfs,
+            capabilities: a.capabilities,
+            network: a.network,
+            handover_timeout_secs: a.handover_timeout_secs,
+            override_lock: a.override_lock,
+            secrets: vec![],
+        }
+    }
+}
+
+/// Version 2's manifest: version 2's apps and release policy, no expiry.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct ManifestV2 {
     device_id: DeviceId,
     epoch: u64,
@@ -108,7 +168,7 @@ struct ManifestV2 {
     issued_at: u64,
     key_id: KeyId,
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_APPS>")]
-    apps: Vec<AppSpec>,
+    apps: Vec<AppSpecV2>,
     release: ReleasePolicy,
 }
 
@@ -124,7 +184,7 @@ pub fn decode_manifest(version: u8, body: &[u8]) -> Result<Manifest, OpenError> 
                 generation: m.generation,
                 issued_at: m.issued_at,
                 key_id: m.key_id,
-                apps: m.apps,
+                apps: m.apps.into_iter().map(AppSpec::from).collect(),
                 release: m.release,
                 expires_at: NEVER,
             })
@@ -249,6 +309,71 @@ mod tests {
         );
         assert_eq!(m.apps[0].user.as_deref(), Some("1000"));
         assert!(m.apps[0].read_only_rootfs && !m.apps[0].override_lock);
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn a_version_2_manifest_envelope_opens_without_secrets() {
+        let key = SigningKey::generate().unwrap();
+        let device: DeviceId = "pi-2".parse().unwrap();
+        let image: ImageRef = format!("reg/web@sha256:{}", "cd".repeat(32))
+            .parse()
+            .unwrap();
+        let app = |name: &str, update| AppSpecV2 {
+            name: name.into(),
+            image: image.clone(),
+            command: vec![],
+            args: vec!["-v".into()],
+            env: [("B".to_string(), "2".to_string())].into(),
+            working_dir: None,
+            user: Some("1000:1000".into()),
+            volumes: vec![],
+            devices: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            restart: RestartPolicy::Always,
+            health: None,
+            update,
+            read_only_rootfs: false,
+            capabilities: vec![],
+            network: NetworkMode::Host,
+            handover_timeout_secs: 7,
+            override_lock: true,
+        };
+        let old = ManifestV2 {
+            device_id: device.clone(),
+            epoch: 2,
+            generation: 5,
+            issued_at: 11,
+            key_id: key.key_id(),
+            apps: vec![
+                app("web", UpdateStrategy::DeleteThenDownload),
+                app("ui", UpdateStrategy::HandOver),
+            ],
+            release: ReleasePolicy {
+                stable_secs: 3,
+                trial_deadline_secs: 40,
+            },
+        };
+        let web_v2 = postcard::to_stdvec(&old.apps[0]).unwrap();
+        let bytes = seal_version(2, Kind::Manifest, &key, &postcard::to_stdvec(&old).unwrap());
+        let opened = open(Kind::Manifest, &bytes).unwrap();
+        assert_eq!(opened.version, 2);
+        // Version 3's layout (with secrets) cannot read it.
+        assert!(decode_body::<Manifest>("manifest", opened.body).is_err());
+        let m = decode_manifest(opened.version, opened.body).unwrap();
+        assert_eq!((m.epoch, m.generation, m.issued_at), (2, 5, 11));
+        assert_eq!(m.expires_at, NEVER);
+        assert_eq!(m.release.trial_deadline_secs, 40);
+        assert_eq!(m.apps[0].update, UpdateStrategy::DeleteThenDownload);
+        assert_eq!(m.apps[1].update, UpdateStrategy::HandOver);
+        assert_eq!(m.apps[0].handover_timeout_secs, 7);
+        assert!(m.apps[0].override_lock);
+        assert_eq!(m.apps[0].user.as_deref(), Some("1000:1000"));
+        assert!(m.apps.iter().all(|a| a.secrets.is_empty()));
+        // An app without secrets keeps its version-2 bytes as its identity
+        // (container name, hub digest): upgrading restarts nothing.
+        assert_eq!(m.apps[0].canonical_bytes(), web_v2);
         m.validate().unwrap();
     }
 }

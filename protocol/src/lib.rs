@@ -23,6 +23,8 @@
 //! - [`verify`]: the agent-side `Verifier` (accept / duplicate / reject with reason).
 //! - [`topics`]: MQTT topic names and device-id validation.
 //! - [`login`]: the broker login (username, password) of a device.
+//! - [`secret`]: secrets sealed to one device (HPKE, X25519 + ChaCha20-Poly1305),
+//!   the device's encryption key, and the sealed form manifests carry.
 //! - [`sample`]: a representative 5-app manifest for examples, benches and fuzz seeds.
 //! - [`bounded`]: decoding helpers that cap collection sizes so hostile input
 //!   cannot make the decoder allocate more than the message size limit.
@@ -39,6 +41,7 @@ pub mod logs;
 pub mod manifest;
 pub mod root;
 pub mod sample;
+pub mod secret;
 pub mod status;
 pub mod topics;
 pub mod verify;
@@ -57,6 +60,10 @@ pub use manifest::{
     ReleasePolicy, Resources, RestartPolicy, UpdateStrategy, ValidationError, VolumeMount, NEVER,
 };
 pub use root::{RootError, RootRotation};
+pub use secret::{
+    DecryptionKey, EncryptionKey, SealedSecret, SecretContext, SecretError, SecretMount,
+    MAX_SECRET_BYTES,
+};
 pub use status::{
     AppState, AppStatus, DeviceMessageError, Event, EventKind, RejectCounters, ReleasePhase,
     ReleaseStatus, StatusReport,

@@ -6,6 +6,7 @@
 
 use crate::image::ImageRef;
 use crate::keys::KeyId;
+use crate::secret::{SecretMount, MAX_SECRETS_PER_APP, MAX_SECRET_BYTES, TAG_LEN};
 use crate::topics::DeviceId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -136,6 +137,14 @@ pub struct AppSpec {
     /// override; the lock normally defers the update).
     #[serde(default)]
     pub override_lock: bool,
+    /// Secrets mounted as read-only files (`secret.rs`): sealed to this
+    /// device, opened by the agent into its run dir (tmpfs) at container
+    /// creation. Added in format version 3 (`legacy.rs` reads version 2).
+    #[serde(
+        default,
+        deserialize_with = "crate::bounded::vec::<_, _, MAX_SECRETS_PER_APP>"
+    )]
+    pub secrets: Vec<SecretMount>,
 }
 
 fn default_handover_timeout() -> u32 {
@@ -387,6 +396,42 @@ impl AppSpec {
             network: NetworkMode::default(),
             handover_timeout_secs: DEFAULT_HANDOVER_TIMEOUT_SECS,
             override_lock: false,
+            secrets: vec![],
+        }
+    }
+
+    /// The canonical bytes that identify this spec: postcard of
+    /// [`AppSpec::identity`], and for a spec without secrets exactly the
+    /// bytes it had before `secrets` existed (the field is last; its empty
+    /// list is one `0` byte, dropped), so container names and the hub's
+    /// content digests of existing apps do not change with the upgrade.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Encoding an in-memory spec cannot fail; stay total without unwrap.
+        let mut bytes = postcard::to_stdvec(&self.identity())
+            .unwrap_or_else(|_| format!("{self:?}").into_bytes());
+        if self.secrets.is_empty() && bytes.last() == Some(&0) {
+            bytes.pop();
+        }
+        bytes
+    }
+
+    /// [`AppSpec::canonical_bytes`] of a list, framed as postcard frames a
+    /// `Vec` (length varint, then each element).
+    pub fn canonical_list_bytes(apps: &[AppSpec]) -> Vec<u8> {
+        let mut out = postcard::to_stdvec(&apps.len()).unwrap_or_default();
+        for a in apps {
+            out.extend_from_slice(&a.canonical_bytes());
+        }
+        out
+    }
+
+    /// This spec with every sealed secret blob cleared: what identifies the
+    /// app's configuration (container name, the hub's content digest)
+    /// independently of the fresh HPKE randomness of each seal.
+    pub fn identity(&self) -> AppSpec {
+        AppSpec {
+            secrets: self.secrets.iter().map(SecretMount::unsealed_ref).collect(),
+            ..self.clone()
         }
     }
 
@@ -477,6 +522,66 @@ impl AppSpec {
                 return Err(bad(
                     "volumes",
                     format!("mount path {:?} is used twice", v.container_path),
+                ));
+            }
+        }
+        if self.secrets.len() > MAX_SECRETS_PER_APP {
+            return Err(bad(
+                "secrets",
+                format!(
+                    "{} secrets; the limit is {MAX_SECRETS_PER_APP}",
+                    self.secrets.len()
+                ),
+            ));
+        }
+        let mut secret_names = BTreeSet::new();
+        for s in &self.secrets {
+            if !is_label(&s.name, 63) {
+                return Err(bad(
+                    "secrets",
+                    format!(
+                        "secret name {:?} must be 1-63 lowercase letters, digits or '-'",
+                        s.name
+                    ),
+                ));
+            }
+            if !secret_names.insert(s.name.as_str()) {
+                return Err(bad(
+                    "secrets",
+                    format!("secret {:?} is mounted twice", s.name),
+                ));
+            }
+            if !is_safe_abs_path(&s.path)
+                || s.path == "/"
+                || s.path.ends_with('/')
+                || s.path == "/run/outpost"
+                || s.path.starts_with("/run/outpost/")
+            {
+                return Err(bad(
+                    "secrets",
+                    format!(
+                        "secret {:?}: path {:?} must be an absolute file path without '..', \
+                         not under the reserved /run/outpost",
+                        s.name, s.path
+                    ),
+                ));
+            }
+            if !vol_paths.insert(s.path.as_str()) {
+                return Err(bad(
+                    "secrets",
+                    format!(
+                        "secret {:?}: path {:?} is already a mount path of this app",
+                        s.name, s.path
+                    ),
+                ));
+            }
+            if s.sealed.ciphertext.len() > MAX_SECRET_BYTES + TAG_LEN {
+                return Err(bad(
+                    "secrets",
+                    format!(
+                        "secret {:?} is over the {MAX_SECRET_BYTES}-byte limit",
+                        s.name
+                    ),
                 ));
             }
         }

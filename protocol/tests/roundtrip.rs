@@ -78,6 +78,7 @@ prop_compose! {
         ro in any::<bool>(),
         caps in vec("CAP_[A-Z_]{2,10}", 0..2),
         isolated in any::<bool>(),
+        secrets in vec((text(), text(), any::<u64>(), vec(any::<u8>(), 0..40), vec(any::<u8>(), 0..40)), 0..3),
     ) -> AppSpec {
         AppSpec {
             name, image, command, args, env, working_dir, user,
@@ -92,6 +93,9 @@ prop_compose! {
             network: if isolated { NetworkMode::Isolated } else { NetworkMode::Host },
             override_lock: false,
             handover_timeout_secs: outpost_protocol::manifest::DEFAULT_HANDOVER_TIMEOUT_SECS,
+            secrets: secrets.into_iter().map(|(name, path, version, enc, ciphertext)| outpost_protocol::SecretMount {
+                name, path, version, sealed: outpost_protocol::SealedSecret { enc, ciphertext },
+            }).collect(),
         }
     }
 }

@@ -105,6 +105,9 @@ pub struct SpecInputs<'a> {
     pub volumes_dir: &'a Path,
     /// The app's update-lock directory on the host, mounted at [`LOCK_MOUNT`].
     pub lock_dir: Option<&'a Path>,
+    /// This container's secret files (`<dir>/<secret name>`, on tmpfs),
+    /// each bind-mounted read-only at its `path`.
+    pub secrets_dir: Option<&'a Path>,
     pub devices: &'a [ResolvedDevice],
     /// cgroup path relative to each hierarchy's root.
     pub cgroups_path: &'a str,
@@ -164,6 +167,22 @@ fn parse_uid_gid(s: &str) -> Option<(u32, u32)> {
             let u = s.parse().ok()?;
             Some((u, u))
         }
+    }
+}
+
+/// The uid and gid the app's process runs as: the app's `user`, else the
+/// image's, else root. Secret files are owned by it.
+pub fn app_user(app: &AppSpec, image: &ImageConfig) -> Result<(u32, u32), SpecError> {
+    match (&app.user, &image.user) {
+        // AppSpec::validate already guarantees the numeric form; a spec that
+        // skipped validation still cannot smuggle a name through.
+        (Some(u), _) | (None, Some(u)) if !u.is_empty() => {
+            parse_uid_gid(u).ok_or_else(|| SpecError::NonNumericUser {
+                app: app.name.clone(),
+                user: u.clone(),
+            })
+        }
+        _ => Ok((0, 0)),
     }
 }
 
@@ -273,17 +292,7 @@ pub fn generate(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         return Err(SpecError::NoCommand { app: name.clone() });
     }
     let env = merged_env(app, image)?;
-    let (uid, gid) = match (&app.user, &image.user) {
-        // AppSpec::validate already guarantees the numeric form; a spec that
-        // skipped validation still cannot smuggle a name through.
-        (Some(u), _) | (None, Some(u)) if !u.is_empty() => {
-            parse_uid_gid(u).ok_or_else(|| SpecError::NonNumericUser {
-                app: name.clone(),
-                user: u.clone(),
-            })?
-        }
-        _ => (0, 0),
-    };
+    let (uid, gid) = app_user(app, image)?;
     let cwd = match (&app.working_dir, &image.working_dir) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) if d.is_empty() => "/".to_string(),
@@ -324,6 +333,15 @@ pub fn generate(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         mounts.push(json!({
             "destination": v.container_path, "type": "bind", "source": source, "options": options,
         }));
+    }
+
+    if let Some(dir) = inputs.secrets_dir {
+        for sec in &app.secrets {
+            mounts.push(json!({
+                "destination": sec.path, "type": "bind", "source": dir.join(&sec.name),
+                "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec", "ro"],
+            }));
+        }
     }
 
     if let Some(dir) = inputs.lock_dir {
@@ -450,6 +468,7 @@ mod tests {
             rootfs: Path::new("/data/containers/c1/rootfs"),
             volumes_dir: Path::new("/data/volumes/web"),
             lock_dir: Some(Path::new("/data/locks/web")),
+            secrets_dir: None,
             devices,
             cgroups_path: "/outpost/c1",
             labels: &labels,
@@ -593,6 +612,7 @@ mod tests {
                 rootfs: Path::new("/r"),
                 volumes_dir: Path::new("/v"),
                 lock_dir: None,
+                secrets_dir: None,
                 devices: &[],
                 cgroups_path: "/outpost/x",
                 labels: &BTreeMap::new(),
@@ -819,6 +839,7 @@ mod tests {
             rootfs: Path::new("/rootfs"),
             volumes_dir: Path::new("/data/volumes/web"),
             lock_dir: None,
+            secrets_dir: None,
             devices: &[],
             cgroups_path: "/outpost/web",
             labels: &BTreeMap::new(),

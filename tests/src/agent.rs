@@ -39,6 +39,15 @@ impl Agent {
         self.dir.path().join("agent.toml")
     }
 
+    /// The device's X25519 encryption key (hex), derived from the key file
+    /// `init` made, as `init` prints it.
+    pub fn encryption_key(&self) -> Result<String> {
+        let path = self.dir.path().join("data").join("encryption.key");
+        let key = outpost_protocol::DecryptionKey::from_bytes(&std::fs::read(&path)?)
+            .map_err(|e| anyhow::anyhow!("encryption key {}: {e}", path.display()))?;
+        Ok(key.public_key().to_string())
+    }
+
     /// The broker login this agent uses, made from its key file as the agent
     /// makes it (`outpost_protocol::login`).
     pub fn broker_login(&self) -> Result<crate::mqtt::Login> {

@@ -24,6 +24,8 @@ pub struct AppDef {
     pub extra_env: Vec<(String, String)>,
     /// More `key = value` lines of the app's table (e.g. `update = "hand-over"`).
     pub extra_toml: Vec<String>,
+    /// Secrets mounted at `/run/secrets/NAME` (read back with `/secret?name=NAME`).
+    pub secrets: Vec<String>,
     /// Holds `port` for this app (and its clones, e.g. a next version).
     _lease: Arc<PortLease>,
 }
@@ -39,6 +41,7 @@ impl AppDef {
             health: false,
             extra_env: Vec::new(),
             extra_toml: Vec::new(),
+            secrets: Vec::new(),
             _lease: Arc::new(lease),
         }
     }
@@ -54,6 +57,14 @@ impl AppDef {
             "\n[[apps]]\nname = \"{}\"\nimage = \"{}\"\nenv = {{ PORT = \"{}\", HELLO_VERSION = \"{}\"{extra} }}\nvolumes = [{{ name = \"data\", path = \"/data\" }}]\n",
             self.name, self.image, self.port, self.version
         );
+        if !self.secrets.is_empty() {
+            let list: Vec<String> = self
+                .secrets
+                .iter()
+                .map(|n| format!("{{ name = \"{n}\", path = \"/run/secrets/{n}\" }}"))
+                .collect();
+            s.push_str(&format!("secrets = [{}]\n", list.join(", ")));
+        }
         for line in &self.extra_toml {
             s.push_str(line);
             s.push('\n');

@@ -280,6 +280,47 @@ impl Hub {
         .map(|_| ())
     }
 
+    /// [`Hub::add_device`] with the device's encryption key (`--encryption-key`),
+    /// so secrets can be sealed to it.
+    pub fn add_device_sealed(
+        &self,
+        id: &str,
+        public_key: &str,
+        encryption_key: &str,
+    ) -> Result<()> {
+        self.cli(&[
+            "device",
+            "add",
+            id,
+            "--public-key",
+            public_key,
+            "--encryption-key",
+            encryption_key,
+            "--label",
+            &format!("e2e={id}"),
+        ])
+        .map(|_| ())
+    }
+
+    /// `outpost-hub secret set NAME --from-file FILE` with `value`; the CLI's
+    /// JSON answer.
+    pub fn set_secret(&self, name: &str, value: &[u8]) -> Result<Value> {
+        let path = self.dir.path().join(format!("secret-input-{name}"));
+        std::fs::write(&path, value)?;
+        let out = self.cli(&[
+            "secret",
+            "set",
+            name,
+            "--from-file",
+            &path.display().to_string(),
+            "--json",
+        ]);
+        // The operator's copy goes once the hub has it.
+        let _ = std::fs::remove_file(&path);
+        let out = out?;
+        serde_json::from_str(&out).with_context(|| format!("secret set output: {out}"))
+    }
+
     pub fn add_device(&self, id: &str, public_key: &str) -> Result<()> {
         self.cli(&[
             "device",

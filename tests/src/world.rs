@@ -42,7 +42,7 @@ impl World {
         let proxy = Proxy::start(hub.mqtt_addr())?;
         let device = unique(name);
         let mut agent = Agent::init(&hub, &device, proxy.port, &registry)?;
-        hub.add_device(&device, &agent.public_key)?;
+        hub.add_device_sealed(&device, &agent.public_key, &agent.encryption_key()?)?;
         agent.start()?;
         Ok(World {
             registry,

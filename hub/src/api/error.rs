@@ -2,7 +2,7 @@
 //! message that says what was wrong without exposing internals.
 
 use crate::access::{Denied, Role};
-use crate::hub::HubError;
+use crate::hub::{HubError, SecretProblem};
 use crate::tokens::TokenError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -115,6 +115,21 @@ impl From<HubError> for AppError {
                 AppError::bad_request(None, e.to_string())
             }
             HubError::NotFound { .. } => AppError::not_found(e.to_string()),
+            HubError::Secret(
+                SecretProblem::NoEncryptionKey { .. }
+                | SecretProblem::Unknown { .. }
+                | SecretProblem::Seal(_),
+            ) => AppError::bad_request(None, e.to_string()),
+            HubError::Secret(SecretProblem::InUse { .. }) => AppError {
+                status: StatusCode::CONFLICT,
+                field: None,
+                message: e.to_string(),
+                denied: None,
+            },
+            HubError::Secret(SecretProblem::NoKey | SecretProblem::AtRest(_)) => {
+                tracing::error!(error = %e, "secret store failed");
+                AppError::internal()
+            }
             HubError::Conflict(_) | HubError::Rollout(_) => AppError {
                 status: StatusCode::CONFLICT,
                 field: None,

@@ -14,6 +14,7 @@ mod error;
 pub mod human;
 mod logs;
 mod metrics;
+mod secrets;
 pub mod server;
 mod tokens;
 mod views;
@@ -75,6 +76,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/v1/ui/links", post(dashboard::create_link))
         .route("/v1/audit", get(audit))
+        .route("/v1/secrets", get(secrets::list_secrets))
+        .route(
+            "/v1/secrets/{name}",
+            axum::routing::put(secrets::set_secret).delete(secrets::remove_secret),
+        )
         .route(
             "/v1/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
@@ -159,6 +165,22 @@ struct NewDevice {
     public_key: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Hex X25519 key secrets are sealed to; optional.
+    #[serde(default)]
+    encryption_key: Option<String>,
+}
+
+/// The optional `encryption_key` field of a new device, parsed.
+fn encryption_key(
+    field: String,
+    hex: Option<&str>,
+) -> Result<Option<outpost_protocol::EncryptionKey>, AppError> {
+    hex.map(|h| {
+        h.parse().map_err(|e: outpost_protocol::SecretError| {
+            AppError::bad_request(Some(field.clone()), e.to_string())
+        })
+    })
+    .transpose()
 }
 
 /// `POST /v1/devices`'s answer: the device, and its broker certificate
@@ -185,7 +207,24 @@ async fn add_device(
         .map_err(|e: outpost_protocol::KeyError| {
             AppError::bad_request(Some("public_key".into()), e.to_string())
         })?;
-    let rec = s.hub.add_device(id, key, req.labels, caller.who()).await?;
+    let encryption_key = encryption_key("encryption_key".into(), req.encryption_key.as_deref())?;
+    for (k, v) in &req.labels {
+        crate::deploy::check_label("labels", k, v).map_err(crate::hub::HubError::from)?;
+    }
+    let rec = s
+        .hub
+        .add_devices(
+            vec![crate::hub::NewDevice {
+                id,
+                public_key: key,
+                labels: req.labels,
+                encryption_key,
+            }],
+            caller.who(),
+        )
+        .await?
+        .pop()
+        .ok_or_else(|| crate::hub::HubError::Internal("registration returned no record".into()))?;
     let broker_cert = if s.hub.has_broker_ca() {
         Some(
             s.hub
@@ -243,10 +282,15 @@ async fn add_devices(
                 .map_err(|e: outpost_protocol::KeyError| {
                     AppError::bad_request(Some(format!("devices[{i}].public_key")), e.to_string())
                 })?;
+        let encryption_key = encryption_key(
+            format!("devices[{i}].encryption_key"),
+            d.encryption_key.as_deref(),
+        )?;
         new.push(crate::hub::NewDevice {
             id,
             public_key,
             labels: d.labels,
+            encryption_key,
         });
     }
     let recs = s.hub.add_devices(new, caller.who()).await?;

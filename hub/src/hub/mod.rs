@@ -9,8 +9,10 @@
 
 mod broker_certs;
 pub mod rollouts;
+pub mod secrets;
 
 pub use broker_certs::BrokerCert;
+pub use secrets::{SecretInfo, SecretOutcome, SecretProblem};
 
 use crate::admission::{self, AdmissionPolicy, Refused};
 use crate::clock::{Clock, SystemClock};
@@ -63,6 +65,8 @@ pub enum HubError {
     Keys(#[from] KeyFileError),
     #[error(transparent)]
     BrokerCa(#[from] crate::broker::ca::CaError),
+    #[error(transparent)]
+    Secret(#[from] SecretProblem),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -116,6 +120,9 @@ pub struct NewDevice {
     pub public_key: PublicKey,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The device's X25519 key for secrets (`outpost-agent init` prints it).
+    #[serde(default)]
+    pub encryption_key: Option<outpost_protocol::EncryptionKey>,
 }
 
 /// Shared state behind the API, ingest and publisher.
@@ -137,6 +144,9 @@ pub struct Hub {
     manifest_valid_secs: u64,
     /// Log streams waiting for device chunks (`logs.rs`).
     pub logs: crate::logs::LogStreams,
+    /// Encrypts secret values at rest (`secrets.key` in the data dir);
+    /// `None`: this hub stores no secrets.
+    pub(crate) secret_key: Option<Arc<crate::secrets::SecretKey>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -225,7 +235,14 @@ impl Hub {
             republished: Mutex::new(HashMap::new()),
             manifest_valid_secs: crate::config::FreshnessConfig::default().manifest_valid_secs,
             logs: crate::logs::LogStreams::default(),
+            secret_key: None,
         }
+    }
+
+    /// The same hub storing secret values encrypted under `key`.
+    pub fn with_secret_key(mut self, key: crate::secrets::SecretKey) -> Hub {
+        self.secret_key = Some(Arc::new(key));
+        self
     }
 
     /// The same hub issuing manifests valid for `secs`.
@@ -320,6 +337,7 @@ impl Hub {
                     id,
                     public_key,
                     labels,
+                    encryption_key: None,
                 }],
                 who,
             )
@@ -356,6 +374,7 @@ impl Hub {
                         public_key: d.public_key,
                         labels: d.labels,
                         registered_at: op.now,
+                        encryption_key: d.encryption_key,
                     };
                     op.tx.put_device(&rec)?;
                     op.audit(
@@ -363,6 +382,7 @@ impl Hub {
                         rec.id.as_str(),
                         serde_json::json!({
                             "public_key": rec.public_key.to_string(),
+                            "encryption_key": rec.encryption_key.map(|k| k.to_string()),
                             "labels": rec.labels,
                         }),
                     )?;
@@ -472,6 +492,7 @@ impl Hub {
         }
         let outcome = self
             .transact(who, move |op| {
+                check_secrets_exist(op.tx, &apps)?;
                 let mut records = op.tx.deployments()?;
                 let old = records.iter().position(|r| r.spec.name == spec.name);
                 let old_rec = old.map(|i| records[i].clone());
@@ -521,7 +542,8 @@ impl Hub {
                     };
                     op.tx.put_rollout(&ro)?;
                 }
-                let deployments = render_set(&records, &op.tx.rollouts()?);
+                let deployments =
+                    render_set(&records, &op.tx.rollouts()?, &op.tx.secret_versions()?);
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
@@ -611,7 +633,8 @@ impl Hub {
                     .filter(|r| r.spec.name != name)
                     .cloned()
                     .collect();
-                let deployments = render_set(&remaining, &op.tx.rollouts()?);
+                let deployments =
+                    render_set(&remaining, &op.tx.rollouts()?, &op.tx.secret_versions()?);
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
@@ -716,9 +739,9 @@ impl Hub {
                     let desired = render::desired(id, labels, &deployments)?;
                     let digest = render::content_digest(&desired.apps, &desired.release);
                     let (meta, bytes) = op.hub.seal_one(
+                        op.tx,
                         id,
-                        epoch,
-                        generation.saturating_add(1),
+                        (epoch, generation.saturating_add(1)),
                         (desired.apps, desired.release),
                         digest,
                         op.now,
@@ -769,9 +792,9 @@ impl Hub {
             let generation = applied.saturating_add(1);
             let digest = render::content_digest(&desired.apps, &desired.release);
             let (meta, bytes) = op.hub.seal_one(
+                op.tx,
                 &id,
-                epoch,
-                generation,
+                (epoch, generation),
                 (desired.apps, desired.release),
                 digest,
                 op.now,
@@ -794,13 +817,14 @@ impl Hub {
     /// Build, validate, sign and size-check one manifest.
     fn seal_one(
         &self,
+        tx: &Tx,
         device: &DeviceId,
-        epoch: u64,
-        generation: u64,
+        (epoch, generation): (u64, u64),
         (apps, release): (Vec<outpost_protocol::AppSpec>, ReleasePolicy),
         apps_digest: outpost_protocol::Digest,
         now: u64,
     ) -> Result<(ManifestMeta, Vec<u8>), HubError> {
+        let apps = self.seal_secrets(tx, device, apps)?;
         let manifest = Manifest {
             device_id: device.clone(),
             epoch,
@@ -868,9 +892,9 @@ impl Hub {
         let mut sealed = Vec::with_capacity(plan.len());
         for r in plan {
             let (meta, bytes) = self.seal_one(
+                tx,
                 &r.device,
-                epoch,
-                r.generation,
+                (epoch, r.generation),
                 (r.apps, r.release),
                 r.apps_digest,
                 now,
@@ -894,10 +918,12 @@ impl Hub {
 /// One revision's content as rendering reads it. The `[release]` table was
 /// checked when the deployment was applied; a record that somehow holds a bad
 /// one renders with the defaults rather than failing every operation.
-fn revision_of(r: &DeploymentRecord) -> Revision {
+fn revision_of(r: &DeploymentRecord, secret_versions: &BTreeMap<String, u64>) -> Revision {
+    let mut apps = r.apps.clone();
+    render::stamp_secret_versions(&mut apps, secret_versions);
     Revision {
         selector: r.spec.selector.clone(),
-        apps: r.apps.clone(),
+        apps,
         release: r.spec.release_policy().ok().flatten(),
     }
 }
@@ -908,6 +934,7 @@ fn revision_of(r: &DeploymentRecord) -> Revision {
 pub(crate) fn render_set(
     records: &[DeploymentRecord],
     rollouts: &[RolloutRecord],
+    secret_versions: &BTreeMap<String, u64>,
 ) -> Vec<Deployment> {
     records
         .iter()
@@ -919,13 +946,16 @@ pub(crate) fn render_set(
                 })
                 .map(|ro| Staged {
                     admitted: ro.devices.keys().filter_map(|id| id.parse().ok()).collect(),
-                    previous: ro.previous.as_ref().map(revision_of),
+                    previous: ro
+                        .previous
+                        .as_ref()
+                        .map(|p| revision_of(p, secret_versions)),
                 });
             let Revision {
                 selector,
                 apps,
                 release,
-            } = revision_of(r);
+            } = revision_of(r, secret_versions);
             Deployment {
                 name: r.spec.name.clone(),
                 selector,
@@ -938,7 +968,11 @@ pub(crate) fn render_set(
 }
 
 pub(crate) fn pinned_deployments(tx: &Tx) -> Result<Vec<Deployment>, StoreError> {
-    Ok(render_set(&tx.deployments()?, &tx.rollouts()?))
+    Ok(render_set(
+        &tx.deployments()?,
+        &tx.rollouts()?,
+        &tx.secret_versions()?,
+    ))
 }
 
 /// Every registered device with its labels, the input of a fleet-wide render.
@@ -948,4 +982,24 @@ pub(crate) fn all_devices(tx: &Tx) -> Result<Vec<Labelled>, StoreError> {
         .into_iter()
         .map(|d| (d.id, d.labels))
         .collect())
+}
+
+/// Every secret the apps mount is set on the hub; else the field of the first
+/// that is not (an apply must not store what no device could receive).
+fn check_secrets_exist(tx: &Tx, apps: &[outpost_protocol::AppSpec]) -> Result<(), HubError> {
+    for (i, app) in apps.iter().enumerate() {
+        for (j, s) in app.secrets.iter().enumerate() {
+            if tx.secret(&s.name)?.is_none() {
+                return Err(SpecError {
+                    field: format!("apps[{i}].secrets[{j}].name"),
+                    problem: format!(
+                        "secret {:?} is not set; `outpost-hub secret set {} --from-file FILE` first",
+                        s.name, s.name
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
 }

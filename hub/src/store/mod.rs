@@ -9,6 +9,7 @@
 //! apply touching 10,000 devices costs one fsync, not 10,000.
 
 mod records;
+mod secrets;
 mod tokens;
 
 pub use records::TokenRecord;
@@ -16,6 +17,7 @@ pub use records::{
     AdmittedDevice, AuditEntry, DeploymentRecord, DeviceMarks, DeviceRecord, EventRecord,
     ManifestMeta, RolloutRecord, StatusRecord,
 };
+pub use secrets::SecretRecord;
 
 use outpost_protocol::DeviceId;
 use redb::{
@@ -138,6 +140,7 @@ impl Store {
             tx.txn.open_table(MARKS).ctx("create tables")?;
             tx.txn.open_table(ROLLOUTS).ctx("create tables")?;
             tokens::create_tables(tx)?;
+            secrets::create_tables(tx)?;
             Ok::<_, StoreError>(())
         })?;
         Ok(store)

@@ -14,6 +14,10 @@ pub struct DeviceRecord {
     pub labels: BTreeMap<String, String>,
     /// Unix seconds.
     pub registered_at: u64,
+    /// The device's X25519 key secrets are sealed to (`--encryption-key`);
+    /// `None`: no secret can be deployed to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<outpost_protocol::EncryptionKey>,
 }
 
 /// A deployment as applied: the operator's spec (tags as written) plus the

@@ -21,6 +21,9 @@
 //!   architecture's numbering) with up to three integer arguments (default 0)
 //!   and answers `ret R errno E`, so tests can show which syscalls the
 //!   container's seccomp profile allows.
+//! - `GET /secret?name=N` → the content of `/run/secrets/N` (N: letters,
+//!   digits, `-`, `_`), so tests can show a secret reached the app at its
+//!   path; `GET /secret-meta?name=N` → `mode M uid U` of that file.
 //! - With `$EXIT_AFTER_MS` set, exits with status 3 that many milliseconds
 //!   after start (0: at once): a release whose app crashes.
 //! - With `$TICK_MS` set, prints `tick N` every that many milliseconds (a
@@ -144,6 +147,34 @@ fn raw_syscall(query: &str) -> (&'static str, String) {
         0
     };
     ("200 OK", format!("ret {ret} errno {errno}\n"))
+}
+
+/// `/secret` and `/secret-meta`: a file under `/run/secrets` (by name only,
+/// so no other path can be read through it).
+fn read_secret(query: &str, meta: bool) -> (&'static str, String) {
+    use std::os::unix::fs::MetadataExt;
+    let name = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("name="))
+        .unwrap_or("");
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return ("400 Bad Request", "usage: /secret?name=N\n".into());
+    }
+    let path = format!("/run/secrets/{name}");
+    if meta {
+        return match std::fs::metadata(&path) {
+            Ok(m) => ("200 OK", format!("mode {:o} uid {}\n", m.mode() & 0o7777, m.uid())),
+            Err(e) => ("404 Not Found", format!("{path}: {e}\n")),
+        };
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(s) => ("200 OK", s),
+        Err(e) => ("404 Not Found", format!("{path}: {e}\n")),
+    }
 }
 
 const LOCK_EX: i32 = 2;
@@ -273,6 +304,8 @@ fn respond(mut stream: TcpStream, version: &str) {
             }
         }
         ("GET", "/syscall") => raw_syscall(query),
+        ("GET", "/secret") => read_secret(query, false),
+        ("GET", "/secret-meta") => read_secret(query, true),
         ("GET", "/alloc") => {
             let mb = query
                 .split('&')

@@ -40,6 +40,10 @@ pub struct RuntimeConfig {
     /// Two runtimes on one host (tests) need different parents, or equal ids
     /// would share a cgroup.
     pub cgroup_parent: String,
+    /// Where the agent writes each container's opened secrets
+    /// (`<dir>/<container id>/<secret name>`); must be a tmpfs. `None`: an
+    /// app with secrets is refused.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// How to run the create helper: `program args_prefix.. create <json>`.
@@ -75,6 +79,7 @@ impl RuntimeConfig {
             helper: HelperCommand::next_to_current_exe(),
             memory_policy: MemoryLimitPolicy::default(),
             cgroup_parent: "/outpost".to_string(),
+            secrets_dir: None,
         }
     }
 }
@@ -149,6 +154,14 @@ pub enum RuntimeError {
         path: String,
         why: String,
     },
+    #[error("app {app:?}: secret {secret:?} has no opened file at {path:?}")]
+    SecretMissing {
+        app: String,
+        secret: String,
+        path: PathBuf,
+    },
+    #[error("app {app:?} mounts secrets, but this runtime has no secrets dir")]
+    NoSecretsDir { app: String },
     #[error("{action} {path:?}: {source}")]
     Io {
         action: &'static str,
@@ -343,6 +356,7 @@ impl Runtime {
                 })?
             }
         };
+        let secrets_dir = self.container_secrets_dir(app, id)?;
         let cgroups_path = self.cgroup_path(id);
         let spec = spec::generate(&SpecInputs {
             app,
@@ -351,6 +365,7 @@ impl Runtime {
             rootfs: &rootfs_path,
             volumes_dir: &self.config.data_dir.join("volumes").join(&app.name),
             lock_dir: Some(&lock_dir),
+            secrets_dir: secrets_dir.as_deref(),
             devices,
             cgroups_path: &cgroups_path,
             labels: &req.labels,
@@ -503,6 +518,33 @@ impl Runtime {
     /// Remove a container: kill what still runs, delete libcontainer's state and
     /// cgroup, unmount the overlay and remove the container directory (logs
     /// included; volumes stay). Deleting an unknown id is a no-op.
+    /// `<secrets_dir>/<id>` when the app mounts secrets, after checking
+    /// every file is there (the agent writes them before `create`).
+    fn container_secrets_dir(&self, app: &AppSpec, id: &str) -> Result<Option<PathBuf>> {
+        if app.secrets.is_empty() {
+            return Ok(None);
+        }
+        let dir = self
+            .config
+            .secrets_dir
+            .as_ref()
+            .ok_or_else(|| RuntimeError::NoSecretsDir {
+                app: app.name.clone(),
+            })?
+            .join(id);
+        for s in &app.secrets {
+            let path = dir.join(&s.name);
+            if !path.is_file() {
+                return Err(RuntimeError::SecretMissing {
+                    app: app.name.clone(),
+                    secret: s.name.clone(),
+                    path,
+                });
+            }
+        }
+        Ok(Some(dir))
+    }
+
     pub fn delete(&self, id: &str) -> Result<()> {
         if !valid_id(id) {
             return Err(RuntimeError::BadId(id.to_string()));
@@ -537,6 +579,11 @@ impl Runtime {
         rootfs::unmount(&dir.join("rootfs"))?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        if let Some(secrets) = self.config.secrets_dir.as_ref().map(|d| d.join(id)) {
+            if secrets.exists() {
+                std::fs::remove_dir_all(&secrets).map_err(io_err("remove", &secrets))?;
+            }
         }
         tracing::info!(container = id, "container deleted");
         Ok(())

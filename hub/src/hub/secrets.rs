@@ -1,0 +1,284 @@
+//! Secrets as hub operations: set (a new version re-renders exactly the
+//! devices whose apps mount it), list (name, version, sha256, size; never a
+//! value), remove (refused while a deployment mounts it), and the sealing of
+//! each mounted secret to its device's encryption key when a manifest is
+//! signed.
+
+use super::{all_devices, pinned_deployments, GenerationUpdate, Hub, HubError};
+use crate::deploy::SpecError;
+use crate::secrets::{sha256_hex, SecretKeyError};
+use crate::store::{SecretRecord, Tx};
+use outpost_protocol::secret::{self, SecretContext};
+use outpost_protocol::{AppSpec, DeviceId, SecretError, MAX_SECRET_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use zeroize::Zeroizing;
+
+/// Why a secret operation, or sealing a secret into a manifest, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretProblem {
+    #[error(
+        "device {device} has no encryption key, so secret {secret:?} of app {app:?} cannot be \
+         sealed to it; register it with `outpost-hub device add {device} --public-key KEY \
+         --encryption-key HEX` (both printed by `outpost-agent init`)"
+    )]
+    NoEncryptionKey {
+        device: DeviceId,
+        app: String,
+        secret: String,
+    },
+    #[error(
+        "app {app:?} (device {device}) mounts secret {secret:?}, which is not set; \
+         `outpost-hub secret set {secret} --from-file FILE` first"
+    )]
+    Unknown {
+        device: DeviceId,
+        app: String,
+        secret: String,
+    },
+    #[error("secret {name:?} is mounted by deployment {deployment:?}; remove it from there first")]
+    InUse { name: String, deployment: String },
+    #[error("this hub has no secret key (data dir `secrets.key`); secrets cannot be stored")]
+    NoKey,
+    #[error(transparent)]
+    AtRest(#[from] SecretKeyError),
+    #[error(transparent)]
+    Seal(#[from] SecretError),
+}
+
+/// What the API shows of a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub version: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub updated_at: u64,
+    pub updated_by: String,
+}
+
+impl From<&SecretRecord> for SecretInfo {
+    fn from(r: &SecretRecord) -> SecretInfo {
+        SecretInfo {
+            name: r.name.clone(),
+            version: r.version,
+            sha256: r.sha256.clone(),
+            size: r.size,
+            updated_at: r.updated_at,
+            updated_by: r.updated_by.clone(),
+        }
+    }
+}
+
+/// The answer to `secret set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretOutcome {
+    pub secret: SecretInfo,
+    /// Was the value different from the stored one (a new version)?
+    pub changed: bool,
+    /// Devices that got a new manifest because an app of theirs mounts it.
+    pub updated: Vec<GenerationUpdate>,
+}
+
+/// Is `name` a valid secret name (a DNS label, as app names)?
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError {
+            field: "name".into(),
+            problem: format!(
+                "secret name {name:?} must be 1-63 lowercase letters, digits or '-', \
+                 not starting or ending with '-'"
+            ),
+        })
+    }
+}
+
+impl Hub {
+    fn secret_key(&self) -> Result<&crate::secrets::SecretKey, SecretProblem> {
+        self.secret_key.as_deref().ok_or(SecretProblem::NoKey)
+    }
+
+    /// Store `value` as the new version of secret `name` (unchanged value:
+    /// nothing happens) and re-issue the manifests of the devices whose apps
+    /// mount it.
+    pub async fn set_secret(
+        self: &std::sync::Arc<Self>,
+        name: String,
+        value: Zeroizing<Vec<u8>>,
+        who: String,
+    ) -> Result<SecretOutcome, HubError> {
+        check_name(&name)?;
+        if value.len() > MAX_SECRET_BYTES {
+            return Err(SpecError {
+                field: "value".into(),
+                problem: format!(
+                    "secret {name:?} is {} bytes; the limit is {MAX_SECRET_BYTES}",
+                    value.len()
+                ),
+            }
+            .into());
+        }
+        self.secret_key()?;
+        self.transact(who.clone(), move |op| {
+            let key = op.hub.secret_key()?;
+            let sha256 = sha256_hex(&value);
+            let old = op.tx.secret(&name)?;
+            if let Some(old) = old.as_ref().filter(|o| o.sha256 == sha256) {
+                op.commit = false;
+                return Ok(SecretOutcome {
+                    secret: SecretInfo::from(old),
+                    changed: false,
+                    updated: vec![],
+                });
+            }
+            let version = old.as_ref().map_or(1, |o| o.version.saturating_add(1));
+            let at = key
+                .encrypt(&name, version, &value)
+                .map_err(SecretProblem::from)?;
+            let rec = SecretRecord {
+                name: name.clone(),
+                version,
+                sha256,
+                size: value.len() as u64,
+                nonce: hex::encode(at.nonce),
+                ciphertext: hex::encode(&at.ciphertext),
+                updated_at: op.now,
+                updated_by: who.clone(),
+            };
+            op.tx.put_secret(&rec)?;
+            // Every device: only those whose apps mount this secret render
+            // other content (its version), so only they get a generation.
+            let deployments = pinned_deployments(op.tx)?;
+            let devices = all_devices(op.tx)?;
+            let updated = op.render(&devices, &deployments)?;
+            op.audit(
+                "secret.set",
+                &name,
+                serde_json::json!({
+                    "version": version,
+                    "size": rec.size,
+                    "devices": updated.len(),
+                }),
+            )?;
+            tracing::info!(secret = %name, version, devices = updated.len(), "secret set");
+            Ok(SecretOutcome {
+                secret: SecretInfo::from(&rec),
+                changed: true,
+                updated,
+            })
+        })
+        .await
+    }
+
+    /// Every secret's name, version, hash and size.
+    pub fn secrets(&self) -> Result<Vec<SecretInfo>, HubError> {
+        Ok(self.store.secrets()?.iter().map(SecretInfo::from).collect())
+    }
+
+    /// Delete secret `name`; refused while a deployment (or the revision a
+    /// rollout keeps for devices not yet admitted) mounts it.
+    pub async fn remove_secret(
+        self: &std::sync::Arc<Self>,
+        name: String,
+        who: String,
+    ) -> Result<SecretInfo, HubError> {
+        self.transact(who, move |op| {
+            let Some(rec) = op.tx.secret(&name)? else {
+                return Err(HubError::NotFound {
+                    what: "secret",
+                    name,
+                });
+            };
+            let mut users = Vec::new();
+            for d in op.tx.deployments()? {
+                users.push((d.spec.name.clone(), d.apps));
+            }
+            for r in op.tx.rollouts()? {
+                if let Some(p) = r.previous {
+                    users.push((p.spec.name.clone(), p.apps));
+                }
+            }
+            if let Some((deployment, _)) = users.iter().find(|(_, apps)| {
+                apps.iter()
+                    .any(|a| a.secrets.iter().any(|s| s.name == name))
+            }) {
+                return Err(SecretProblem::InUse {
+                    name,
+                    deployment: deployment.clone(),
+                }
+                .into());
+            }
+            op.tx.remove_secret(&name)?;
+            op.audit(
+                "secret.remove",
+                &name,
+                serde_json::json!({ "version": rec.version }),
+            )?;
+            Ok(SecretInfo::from(&rec))
+        })
+        .await
+    }
+
+    /// `apps` with every mounted secret sealed to `device`'s encryption key,
+    /// bound to the device, the app, the secret's name and version.
+    pub(crate) fn seal_secrets(
+        &self,
+        tx: &Tx,
+        device: &DeviceId,
+        mut apps: Vec<AppSpec>,
+    ) -> Result<Vec<AppSpec>, HubError> {
+        if apps.iter().all(|a| a.secrets.is_empty()) {
+            return Ok(apps);
+        }
+        let enc_key = tx.device(device)?.and_then(|d| d.encryption_key);
+        let mut values: BTreeMap<String, (u64, Zeroizing<Vec<u8>>)> = BTreeMap::new();
+        for app in &mut apps {
+            for s in &mut app.secrets {
+                let unknown = || SecretProblem::Unknown {
+                    device: device.clone(),
+                    app: app.name.clone(),
+                    secret: s.name.clone(),
+                };
+                let Some(recipient) = enc_key.as_ref() else {
+                    return Err(SecretProblem::NoEncryptionKey {
+                        device: device.clone(),
+                        app: app.name.clone(),
+                        secret: s.name.clone(),
+                    }
+                    .into());
+                };
+                if !values.contains_key(&s.name) {
+                    let rec = tx.secret(&s.name)?.ok_or_else(unknown)?;
+                    let value = self
+                        .secret_key()?
+                        .decrypt(&rec)
+                        .map_err(SecretProblem::from)?;
+                    values.insert(s.name.clone(), (rec.version, value));
+                }
+                let (version, value) = &values[&s.name];
+                if *version != s.version {
+                    // Rendered against another version than the store holds:
+                    // a bug, never seal a value under the wrong version.
+                    return Err(unknown().into());
+                }
+                let ctx = SecretContext {
+                    device,
+                    app: &app.name,
+                    name: &s.name,
+                    version: s.version,
+                };
+                s.sealed = secret::seal(recipient, &ctx, value).map_err(SecretProblem::from)?;
+            }
+        }
+        Ok(apps)
+    }
+}

@@ -1,0 +1,225 @@
+//! Secret values at rest on the hub: the at-rest key (`secrets.key`, 32
+//! random bytes, mode 0600, in the data dir but outside `hub.redb`) and the
+//! ChaCha20-Poly1305 encryption of each value under it.
+//!
+//! The database holds only ciphertext, a SHA-256 and a size: a copy of
+//! `hub.redb` (a backup, a support bundle) reveals no secret without the key
+//! file. The AEAD's associated data binds the secret's name and version, so a
+//! stored ciphertext cannot be moved to another secret's record.
+
+use crate::store::SecretRecord;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// File name of the at-rest key inside the hub's data dir.
+pub const KEY_FILE: &str = "secrets.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretKeyError {
+    #[error("secret key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret key file {path} is {len} bytes; expected 32")]
+    BadLength { path: PathBuf, len: usize },
+    #[error("secret key file {path} is readable by others (mode {mode:o}); chmod 600 it")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("could not gather randomness for {what}")]
+    Random { what: &'static str },
+    #[error("stored secret {name:?} (version {version}) does not decrypt with {path}: wrong key file or corrupt record")]
+    Decrypt {
+        name: String,
+        version: u64,
+        path: PathBuf,
+    },
+    #[error("stored secret {name:?}: {field} is not valid hex")]
+    BadRecord { name: String, field: &'static str },
+}
+
+/// The key that encrypts secret values in the store.
+pub struct SecretKey {
+    key: LessSafeKey,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({})", self.path.display())
+    }
+}
+
+/// A value encrypted for the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtRest {
+    pub nonce: [u8; NONCE_LEN],
+    pub ciphertext: Vec<u8>,
+}
+
+fn aad(name: &str, version: u64) -> Vec<u8> {
+    let mut a = b"outpost hub secret\0".to_vec();
+    a.extend_from_slice(name.as_bytes());
+    a.push(0);
+    a.extend_from_slice(&version.to_be_bytes());
+    a
+}
+
+impl SecretKey {
+    /// Read `path`, or create it with fresh random bytes (mode 0600) when it
+    /// does not exist. A key readable by group or others is refused.
+    pub fn load_or_create(path: &Path) -> Result<SecretKey, SecretKeyError> {
+        let io = |source| SecretKeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => {
+                let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(SecretKeyError::Permissions {
+                        path: path.to_path_buf(),
+                        mode,
+                    });
+                }
+                Zeroizing::new(b)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = Zeroizing::new(vec![0u8; 32]);
+                SystemRandom::new()
+                    .fill(&mut b)
+                    .map_err(|_| SecretKeyError::Random {
+                        what: "the secret key",
+                    })?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(io)?;
+                f.write_all(&b).and_then(|()| f.sync_all()).map_err(io)?;
+                tracing::info!(path = %path.display(), "created the hub's secret key");
+                b
+            }
+            Err(e) => return Err(io(e)),
+        };
+        Self::from_bytes(&bytes, path)
+    }
+
+    fn from_bytes(bytes: &[u8], path: &Path) -> Result<SecretKey, SecretKeyError> {
+        let unbound =
+            UnboundKey::new(&CHACHA20_POLY1305, bytes).map_err(|_| SecretKeyError::BadLength {
+                path: path.to_path_buf(),
+                len: bytes.len(),
+            })?;
+        Ok(SecretKey {
+            key: LessSafeKey::new(unbound),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Encrypt `value` as version `version` of secret `name`.
+    pub fn encrypt(
+        &self,
+        name: &str,
+        version: u64,
+        value: &[u8],
+    ) -> Result<AtRest, SecretKeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SecretKeyError::Random { what: "a nonce" })?;
+        let mut buf = value.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(name, version)),
+                &mut buf,
+            )
+            .map_err(|_| SecretKeyError::Random { what: "sealing" })?;
+        Ok(AtRest {
+            nonce,
+            ciphertext: buf,
+        })
+    }
+
+    /// The value of a stored record; zeroed when dropped.
+    pub fn decrypt(&self, rec: &SecretRecord) -> Result<Zeroizing<Vec<u8>>, SecretKeyError> {
+        let bad = |field| SecretKeyError::BadRecord {
+            name: rec.name.clone(),
+            field,
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        hex::decode_to_slice(&rec.nonce, &mut nonce).map_err(|_| bad("nonce"))?;
+        let mut buf = Zeroizing::new(hex::decode(&rec.ciphertext).map_err(|_| bad("ciphertext"))?);
+        let len = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(&rec.name, rec.version)),
+                &mut buf,
+            )
+            .map_err(|_| SecretKeyError::Decrypt {
+                name: rec.name.clone(),
+                version: rec.version,
+                path: self.path.clone(),
+            })?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes` (what the API shows of a value).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, version: u64, at: &AtRest) -> SecretRecord {
+        SecretRecord {
+            name: name.into(),
+            version,
+            sha256: String::new(),
+            size: 0,
+            nonce: hex::encode(at.nonce),
+            ciphertext: hex::encode(&at.ciphertext),
+            updated_at: 0,
+            updated_by: String::new(),
+        }
+    }
+
+    #[test]
+    fn values_round_trip_and_are_bound_to_name_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let key = SecretKey::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let at = key.encrypt("db", 2, b"pw-marker").unwrap();
+        assert!(!at.ciphertext.windows(9).any(|w| w == b"pw-marker"));
+        assert_eq!(
+            key.decrypt(&record("db", 2, &at)).unwrap().as_slice(),
+            b"pw-marker"
+        );
+        assert!(key.decrypt(&record("api", 2, &at)).is_err(), "moved name");
+        assert!(key.decrypt(&record("db", 1, &at)).is_err(), "moved version");
+        // The same file again: the same key.
+        let again = SecretKey::load_or_create(&path).unwrap();
+        assert_eq!(
+            again.decrypt(&record("db", 2, &at)).unwrap().as_slice(),
+            b"pw-marker"
+        );
+        // A key readable by others is refused, by path.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SecretKey::load_or_create(&path).unwrap_err();
+        assert!(err.to_string().contains(KEY_FILE), "{err}");
+    }
+}
