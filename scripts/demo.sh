@@ -66,7 +66,8 @@ init_out=$("$AGENT" --config "$WORK/agent/agent.toml" init --device-id demo-pi \
   --data-dir "$WORK/agent/data" --run-dir "$WORK/agent/run" --registry-insecure "127.0.0.1:$REG_PORT")
 echo "$init_out" | sed 's/^/    /'
 PUBKEY=$(echo "$init_out" | sed -n 's/^public-key: //p')
-"${H[@]}" device add demo-pi --public-key "$PUBKEY" --label site=demo >/dev/null
+ENCKEY=$(echo "$init_out" | sed -n 's/^encryption-key: //p')
+"${H[@]}" device add demo-pi --public-key "$PUBKEY" --encryption-key "$ENCKEY" --label site=demo >/dev/null
 RUST_LOG=${RUST_LOG:-warn} "$AGENT" --config "$WORK/agent/agent.toml" run >"$WORK/agent.log" 2>&1 & AGENT_PID=$!
 
 cat > "$WORK/demo.toml" <<TOML
