@@ -1,7 +1,8 @@
 //! Logs on demand (`outpost-hub logs`): the device streams an app's output
 //! from the real container's log files through the real broker, only while
 //! someone reads. Stopping the reader stops the device's stream (its own
-//! counters say so).
+//! counters say so). The same agent serves its loopback `/metrics`
+//! (`metrics_listen`), read here through the binary.
 
 use outpost_e2e::{eventually, World, PATIENCE};
 use std::io::BufRead;
@@ -14,7 +15,14 @@ fn active_streams(w: &World) -> Option<u64> {
 #[test]
 fn logs_follow_prints_a_containers_new_lines_and_stopping_it_stops_the_device_stream(
 ) -> anyhow::Result<()> {
-    let w = World::start("logs")?;
+    let mut w = World::start("logs")?;
+    let metrics = outpost_test_support::PortLease::new()?;
+    w.agent.stop();
+    w.agent.set_setting(
+        "metrics_listen",
+        &format!("\"127.0.0.1:{}\"", metrics.port()),
+    )?;
+    w.agent.start()?;
     let app = w.app("talk");
     w.deploy_and_wait(std::slice::from_ref(&app))?;
     let device = w.agent.device_id.clone();
@@ -83,5 +91,16 @@ fn logs_follow_prints_a_containers_new_lines_and_stopping_it_stops_the_device_st
     // Ended by the hub's stop, not by running out its deadline.
     let logs = w.agent.logs();
     assert!(logs.contains("log stream stopped by the hub"), "{logs}");
+
+    // The agent's own figures, from the running binary.
+    let text = eventually(PATIENCE, "the agent's /metrics", || {
+        outpost_e2e::http_get(metrics.port(), "/metrics")
+    });
+    for want in [
+        "outpost_agent_apps{state=\"running\"} 1",
+        "outpost_agent_broker_connected 1",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
     Ok(())
 }
