@@ -328,6 +328,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Keys(KeysCommand::ExportRoot { out, remove }) => {
             signing::export_root(&dir, &out, remove)?;
+            if cli.json {
+                return print_json(&serde_json::json!({
+                    "written": out, "removed_from_data_dir": remove
+                }));
+            }
             println!("root key written to {}", out.display());
             if remove {
                 println!("root key removed from {}", dir.root.display());
@@ -339,6 +344,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Keys(KeysCommand::Rotate { root_key }) => {
             let r = signing::rotate(&dir, root_key.as_deref(), crate::hub::now_secs())?;
+            if cli.json {
+                return print_json(&serde_json::json!({
+                    "previous_key_id": r.previous_key_id,
+                    "signing_key_id": r.signing_key_id,
+                    "epoch": r.epoch,
+                }));
+            }
             println!(
                 "signing key {} replaced by {}; key set version (manifest epoch) is now {}",
                 r.previous_key_id, r.signing_key_id, r.epoch
@@ -358,6 +370,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 new_root_out.as_deref(),
                 crate::hub::now_secs(),
             )?;
+            if cli.json {
+                return print_json(&serde_json::json!({
+                    "previous_root": r.previous_root.to_string(),
+                    "new_root": r.new_root.to_string(),
+                    "root_version": r.root_version,
+                    "epoch": r.epoch,
+                    "new_root_path": r.new_root_path,
+                }));
+            }
             println!(
                 "root key {} replaced by {} (root version {}); new signing key in key set version (manifest epoch) {}",
                 r.previous_root.key_id(),

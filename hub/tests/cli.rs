@@ -106,3 +106,47 @@ async fn label_delete_remove_and_root_export_through_the_cli() {
     // (The only device was removed above.)
     assert_eq!(devices, "no devices\n");
 }
+
+/// `keys rotate-root` and `keys rotate` with `--json`, through the binary:
+/// the root version and the epoch move, the chain file is written, and the
+/// hub starts on the new keys (its `Signer` checks the key set against the
+/// new root.pub).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_and_signing_key_rotations_report_in_json_and_the_hub_starts_on_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let old_root = std::fs::read_to_string(dir.join("root.pub")).unwrap();
+    let r = run(&["keys", "rotate-root"]);
+    assert_eq!(
+        (r["root_version"].as_u64(), r["epoch"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(r["previous_root"].as_str(), Some(old_root.trim()));
+    let new_root = std::fs::read_to_string(dir.join("root.pub")).unwrap();
+    assert_eq!(r["new_root"].as_str(), Some(new_root.trim()));
+    assert!(dir.join("roots/2.bin").exists());
+    let k = run(&["keys", "rotate"]);
+    assert_eq!(k["epoch"].as_u64(), Some(3));
+    // The hub serves on the rotated keys and still has the link to publish.
+    let hub = HubProc::start(&dir, None).await;
+    let out = hub.cli(&["stats", "--json"]);
+    assert!(out.contains('{'), "{out}");
+    let links = outpost_hub::signing::root_links(&outpost_hub::config::DataDir::new(&dir)).unwrap();
+    assert_eq!(links.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [2]);
+}
