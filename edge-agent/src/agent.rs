@@ -359,7 +359,7 @@ pub async fn link_events(
         match msg {
             Inbound::Connected { .. } => {
                 // Re-subscribe on every CONNACK: a fresh session has none.
-                if let Err(e) = link::subscribe(&client, &device).await {
+                if let Err(e) = link::subscribe(&client, &device, inbox.next_root()).await {
                     tracing::warn!(device_id = %device, error = %e, "subscribe failed");
                 }
                 connections += 1;
@@ -369,7 +369,16 @@ pub async fn link_events(
                 link_state.send_replace(None);
             }
             Inbound::Message(p) => {
-                if inbox.handle(&p.topic, p.payload.to_vec()).await {
+                let next_root = inbox.next_root();
+                let handled = inbox.handle(&p.topic, p.payload.to_vec()).await;
+                if inbox.next_root() != next_root {
+                    // A root adopted: the link after it, if there is one.
+                    let topic = outpost_protocol::topics::root(inbox.next_root());
+                    if let Err(e) = client.subscribe(topic, rumqttc::QoS::AtLeastOnce).await {
+                        tracing::warn!(device_id = %device, error = %e, "subscribe failed");
+                    }
+                }
+                if handled {
                     if let Err(e) = client.ack(&p).await {
                         tracing::warn!(device_id = %device, error = %e, "ack failed");
                     }

@@ -284,6 +284,13 @@ impl Inbox {
         self.outbox.device_id()
     }
 
+    /// The root version whose rotation link this device waits for.
+    pub fn next_root(&self) -> u64 {
+        self.gate
+            .as_ref()
+            .map_or(2, |g| g.state().root_version.saturating_add(1))
+    }
+
     /// Verify a log request against the trusted key set and time; pass it on.
     fn log_request(&self, payload: &[u8]) {
         let device = self.device_id();
@@ -469,7 +476,14 @@ impl Inbox {
                 tracing::debug!(device_id = %device, "re-delivered; already have it");
             }
             Delivery::StillRefused { reason } => {
-                tracing::warn!(device_id = %device, reason = %reason, "held manifest still refused after the new key set");
+                if route == Route::KeySet {
+                    // Signed by a root further down the chain than the one
+                    // just adopted: keep it for the next link.
+                    tracing::info!(device_id = %device, reason = %reason, "held key set still waits for a newer root");
+                    self.held_keyset = held_copy;
+                } else {
+                    tracing::warn!(device_id = %device, reason = %reason, "held manifest still refused after the new key set");
+                }
             }
             Delivery::Held { reason, counters } => {
                 if route == Route::KeySet {

@@ -328,27 +328,35 @@ impl LinkDriver {
     }
 }
 
-/// Subscribe to the root rotation links, the key set, the device's manifest,
-/// its event watermark and the hub heartbeat (after every ConnAck). Roots and
-/// key set first: a retained manifest signed under a new key then finds its
-/// key already adopted (if not, the inbox holds it).
+/// Subscribe, in ONE SUBSCRIBE (one SUBACK, retained messages delivered in
+/// this order), to the next root rotation link, the key set, the hub
+/// heartbeat, the device's manifest, its event watermark and its log requests
+/// (after every ConnAck). Roots and key set first: a retained manifest signed
+/// under a new key then finds its key already adopted (if not, the inbox
+/// holds it). The root link is a concrete topic, `roots/<next_root>`, not a
+/// wildcard: a broker matches a wildcard subscription against every topic it
+/// knows, which at 10,000 devices cost the embedded broker's router a minute
+/// of CPU at connect. The link task subscribes to the following one after
+/// each adoption (`crate::agent::link_events`).
 pub async fn subscribe(
     client: &AsyncClient,
     device: &DeviceId,
+    next_root: u64,
 ) -> Result<(), rumqttc::ClientError> {
-    client.subscribe(topics::roots(), QoS::AtLeastOnce).await?;
-    client.subscribe(topics::keyset(), QoS::AtLeastOnce).await?;
+    let topics = [
+        topics::root(next_root),
+        topics::keyset(),
+        topics::heartbeat(),
+        topics::manifest(device),
+        topics::acks(device),
+        topics::log_requests(device),
+    ];
     client
-        .subscribe(topics::heartbeat(), QoS::AtLeastOnce)
-        .await?;
-    client
-        .subscribe(topics::manifest(device), QoS::AtLeastOnce)
-        .await?;
-    client
-        .subscribe(topics::acks(device), QoS::AtLeastOnce)
-        .await?;
-    client
-        .subscribe(topics::log_requests(device), QoS::AtLeastOnce)
+        .subscribe_many(
+            topics
+                .into_iter()
+                .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce)),
+        )
         .await
 }
 

@@ -267,17 +267,7 @@ impl ApiClient {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(http_err)?;
         if !status.is_success() {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(ClientError::Api {
-                method,
-                path: path.to_string(),
-                status,
-                message: v["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).to_string()),
-                field: v["field"].as_str().map(str::to_string),
-            });
+            return Err(api_error(method, path, status, &bytes));
         }
         Ok(bytes)
     }
@@ -305,17 +295,7 @@ impl ApiClient {
         let status = resp.status();
         if !status.is_success() {
             let bytes = resp.bytes().await.map_err(http_err)?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(ClientError::Api {
-                method: Method::GET,
-                path: path.to_string(),
-                status,
-                message: v["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).to_string()),
-                field: v["field"].as_str().map(str::to_string),
-            });
+            return Err(api_error(Method::GET, path, status, &bytes));
         }
         while let Some(piece) = resp.chunk().await.map_err(http_err)? {
             sink(&piece).map_err(|e| ClientError::Decode {
@@ -328,6 +308,22 @@ impl ApiClient {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::GET, path, None).await
+    }
+}
+
+/// The API's error answer (`{"error", "field"}`, else the raw body) as a
+/// [`ClientError::Api`].
+fn api_error(method: Method, path: &str, status: StatusCode, bytes: &[u8]) -> ClientError {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    ClientError::Api {
+        method,
+        path: path.to_string(),
+        status,
+        message: v["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).to_string()),
+        field: v["field"].as_str().map(str::to_string),
     }
 }
 

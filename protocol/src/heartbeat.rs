@@ -65,13 +65,7 @@ mod tests {
     fn only_a_heartbeat_signed_by_a_trusted_key_opens() {
         let signer = SigningKey::generate().unwrap();
         let stranger = SigningKey::generate().unwrap();
-        let set = KeySet {
-            version: 1,
-            issued_at: 0,
-            keys: vec![signer.public_key()],
-            expires_at: crate::manifest::NEVER,
-            root_version: 1,
-        };
+        let set = KeySet::of_one(&signer);
         let hb = Heartbeat {
             issued_at: 1_000,
             interval_secs: 60,

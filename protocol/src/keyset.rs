@@ -62,6 +62,18 @@ impl KeySet {
     pub fn find(&self, id: &KeyId) -> Option<&PublicKey> {
         self.keys.iter().find(|k| &k.key_id() == id)
     }
+
+    /// Version 1 listing `key` alone, never expiring (the tests' trusted set).
+    #[cfg(test)]
+    pub(crate) fn of_one(key: &SigningKey) -> KeySet {
+        KeySet {
+            version: 1,
+            issued_at: 0,
+            keys: vec![key.public_key()],
+            expires_at: crate::manifest::NEVER,
+            root_version: 1,
+        }
+    }
 }
 
 /// A key set as published: sealed bytes signed by the root key.

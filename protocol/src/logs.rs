@@ -170,13 +170,7 @@ mod tests {
     fn a_request_opens_only_signed_for_this_device_and_before_its_deadline() {
         let hub = SigningKey::generate().unwrap();
         let stranger = SigningKey::generate().unwrap();
-        let set = KeySet {
-            version: 1,
-            issued_at: 0,
-            keys: vec![hub.public_key()],
-            expires_at: crate::manifest::NEVER,
-            root_version: 1,
-        };
+        let set = KeySet::of_one(&hub);
         let me: DeviceId = "pi-1".parse().unwrap();
         let good = request("pi-1", 100, false);
         assert_eq!(LogRequest::open(&good.seal(&hub), &me, &set, 50), Ok(good));

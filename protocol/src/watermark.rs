@@ -100,13 +100,7 @@ mod tests {
     fn each_refusal_has_its_own_reason() {
         let signer = SigningKey::generate().unwrap();
         let stranger = SigningKey::generate().unwrap();
-        let set = KeySet {
-            version: 1,
-            issued_at: 0,
-            keys: vec![signer.public_key()],
-            expires_at: crate::manifest::NEVER,
-            root_version: 1,
-        };
+        let set = KeySet::of_one(&signer);
         let me: DeviceId = "pi-1".parse().unwrap();
         let good = wm("pi-1", 5).seal(&signer);
         assert_eq!(EventWatermark::open(&good, &me, &set), Ok(wm("pi-1", 5)));

@@ -57,9 +57,9 @@ use tokio_util::task::TaskTracker;
 /// MQTT framing). The Mosquitto comparison broker is configured with it.
 pub const MAX_PACKET: usize = link::MAX_OUTGOING_PACKET;
 
-/// SUBSCRIBE packets [`link::subscribe`] sends after each CONNACK (key set,
-/// manifest, event watermark: one each). A device is ready once all are acked.
-const SUBSCRIBE_PACKETS: usize = 3;
+/// SUBSCRIBE packets [`link::subscribe`] sends after each CONNACK (one, with
+/// every filter). A device is ready once all are acked.
+const SUBSCRIBE_PACKETS: usize = 1;
 
 /// Most events a device keeps while its hub is away: the agent's default
 /// (`outbox_limit` in its config).
