@@ -171,8 +171,13 @@ fn a_device_cannot_open_a_secret_sealed_to_another_and_refusals_name_the_problem
         PATIENCE,
         "device B to report the secret it cannot open",
         || {
+            // The app's last error while its release is in trial or failed;
+            // the release's rollback reason when B had already committed its
+            // first (empty) manifest and went back to it.
             let st = b.status().ok()?;
-            let e = st["apps"][&app.name]["last_error"].as_str()?.to_string();
+            let app_error = st["apps"][&app.name]["last_error"].as_str();
+            let rolled_back = st["release"]["phase"]["RolledBack"]["reason"].as_str();
+            let e = app_error.or(rolled_back)?.to_string();
             e.contains("does not open").then_some(e)
         },
     );
