@@ -676,8 +676,20 @@ async fn rollout_command(
     Extension(caller): Extension<Caller>,
     Path((name, command)): Path<(String, String)>,
 ) -> Result<Json<crate::hub::rollouts::view::RolloutView>, AppError> {
+    run_rollout_command(&s, &caller, &name, &command).await?;
+    rollout_view(&s, name).await
+}
+
+/// Parse `command`, check the caller may give it for rollout `name`, give
+/// it: the API's and the dashboard's forms share this.
+pub(crate) async fn run_rollout_command(
+    s: &ApiState,
+    caller: &Caller,
+    name: &str,
+    command: &str,
+) -> Result<(), AppError> {
     use crate::hub::rollouts::Command;
-    let cmd = match command.as_str() {
+    let cmd = match command {
         "pause" => Command::Pause,
         "resume" => Command::Resume,
         "abort" => Command::Abort,
@@ -687,19 +699,19 @@ async fn rollout_command(
             )))
         }
     };
-    let selector = selector_of(&s, &name)?;
+    let selector = selector_of(s, name)?;
     allow(
-        &s,
-        &caller,
+        s,
+        caller,
         Access::RolloutCommand {
-            name: &name,
-            command: &command,
+            name,
+            command,
             selector: &selector,
         },
     )
     .await?;
     s.hub
-        .rollout_command(name.clone(), cmd, caller.who())
+        .rollout_command(name.to_string(), cmd, caller.who())
         .await?;
-    rollout_view(&s, name).await
+    Ok(())
 }

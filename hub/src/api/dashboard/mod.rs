@@ -21,7 +21,6 @@ use super::auth::allow;
 use super::{internal, ApiState, AppError};
 use crate::access::{self, Caller, Request as Access};
 use crate::api::{DeviceDetail, DeviceSummary};
-use crate::hub::rollouts::Command;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -505,30 +504,7 @@ async fn rollout_command(
         );
     }
     let done = async {
-        let cmd = match command.as_str() {
-            "pause" => Command::Pause,
-            "resume" => Command::Resume,
-            "abort" => Command::Abort,
-            other => {
-                return Err(AppError::not_found(format!(
-                    "no rollout command {other:?}; use pause, resume or abort"
-                )))
-            }
-        };
-        let selector = super::selector_of(&s, &name)?;
-        allow(
-            &s,
-            &caller,
-            Access::RolloutCommand {
-                name: &name,
-                command: &command,
-                selector: &selector,
-            },
-        )
-        .await?;
-        s.hub
-            .rollout_command(name.clone(), cmd, caller.who())
-            .await?;
+        super::run_rollout_command(&s, &caller, &name, &command).await?;
         tracing::info!(token = %caller.name, deployment = %name, %command, "rollout command from the dashboard");
         Ok(())
     }
