@@ -145,6 +145,13 @@ pub enum Request<'a> {
     ManageTokens,
     /// `/v1/secrets`: list (names, versions, hashes), set, remove.
     ManageSecrets,
+    /// `PATCH /v1/config`: variables at `scope` (in words); `reach` is the
+    /// labels every device it can reach carries (a device's own labels, a
+    /// selector, a deployment's selector), `None` for the whole fleet.
+    ChangeConfig {
+        scope: &'a str,
+        reach: Option<&'a BTreeMap<String, String>>,
+    },
 }
 
 impl Request<'_> {
@@ -169,6 +176,7 @@ impl Request<'_> {
             Request::ReadAudit => "read the audit log".into(),
             Request::ManageTokens => "manage tokens".into(),
             Request::ManageSecrets => "manage secrets".into(),
+            Request::ChangeConfig { scope, .. } => format!("change the configuration of {scope}"),
         }
     }
 }
@@ -313,6 +321,16 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
                 Ok(())
             }
         }
+        Request::ChangeConfig { reach, .. } => match reach {
+            None if scoped => deny(
+                "a variable for the whole fleet reaches devices outside the scope; \
+                 only an unscoped token may set one"
+                    .into(),
+            ),
+            None => Ok(()),
+            Some(labels) if caller.sees_deployment(labels) => Ok(()),
+            Some(labels) => deny(outside_selector(labels, "its")),
+        },
         Request::DeleteDeployment { selector, .. } | Request::RolloutCommand { selector, .. } => {
             if caller.sees_deployment(selector) {
                 Ok(())
@@ -491,6 +509,27 @@ mod tests {
             ),
             ("audit", Request::ReadAudit),
             ("tokens", Request::ManageTokens),
+            (
+                "config fleet",
+                Request::ChangeConfig {
+                    scope: "fleet",
+                    reach: None,
+                },
+            ),
+            (
+                "config a",
+                Request::ChangeConfig {
+                    scope: "device d",
+                    reach: Some(&a_gw),
+                },
+            ),
+            (
+                "config b",
+                Request::ChangeConfig {
+                    scope: "selector site=b",
+                    reach: Some(&b),
+                },
+            ),
         ];
         // One column per caller: admin, admin scoped a, operator, operator
         // scoped a, viewer, viewer scoped a. `Y` allowed, `.` denied.
@@ -519,6 +558,9 @@ mod tests {
             ("rollout b", "Y.Y..."),
             ("audit", "Y....."),
             ("tokens", "Y....."),
+            ("config fleet", "Y.Y..."),
+            ("config a", "YYYY.."),
+            ("config b", "Y.Y..."),
         ];
         let callers = [
             caller(Role::Admin, ""),

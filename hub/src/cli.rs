@@ -150,6 +150,10 @@ pub enum Command {
     /// (needs an unscoped admin token).
     #[command(subcommand)]
     Secret(crate::cli_secrets::SecretCommand),
+    /// Configuration variables at fleet, selector, deployment, device and
+    /// app level (the most specific wins): set, unset, list.
+    #[command(subcommand)]
+    Config(crate::cli_config::ConfigCommand),
     /// Write an external broker's configuration (runs locally: it uses the
     /// data directory's broker CA).
     #[command(subcommand)]
@@ -402,6 +406,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Secret(cmd) => {
             let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
             crate::cli_secrets::run(cmd, &client, cli.json).await
+        }
+        Command::Config(cmd) => {
+            let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
+            crate::cli_config::run(cmd, &client, cli.json).await
         }
         cmd => {
             let client = api_client(&dir, cli.url, cli.token, cli.ca_file)?;
@@ -790,6 +798,7 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
         | Command::Keys(_)
         | Command::Token(_)
         | Command::Secret(_)
+        | Command::Config(_)
         | Command::BrokerConfig(_) => {
             bail!("internal: local command routed to the API client")
         }

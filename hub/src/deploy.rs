@@ -110,6 +110,11 @@ pub struct AppDef {
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Configuration variables (`outpost-hub config set`) this app takes into
+    /// its environment besides the keys of `env`, whose values they may
+    /// override: `config = ["LOG_LEVEL"]`. Precedence: `crate::vars`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,6 +282,51 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// The longest configuration variable name.
+pub const MAX_VAR_NAME: usize = 128;
+/// The largest configuration variable value, in bytes.
+pub const MAX_VAR_VALUE: usize = 4096;
+
+/// A configuration variable's name (an environment variable name): 1-128
+/// ASCII letters, digits, '_', '.' or '-', not starting with a digit.
+pub fn check_var_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_VAR_NAME
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!(
+                "variable name {name:?} must be 1-{MAX_VAR_NAME} ASCII letters, digits, '_', '.' \
+                 or '-', not starting with a digit"
+            ),
+        ))
+    }
+}
+
+/// A configuration variable's value: at most [`MAX_VAR_VALUE`] bytes, no NUL
+/// (it becomes an environment variable).
+pub fn check_var_value(field: &str, name: &str, value: &str) -> Result<(), SpecError> {
+    if value.len() > MAX_VAR_VALUE {
+        return Err(err(
+            field,
+            format!(
+                "the value of {name:?} is {} bytes; the limit is {MAX_VAR_VALUE}",
+                value.len()
+            ),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(err(field, format!("the value of {name:?} contains NUL")));
+    }
+    Ok(())
+}
+
 /// Label keys and values: 1-63 ASCII letters, digits, '-', '_', '.', '/'.
 pub fn check_label(field: &str, key: &str, value: &str) -> Result<(), SpecError> {
     let ok = |s: &str| {
@@ -372,6 +422,14 @@ impl DeploymentSpec {
                 digest: outpost_protocol::Digest([0; 32]),
             };
             app.to_app_spec(i, placeholder)?;
+            let mut taken = BTreeSet::new();
+            for (j, name) in app.config.iter().enumerate() {
+                let field = format!("apps[{i}].config[{j}]");
+                check_var_name(&field, name)?;
+                if !taken.insert(name) {
+                    return Err(err(field, format!("{name:?} is listed more than once")));
+                }
+            }
         }
         self.rollout_policy()?;
         self.release_policy()?;

@@ -13,6 +13,9 @@
 //!   whether a selector falls inside one.
 //! - [`render`]: pure rendering of deployments × devices into per-device apps and
 //!   generation decisions.
+//! - [`vars`]: configuration variables: their scopes and the one pure
+//!   precedence rule (most specific wins); `hub::vars` stores and changes
+//!   them, [`render`] applies them to every app it renders.
 //! - [`resolve`]: the image-resolution seam (tag → digest).
 //! - [`rollout`]: staged rollouts' pure core: the `[rollout]` policy, the wave
 //!   scheduler and the rollout's state machine.
@@ -46,7 +49,7 @@
 //!   (used by tests and the fleet simulator).
 //! - [`cli`] and [`client`]: the command line and its HTTP client (TLS,
 //!   the data directory's certificate pinned); [`cli_tokens`]: `token …`;
-//!   [`cli_broker`]: its broker-credential commands (`broker-config`,
+//!   [`cli_config`]: `config …`; [`cli_broker`]: its broker-credential commands (`broker-config`,
 //!   device certificates).
 //! - [`metrics`]: `/metrics` in the Prometheus text format, a pure
 //!   rendering of facts other modules own.
@@ -62,6 +65,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod cli_broker;
+pub mod cli_config;
 pub mod cli_secrets;
 pub mod cli_tokens;
 pub mod client;
@@ -89,3 +93,4 @@ pub mod store;
 pub mod text;
 pub mod tls;
 pub mod tokens;
+pub mod vars;

@@ -10,7 +10,13 @@
 //! A deployment in the middle of a rollout is [`Staged`]: only the devices the
 //! rollout admitted render its new revision; every other device renders the
 //! revision before it, so its manifest does not change until it is admitted.
+//!
+//! Every rendered app's environment is its deployment's `env` with the
+//! configuration variables it takes applied (`crate::vars`, most specific
+//! wins), so a variable's change is a content change of exactly the devices
+//! whose apps take it.
 
+use crate::vars::{Place, Vars};
 use outpost_protocol::manifest::{ReleasePolicy, MAX_APPS};
 use outpost_protocol::{AppSpec, DeviceId, Digest};
 use serde::{Deserialize, Serialize};
@@ -24,8 +30,27 @@ pub struct Deployment {
     pub apps: Vec<AppSpec>,
     /// The `[release]` policy; `None`: this deployment does not say.
     pub release: Option<ReleasePolicy>,
+    /// App name -> the configuration variables it takes (`config = [...]`).
+    pub takes: BTreeMap<String, BTreeSet<String>>,
     /// Set while a rollout of this revision runs.
     pub staged: Option<Staged>,
+}
+
+/// Everything rendering reads: the deployments and the variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    pub deployments: Vec<Deployment>,
+    pub vars: Vars,
+}
+
+impl Inputs {
+    /// Deployments without any configuration variable.
+    pub fn of(deployments: Vec<Deployment>) -> Inputs {
+        Inputs {
+            deployments,
+            vars: Vars::default(),
+        }
+    }
 }
 
 /// A revision being rolled out: who has it, and what the others keep.
@@ -44,7 +69,16 @@ pub struct Revision {
     pub selector: BTreeMap<String, String>,
     pub apps: Vec<AppSpec>,
     pub release: Option<ReleasePolicy>,
+    pub takes: BTreeMap<String, BTreeSet<String>>,
 }
+
+/// What one deployment gives one device: its apps, release policy and the
+/// variables each app takes.
+type Given<'a> = (
+    &'a [AppSpec],
+    Option<ReleasePolicy>,
+    &'a BTreeMap<String, BTreeSet<String>>,
+);
 
 impl Deployment {
     /// What this deployment gives `device`: its apps and release policy, or
@@ -54,14 +88,18 @@ impl Deployment {
         &self,
         device: &DeviceId,
         labels: &BTreeMap<String, String>,
-    ) -> Option<(&[AppSpec], Option<ReleasePolicy>)> {
+    ) -> Option<Given<'_>> {
         match &self.staged {
             Some(s) if !s.admitted.contains(device) => s
                 .previous
                 .as_ref()
                 .filter(|p| matches(&p.selector, labels))
-                .map(|p| (p.apps.as_slice(), p.release)),
-            _ => matches(&self.selector, labels).then_some((self.apps.as_slice(), self.release)),
+                .map(|p| (p.apps.as_slice(), p.release, &p.takes)),
+            _ => matches(&self.selector, labels).then_some((
+                self.apps.as_slice(),
+                self.release,
+                &self.takes,
+            )),
         }
     }
 }
@@ -103,21 +141,29 @@ pub fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, St
 pub fn desired_apps(
     device: &DeviceId,
     labels: &BTreeMap<String, String>,
-    deployments: &[Deployment],
+    inputs: &Inputs,
 ) -> Result<Vec<AppSpec>, RenderError> {
-    desired(device, labels, deployments).map(|d| d.apps)
+    desired(device, labels, inputs).map(|d| d.apps)
 }
 
-/// The apps and release policy a device with `labels` should run.
-pub fn desired(
+/// One app a device gets: from which deployment, and the variables it takes.
+struct Chosen<'a> {
+    deployment: &'a str,
+    app: &'a AppSpec,
+    takes: Option<&'a BTreeSet<String>>,
+}
+
+/// The apps the deployments give `device` (by name, conflicts refused) and
+/// their release policy.
+fn chosen<'a>(
     device: &DeviceId,
     labels: &BTreeMap<String, String>,
-    deployments: &[Deployment],
-) -> Result<Desired, RenderError> {
-    let mut by_name: BTreeMap<&str, (&str, &AppSpec)> = BTreeMap::new();
+    deployments: &'a [Deployment],
+) -> Result<(BTreeMap<&'a str, Chosen<'a>>, ReleasePolicy), RenderError> {
+    let mut by_name: BTreeMap<&str, Chosen> = BTreeMap::new();
     let mut release: Option<ReleasePolicy> = None;
     for d in deployments {
-        let Some((apps, policy)) = d.for_device(device, labels) else {
+        let Some((apps, policy, takes)) = d.for_device(device, labels) else {
             continue;
         };
         if let (Some(p), false) = (policy, apps.is_empty()) {
@@ -130,11 +176,16 @@ pub fn desired(
             });
         }
         for app in apps {
-            if let Some((first, _)) = by_name.insert(&app.name, (&d.name, app)) {
+            let c = Chosen {
+                deployment: &d.name,
+                app,
+                takes: takes.get(&app.name),
+            };
+            if let Some(first) = by_name.insert(&app.name, c) {
                 return Err(RenderError::AppConflict {
                     device: device.clone(),
                     app: app.name.clone(),
-                    first: first.to_string(),
+                    first: first.deployment.to_string(),
                     second: d.name.clone(),
                 });
             }
@@ -146,10 +197,77 @@ pub fn desired(
             count: by_name.len(),
         });
     }
-    Ok(Desired {
-        apps: by_name.into_values().map(|(_, a)| a.clone()).collect(),
-        release: release.unwrap_or_default(),
-    })
+    Ok((by_name, release.unwrap_or_default()))
+}
+
+impl Chosen<'_> {
+    fn place<'b>(
+        &'b self,
+        device: &'b DeviceId,
+        labels: &'b BTreeMap<String, String>,
+    ) -> Place<'b> {
+        Place {
+            device: device.as_str(),
+            labels,
+            deployment: self.deployment,
+            app: &self.app.name,
+        }
+    }
+}
+
+/// The apps and release policy a device with `labels` should run, each app's
+/// environment with the variables it takes applied.
+pub fn desired(
+    device: &DeviceId,
+    labels: &BTreeMap<String, String>,
+    inputs: &Inputs,
+) -> Result<Desired, RenderError> {
+    let (by_name, release) = chosen(device, labels, &inputs.deployments)?;
+    let none = BTreeSet::new();
+    let apps = by_name
+        .values()
+        .map(|c| {
+            let mut app = c.app.clone();
+            app.env = inputs.vars.env(
+                &c.place(device, labels),
+                &c.app.env,
+                c.takes.unwrap_or(&none),
+            );
+            app
+        })
+        .collect();
+    Ok(Desired { apps, release })
+}
+
+/// One app's configuration on one device, each value with its source: what
+/// `config list --device` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppConfig {
+    pub app: String,
+    pub deployment: String,
+    pub vars: BTreeMap<String, crate::vars::Resolved>,
+}
+
+/// Every app's configuration on `device`, with where each value comes from.
+pub fn explain(
+    device: &DeviceId,
+    labels: &BTreeMap<String, String>,
+    inputs: &Inputs,
+) -> Result<Vec<AppConfig>, RenderError> {
+    let (by_name, _) = chosen(device, labels, &inputs.deployments)?;
+    let none = BTreeSet::new();
+    Ok(by_name
+        .values()
+        .map(|c| AppConfig {
+            app: c.app.name.clone(),
+            deployment: c.deployment.to_string(),
+            vars: inputs.vars.resolve(
+                &c.place(device, labels),
+                &c.app.env,
+                c.takes.unwrap_or(&none),
+            ),
+        })
+        .collect())
 }
 
 /// Set each app's secret mounts to the secrets' current `versions` (name ->
@@ -219,13 +337,13 @@ pub struct Rendered {
 /// deployments); one failure refuses the whole set.
 pub fn plan<'a>(
     devices: impl IntoIterator<Item = (&'a DeviceId, &'a BTreeMap<String, String>)>,
-    deployments: &[Deployment],
+    inputs: &Inputs,
     current: impl Fn(&DeviceId) -> Option<Current>,
     epoch: u64,
 ) -> Result<Vec<Rendered>, RenderError> {
     let mut out = Vec::new();
     for (id, labels) in devices {
-        let Desired { apps, release } = desired(id, labels, deployments)?;
+        let Desired { apps, release } = desired(id, labels, inputs)?;
         let digest = content_digest(&apps, &release);
         if let Some(generation) = next_generation(current(id).as_ref(), epoch, &digest) {
             out.push(Rendered {
@@ -267,6 +385,7 @@ mod tests {
             selector: labels(sel),
             apps,
             release: None,
+            takes: BTreeMap::new(),
             staged: None,
         }
     }
@@ -282,20 +401,20 @@ mod tests {
         let mut a = dep("a", &[("site", "x")], vec![app("web", 1)]);
         let mut b = dep("b", &[("role", "gw")], vec![app("db", 1)]);
         // Nobody says: the protocol's default, and the digest is the apps'.
-        let d = desired(&id, &l, &[a.clone(), b.clone()]).unwrap();
+        let d = desired(&id, &l, &Inputs::of(vec![a.clone(), b.clone()])).unwrap();
         assert_eq!(d.release, ReleasePolicy::default());
         assert_eq!(content_digest(&d.apps, &d.release), apps_digest(&d.apps));
         a.release = Some(policy(60, 200));
         b.release = Some(policy(10, 900));
-        let d = desired(&id, &l, &[a.clone(), b.clone()]).unwrap();
+        let d = desired(&id, &l, &Inputs::of(vec![a.clone(), b.clone()])).unwrap();
         assert_eq!(d.release, policy(60, 900));
         assert_ne!(content_digest(&d.apps, &d.release), apps_digest(&d.apps));
         // A deployment that selects the device but gives it no app does not count.
         b.apps.clear();
-        let d = desired(&id, &l, &[a.clone(), b]).unwrap();
+        let d = desired(&id, &l, &Inputs::of(vec![a.clone(), b])).unwrap();
         assert_eq!(d.release, policy(60, 200));
         // Not selected: does not count either.
-        let d = desired(&id, &labels(&[("role", "gw")]), &[a]).unwrap();
+        let d = desired(&id, &labels(&[("role", "gw")]), &Inputs::of(vec![a])).unwrap();
         assert_eq!(d.release, ReleasePolicy::default());
     }
 
@@ -311,22 +430,116 @@ mod tests {
                 selector: labels(&[("site", "x")]),
                 apps: vec![app("web", 1)],
                 release: None,
+                takes: BTreeMap::new(),
             }),
         });
         assert_eq!(
-            desired_apps(&d1, &l, &[next.clone()]).unwrap(),
+            desired_apps(&d1, &l, &Inputs::of(vec![next.clone()])).unwrap(),
             vec![app("web", 2)]
         );
         assert_eq!(
-            desired_apps(&d2, &l, &[next.clone()]).unwrap(),
+            desired_apps(&d2, &l, &Inputs::of(vec![next.clone()])).unwrap(),
             vec![app("web", 1)]
         );
         // A first rollout: devices not admitted get nothing from it yet.
         if let Some(s) = next.staged.as_mut() {
             s.previous = None;
         }
-        assert_eq!(desired_apps(&d2, &l, &[next.clone()]).unwrap(), vec![]);
-        assert_eq!(desired_apps(&d1, &l, &[next]).unwrap(), vec![app("web", 2)]);
+        assert_eq!(
+            desired_apps(&d2, &l, &Inputs::of(vec![next.clone()])).unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            desired_apps(&d1, &l, &Inputs::of(vec![next])).unwrap(),
+            vec![app("web", 2)]
+        );
+    }
+
+    #[test]
+    fn a_fleet_variable_reaches_only_the_apps_that_take_it() {
+        use crate::vars::Scope;
+        let devices: Vec<(DeviceId, BTreeMap<String, String>)> = (0..4)
+            .map(|i| {
+                let site = if i < 2 { "a" } else { "b" };
+                (format!("d{i}").parse().unwrap(), labels(&[("site", site)]))
+            })
+            .collect();
+        // Site a runs `takes` (config = ["LOG"]) and `plain`; site b only
+        // `plain`. Device d1 overrides LOG for its app.
+        let mut a = dep("a", &[("site", "a")], vec![app("takes", 1)]);
+        a.takes = BTreeMap::from([("takes".to_string(), BTreeSet::from(["LOG".to_string()]))]);
+        let b = dep("b", &[("site", "b")], vec![app("plain", 2)]);
+        let c = dep("c", &[("site", "a")], vec![app("plain2", 3)]);
+        let vars = |fleet: &str| {
+            crate::vars::Vars::new([
+                (
+                    Scope::fleet(),
+                    BTreeMap::from([("LOG".to_string(), fleet.to_string())]),
+                ),
+                (
+                    Scope {
+                        device: Some("d1".into()),
+                        app: Some("takes".into()),
+                        ..Scope::default()
+                    },
+                    BTreeMap::from([("LOG".to_string(), "trace".to_string())]),
+                ),
+            ])
+        };
+        let inputs = |fleet: &str| Inputs {
+            deployments: vec![a.clone(), b.clone(), c.clone()],
+            vars: vars(fleet),
+        };
+        let mut state: BTreeMap<DeviceId, Current> = BTreeMap::new();
+        for r in plan(
+            devices.iter().map(|(i, l)| (i, l)),
+            &inputs("info"),
+            |_| None,
+            1,
+        )
+        .unwrap()
+        {
+            state.insert(
+                r.device.clone(),
+                Current {
+                    epoch: 1,
+                    generation: r.generation,
+                    apps_digest: r.apps_digest,
+                },
+            );
+        }
+        let d0 = &devices[0].0;
+        let got = desired(d0, &devices[0].1, &inputs("info")).unwrap();
+        let env_of =
+            |d: &Desired, name: &str| d.apps.iter().find(|x| x.name == name).unwrap().env.clone();
+        assert_eq!(
+            env_of(&got, "takes").get("LOG").map(String::as_str),
+            Some("info")
+        );
+        assert!(
+            env_of(&got, "plain2").is_empty(),
+            "an app that does not take LOG got it"
+        );
+        let d1 = desired(&devices[1].0, &devices[1].1, &inputs("info")).unwrap();
+        assert_eq!(
+            env_of(&d1, "takes").get("LOG").map(String::as_str),
+            Some("trace")
+        );
+        // Changing the fleet value: only d0 (its app takes LOG, no override).
+        let p = plan(
+            devices.iter().map(|(i, l)| (i, l)),
+            &inputs("debug"),
+            |id| state.get(id).copied(),
+            1,
+        )
+        .unwrap();
+        let bumped: Vec<&str> = p.iter().map(|r| r.device.as_str()).collect();
+        assert_eq!(bumped, vec!["d0"]);
+        // The explanation says where each value comes from.
+        let why = explain(&devices[1].0, &devices[1].1, &inputs("debug")).unwrap();
+        let takes = why.iter().find(|x| x.app == "takes").unwrap();
+        assert_eq!(takes.vars["LOG"].from, "device d1, app takes");
+        assert_eq!(takes.deployment, "a");
     }
 
     #[test]
@@ -351,10 +564,15 @@ mod tests {
             dep("a", &[("site", "x")], vec![app("web", 1)]),
             dep("b", &[("role", "gw")], vec![app("web", 2)]),
         ];
-        let err = desired_apps(&id, &labels(&[("site", "x"), ("role", "gw")]), &deps).unwrap_err();
+        let err = desired_apps(
+            &id,
+            &labels(&[("site", "x"), ("role", "gw")]),
+            &Inputs::of(deps.clone()),
+        )
+        .unwrap_err();
         assert!(matches!(err, RenderError::AppConflict { .. }), "{err}");
         // Only one matches: fine.
-        let ok = desired_apps(&id, &labels(&[("site", "x")]), &deps).unwrap();
+        let ok = desired_apps(&id, &labels(&[("site", "x")]), &Inputs::of(deps)).unwrap();
         assert_eq!(ok, vec![app("web", 1)]);
     }
 
@@ -393,7 +611,7 @@ mod tests {
                 .collect();
             let mut state: BTreeMap<DeviceId, Current> = BTreeMap::new();
             for round in 0..2 {
-                let p = plan(devices.iter().map(|(i, l)| (i, l)), &deps, |id| state.get(id).copied(), 1).unwrap();
+                let p = plan(devices.iter().map(|(i, l)| (i, l)), &Inputs::of(deps.clone()), |id| state.get(id).copied(), 1).unwrap();
                 if round == 1 {
                     prop_assert!(p.is_empty());
                 }
@@ -408,7 +626,7 @@ mod tests {
             if let Some(first) = deps.first().cloned() {
                 let mut changed = deps.clone();
                 changed[0].apps[0].image.digest = Digest([0xee; 32]);
-                let p = plan(devices.iter().map(|(i, l)| (i, l)), &changed, |id| state.get(id).copied(), 1).unwrap();
+                let p = plan(devices.iter().map(|(i, l)| (i, l)), &Inputs::of(changed), |id| state.get(id).copied(), 1).unwrap();
                 let expect = devices.iter().filter(|(_, l)| matches(&first.selector, l)).count();
                 prop_assert_eq!(p.len(), expect);
             }

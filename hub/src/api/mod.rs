@@ -9,6 +9,7 @@
 //! included.
 
 mod auth;
+mod config;
 pub mod dashboard;
 mod error;
 pub mod human;
@@ -64,6 +65,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/devices/{id}/broker-cert", post(device_broker_cert))
         .route("/v1/devices/{id}/events", get(device_events))
         .route("/v1/devices/{id}/logs/{app}", get(device_logs))
+        .route("/v1/devices/{id}/config", get(config::device_config))
+        .route(
+            "/v1/config",
+            get(config::list_config).patch(config::change_config),
+        )
         .route("/v1/deployments", get(list_deployments).put(apply))
         .route(
             "/v1/deployments/{name}",

@@ -10,21 +10,24 @@
 mod broker_certs;
 pub mod rollouts;
 pub mod secrets;
+pub mod vars;
 
 pub use broker_certs::BrokerCert;
 pub use secrets::{SecretInfo, SecretOutcome, SecretProblem};
+pub use vars::{ConfigChange, ConfigEntry, ConfigOutcome, DeviceConfig};
 
 use crate::admission::{self, AdmissionPolicy, Refused};
 use crate::clock::{Clock, SystemClock};
 use crate::deploy::{check_label, DeploymentSpec, SpecError};
 use crate::outbox::Outbox;
-use crate::render::{self, Current, Deployment, RenderError, Revision, Staged};
+use crate::render::{self, Current, Deployment, Inputs, RenderError, Revision, Staged};
 use crate::resolve::{self, ImageResolver, ResolveError};
 use crate::rollout::{RolloutState, TransitionError};
 use crate::signing::{KeyFileError, Signer};
 use crate::store::{
     AuditEntry, DeploymentRecord, DeviceRecord, ManifestMeta, RolloutRecord, Store, StoreError, Tx,
 };
+use crate::vars::Vars;
 use outpost_protocol::manifest::ReleasePolicy;
 use outpost_protocol::{DeviceId, Manifest, PublicKey, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
@@ -204,7 +207,7 @@ impl Op<'_> {
     pub(crate) fn render(
         &mut self,
         devices: &[Labelled],
-        deployments: &[Deployment],
+        deployments: &Inputs,
     ) -> Result<Vec<GenerationUpdate>, HubError> {
         let updated = self
             .hub
@@ -425,7 +428,17 @@ impl Hub {
                     name: id2.to_string(),
                 });
             }
-            op.audit("device.remove", id2.as_str(), serde_json::Value::Null)?;
+            // Its own variables go with it: a device re-added later starts
+            // from the fleet's, as a new one would.
+            let vars = op
+                .tx
+                .remove_config_where(|s| s.device.as_deref() == Some(id2.as_str()))?;
+            let detail = if vars.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!({ "config_removed": vars.iter().map(|r| r.scope.to_string()).collect::<Vec<_>>() })
+            };
+            op.audit("device.remove", id2.as_str(), detail)?;
             op.publish.cleared.push(id2);
             Ok(())
         })
@@ -542,8 +555,10 @@ impl Hub {
                     };
                     op.tx.put_rollout(&ro)?;
                 }
-                let deployments =
-                    render_set(&records, &op.tx.rollouts()?, &op.tx.secret_versions()?);
+                let deployments = with_vars(
+                    op.tx,
+                    render_set(&records, &op.tx.rollouts()?, &op.tx.secret_versions()?),
+                )?;
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
@@ -628,13 +643,18 @@ impl Hub {
                 op.tx.remove_deployment(&name)?;
                 // Its rollout goes with it: nothing is left to roll out.
                 op.tx.remove_rollout(&name)?;
+                // And its variables: they named only this deployment.
+                op.tx
+                    .remove_config_where(|s| s.deployment.as_deref() == Some(name.as_str()))?;
                 let remaining: Vec<DeploymentRecord> = records
                     .iter()
                     .filter(|r| r.spec.name != name)
                     .cloned()
                     .collect();
-                let deployments =
-                    render_set(&remaining, &op.tx.rollouts()?, &op.tx.secret_versions()?);
+                let deployments = with_vars(
+                    op.tx,
+                    render_set(&remaining, &op.tx.rollouts()?, &op.tx.secret_versions()?),
+                )?;
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
@@ -865,7 +885,7 @@ impl Hub {
         &self,
         tx: &mut Tx,
         devices: &[Labelled],
-        deployments: &[Deployment],
+        deployments: &Inputs,
         now: u64,
     ) -> Result<Vec<GenerationUpdate>, HubError> {
         // Point lookups, not a table scan: registering one device must not cost
@@ -925,6 +945,13 @@ fn revision_of(r: &DeploymentRecord, secret_versions: &BTreeMap<String, u64>) ->
         selector: r.spec.selector.clone(),
         apps,
         release: r.spec.release_policy().ok().flatten(),
+        takes: r
+            .spec
+            .apps
+            .iter()
+            .filter(|a| !a.config.is_empty())
+            .map(|a| (a.name.clone(), a.config.iter().cloned().collect()))
+            .collect(),
     }
 }
 
@@ -955,24 +982,35 @@ pub(crate) fn render_set(
                 selector,
                 apps,
                 release,
+                takes,
             } = revision_of(r, secret_versions);
             Deployment {
                 name: r.spec.name.clone(),
                 selector,
                 apps,
                 release,
+                takes,
                 staged,
             }
         })
         .collect()
 }
 
-pub(crate) fn pinned_deployments(tx: &Tx) -> Result<Vec<Deployment>, StoreError> {
-    Ok(render_set(
-        &tx.deployments()?,
-        &tx.rollouts()?,
-        &tx.secret_versions()?,
-    ))
+/// What rendering reads now: the stored deployments (staged by their
+/// rollouts) and the configuration variables.
+pub(crate) fn pinned_deployments(tx: &Tx) -> Result<Inputs, StoreError> {
+    with_vars(
+        tx,
+        render_set(&tx.deployments()?, &tx.rollouts()?, &tx.secret_versions()?),
+    )
+}
+
+/// `deployments` with the stored configuration variables.
+pub(crate) fn with_vars(tx: &Tx, deployments: Vec<Deployment>) -> Result<Inputs, StoreError> {
+    Ok(Inputs {
+        deployments,
+        vars: Vars::new(tx.config()?.iter().map(|r| (r.scope.clone(), r.values()))),
+    })
 }
 
 /// Every registered device with its labels, the input of a fleet-wide render.

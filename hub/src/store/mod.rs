@@ -1,7 +1,8 @@
 //! The hub's durable state in one redb file: devices, deployments, the signed
 //! manifest and generation of each device, last verified status, device events,
 //! reject counters, the append-only audit log, each deployment's latest rollout and
-//! the API tokens (`tokens.rs`).
+//! the API tokens (`tokens.rs`), secrets (`secrets.rs`) and configuration
+//! variables (`vars.rs`).
 //!
 //! Records are JSON in `&[u8]` values (readable with any redb tool, tolerant of
 //! added fields); signed manifests are stored as the exact bytes that get
@@ -11,6 +12,7 @@
 mod records;
 mod secrets;
 mod tokens;
+mod vars;
 
 pub use records::TokenRecord;
 pub use records::{
@@ -18,6 +20,7 @@ pub use records::{
     ManifestMeta, RolloutRecord, StatusRecord,
 };
 pub use secrets::SecretRecord;
+pub use vars::{ScopeVarsRecord, VarRecord};
 
 use outpost_protocol::DeviceId;
 use redb::{
@@ -141,6 +144,7 @@ impl Store {
             tx.txn.open_table(ROLLOUTS).ctx("create tables")?;
             tokens::create_tables(tx)?;
             secrets::create_tables(tx)?;
+            vars::create_tables(tx)?;
             Ok::<_, StoreError>(())
         })?;
         Ok(store)
