@@ -24,6 +24,8 @@
 //! - `GET /secret?name=N` → the content of `/run/secrets/N` (N: letters,
 //!   digits, `-`, `_`), so tests can show a secret reached the app at its
 //!   path; `GET /secret-meta?name=N` → `mode M uid U` of that file.
+//! - `GET /env?name=N` → the value of environment variable N (404 when
+//!   unset), so tests can show which configuration an app runs with.
 //! - With `$EXIT_AFTER_MS` set, exits with status 3 that many milliseconds
 //!   after start (0: at once): a release whose app crashes.
 //! - With `$TICK_MS` set, prints `tick N` every that many milliseconds (a
@@ -177,6 +179,21 @@ fn read_secret(query: &str, meta: bool) -> (&'static str, String) {
     }
 }
 
+/// `/env`: one environment variable of this process.
+fn read_env(query: &str) -> (&'static str, String) {
+    let name = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("name="))
+        .unwrap_or("");
+    if name.is_empty() {
+        return ("400 Bad Request", "usage: /env?name=N\n".into());
+    }
+    match std::env::var(name) {
+        Ok(v) => ("200 OK", v),
+        Err(_) => ("404 Not Found", format!("{name} is not set\n")),
+    }
+}
+
 const LOCK_EX: i32 = 2;
 const LOCK_PATH: &str = "/run/outpost/lock/updates.lock";
 /// The open, flocked lock file while the app holds the update lock.
@@ -304,6 +321,7 @@ fn respond(mut stream: TcpStream, version: &str) {
             }
         }
         ("GET", "/syscall") => raw_syscall(query),
+        ("GET", "/env") => read_env(query),
         ("GET", "/secret") => read_secret(query, false),
         ("GET", "/secret-meta") => read_secret(query, true),
         ("GET", "/alloc") => {
