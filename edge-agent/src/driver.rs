@@ -217,7 +217,8 @@ fn runtime_retryable(e: &RuntimeError) -> bool {
         | RuntimeError::InvalidApp(_)
         | RuntimeError::Admit(_)
         | RuntimeError::Spec(_)
-        | RuntimeError::NoSecretsDir { .. } => false,
+        | RuntimeError::NoSecretsDir { .. }
+        | RuntimeError::SecretNotText { .. } => false,
         // The agent writes the files just before create; a vanished one is
         // written again on the next attempt.
         RuntimeError::SecretMissing { .. } => true,

@@ -157,13 +157,16 @@ pub struct AppDef {
     pub secrets: Vec<SecretDef>,
 }
 
-/// One secret an app reads as a file at `path` (default `/run/secrets/NAME`).
+/// One secret an app reads as a file at `path` (default `/run/secrets/NAME`)
+/// or, with `env`, as that environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretDef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -563,16 +566,39 @@ impl AppDef {
             secrets: self
                 .secrets
                 .iter()
-                .map(|s| outpost_protocol::SecretMount {
-                    name: s.name.clone(),
-                    path: s
-                        .path
-                        .clone()
-                        .unwrap_or_else(|| format!("/run/secrets/{}", s.name)),
-                    version: 0,
-                    sealed: Default::default(),
+                .enumerate()
+                .map(|(j, s)| {
+                    let path = match (&s.path, &s.env) {
+                        (Some(_), Some(_)) => {
+                            return Err(err(
+                                at(&format!("secrets[{j}]")),
+                                "give `path` (a file) or `env` (a variable), not both",
+                            ))
+                        }
+                        (Some(p), None) if !p.starts_with('/') => {
+                            return Err(err(
+                                at(&format!("secrets[{j}].path")),
+                                format!(
+                                    "{p:?} must be an absolute path; `env = \"NAME\"` makes the \
+                                     secret an environment variable"
+                                ),
+                            ))
+                        }
+                        (Some(p), None) => p.clone(),
+                        (None, Some(var)) => {
+                            check_var_name(&at(&format!("secrets[{j}].env")), var)?;
+                            format!("{}{var}", outpost_protocol::SECRET_ENV_PREFIX)
+                        }
+                        (None, None) => format!("/run/secrets/{}", s.name),
+                    };
+                    Ok(outpost_protocol::SecretMount {
+                        name: s.name.clone(),
+                        path,
+                        version: 0,
+                        sealed: Default::default(),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, SpecError>>()?,
         };
         spec.validate().map_err(|e| match e {
             outpost_protocol::ValidationError::Field { field, problem, .. } => {
@@ -628,6 +654,41 @@ max_retries = 3
                 d.apps[0].env.insert("A=B".into(), "x".into());
             }),
             ("apps[0].max_retries", |d| d.apps[0].max_retries = Some(1)),
+            ("apps[0].config[1]", |d| {
+                d.apps[0].config = vec!["LOG".into(), "LOG".into()];
+            }),
+            ("apps[0].config[0]", |d| {
+                d.apps[0].config = vec!["1X".into()]
+            }),
+            ("apps[0].secrets[0]", |d| {
+                d.apps[0].secrets = vec![SecretDef {
+                    name: "db".into(),
+                    path: Some("/run/secrets/db".into()),
+                    env: Some("DB".into()),
+                }];
+            }),
+            ("apps[0].secrets[0].path", |d| {
+                d.apps[0].secrets = vec![SecretDef {
+                    name: "db".into(),
+                    path: Some("env:DB".into()),
+                    env: None,
+                }];
+            }),
+            ("apps[0].secrets[0].env", |d| {
+                d.apps[0].secrets = vec![SecretDef {
+                    name: "db".into(),
+                    path: None,
+                    env: Some("A=B".into()),
+                }];
+            }),
+            ("apps[0].secrets", |d| {
+                // The app's own env already has MODE.
+                d.apps[0].secrets = vec![SecretDef {
+                    name: "db".into(),
+                    path: None,
+                    env: Some("MODE".into()),
+                }];
+            }),
             ("apps[0].capabilities", |d| {
                 d.apps[0].capabilities.push("CAP_NOPE".into())
             }),

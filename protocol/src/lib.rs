@@ -62,7 +62,7 @@ pub use manifest::{
 pub use root::{RootError, RootRotation};
 pub use secret::{
     DecryptionKey, EncryptionKey, SealedSecret, SecretContext, SecretError, SecretMount,
-    MAX_SECRET_BYTES,
+    MAX_SECRET_BYTES, SECRET_ENV_PREFIX,
 };
 pub use status::{
     AppState, AppStatus, DeviceMessageError, Event, EventKind, RejectCounters, ReleasePhase,

@@ -535,6 +535,7 @@ impl AppSpec {
             ));
         }
         let mut secret_names = BTreeSet::new();
+        let mut secret_envs = BTreeSet::new();
         for s in &self.secrets {
             if !is_label(&s.name, 63) {
                 return Err(bad(
@@ -551,7 +552,24 @@ impl AppSpec {
                     format!("secret {:?} is mounted twice", s.name),
                 ));
             }
-            if !is_safe_abs_path(&s.path)
+            if let Some(var) = s.env_var() {
+                if var.is_empty()
+                    || var.len() > 128
+                    || var.contains('=')
+                    || var.contains('\0')
+                    || self.env.contains_key(var)
+                    || !secret_envs.insert(var)
+                {
+                    return Err(bad(
+                        "secrets",
+                        format!(
+                            "secret {:?}: environment variable {var:?} must be 1-128 bytes \
+                             without '=' or NUL, and not another variable of this app",
+                            s.name
+                        ),
+                    ));
+                }
+            } else if !is_safe_abs_path(&s.path)
                 || s.path == "/"
                 || s.path.ends_with('/')
                 || s.path == "/run/outpost"
@@ -566,7 +584,7 @@ impl AppSpec {
                     ),
                 ));
             }
-            if !vol_paths.insert(s.path.as_str()) {
+            if s.env_var().is_none() && !vol_paths.insert(s.path.as_str()) {
                 return Err(bad(
                     "secrets",
                     format!(

@@ -179,15 +179,21 @@ impl SealedSecret {
     }
 }
 
-/// One secret an app reads as a file. In a deployment only `name` and `path`
-/// are set; the hub fills `version` when it renders and `sealed` when it
-/// signs the device's manifest.
+/// How [`SecretMount::path`] says "an environment variable" instead of a
+/// file: `env:NAME`. An in-band form so manifests keep format version 3: an
+/// agent from before it refuses the path as not absolute, by name.
+pub const SECRET_ENV_PREFIX: &str = "env:";
+
+/// One secret an app reads as a file, or as an environment variable. In a
+/// deployment only `name` and `path` are set; the hub fills `version` when it
+/// renders and `sealed` when it signs the device's manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretMount {
     /// The secret's name on the hub (`outpost-hub secret set NAME`).
     pub name: String,
     /// Absolute path inside the container; the file is read-only, mode 0400,
-    /// owned by the app's user.
+    /// owned by the app's user. Or `env:NAME` ([`SECRET_ENV_PREFIX`]): the
+    /// value is the app's environment variable NAME.
     pub path: String,
     /// The hub's version of the secret's value: what decides whether an app
     /// changed (the ciphertext is fresh at every render).
@@ -208,6 +214,11 @@ impl PartialEq for SecretMount {
 impl Eq for SecretMount {}
 
 impl SecretMount {
+    /// The environment variable this secret becomes, when it is one.
+    pub fn env_var(&self) -> Option<&str> {
+        self.path.strip_prefix(SECRET_ENV_PREFIX)
+    }
+
     /// The mount with `sealed` cleared: what identifies it (container names,
     /// content digests) independently of the HPKE randomness.
     pub fn unsealed_ref(&self) -> SecretMount {
@@ -402,6 +413,40 @@ mod tests {
         };
         assert_eq!(m(1, s1.clone()), m(1, s2));
         assert_ne!(m(1, s1.clone()), m(2, s1));
+    }
+
+    #[test]
+    fn a_secret_as_an_environment_variable_is_checked_by_the_app() {
+        let mount = |name: &str, path: &str| SecretMount {
+            name: name.into(),
+            path: path.into(),
+            version: 1,
+            sealed: SealedSecret::default(),
+        };
+        let image = "reg/x@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            .parse()
+            .unwrap();
+        let mut app = crate::AppSpec::new("web", image);
+        app.env.insert("MODE".into(), "x".into());
+        app.secrets = vec![
+            mount("db", "env:DB_PASSWORD"),
+            mount("tls", "/run/secrets/tls"),
+        ];
+        assert!(app.validate().is_ok());
+        assert_eq!(app.secrets[0].env_var(), Some("DB_PASSWORD"));
+        assert_eq!(app.secrets[1].env_var(), None);
+        for (path, why) in [
+            ("env:", "empty"),
+            ("env:A=B", "'='"),
+            ("env:MODE", "another variable of the app"),
+            ("env:DB_PASSWORD", "the same variable twice"),
+            ("DB_PASSWORD", "neither absolute nor env:"),
+        ] {
+            let mut bad = app.clone();
+            bad.secrets.push(mount("other", path));
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("other"), "{why}: {e}");
+        }
     }
 
     #[test]

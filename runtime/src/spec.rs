@@ -108,6 +108,9 @@ pub struct SpecInputs<'a> {
     /// This container's secret files (`<dir>/<secret name>`, on tmpfs),
     /// each bind-mounted read-only at its `path`.
     pub secrets_dir: Option<&'a Path>,
+    /// The values of the app's secrets that are environment variables
+    /// (`env:NAME`), set after the app's own variables.
+    pub secret_env: &'a BTreeMap<String, String>,
     pub devices: &'a [ResolvedDevice],
     /// cgroup path relative to each hierarchy's root.
     pub cgroups_path: &'a str,
@@ -202,8 +205,13 @@ fn process_args(app: &AppSpec, image: &ImageConfig) -> Vec<String> {
 }
 
 /// Image env, then a default PATH if the image has none, then the app's
-/// variables replacing same-named ones.
-fn merged_env(app: &AppSpec, image: &ImageConfig) -> Result<Vec<String>, SpecError> {
+/// variables and then its secrets that are variables, replacing same-named
+/// ones.
+fn merged_env(
+    app: &AppSpec,
+    image: &ImageConfig,
+    secret_env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, SpecError> {
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     let mut set = |k: &str, v: String, order: &mut Vec<String>| {
@@ -225,7 +233,7 @@ fn merged_env(app: &AppSpec, image: &ImageConfig) -> Result<Vec<String>, SpecErr
         let (k, v) = DEFAULT_PATH.split_once('=').unwrap_or(("PATH", ""));
         set(k, v.to_string(), &mut order);
     }
-    for (k, v) in &app.env {
+    for (k, v) in app.env.iter().chain(secret_env) {
         set(k, v.clone(), &mut order);
     }
     Ok(order
@@ -291,7 +299,7 @@ pub fn generate(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     if args.is_empty() {
         return Err(SpecError::NoCommand { app: name.clone() });
     }
-    let env = merged_env(app, image)?;
+    let env = merged_env(app, image, inputs.secret_env)?;
     let (uid, gid) = app_user(app, image)?;
     let cwd = match (&app.working_dir, &image.working_dir) {
         (Some(d), _) => d.clone(),
@@ -336,7 +344,7 @@ pub fn generate(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     }
 
     if let Some(dir) = inputs.secrets_dir {
-        for sec in &app.secrets {
+        for sec in app.secrets.iter().filter(|s| s.env_var().is_none()) {
             mounts.push(json!({
                 "destination": sec.path, "type": "bind", "source": dir.join(&sec.name),
                 "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec", "ro"],
@@ -469,6 +477,7 @@ mod tests {
             volumes_dir: Path::new("/data/volumes/web"),
             lock_dir: Some(Path::new("/data/locks/web")),
             secrets_dir: None,
+            secret_env: &BTreeMap::new(),
             devices,
             cgroups_path: "/outpost/c1",
             labels: &labels,
@@ -613,6 +622,7 @@ mod tests {
                 volumes_dir: Path::new("/v"),
                 lock_dir: None,
                 secrets_dir: None,
+                secret_env: &BTreeMap::new(),
                 devices: &[],
                 cgroups_path: "/outpost/x",
                 labels: &BTreeMap::new(),
@@ -840,6 +850,7 @@ mod tests {
             volumes_dir: Path::new("/data/volumes/web"),
             lock_dir: None,
             secrets_dir: None,
+            secret_env: &BTreeMap::new(),
             devices: &[],
             cgroups_path: "/outpost/web",
             labels: &BTreeMap::new(),
@@ -849,5 +860,60 @@ mod tests {
         .unwrap();
         let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
         assert!(res.pids().is_none());
+    }
+
+    #[test]
+    fn a_secret_variable_is_in_the_env_and_not_mounted() {
+        let mut a = app();
+        a.env.insert("MODE".into(), "app".into());
+        let mount = |name: &str, path: &str| outpost_protocol::SecretMount {
+            name: name.into(),
+            path: path.into(),
+            version: 1,
+            sealed: Default::default(),
+        };
+        a.secrets = vec![
+            mount("db", "env:DB_PASSWORD"),
+            mount("tls", "/run/secrets/tls"),
+        ];
+        // The image defines the variable too: the secret replaces it, once.
+        let mut img = image();
+        img.env.push("DB_PASSWORD=from-image".into());
+        let secret_env = BTreeMap::from([("DB_PASSWORD".to_string(), "s3cret".to_string())]);
+        let spec = generate(&SpecInputs {
+            app: &a,
+            image: &img,
+            image_digest: &Digest([7; 32]),
+            rootfs: Path::new("/rootfs"),
+            volumes_dir: Path::new("/data/volumes/web"),
+            lock_dir: None,
+            secrets_dir: Some(Path::new("/run/outpost-secrets/c1")),
+            secret_env: &secret_env,
+            devices: &[],
+            cgroups_path: "/outpost/web",
+            labels: &BTreeMap::new(),
+            apply_memory_limit: true,
+            apply_pids_limit: true,
+        })
+        .unwrap();
+        let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+        let db: Vec<&String> = env
+            .iter()
+            .filter(|e| e.starts_with("DB_PASSWORD="))
+            .collect();
+        assert_eq!(db, vec!["DB_PASSWORD=s3cret"]);
+        assert!(env.contains(&"MODE=app".to_string()));
+        let dests: Vec<String> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .collect();
+        assert!(dests.contains(&"/run/secrets/tls".to_string()), "{dests:?}");
+        assert!(
+            !dests.iter().any(|d| d.contains("DB_PASSWORD")),
+            "{dests:?}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Secrets sealed end to end to one device: the value is in no retained
-//! manifest, in neither data dir and in no log; the app reads it at its path;
+//! manifest, in neither data dir (container specs included) and in no log;
+//! the app reads it at its path, another as an environment variable;
 //! rotating it restarts only the app that mounts it; a faithful offline reboot
 //! opens it again from the persisted (sealed) manifest; a device holding
 //! another device's sealed secret cannot open it; and the refusals name what
@@ -84,9 +85,21 @@ fn a_secret_reaches_its_app_sealed_rotates_alone_and_returns_after_an_offline_re
 
     let mut with = w.app("uses-db");
     with.secrets = vec!["db".into()];
+    // The same secret as an environment variable of another app.
+    let mut envy = w.app("env-db");
+    envy.extra_toml
+        .push("secrets = [{ name = \"db\", env = \"DB_PASSWORD\" }]".into());
     let plain = w.app("plain");
-    w.deploy_and_wait(&[with.clone(), plain.clone()])?;
+    w.deploy_and_wait(&[with.clone(), envy.clone(), plain.clone()])?;
     assert_eq!(with.get("/secret?name=db").as_deref(), Some(first.as_str()));
+    assert_eq!(
+        envy.get("/env?name=DB_PASSWORD").as_deref(),
+        Some(first.as_str())
+    );
+    assert!(
+        envy.get("/secret?name=db").is_none(),
+        "a variable secret was also mounted as a file"
+    );
     // Read-only file, mode 0400, owned by the app's user (root here).
     assert_eq!(
         with.get("/secret-meta?name=db").as_deref(),
@@ -108,6 +121,9 @@ fn a_secret_reaches_its_app_sealed_rotates_alone_and_returns_after_an_offline_re
     assert_eq!(set["updated"].as_array().map(Vec::len), Some(1));
     eventually(PATIENCE, "the app to read the rotated secret", || {
         with.get("/secret?name=db").filter(|v| *v == second)
+    });
+    eventually(PATIENCE, "the variable to carry the rotated secret", || {
+        envy.get("/env?name=DB_PASSWORD").filter(|v| *v == second)
     });
     let applied = w.agent.applied_generation().unwrap_or(0);
     eventually(PATIENCE, "the rotation to commit", || {
@@ -139,6 +155,12 @@ fn a_secret_reaches_its_app_sealed_rotates_alone_and_returns_after_an_offline_re
                 .filter(|v| *v == second)
         },
     );
+    assert_eq!(back, second);
+    let back = eventually(PATIENCE, "the variable after the reboot", || {
+        w.agent
+            .http_get_in_netns(envy.port, "/env?name=DB_PASSWORD")
+            .filter(|v| *v == second)
+    });
     assert_eq!(back, second);
     let hits = files_containing(
         w.agent.dir.path(),

@@ -118,6 +118,7 @@ impl From<HubError> for AppError {
             HubError::Secret(
                 SecretProblem::NoEncryptionKey { .. }
                 | SecretProblem::Unknown { .. }
+                | SecretProblem::NotText { .. }
                 | SecretProblem::Seal(_),
             ) => AppError::bad_request(None, e.to_string()),
             HubError::Secret(SecretProblem::InUse { .. }) => AppError {

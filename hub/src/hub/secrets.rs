@@ -36,6 +36,15 @@ pub enum SecretProblem {
         app: String,
         secret: String,
     },
+    #[error(
+        "secret {secret:?} is the environment variable {var:?} of app {app:?}, but its value \
+         is not UTF-8 text without NUL; mount it as a file (`path`) instead"
+    )]
+    NotText {
+        app: String,
+        secret: String,
+        var: String,
+    },
     #[error("secret {name:?} is mounted by deployment {deployment:?}; remove it from there first")]
     InUse { name: String, deployment: String },
     #[error("this hub has no secret key (data dir `secrets.key`); secrets cannot be stored")]
@@ -265,6 +274,16 @@ impl Hub {
                     values.insert(s.name.clone(), (rec.version, value));
                 }
                 let (version, value) = &values[&s.name];
+                if let Some(var) = s.env_var() {
+                    if std::str::from_utf8(value).is_err() || value.contains(&0) {
+                        return Err(SecretProblem::NotText {
+                            app: app.name.clone(),
+                            secret: s.name.clone(),
+                            var: var.to_string(),
+                        }
+                        .into());
+                    }
+                }
                 if *version != s.version {
                     // Rendered against another version than the store holds:
                     // a bug, never seal a value under the wrong version.

@@ -160,6 +160,15 @@ pub enum RuntimeError {
         secret: String,
         path: PathBuf,
     },
+    #[error(
+        "secret {secret:?} of app {app:?} cannot be the environment variable {var:?}: \
+         its value is not UTF-8 text without NUL; mount it as a file"
+    )]
+    SecretNotText {
+        app: String,
+        secret: String,
+        var: String,
+    },
     #[error("app {app:?} mounts secrets, but this runtime has no secrets dir")]
     NoSecretsDir { app: String },
     #[error("{action} {path:?}: {source}")]
@@ -357,6 +366,7 @@ impl Runtime {
             }
         };
         let secrets_dir = self.container_secrets_dir(app, id)?;
+        let secret_env = secret_env(app, secrets_dir.as_deref())?;
         let cgroups_path = self.cgroup_path(id);
         let spec = spec::generate(&SpecInputs {
             app,
@@ -366,6 +376,7 @@ impl Runtime {
             volumes_dir: &self.config.data_dir.join("volumes").join(&app.name),
             lock_dir: Some(&lock_dir),
             secrets_dir: secrets_dir.as_deref(),
+            secret_env: &secret_env,
             devices,
             cgroups_path: &cgroups_path,
             labels: &req.labels,
@@ -384,7 +395,14 @@ impl Runtime {
             }
             .into());
         }
-        let bundle = dir.join("bundle");
+        // A spec holding a secret's value (an environment variable) is kept
+        // on the secrets tmpfs, next to the secret files, never on the data
+        // disk; it goes with them when the container is deleted. Secret
+        // names are DNS labels, so `.bundle` is never one of them.
+        let bundle = match (&secrets_dir, secret_env.is_empty()) {
+            (Some(s), false) => s.join(".bundle"),
+            _ => dir.join("bundle"),
+        };
         std::fs::create_dir_all(&bundle).map_err(io_err("create directory", &bundle))?;
         let config_path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| RuntimeError::Io {
@@ -665,6 +683,30 @@ fn resolve_devices(app: &AppSpec) -> Result<Vec<ResolvedDevice>> {
             })
         })
         .collect()
+}
+
+/// The values of `app`'s secrets that are environment variables
+/// (`env:NAME`), read from the files the agent opened into `dir` (tmpfs).
+fn secret_env(app: &AppSpec, dir: Option<&Path>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let Some(dir) = dir else {
+        return Ok(out);
+    };
+    for s in &app.secrets {
+        let Some(var) = s.env_var() else { continue };
+        let path = dir.join(&s.name);
+        let bytes = std::fs::read(&path).map_err(io_err("read secret", &path))?;
+        let text = String::from_utf8(bytes)
+            .ok()
+            .filter(|t| !t.contains('\0'))
+            .ok_or_else(|| RuntimeError::SecretNotText {
+                app: app.name.clone(),
+                secret: s.name.clone(),
+                var: var.to_string(),
+            })?;
+        out.insert(var.to_string(), text);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
