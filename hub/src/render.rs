@@ -36,19 +36,23 @@ pub struct Deployment {
     pub staged: Option<Staged>,
 }
 
-/// Everything rendering reads: the deployments and the variables.
+/// Everything rendering reads: the deployments, the variables, and the
+/// secrets' versions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inputs {
     pub deployments: Vec<Deployment>,
     pub vars: Vars,
+    /// Secret name -> its version (in decimal) at each scope where a value
+    /// is set: a secret resolves to a value by the variables' precedence.
+    pub secrets: Vars,
 }
 
 impl Inputs {
-    /// Deployments without any configuration variable.
+    /// Deployments without any configuration variable or secret.
     pub fn of(deployments: Vec<Deployment>) -> Inputs {
         Inputs {
             deployments,
-            vars: Vars::default(),
+            ..Inputs::default()
         }
     }
 }
@@ -228,11 +232,9 @@ pub fn desired(
         .values()
         .map(|c| {
             let mut app = c.app.clone();
-            app.env = inputs.vars.env(
-                &c.place(device, labels),
-                &c.app.env,
-                c.takes.unwrap_or(&none),
-            );
+            let at = c.place(device, labels);
+            app.env = inputs.vars.env(&at, &c.app.env, c.takes.unwrap_or(&none));
+            stamp_secret_versions(&mut app, &at, &inputs.secrets);
             app
         })
         .collect();
@@ -270,15 +272,22 @@ pub fn explain(
         .collect())
 }
 
-/// Set each app's secret mounts to the secrets' current `versions` (name ->
-/// version); a secret the hub does not hold keeps version 0, which sealing
-/// refuses by name. A rotated secret thus changes the content digest of
-/// exactly the devices whose apps mount it, and nothing else.
-pub fn stamp_secret_versions(apps: &mut [AppSpec], versions: &BTreeMap<String, u64>) {
-    for app in apps {
-        for s in &mut app.secrets {
-            s.version = versions.get(&s.name).copied().unwrap_or(0);
-        }
+/// Set `app`'s secret mounts to the versions of the values that apply at
+/// `at` (`secrets`: name -> version per scope, most specific wins); a secret
+/// with no value there keeps version 0, which sealing refuses by name. A
+/// changed value thus changes the content digest of exactly the devices
+/// whose apps mount it and resolve to it, and nothing else.
+pub fn stamp_secret_versions(app: &mut AppSpec, at: &Place, secrets: &Vars) {
+    if app.secrets.is_empty() {
+        return;
+    }
+    let names: BTreeSet<String> = app.secrets.iter().map(|s| s.name.clone()).collect();
+    let got = secrets.resolve(at, &BTreeMap::new(), &names);
+    for s in &mut app.secrets {
+        s.version = got
+            .get(&s.name)
+            .and_then(|r| r.value.parse().ok())
+            .unwrap_or(0);
     }
 }
 
@@ -489,6 +498,7 @@ mod tests {
         let inputs = |fleet: &str| Inputs {
             deployments: vec![a.clone(), b.clone(), c.clone()],
             vars: vars(fleet),
+            secrets: crate::vars::Vars::default(),
         };
         let mut state: BTreeMap<DeviceId, Current> = BTreeMap::new();
         for r in plan(
@@ -634,6 +644,64 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_secret_value_reaches_only_the_devices_it_applies_to() {
+        use crate::vars::{Scope, Vars};
+        let mut a = app("web", 1);
+        a.secrets = vec![outpost_protocol::SecretMount {
+            name: "db".into(),
+            path: "/run/secrets/db".into(),
+            version: 0,
+            sealed: Default::default(),
+        }];
+        let deps = vec![dep("dep", &[("g", "1")], vec![a])];
+        let version = |secrets: &Vars, dev: &str, site: &str| {
+            let id: DeviceId = dev.parse().unwrap();
+            let inputs = Inputs {
+                deployments: deps.clone(),
+                vars: Vars::default(),
+                secrets: secrets.clone(),
+            };
+            desired(&id, &labels(&[("g", "1"), ("site", site)]), &inputs)
+                .unwrap()
+                .apps[0]
+                .secrets[0]
+                .version
+        };
+        let v = |n: u64| BTreeMap::from([("db".to_string(), n.to_string())]);
+        let secrets = Vars::new([
+            (Scope::fleet(), v(1)),
+            (
+                Scope {
+                    selector: labels(&[("site", "b")]),
+                    ..Scope::default()
+                },
+                v(2),
+            ),
+            (
+                Scope {
+                    device: Some("d3".into()),
+                    ..Scope::default()
+                },
+                v(3),
+            ),
+        ]);
+        assert_eq!(version(&secrets, "d1", "a"), 1);
+        assert_eq!(version(&secrets, "d2", "b"), 2);
+        assert_eq!(version(&secrets, "d3", "b"), 3);
+        // Only a scoped value: devices outside it have none (version 0,
+        // refused by name when sealing).
+        let only_b = Vars::new([(
+            Scope {
+                selector: labels(&[("site", "b")]),
+                ..Scope::default()
+            },
+            v(2),
+        )]);
+        assert_eq!(version(&only_b, "d1", "a"), 0);
+        assert_eq!(version(&only_b, "d2", "b"), 2);
+    }
+
+    #[test]
     fn the_digest_follows_secret_versions_not_ciphertext() {
         let mut a = app("web", 1);
         a.secrets = vec![outpost_protocol::SecretMount {
@@ -643,9 +711,26 @@ mod tests {
             sealed: Default::default(),
         }];
         let other = app("ui", 2);
-        let versions = |v: u64| BTreeMap::from([("db".to_string(), v)]);
+        let l = labels(&[("site", "x")]);
+        let at = Place {
+            device: "d1",
+            labels: &l,
+            deployment: "dep",
+            app: "web",
+        };
+        let versions = |v: u64| {
+            crate::vars::Vars::new([(
+                crate::vars::Scope::fleet(),
+                BTreeMap::from([("db".to_string(), v.to_string())]),
+            )])
+        };
+        let stamp = |apps: &mut Vec<AppSpec>, secrets: &crate::vars::Vars| {
+            for a in apps.iter_mut() {
+                stamp_secret_versions(a, &at, secrets);
+            }
+        };
         let mut v1 = vec![a.clone(), other.clone()];
-        stamp_secret_versions(&mut v1, &versions(1));
+        stamp(&mut v1, &versions(1));
         assert_eq!(v1[0].secrets[0].version, 1);
         let base = content_digest(&v1, &ReleasePolicy::default());
         // A sealed blob (fresh at every seal) does not change the digest.
@@ -657,10 +742,10 @@ mod tests {
         assert_eq!(content_digest(&sealed, &ReleasePolicy::default()), base);
         // A new version does; an unknown secret renders as version 0.
         let mut v2 = vec![a.clone(), other.clone()];
-        stamp_secret_versions(&mut v2, &versions(2));
+        stamp(&mut v2, &versions(2));
         assert_ne!(content_digest(&v2, &ReleasePolicy::default()), base);
         let mut none = vec![a, other.clone()];
-        stamp_secret_versions(&mut none, &BTreeMap::new());
+        stamp(&mut none, &crate::vars::Vars::default());
         assert_eq!(none[0].secrets[0].version, 0);
         // Apps without secrets digest exactly as before the field existed.
         let plain = [other];

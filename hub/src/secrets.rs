@@ -186,6 +186,7 @@ mod tests {
     fn record(name: &str, version: u64, at: &AtRest) -> SecretRecord {
         SecretRecord {
             name: name.into(),
+            scope: Default::default(),
             version,
             sha256: String::new(),
             size: 0,

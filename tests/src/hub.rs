@@ -305,16 +305,17 @@ impl Hub {
     /// `outpost-hub secret set NAME --from-file FILE` with `value`; the CLI's
     /// JSON answer.
     pub fn set_secret(&self, name: &str, value: &[u8]) -> Result<Value> {
+        self.set_secret_at(name, value, &[])
+    }
+
+    /// [`Hub::set_secret`] at a scope (`["--device", id]`, ...).
+    pub fn set_secret_at(&self, name: &str, value: &[u8], scope: &[&str]) -> Result<Value> {
         let path = self.dir.path().join(format!("secret-input-{name}"));
         std::fs::write(&path, value)?;
-        let out = self.cli(&[
-            "secret",
-            "set",
-            name,
-            "--from-file",
-            &path.display().to_string(),
-            "--json",
-        ]);
+        let file = path.display().to_string();
+        let mut args = vec!["secret", "set", name, "--from-file", &file, "--json"];
+        args.extend_from_slice(scope);
+        let out = self.cli(&args);
         // The operator's copy goes once the hub has it.
         let _ = std::fs::remove_file(&path);
         let out = out?;

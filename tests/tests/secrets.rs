@@ -142,6 +142,38 @@ fn a_secret_reaches_its_app_sealed_rotates_alone_and_returns_after_an_offline_re
     assert_nowhere_but_tmpfs(&w, &second)?;
     assert_nowhere_but_tmpfs(&w, &first)?;
 
+    // A value for this device alone beats the fleet's; removing it brings
+    // the fleet's back. The app that does not mount it keeps its process.
+    let own = marker();
+    let dev = w.agent.device_id.clone();
+    let set = w
+        .hub
+        .set_secret_at("db", own.as_bytes(), &["--device", &dev])?;
+    assert_eq!(
+        set["secret"]["scope"]["device"].as_str(),
+        Some(dev.as_str())
+    );
+    assert_eq!(set["updated"].as_array().map(Vec::len), Some(1));
+    eventually(PATIENCE, "the device's own value", || {
+        with.get("/secret?name=db").filter(|v| *v == own)
+    });
+    let listed: serde_json::Value =
+        serde_json::from_str(&w.hub.cli(&["secret", "list", "--json"])?)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    w.hub.cli(&["secret", "rm", "db", "--device", &dev])?;
+    eventually(PATIENCE, "the fleet's value again", || {
+        with.get("/secret?name=db").filter(|v| *v == second)
+    });
+    let applied = w.agent.applied_generation().unwrap_or(0);
+    eventually(PATIENCE, "the fallback to commit", || {
+        w.agent.committed_generation().filter(|g| *g >= applied)
+    });
+    assert_eq!(w.agent.app_pid(&plain.name), Some(plain_pid));
+    assert_nowhere_but_tmpfs(&w, &own)?;
+    // The last value cannot go while apps mount it.
+    let e = w.hub.cli(&["secret", "rm", "db"]).unwrap_err().to_string();
+    assert!(e.contains("mounted by deployment"), "{e}");
+
     // A faithful reboot with no network: tmpfs (and the opened file) gone,
     // the data dir kept; the agent opens the secret again from the sealed
     // manifest it persisted.

@@ -121,12 +121,14 @@ impl From<HubError> for AppError {
                 | SecretProblem::NotText { .. }
                 | SecretProblem::Seal(_),
             ) => AppError::bad_request(None, e.to_string()),
-            HubError::Secret(SecretProblem::InUse { .. }) => AppError {
-                status: StatusCode::CONFLICT,
-                field: None,
-                message: e.to_string(),
-                denied: None,
-            },
+            HubError::Secret(SecretProblem::InUse { .. } | SecretProblem::StillNeeded { .. }) => {
+                AppError {
+                    status: StatusCode::CONFLICT,
+                    field: None,
+                    message: e.to_string(),
+                    denied: None,
+                }
+            }
             HubError::Secret(SecretProblem::NoKey | SecretProblem::AtRest(_)) => {
                 tracing::error!(error = %e, "secret store failed");
                 AppError::internal()

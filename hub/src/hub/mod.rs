@@ -555,10 +555,7 @@ impl Hub {
                     };
                     op.tx.put_rollout(&ro)?;
                 }
-                let deployments = with_vars(
-                    op.tx,
-                    render_set(&records, &op.tx.rollouts()?, &op.tx.secret_versions()?),
-                )?;
+                let deployments = with_vars(op.tx, render_set(&records, &op.tx.rollouts()?))?;
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
@@ -651,10 +648,7 @@ impl Hub {
                     .filter(|r| r.spec.name != name)
                     .cloned()
                     .collect();
-                let deployments = with_vars(
-                    op.tx,
-                    render_set(&remaining, &op.tx.rollouts()?, &op.tx.secret_versions()?),
-                )?;
+                let deployments = with_vars(op.tx, render_set(&remaining, &op.tx.rollouts()?))?;
                 let devices = all_devices(op.tx)?;
                 let matched = devices
                     .iter()
@@ -938,12 +932,10 @@ impl Hub {
 /// One revision's content as rendering reads it. The `[release]` table was
 /// checked when the deployment was applied; a record that somehow holds a bad
 /// one renders with the defaults rather than failing every operation.
-fn revision_of(r: &DeploymentRecord, secret_versions: &BTreeMap<String, u64>) -> Revision {
-    let mut apps = r.apps.clone();
-    render::stamp_secret_versions(&mut apps, secret_versions);
+fn revision_of(r: &DeploymentRecord) -> Revision {
     Revision {
         selector: r.spec.selector.clone(),
-        apps,
+        apps: r.apps.clone(),
         release: r.spec.release_policy().ok().flatten(),
         takes: r
             .spec
@@ -961,7 +953,6 @@ fn revision_of(r: &DeploymentRecord, secret_versions: &BTreeMap<String, u64>) ->
 pub(crate) fn render_set(
     records: &[DeploymentRecord],
     rollouts: &[RolloutRecord],
-    secret_versions: &BTreeMap<String, u64>,
 ) -> Vec<Deployment> {
     records
         .iter()
@@ -973,17 +964,14 @@ pub(crate) fn render_set(
                 })
                 .map(|ro| Staged {
                     admitted: ro.devices.keys().filter_map(|id| id.parse().ok()).collect(),
-                    previous: ro
-                        .previous
-                        .as_ref()
-                        .map(|p| revision_of(p, secret_versions)),
+                    previous: ro.previous.as_ref().map(revision_of),
                 });
             let Revision {
                 selector,
                 apps,
                 release,
                 takes,
-            } = revision_of(r, secret_versions);
+            } = revision_of(r);
             Deployment {
                 name: r.spec.name.clone(),
                 selector,
@@ -999,18 +987,33 @@ pub(crate) fn render_set(
 /// What rendering reads now: the stored deployments (staged by their
 /// rollouts) and the configuration variables.
 pub(crate) fn pinned_deployments(tx: &Tx) -> Result<Inputs, StoreError> {
-    with_vars(
-        tx,
-        render_set(&tx.deployments()?, &tx.rollouts()?, &tx.secret_versions()?),
-    )
+    with_vars(tx, render_set(&tx.deployments()?, &tx.rollouts()?))
 }
 
-/// `deployments` with the stored configuration variables.
+/// `deployments` with the stored configuration variables and secret
+/// versions.
 pub(crate) fn with_vars(tx: &Tx, deployments: Vec<Deployment>) -> Result<Inputs, StoreError> {
-    Ok(Inputs {
+    Ok(inputs(deployments, &tx.config()?, &tx.secrets()?))
+}
+
+/// Rendering's inputs from what the store holds.
+pub(crate) fn inputs(
+    deployments: Vec<Deployment>,
+    config: &[crate::store::ScopeVarsRecord],
+    secrets: &[crate::store::SecretRecord],
+) -> Inputs {
+    let mut versions: BTreeMap<crate::vars::Scope, crate::vars::Values> = BTreeMap::new();
+    for s in secrets {
+        versions
+            .entry(s.scope.clone())
+            .or_default()
+            .insert(s.name.clone(), s.version.to_string());
+    }
+    Inputs {
         deployments,
-        vars: Vars::new(tx.config()?.iter().map(|r| (r.scope.clone(), r.values()))),
-    })
+        vars: Vars::new(config.iter().map(|r| (r.scope.clone(), r.values()))),
+        secrets: Vars::new(versions),
+    }
 }
 
 /// Every registered device with its labels, the input of a fleet-wide render.
@@ -1027,7 +1030,7 @@ pub(crate) fn all_devices(tx: &Tx) -> Result<Vec<Labelled>, StoreError> {
 fn check_secrets_exist(tx: &Tx, apps: &[outpost_protocol::AppSpec]) -> Result<(), HubError> {
     for (i, app) in apps.iter().enumerate() {
         for (j, s) in app.secrets.iter().enumerate() {
-            if tx.secret(&s.name)?.is_none() {
+            if tx.secret_values(&s.name)?.is_empty() {
                 return Err(SpecError {
                     field: format!("apps[{i}].secrets[{j}].name"),
                     problem: format!(

@@ -1,13 +1,17 @@
-//! Secrets as hub operations: set (a new version re-renders exactly the
-//! devices whose apps mount it), list (name, version, sha256, size; never a
-//! value), remove (refused while a deployment mounts it), and the sealing of
+//! Secrets as hub operations: set a value at a scope (a new version
+//! re-renders exactly the devices the scope reaches whose apps mount it),
+//! list (name, scope, version, sha256, size; never a value), remove (refused
+//! while it would leave a mounting app without a value), and the sealing of
 //! each mounted secret to its device's encryption key when a manifest is
-//! signed.
+//! signed. Which value a device gets is the configuration variables'
+//! precedence (`crate::vars`): most specific scope wins.
 
-use super::{all_devices, pinned_deployments, GenerationUpdate, Hub, HubError};
+use super::vars::{check_exists, reach};
+use super::{pinned_deployments, GenerationUpdate, Hub, HubError};
 use crate::deploy::SpecError;
 use crate::secrets::{sha256_hex, SecretKeyError};
 use crate::store::{SecretRecord, Tx};
+use crate::vars::Scope;
 use outpost_protocol::secret::{self, SecretContext};
 use outpost_protocol::{AppSpec, DeviceId, SecretError, MAX_SECRET_BYTES};
 use serde::{Deserialize, Serialize};
@@ -28,8 +32,9 @@ pub enum SecretProblem {
         secret: String,
     },
     #[error(
-        "app {app:?} (device {device}) mounts secret {secret:?}, which is not set; \
-         `outpost-hub secret set {secret} --from-file FILE` first"
+        "app {app:?} (device {device}) mounts secret {secret:?}, which has no value for \
+         this device; `outpost-hub secret set {secret} --from-file FILE` (for the fleet, or \
+         with --device/--selector/--deployment) first"
     )]
     Unknown {
         device: DeviceId,
@@ -47,6 +52,16 @@ pub enum SecretProblem {
     },
     #[error("secret {name:?} is mounted by deployment {deployment:?}; remove it from there first")]
     InUse { name: String, deployment: String },
+    #[error(
+        "removing secret {name:?} at {scope} would leave app {app:?} on device {device} \
+         without a value; set one that applies there first"
+    )]
+    StillNeeded {
+        name: String,
+        scope: String,
+        app: String,
+        device: DeviceId,
+    },
     #[error("this hub has no secret key (data dir `secrets.key`); secrets cannot be stored")]
     NoKey,
     #[error(transparent)]
@@ -59,6 +74,11 @@ pub enum SecretProblem {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretInfo {
     pub name: String,
+    /// Where this value applies; the whole fleet when absent.
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub scope_text: String,
     pub version: u64,
     pub sha256: String,
     pub size: u64,
@@ -70,6 +90,8 @@ impl From<&SecretRecord> for SecretInfo {
     fn from(r: &SecretRecord) -> SecretInfo {
         SecretInfo {
             name: r.name.clone(),
+            scope: r.scope.clone(),
+            scope_text: r.scope.to_string(),
             version: r.version,
             sha256: r.sha256.clone(),
             size: r.size,
@@ -116,16 +138,18 @@ impl Hub {
         self.secret_key.as_deref().ok_or(SecretProblem::NoKey)
     }
 
-    /// Store `value` as the new version of secret `name` (unchanged value:
-    /// nothing happens) and re-issue the manifests of the devices whose apps
-    /// mount it.
+    /// Store `value` as the new version of secret `name` at `scope` (an
+    /// unchanged value: nothing happens) and re-issue the manifests of the
+    /// devices the scope reaches whose apps mount it.
     pub async fn set_secret(
         self: &std::sync::Arc<Self>,
         name: String,
+        scope: Scope,
         value: Zeroizing<Vec<u8>>,
         who: String,
     ) -> Result<SecretOutcome, HubError> {
         check_name(&name)?;
+        scope.check()?;
         if value.len() > MAX_SECRET_BYTES {
             return Err(SpecError {
                 field: "value".into(),
@@ -139,8 +163,9 @@ impl Hub {
         self.secret_key()?;
         self.transact(who.clone(), move |op| {
             let key = op.hub.secret_key()?;
+            check_exists(op.tx, &scope)?;
             let sha256 = sha256_hex(&value);
-            let old = op.tx.secret(&name)?;
+            let old = op.tx.secret_at(&name, &scope)?;
             if let Some(old) = old.as_ref().filter(|o| o.sha256 == sha256) {
                 op.commit = false;
                 return Ok(SecretOutcome {
@@ -149,12 +174,13 @@ impl Hub {
                     updated: vec![],
                 });
             }
-            let version = old.as_ref().map_or(1, |o| o.version.saturating_add(1));
+            let version = op.tx.next_secret_version(&name)?;
             let at = key
                 .encrypt(&name, version, &value)
                 .map_err(SecretProblem::from)?;
             let rec = SecretRecord {
                 name: name.clone(),
+                scope: scope.clone(),
                 version,
                 sha256,
                 size: value.len() as u64,
@@ -164,21 +190,22 @@ impl Hub {
                 updated_by: who.clone(),
             };
             op.tx.put_secret(&rec)?;
-            // Every device: only those whose apps mount this secret render
-            // other content (its version), so only they get a generation.
+            // The devices the scope reaches: only those whose apps mount this
+            // secret (and resolve to this value) render other content.
             let deployments = pinned_deployments(op.tx)?;
-            let devices = all_devices(op.tx)?;
+            let devices = reach(op.tx, &scope)?;
             let updated = op.render(&devices, &deployments)?;
             op.audit(
                 "secret.set",
                 &name,
                 serde_json::json!({
+                    "scope": scope,
                     "version": version,
                     "size": rec.size,
                     "devices": updated.len(),
                 }),
             )?;
-            tracing::info!(secret = %name, version, devices = updated.len(), "secret set");
+            tracing::info!(secret = %name, scope = %scope, version, devices = updated.len(), "secret set");
             Ok(SecretOutcome {
                 secret: SecretInfo::from(&rec),
                 changed: true,
@@ -193,44 +220,68 @@ impl Hub {
         Ok(self.store.secrets()?.iter().map(SecretInfo::from).collect())
     }
 
-    /// Delete secret `name`; refused while a deployment (or the revision a
-    /// rollout keeps for devices not yet admitted) mounts it.
+    /// Delete secret `name`'s value at `scope`. Its last value is refused
+    /// while a deployment (or the revision a rollout keeps for devices not
+    /// yet admitted) mounts it; a scoped one while a device it reaches would
+    /// be left without a value. Devices it reached fall back to the next
+    /// value that applies and get a new manifest.
     pub async fn remove_secret(
         self: &std::sync::Arc<Self>,
         name: String,
+        scope: Scope,
         who: String,
     ) -> Result<SecretInfo, HubError> {
         self.transact(who, move |op| {
-            let Some(rec) = op.tx.secret(&name)? else {
+            let Some(rec) = op.tx.secret_at(&name, &scope)? else {
                 return Err(HubError::NotFound {
                     what: "secret",
-                    name,
+                    name: format!("{name} at {scope}"),
                 });
             };
-            let mut users = Vec::new();
-            for d in op.tx.deployments()? {
-                users.push((d.spec.name.clone(), d.apps));
-            }
-            for r in op.tx.rollouts()? {
-                if let Some(p) = r.previous {
-                    users.push((p.spec.name.clone(), p.apps));
+            if op.tx.secret_values(&name)?.len() == 1 {
+                let mut users = Vec::new();
+                for d in op.tx.deployments()? {
+                    users.push((d.spec.name.clone(), d.apps));
+                }
+                for r in op.tx.rollouts()? {
+                    if let Some(p) = r.previous {
+                        users.push((p.spec.name.clone(), p.apps));
+                    }
+                }
+                if let Some((deployment, _)) = users.iter().find(|(_, apps)| {
+                    apps.iter()
+                        .any(|a| a.secrets.iter().any(|s| s.name == name))
+                }) {
+                    return Err(SecretProblem::InUse {
+                        name,
+                        deployment: deployment.clone(),
+                    }
+                    .into());
                 }
             }
-            if let Some((deployment, _)) = users.iter().find(|(_, apps)| {
-                apps.iter()
-                    .any(|a| a.secrets.iter().any(|s| s.name == name))
-            }) {
-                return Err(SecretProblem::InUse {
-                    name,
-                    deployment: deployment.clone(),
+            op.tx.remove_secret(&name, &scope)?;
+            let deployments = pinned_deployments(op.tx)?;
+            let devices = reach(op.tx, &scope)?;
+            let updated = op.render(&devices, &deployments).map_err(|e| match e {
+                HubError::Secret(SecretProblem::Unknown { device, app, .. }) => {
+                    SecretProblem::StillNeeded {
+                        name: name.clone(),
+                        scope: scope.to_string(),
+                        app,
+                        device,
+                    }
+                    .into()
                 }
-                .into());
-            }
-            op.tx.remove_secret(&name)?;
+                other => other,
+            })?;
             op.audit(
                 "secret.remove",
                 &name,
-                serde_json::json!({ "version": rec.version }),
+                serde_json::json!({
+                    "scope": scope,
+                    "version": rec.version,
+                    "devices": updated.len(),
+                }),
             )?;
             Ok(SecretInfo::from(&rec))
         })
@@ -249,7 +300,7 @@ impl Hub {
             return Ok(apps);
         }
         let enc_key = tx.device(device)?.and_then(|d| d.encryption_key);
-        let mut values: BTreeMap<String, (u64, Zeroizing<Vec<u8>>)> = BTreeMap::new();
+        let mut values: BTreeMap<(String, u64), Zeroizing<Vec<u8>>> = BTreeMap::new();
         for app in &mut apps {
             for s in &mut app.secrets {
                 let unknown = || SecretProblem::Unknown {
@@ -265,15 +316,22 @@ impl Hub {
                     }
                     .into());
                 };
-                if !values.contains_key(&s.name) {
-                    let rec = tx.secret(&s.name)?.ok_or_else(unknown)?;
+                // The value rendering chose for this device: the one holding
+                // that version (versions are unique per name, across scopes).
+                let k = (s.name.clone(), s.version);
+                if !values.contains_key(&k) {
+                    let rec = tx
+                        .secret_values(&s.name)?
+                        .into_iter()
+                        .find(|r| r.version == s.version && s.version != 0)
+                        .ok_or_else(unknown)?;
                     let value = self
                         .secret_key()?
                         .decrypt(&rec)
                         .map_err(SecretProblem::from)?;
-                    values.insert(s.name.clone(), (rec.version, value));
+                    values.insert(k.clone(), value);
                 }
-                let (version, value) = &values[&s.name];
+                let value = &values[&k];
                 if let Some(var) = s.env_var() {
                     if std::str::from_utf8(value).is_err() || value.contains(&0) {
                         return Err(SecretProblem::NotText {
@@ -283,11 +341,6 @@ impl Hub {
                         }
                         .into());
                     }
-                }
-                if *version != s.version {
-                    // Rendered against another version than the store holds:
-                    // a bug, never seal a value under the wrong version.
-                    return Err(unknown().into());
                 }
                 let ctx = SecretContext {
                     device,

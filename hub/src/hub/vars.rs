@@ -7,7 +7,7 @@
 use super::{all_devices, pinned_deployments, GenerationUpdate, Hub, HubError, Labelled};
 use crate::render::{self, AppConfig};
 use crate::store::{ScopeVarsRecord, Tx, VarRecord};
-use crate::vars::{check_changes, Level, Scope, Vars};
+use crate::vars::{check_changes, Level, Scope};
 use outpost_protocol::DeviceId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,7 +76,7 @@ pub fn entries(records: &[ScopeVarsRecord]) -> Vec<ConfigEntry> {
 /// Does `scope` name only what exists: its device, its deployment, and an
 /// app some deployment defines? A typo must not store a variable nothing
 /// will ever read.
-fn check_exists(tx: &Tx, scope: &Scope) -> Result<(), HubError> {
+pub(crate) fn check_exists(tx: &Tx, scope: &Scope) -> Result<(), HubError> {
     if let Some(d) = &scope.device {
         let id: DeviceId = d.parse().map_err(|e| {
             HubError::Invalid(crate::deploy::SpecError {
@@ -116,7 +116,7 @@ fn check_exists(tx: &Tx, scope: &Scope) -> Result<(), HubError> {
 
 /// The devices a variable at `scope` can reach: rendering the rest could
 /// not change them.
-fn reach(tx: &Tx, scope: &Scope) -> Result<Vec<Labelled>, HubError> {
+pub(crate) fn reach(tx: &Tx, scope: &Scope) -> Result<Vec<Labelled>, HubError> {
     let all = all_devices(tx)?;
     Ok(match scope.level() {
         Level::Device | Level::DeviceApp => all
@@ -263,24 +263,11 @@ impl Hub {
                     name: id.to_string(),
                 });
             };
-            let versions = store
-                .secrets()?
-                .into_iter()
-                .map(|s| (s.name, s.version))
-                .collect();
-            let inputs = render::Inputs {
-                deployments: super::render_set(
-                    &store.deployments()?,
-                    &store.rollouts()?,
-                    &versions,
-                ),
-                vars: Vars::new(
-                    store
-                        .config()?
-                        .iter()
-                        .map(|r| (r.scope.clone(), r.values())),
-                ),
-            };
+            let inputs = super::inputs(
+                super::render_set(&store.deployments()?, &store.rollouts()?),
+                &store.config()?,
+                &store.secrets()?,
+            );
             let apps = render::explain(&id, &dev.labels, &inputs)?;
             Ok(DeviceConfig { device: id, apps })
         })

@@ -176,10 +176,8 @@ pub(crate) fn advance(op: &mut Op, name: &str) -> Result<Advanced, HubError> {
                 let mut rollouts = op.tx.rollouts()?;
                 rollouts.retain(|r| r.deployment != name);
                 rollouts.push(ro.clone());
-                let deployments = crate::hub::with_vars(
-                    op.tx,
-                    render_set(&op.tx.deployments()?, &rollouts, &op.tx.secret_versions()?),
-                )?;
+                let deployments =
+                    crate::hub::with_vars(op.tx, render_set(&op.tx.deployments()?, &rollouts))?;
                 let labelled: Vec<Labelled> = facts
                     .matched
                     .iter()
