@@ -243,6 +243,17 @@ async fn every_role_and_scope_is_allowed_exactly_what_it_should() {
         ("Y..Yuu", get.clone(), "/v1/rollouts/ro-b", None),
         ("YY..uu", post.clone(), "/v1/rollouts/ro-a/pause", None),
         ("Y...uu", post.clone(), "/v1/rollouts/ro-b/pause", None),
+        ("YY..uu", patch.clone(), "/v1/config", Some(json!({ "scope": { "device": "a-1" }, "set": { "BY_{c}": "x" } }))),
+        ("YY..uu", patch.clone(), "/v1/config", Some(json!({ "scope": { "selector": { "site": "a" } }, "set": { "S_{c}": "1" } }))),
+        ("YY..uu", patch.clone(), "/v1/config", Some(json!({ "scope": { "deployment": "dep-a" }, "set": { "D_{c}": "1" } }))),
+        ("Y...uu", patch.clone(), "/v1/config", Some(json!({ "set": { "FLEET_{c}": "1" } }))),
+        ("Y...uu", patch.clone(), "/v1/config", Some(json!({ "scope": { "app": "web" }, "set": { "FA_{c}": "1" } }))),
+        ("Y...uu", patch.clone(), "/v1/config", Some(json!({ "scope": { "device": "b-1" }, "set": { "B_{c}": "1" } }))),
+        ("Y...uu", patch.clone(), "/v1/config", Some(json!({ "scope": { "deployment": "dep-b" }, "set": { "D_{c}": "1" } }))),
+        ("Y...uu", patch.clone(), "/v1/config", Some(json!({ "scope": { "selector": { "role": "gw" } }, "set": { "G_{c}": "1" } }))),
+        ("YYYYuu", get.clone(), "/v1/config", None),
+        ("YYYYuu", get.clone(), "/v1/devices/a-2/config", None),
+        ("Y..Yuu", get.clone(), "/v1/devices/b-1/config", None),
         ("YYYYuu", get.clone(), "/v1/stats", None),
         ("Y...uu", get.clone(), "/v1/audit", None),
         ("Y...uu", get.clone(), "/v1/tokens", None),
@@ -313,6 +324,20 @@ async fn every_role_and_scope_is_allowed_exactly_what_it_should() {
                     "/v1/rollouts" => {
                         let got = ids(&answer, &["deployment"]);
                         assert_eq!(got, BTreeSet::from(["ro-a".to_string()]), "{what}");
+                    }
+                    "/v1/config" => {
+                        // Everything the admin set, but what reaches site b
+                        // or beyond site a (a fleet-wide value is shown).
+                        let keys = ids(&answer, &["key"]);
+                        for k in ["BY_admin", "S_admin", "D_admin", "FLEET_admin", "FA_admin"] {
+                            assert!(keys.contains(k), "{k}: {what}");
+                        }
+                        for k in ["B_admin", "G_admin"] {
+                            assert!(!keys.contains(k), "{k}: {what}");
+                        }
+                        for e in answer.as_array().unwrap() {
+                            assert_ne!(e["scope"]["deployment"], "dep-b", "{what}");
+                        }
                     }
                     "/v1/stats" => {
                         assert_eq!(answer["scope"], "site=a", "{what}");
