@@ -20,7 +20,7 @@ use crate::rollout::RolloutReport;
 use crate::stats::{ms, secs, Summary};
 use outpost_hub::api::{DeviceSummary, Stats};
 use outpost_hub::client::{ApiClient, ClientError};
-use outpost_hub::hub::ApplyOutcome;
+use outpost_hub::hub::{ApplyOutcome, ConfigOutcome};
 use outpost_protocol::{DeviceIdError, KeyError, SigningKey};
 use reqwest::Method;
 use std::collections::HashMap;
@@ -177,6 +177,10 @@ pub struct FleetReport {
     pub rollout: Option<RolloutReport>,
 }
 
+/// The configuration variable one benchmark app takes; the last round sets
+/// it for the whole fleet (one app's environment changes on every device).
+pub const CONFIG_VAR: &str = "LOG_LEVEL";
+
 /// The benchmark deployment: five apps shaped like the protocol's sample gateway
 /// manifest; `round` changes every image digest.
 pub fn deployment(round: u32) -> serde_json::Value {
@@ -204,6 +208,7 @@ pub fn deployment(round: u32) -> serde_json::Value {
                 "name": "mqtt-bridge",
                 "image": image("mqtt-bridge", 2),
                 "env": { "UPSTREAM": "mqtts://cloud.example.com:8883" },
+                "config": [CONFIG_VAR],
                 "volumes": [{ "name": "bridge-buffer", "path": "/var/lib/bridge" }],
                 "memory_bytes": 48u64 << 20,
                 "cpu_millis": 200,
@@ -633,6 +638,44 @@ async fn drive(
             return Err(FleetError::Join(format!(
                 "deploy round {r} did not converge"
             )));
+        }
+    }
+    // --- A fleet variable: one app's environment on every device -------------
+    if opts.rounds > 0 {
+        let hub_before = procstat::sample(hub.pid).ok();
+        let t0_us = board.now_us();
+        let t0 = Instant::now();
+        let change = serde_json::json!({ "set": { CONFIG_VAR: "debug" } });
+        let outcome: ConfigOutcome = hub
+            .api
+            .call(Method::PATCH, "/v1/config", Some(&change))
+            .await?;
+        let apply_call = t0.elapsed();
+        for u in &outcome.updated {
+            if let Some(&i) = index.get(u.device.as_str()) {
+                target[i] = u.generation;
+            }
+        }
+        let round = measure(
+            format!("fleet variable ({CONFIG_VAR}: 1 app's env)"),
+            Some(apply_call),
+            outcome.updated.len(),
+            &target,
+            t0_us,
+            hub,
+            board,
+            &ids,
+            opts.phase_timeout,
+            hub_before,
+            report.broker_pid,
+        )
+        .await?;
+        let ok = round.applied == n && round.hub_confirmed.is_some();
+        report.rounds.push(round);
+        if !ok {
+            return Err(FleetError::Join(
+                "the fleet variable round did not converge".into(),
+            ));
         }
     }
     report.converged = true;
