@@ -1,6 +1,6 @@
 //! Smoke runs of the fleet simulator against a real hub (child process, embedded
-//! broker): 50 devices register, connect, apply their first manifest and then two
-//! deployment rounds; and staged rollouts over simulated devices of which a
+//! broker): 50 devices register, connect, apply their first manifest, two
+//! deployment rounds and a fleet variable's change; and staged rollouts over simulated devices of which a
 //! share fails every new release. Asserts outcomes only, never timing.
 
 use outpost_hub::rollout::schedule::{PauseReason, Phase};
@@ -36,9 +36,14 @@ async fn fifty_devices_converge_on_every_deployment_round() {
     assert!(report.converged);
     assert_eq!(report.register.as_ref().unwrap().done, devices);
     assert_eq!(report.connect.as_ref().unwrap().ready, devices);
-    // Initial sync + two deployment rounds, each applied by every device and
-    // confirmed by the hub from the devices' signed status.
-    assert_eq!(report.rounds.len(), 3);
+    // Initial sync + two deployment rounds + the fleet variable, each applied
+    // by every device and confirmed by the hub from the devices' signed status.
+    assert_eq!(report.rounds.len(), 4);
+    assert!(
+        report.rounds[3].label.contains("fleet variable"),
+        "{}",
+        report.rounds[3].label
+    );
     for round in &report.rounds {
         assert_eq!(round.applied, devices, "{}", round.label);
         assert_eq!(round.updated, devices, "{}", round.label);
@@ -53,7 +58,7 @@ async fn fifty_devices_converge_on_every_deployment_round() {
             .unwrap()
     };
     assert_eq!(counter("manifests_rejected"), 0);
-    assert_eq!(counter("manifests_accepted"), 3 * devices as u64);
+    assert_eq!(counter("manifests_accepted"), 4 * devices as u64);
     let hub = report.hub_stats.as_ref().unwrap();
     assert!(
         !hub.counters
