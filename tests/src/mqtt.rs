@@ -94,6 +94,33 @@ pub fn retained_as(addr: SocketAddr, login: Option<&Login>, topic: &str) -> Resu
     })
 }
 
+/// The retained message on `topic` as the `mosquitto_sub` command line tool
+/// (package mosquitto-clients) reads it, with `login` (or anonymously): what
+/// an operator or an attacker with a login would see.
+pub fn retained_with_mosquitto_sub(
+    addr: SocketAddr,
+    login: Option<&Login>,
+    topic: &str,
+) -> Result<Vec<u8>> {
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", topic, "-q", "1", "-C", "1", "-N", "-W", "60"]);
+    if let Some(l) = login {
+        cmd.args(["-i", &l.client_id, "-u", &l.client_id, "-P", &l.password]);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| anyhow::anyhow!("running mosquitto_sub (package mosquitto-clients): {e}"))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!(
+            "mosquitto_sub read nothing on {topic} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// Publish once (QoS 1, not retained) and wait for the broker's PUBACK or
 /// for the broker to drop us (which it may do for an oversized payload).
 pub fn publish(addr: SocketAddr, topic: &str, payload: Vec<u8>) -> Result<bool> {

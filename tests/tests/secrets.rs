@@ -51,16 +51,28 @@ fn files_containing(dir: &Path, skip: Option<&Path>, needle: &[u8]) -> Vec<Strin
 }
 
 /// Nothing at rest or on the broker holds `value`: the retained manifest read
-/// as the device, the hub's whole data dir (database, keys, logs), the
+/// as the device (by an MQTT client and by `mosquitto_sub`), the hub's whole data dir (database, keys, logs), the
 /// agent's whole dir except its tmpfs run dir (state database, images,
 /// container bundles, logs), and the hub's API answer about secrets.
 fn assert_nowhere_but_tmpfs(w: &World, value: &str) -> Result<()> {
     let topic = outpost_protocol::topics::manifest(&w.agent.device_id.parse()?);
-    let manifest = mqtt::retained_as(w.hub.mqtt_addr(), Some(&w.agent.broker_login()?), &topic)?;
-    assert!(
-        !manifest.windows(value.len()).any(|x| x == value.as_bytes()),
-        "the retained manifest holds the plaintext"
-    );
+    let login = w.agent.broker_login()?;
+    for (how, manifest) in [
+        (
+            "an MQTT client",
+            mqtt::retained_as(w.hub.mqtt_addr(), Some(&login), &topic)?,
+        ),
+        (
+            "mosquitto_sub",
+            mqtt::retained_with_mosquitto_sub(w.hub.mqtt_addr(), Some(&login), &topic)?,
+        ),
+    ] {
+        assert!(manifest.len() > 100, "{how} read no manifest");
+        assert!(
+            !manifest.windows(value.len()).any(|x| x == value.as_bytes()),
+            "the retained manifest, read with {how}, holds the plaintext"
+        );
+    }
     let run = w.agent.dir.path().join("run");
     for (what, dir, skip) in [
         ("hub data dir", w.hub.dir.path(), None),
