@@ -344,13 +344,7 @@ pub fn decide(caller: &Caller, request: &Request) -> Result<(), Denied> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn l(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::scope::labels as l;
 
     fn caller(role: Role, scope: &str) -> Caller {
         Caller {

@@ -370,6 +370,7 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scope::labels;
     use proptest::prelude::*;
 
     fn app(name: &str, img: u8) -> AppSpec {
@@ -379,13 +380,6 @@ mod tests {
                 .parse()
                 .unwrap(),
         )
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     fn dep(name: &str, sel: &[(&str, &str)], apps: Vec<AppSpec>) -> Deployment {
@@ -643,16 +637,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_scoped_secret_value_reaches_only_the_devices_it_applies_to() {
-        use crate::vars::{Scope, Vars};
-        let mut a = app("web", 1);
-        a.secrets = vec![outpost_protocol::SecretMount {
+    /// `app` mounting secret `db` at `/run/secrets/db`, version not stamped.
+    fn mounting_db(mut app: AppSpec) -> AppSpec {
+        app.secrets = vec![outpost_protocol::SecretMount {
             name: "db".into(),
             path: "/run/secrets/db".into(),
             version: 0,
             sealed: Default::default(),
         }];
+        app
+    }
+
+    #[test]
+    fn a_scoped_secret_value_reaches_only_the_devices_it_applies_to() {
+        use crate::vars::{Scope, Vars};
+        let a = mounting_db(app("web", 1));
         let deps = vec![dep("dep", &[("g", "1")], vec![a])];
         let version = |secrets: &Vars, dev: &str, site: &str| {
             let id: DeviceId = dev.parse().unwrap();
@@ -703,13 +702,7 @@ mod tests {
 
     #[test]
     fn the_digest_follows_secret_versions_not_ciphertext() {
-        let mut a = app("web", 1);
-        a.secrets = vec![outpost_protocol::SecretMount {
-            name: "db".into(),
-            path: "/run/secrets/db".into(),
-            version: 0,
-            sealed: Default::default(),
-        }];
+        let a = mounting_db(app("web", 1));
         let other = app("ui", 2);
         let l = labels(&[("site", "x")]);
         let at = Place {

@@ -119,16 +119,19 @@ impl<'de> Deserialize<'de> for Scope {
     }
 }
 
+/// Labels from pairs: what the unit tests of every module that reasons
+/// about labels build their inputs with.
+#[cfg(test)]
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn a_selector_is_covered_when_it_is_at_least_as_narrow_as_the_scope() {

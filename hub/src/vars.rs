@@ -403,13 +403,7 @@ impl Vars {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::scope::labels;
 
     fn one(k: &str, v: &str) -> Values {
         BTreeMap::from([(k.to_string(), v.to_string())])

@@ -598,68 +598,56 @@ async fn drive(
         return Ok(());
     }
 
-    // --- Deployment rounds ----------------------------------------------------
-    for r in 1..=opts.rounds {
-        let hub_before = procstat::sample(hub.pid).ok();
-        let t0_us = board.now_us();
-        let t0 = Instant::now();
-        let outcome: ApplyOutcome = hub
-            .api
-            .call(Method::PUT, "/v1/deployments", Some(&deployment(r)))
-            .await?;
-        let apply_call = t0.elapsed();
-        for u in &outcome.updated {
-            if let Some(&i) = index.get(u.device.as_str()) {
-                target[i] = u.generation;
-            }
-        }
-        let label = if r == 1 {
-            "deploy round 1 (install 5 apps)".to_string()
-        } else {
-            format!("deploy round {r} (update 5 images)")
-        };
-        let round = measure(
-            label,
-            Some(apply_call),
-            outcome.updated.len(),
-            &target,
-            t0_us,
-            hub,
-            board,
-            &ids,
-            opts.phase_timeout,
-            hub_before,
-            report.broker_pid,
-        )
-        .await?;
-        let ok = round.applied == n && round.hub_confirmed.is_some();
-        report.rounds.push(round);
-        if !ok {
-            return Err(FleetError::Join(format!(
-                "deploy round {r} did not converge"
-            )));
-        }
+    // --- Deployment rounds, then a fleet variable -----------------------------
+    // The variable changes one app's environment on every device (the
+    // benchmark's `mqtt-bridge` takes it): a configuration change at scale.
+    enum Step {
+        Deploy(u32),
+        FleetVariable,
     }
-    // --- A fleet variable: one app's environment on every device -------------
+    let mut steps: Vec<Step> = (1..=opts.rounds).map(Step::Deploy).collect();
     if opts.rounds > 0 {
+        steps.push(Step::FleetVariable);
+    }
+    for step in steps {
         let hub_before = procstat::sample(hub.pid).ok();
         let t0_us = board.now_us();
         let t0 = Instant::now();
-        let change = serde_json::json!({ "set": { CONFIG_VAR: "debug" } });
-        let outcome: ConfigOutcome = hub
-            .api
-            .call(Method::PATCH, "/v1/config", Some(&change))
-            .await?;
+        let (label, updated) = match step {
+            Step::Deploy(r) => {
+                let outcome: ApplyOutcome = hub
+                    .api
+                    .call(Method::PUT, "/v1/deployments", Some(&deployment(r)))
+                    .await?;
+                let label = if r == 1 {
+                    "deploy round 1 (install 5 apps)".to_string()
+                } else {
+                    format!("deploy round {r} (update 5 images)")
+                };
+                (label, outcome.updated)
+            }
+            Step::FleetVariable => {
+                let change = serde_json::json!({ "set": { CONFIG_VAR: "debug" } });
+                let outcome: ConfigOutcome = hub
+                    .api
+                    .call(Method::PATCH, "/v1/config", Some(&change))
+                    .await?;
+                (
+                    format!("fleet variable ({CONFIG_VAR}: 1 app's env)"),
+                    outcome.updated,
+                )
+            }
+        };
         let apply_call = t0.elapsed();
-        for u in &outcome.updated {
+        for u in &updated {
             if let Some(&i) = index.get(u.device.as_str()) {
                 target[i] = u.generation;
             }
         }
         let round = measure(
-            format!("fleet variable ({CONFIG_VAR}: 1 app's env)"),
+            label.clone(),
             Some(apply_call),
-            outcome.updated.len(),
+            updated.len(),
             &target,
             t0_us,
             hub,
@@ -673,9 +661,7 @@ async fn drive(
         let ok = round.applied == n && round.hub_confirmed.is_some();
         report.rounds.push(round);
         if !ok {
-            return Err(FleetError::Join(
-                "the fleet variable round did not converge".into(),
-            ));
+            return Err(FleetError::Join(format!("{label} did not converge")));
         }
     }
     report.converged = true;
