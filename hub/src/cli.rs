@@ -227,6 +227,11 @@ pub enum KeysCommand {
         #[arg(long)]
         new_root_out: Option<PathBuf>,
     },
+    /// Replace `secrets.key`, the key the stored secret values are
+    /// encrypted under, and re-encrypt every value (run with the hub
+    /// stopped). Values, versions and devices are unchanged; back the new
+    /// key up.
+    RotateSecrets,
 }
 
 #[derive(Subcommand, Debug)]
@@ -361,6 +366,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             println!(
                 "start (or restart) the hub: it publishes the new key set and re-signs every device's manifest"
+            );
+            Ok(())
+        }
+        Command::Keys(KeysCommand::RotateSecrets) => {
+            let store = crate::store::Store::open(&dir.database()).with_context(|| {
+                format!(
+                    "opening {} (is the hub running? stop it first)",
+                    dir.database().display()
+                )
+            })?;
+            let n = crate::secrets::rotate(&dir.secret_key(), &dir.secret_key_next(), &store)?;
+            if cli.json {
+                return print_json(&serde_json::json!({
+                    "key": dir.secret_key(),
+                    "values": n,
+                }));
+            }
+            println!(
+                "{} replaced; {n} stored secret value(s) re-encrypted under it; back it up",
+                dir.secret_key().display()
             );
             Ok(())
         }

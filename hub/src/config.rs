@@ -381,6 +381,10 @@ impl DataDir {
     pub fn secret_key(&self) -> PathBuf {
         self.root.join(crate::secrets::KEY_FILE)
     }
+    /// A new at-rest key while `keys rotate-secrets` runs.
+    pub fn secret_key_next(&self) -> PathBuf {
+        self.root.join(crate::secrets::NEXT_KEY_FILE)
+    }
     pub fn keyset(&self) -> PathBuf {
         self.root.join("keyset.bin")
     }

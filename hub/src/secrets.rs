@@ -6,8 +6,14 @@
 //! `hub.redb` (a backup, a support bundle) reveals no secret without the key
 //! file. The AEAD's associated data binds the secret's name and version, so a
 //! stored ciphertext cannot be moved to another secret's record.
+//!
+//! [`rotate`] replaces the key (`keys rotate-secrets`, hub stopped): the new
+//! key is written as `secrets.key.next`, every value re-encrypted in one
+//! store transaction, then the file renamed over the old one; [`settle`]
+//! completes or discards a rotation a crash cut short, by which key opens
+//! the stored values.
 
-use crate::store::SecretRecord;
+use crate::store::{SecretRecord, Store, StoreError};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::io::Write;
@@ -17,6 +23,8 @@ use zeroize::Zeroizing;
 
 /// File name of the at-rest key inside the hub's data dir.
 pub const KEY_FILE: &str = "secrets.key";
+/// A new key being rotated in ([`rotate`]).
+pub const NEXT_KEY_FILE: &str = "secrets.key.next";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretKeyError {
@@ -73,12 +81,26 @@ impl SecretKey {
     /// Read `path`, or create it with fresh random bytes (mode 0600) when it
     /// does not exist. A key readable by group or others is refused.
     pub fn load_or_create(path: &Path) -> Result<SecretKey, SecretKeyError> {
+        match Self::load(path)? {
+            Some(k) => Ok(k),
+            None => {
+                let k = Self::create(path)?;
+                tracing::info!(path = %path.display(), "created the hub's secret key");
+                Ok(k)
+            }
+        }
+    }
+
+    /// Read `path`; `None` when it does not exist. A key readable by group
+    /// or others is refused.
+    pub fn load(path: &Path) -> Result<Option<SecretKey>, SecretKeyError> {
         let io = |source| SecretKeyError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let bytes = match std::fs::read(path) {
+        match std::fs::read(path) {
             Ok(b) => {
+                let b = Zeroizing::new(b);
                 let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     return Err(SecretKeyError::Permissions {
@@ -86,28 +108,34 @@ impl SecretKey {
                         mode,
                     });
                 }
-                Zeroizing::new(b)
+                Self::from_bytes(&b, path).map(Some)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut b = Zeroizing::new(vec![0u8; 32]);
-                SystemRandom::new()
-                    .fill(&mut b)
-                    .map_err(|_| SecretKeyError::Random {
-                        what: "the secret key",
-                    })?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
-                f.write_all(&b).and_then(|()| f.sync_all()).map_err(io)?;
-                tracing::info!(path = %path.display(), "created the hub's secret key");
-                b
-            }
-            Err(e) => return Err(io(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Write a fresh random key to `path` (mode 0600, synced, never over an
+    /// existing file).
+    pub fn create(path: &Path) -> Result<SecretKey, SecretKeyError> {
+        let io = |source| SecretKeyError::Io {
+            path: path.to_path_buf(),
+            source,
         };
-        Self::from_bytes(&bytes, path)
+        let mut b = Zeroizing::new(vec![0u8; 32]);
+        SystemRandom::new()
+            .fill(&mut b)
+            .map_err(|_| SecretKeyError::Random {
+                what: "the secret key",
+            })?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(&b).and_then(|()| f.sync_all()).map_err(io)?;
+        Self::from_bytes(&b, path)
     }
 
     fn from_bytes(bytes: &[u8], path: &Path) -> Result<SecretKey, SecretKeyError> {
@@ -174,6 +202,136 @@ impl SecretKey {
     }
 }
 
+/// Why a rotation of the at-rest key failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error(transparent)]
+    Key(#[from] SecretKeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no secret key at {path}: nothing to rotate (the hub makes it at its first start)")]
+    NoKey { path: PathBuf },
+    #[error(
+        "stored secret {name:?} (version {version}) opens with neither {current} nor {next}; \
+         restore the key file from a backup"
+    )]
+    Neither {
+        name: String,
+        version: u64,
+        current: PathBuf,
+        next: PathBuf,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`settle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// No rotation was under way.
+    Nothing,
+    /// The store had not been re-encrypted: the new key was discarded.
+    Discarded,
+    /// The store was re-encrypted: the new key replaced the old one.
+    Completed,
+}
+
+fn rename_synced(from: &Path, to: &Path) -> Result<(), RotateError> {
+    std::fs::rename(from, to).map_err(|source| RotateError::Io {
+        action: "rename",
+        path: from.to_path_buf(),
+        source,
+    })?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| RotateError::Io {
+                action: "sync",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Finish or undo a rotation a crash cut short: with `next` present, the key
+/// that opens the stored values is kept as `current`. Called at every hub
+/// start and before a rotation.
+pub fn settle(current: &Path, next: &Path, store: &Store) -> Result<Settled, RotateError> {
+    let Some(new) = SecretKey::load(next)? else {
+        return Ok(Settled::Nothing);
+    };
+    let old = SecretKey::load(current)?;
+    let Some(sample) = store.secrets()?.into_iter().next() else {
+        // Nothing stored: either key does; keep the one already in place.
+        std::fs::remove_file(next).map_err(|source| RotateError::Io {
+            action: "remove",
+            path: next.to_path_buf(),
+            source,
+        })?;
+        return Ok(Settled::Discarded);
+    };
+    if old.as_ref().is_some_and(|k| k.decrypt(&sample).is_ok()) {
+        std::fs::remove_file(next).map_err(|source| RotateError::Io {
+            action: "remove",
+            path: next.to_path_buf(),
+            source,
+        })?;
+        tracing::warn!(path = %next.display(), "discarded a secret key rotation that did not complete");
+        return Ok(Settled::Discarded);
+    }
+    if new.decrypt(&sample).is_ok() {
+        rename_synced(next, current)?;
+        tracing::warn!(path = %current.display(), "completed a secret key rotation cut short");
+        return Ok(Settled::Completed);
+    }
+    Err(RotateError::Neither {
+        name: sample.name,
+        version: sample.version,
+        current: current.to_path_buf(),
+        next: next.to_path_buf(),
+    })
+}
+
+/// Replace the at-rest key at `current` with a fresh one and re-encrypt
+/// every stored value under it (one transaction); returns how many values.
+/// Values, versions and manifests are unchanged: devices see nothing.
+pub fn rotate(current: &Path, next: &Path, store: &Store) -> Result<usize, RotateError> {
+    settle(current, next, store)?;
+    let old = SecretKey::load(current)?.ok_or_else(|| RotateError::NoKey {
+        path: current.to_path_buf(),
+    })?;
+    let new = SecretKey::create(next)?;
+    let n = store.write(|tx| {
+        let records = tx.secrets()?;
+        for rec in &records {
+            let value = old.decrypt(rec)?;
+            let at = new.encrypt(&rec.name, rec.version, &value)?;
+            tx.put_secret(&SecretRecord {
+                nonce: hex::encode(at.nonce),
+                ciphertext: hex::encode(&at.ciphertext),
+                ..rec.clone()
+            })?;
+        }
+        Ok::<_, RotateError>(records.len())
+    });
+    let n = match n {
+        Ok(n) => n,
+        Err(e) => {
+            // Nothing was committed: the new key opens nothing.
+            let _ = std::fs::remove_file(next);
+            return Err(e);
+        }
+    };
+    rename_synced(next, current)?;
+    Ok(n)
+}
+
 /// Lowercase hex SHA-256 of `bytes` (what the API shows of a value).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
@@ -222,5 +380,49 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = SecretKey::load_or_create(&path).unwrap_err();
         assert!(err.to_string().contains(KEY_FILE), "{err}");
+    }
+
+    /// A rotation cut short is completed or undone by which key opens the
+    /// stored values; a store neither opens is an error naming both files.
+    #[test]
+    fn a_rotation_cut_short_is_settled_by_which_key_opens_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join(KEY_FILE);
+        let next = dir.path().join(NEXT_KEY_FILE);
+        let store = Store::open(&dir.path().join("hub.redb")).unwrap();
+        let old = SecretKey::load_or_create(&current).unwrap();
+        let put = |key: &SecretKey| {
+            let at = key.encrypt("db", 1, b"value").unwrap();
+            store
+                .write(|tx| tx.put_secret(&record("db", 1, &at)))
+                .unwrap();
+        };
+        put(&old);
+        assert_eq!(settle(&current, &next, &store).unwrap(), Settled::Nothing);
+        // Cut before the store was re-encrypted: the new key goes.
+        SecretKey::create(&next).unwrap();
+        assert_eq!(settle(&current, &next, &store).unwrap(), Settled::Discarded);
+        assert!(!next.exists());
+        // Cut after the commit, before the rename: the new key stays.
+        let new = SecretKey::create(&next).unwrap();
+        put(&new);
+        let new_bytes = std::fs::read(&next).unwrap();
+        assert_eq!(settle(&current, &next, &store).unwrap(), Settled::Completed);
+        assert_eq!(std::fs::read(&current).unwrap(), new_bytes);
+        let rec = store.secrets().unwrap().remove(0);
+        let k = SecretKey::load(&current).unwrap().unwrap();
+        assert_eq!(k.decrypt(&rec).unwrap().as_slice(), b"value");
+        // A whole rotation: a third key, the value kept.
+        assert_eq!(rotate(&current, &next, &store).unwrap(), 1);
+        assert_ne!(std::fs::read(&current).unwrap(), new_bytes);
+        let rec = store.secrets().unwrap().remove(0);
+        let k = SecretKey::load(&current).unwrap().unwrap();
+        assert_eq!(k.decrypt(&rec).unwrap().as_slice(), b"value");
+        // Neither key opens the store: refused, naming both files.
+        let stranger = SecretKey::create(&dir.path().join("x.key")).unwrap();
+        put(&stranger);
+        SecretKey::create(&next).unwrap();
+        let e = settle(&current, &next, &store).unwrap_err().to_string();
+        assert!(e.contains(KEY_FILE) && e.contains(NEXT_KEY_FILE), "{e}");
     }
 }

@@ -39,6 +39,8 @@ pub enum ServeError {
     #[error(transparent)]
     SecretKey(#[from] crate::secrets::SecretKeyError),
     #[error(transparent)]
+    SecretRotation(#[from] crate::secrets::RotateError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -216,6 +218,8 @@ pub async fn start(opts: ServeOptions, shutdown: CancellationToken) -> Result<Ru
         );
     }
     let policy = opts.config.admission_policy()?;
+    // A `keys rotate-secrets` a crash cut short is completed or undone first.
+    crate::secrets::settle(&dir.secret_key(), &dir.secret_key_next(), &store)?;
     let hub = Arc::new(
         Hub::new(store.clone(), signer, opts.resolver, outbox_tx.clone())
             .with_policy(policy)

@@ -1,5 +1,6 @@
 //! The command line against a running hub: labels re-render, deployment delete,
-//! device removal clears the retained manifest, status output, root key export.
+//! device removal clears the retained manifest, status output, root key export,
+//! key rotations (signing, root, the secrets' at-rest key).
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
@@ -149,4 +150,120 @@ async fn root_and_signing_key_rotations_report_in_json_and_the_hub_starts_on_the
     assert!(out.contains('{'), "{out}");
     let links = outpost_hub::signing::root_links(&outpost_hub::config::DataDir::new(&dir)).unwrap();
     assert_eq!(links.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [2]);
+}
+
+/// `keys rotate-secrets` with the hub stopped: a new `secrets.key`, every
+/// stored value re-encrypted under it; the restarted hub seals the same value
+/// into a device's manifest, which the device opens; the old key file no
+/// longer opens the database's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_secret_key_keeps_every_value() {
+    use outpost_protocol::secret::{open, SecretContext};
+    use outpost_protocol::DecryptionKey;
+    use reqwest::Method;
+    use serde_json::{json, Value};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let hub = HubProc::start(&dir, None).await;
+    let id: DeviceId = "pi-rekey".parse().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let enc = DecryptionKey::generate().unwrap();
+    let _: Value = hub
+        .api
+        .call(
+            Method::POST,
+            "/v1/devices",
+            Some(&json!({
+                "id": id.as_str(),
+                "public_key": key.public_key().to_string(),
+                "encryption_key": enc.public_key().to_string(),
+                "labels": { "site": "x" },
+            })),
+        )
+        .await
+        .unwrap();
+    let marker = b"rekey-marker-0f3c".to_vec();
+    let _: Value = hub
+        .api
+        .put_bytes("/v1/secrets/db", marker.clone())
+        .await
+        .unwrap();
+    let apply = |byte: u8| {
+        json!({
+            "name": "web",
+            "selector": { "site": "x" },
+            "apps": [{ "name": "web", "image": pinned("reg/web", byte), "secrets": [{ "name": "db" }] }],
+        })
+    };
+    let _: Value = hub
+        .api
+        .call(Method::PUT, "/v1/deployments", Some(&apply(1)))
+        .await
+        .unwrap();
+    hub.kill();
+
+    let key_file = dir.join("secrets.key");
+    let before = std::fs::read(&key_file).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--json", "keys", "rotate-secrets"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["values"].as_u64(), Some(1), "{r}");
+    let after = std::fs::read(&key_file).unwrap();
+    assert_ne!(before, after, "the key file was not replaced");
+    assert!(!dir.join("secrets.key.next").exists());
+    // The old key opens nothing any more.
+    let store = outpost_hub::store::Store::open(&dir.join("hub.redb")).unwrap();
+    let old_copy = tmp.path().join("old.key");
+    std::fs::write(&old_copy, &before).unwrap();
+    std::fs::set_permissions(
+        &old_copy,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let old = outpost_hub::secrets::SecretKey::load(&old_copy)
+        .unwrap()
+        .unwrap();
+    let rec = store.secrets().unwrap().remove(0);
+    assert!(old.decrypt(&rec).is_err());
+    drop(store);
+
+    // The restarted hub seals the value anew (an apply re-renders the
+    // device) and the device opens it.
+    let hub = HubProc::start(&dir, None).await;
+    let topic = manifest_topic(id.as_str());
+    let mut sub = Subscriber::device(&id, &key, hub.mqtt_port(), &[topic.clone()]).await;
+    let mut v = verifier(&dir, &id);
+    let _: Value = hub
+        .api
+        .call(Method::PUT, "/v1/deployments", Some(&apply(2)))
+        .await
+        .unwrap();
+    let (m, _) = manifest_where(&mut sub, &topic, &mut v, |m| {
+        m.apps
+            .first()
+            .is_some_and(|a| a.image.to_string().contains(&"02".repeat(32)))
+    })
+    .await;
+    let s = &m.apps[0].secrets[0];
+    let ctx = SecretContext {
+        device: &id,
+        app: "web",
+        name: "db",
+        version: s.version,
+    };
+    assert_eq!(
+        open(&enc, &ctx, &s.sealed).unwrap().as_slice(),
+        marker.as_slice()
+    );
 }
