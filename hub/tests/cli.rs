@@ -242,7 +242,8 @@ async fn rotating_the_secret_key_keeps_every_value() {
     // device) and the device opens it.
     let hub = HubProc::start(&dir, None).await;
     let topic = manifest_topic(id.as_str());
-    let mut sub = Subscriber::device(&id, &key, hub.mqtt_port(), &[topic.clone()]).await;
+    let mut sub =
+        Subscriber::device(&id, &key, hub.mqtt_port(), std::slice::from_ref(&topic)).await;
     let mut v = verifier(&dir, &id);
     let _: Value = hub
         .api
