@@ -428,15 +428,18 @@ impl Hub {
                     name: id2.to_string(),
                 });
             }
-            // Its own variables go with it: a device re-added later starts
-            // from the fleet's, as a new one would.
-            let vars = op
-                .tx
-                .remove_config_where(|s| s.device.as_deref() == Some(id2.as_str()))?;
-            let detail = if vars.is_empty() {
+            // Its own variables and secret values go with it: a device
+            // re-added later starts from the fleet's, as a new one would.
+            let mine = |s: &crate::vars::Scope| s.device.as_deref() == Some(id2.as_str());
+            let vars = op.tx.remove_config_where(mine)?;
+            let secrets = op.tx.remove_secrets_where(mine)?;
+            let detail = if vars.is_empty() && secrets.is_empty() {
                 serde_json::Value::Null
             } else {
-                serde_json::json!({ "config_removed": vars.iter().map(|r| r.scope.to_string()).collect::<Vec<_>>() })
+                serde_json::json!({
+                    "config_removed": vars.iter().map(|r| r.scope.to_string()).collect::<Vec<_>>(),
+                    "secret_values_removed": secrets.iter().map(|r| format!("{} ({})", r.name, r.scope)).collect::<Vec<_>>(),
+                })
             };
             op.audit("device.remove", id2.as_str(), detail)?;
             op.publish.cleared.push(id2);
@@ -640,9 +643,11 @@ impl Hub {
                 op.tx.remove_deployment(&name)?;
                 // Its rollout goes with it: nothing is left to roll out.
                 op.tx.remove_rollout(&name)?;
-                // And its variables: they named only this deployment.
-                op.tx
-                    .remove_config_where(|s| s.deployment.as_deref() == Some(name.as_str()))?;
+                // And its variables and secret values: they named only this
+                // deployment.
+                let ours = |s: &crate::vars::Scope| s.deployment.as_deref() == Some(name.as_str());
+                op.tx.remove_config_where(ours)?;
+                op.tx.remove_secrets_where(ours)?;
                 let remaining: Vec<DeploymentRecord> = records
                     .iter()
                     .filter(|r| r.spec.name != name)

@@ -127,6 +127,22 @@ impl Tx {
         Ok(())
     }
 
+    /// Remove every value whose scope `doomed` picks; returns them.
+    pub fn remove_secrets_where(
+        &mut self,
+        doomed: impl Fn(&Scope) -> bool,
+    ) -> Result<Vec<SecretRecord>, StoreError> {
+        let gone: Vec<SecretRecord> = self
+            .secrets()?
+            .into_iter()
+            .filter(|r| doomed(&r.scope))
+            .collect();
+        for r in &gone {
+            self.remove_secret(&r.name, &r.scope)?;
+        }
+        Ok(gone)
+    }
+
     pub fn remove_secret(&mut self, name: &str, scope: &Scope) -> Result<bool, StoreError> {
         let k = key(name, scope);
         let mut table = self.txn.open_table(SECRETS).ctx("remove secret")?;
