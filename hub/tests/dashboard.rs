@@ -262,6 +262,24 @@ async fn dashboard_pages_render_in_headless_chromium_with_the_fleet_as_it_is() {
         }
     }
 
+    // A device's configuration, each value with its source (set last, so the
+    // pages above show the fleet as it was; an escaped value stays text).
+    hub.cli(&[
+        "config",
+        "set",
+        "--device",
+        "gw-berlin-01",
+        "--app",
+        "web",
+        "GREETING=<b>hi</b>",
+    ]);
+    let dom = load(&hub, &profile, "/ui/devices/gw-berlin-01", "device").await;
+    assert!(dom.contains("<tr data-var=\"web/GREETING\">"), "{dom}");
+    assert!(dom.contains("&lt;b&gt;hi&lt;/b&gt;"), "{dom}");
+    assert!(dom.contains("device gw-berlin-01, app web"), "{dom}");
+    let dom = load(&hub, &profile, "/ui/devices/gw-lyon-01", "device").await;
+    assert!(dom.contains("No app takes configuration."), "{dom}");
+
     // The pause button's form, posted as the browser would: the session
     // cookie (from a login link) and the page's own origin.
     let http = reqwest::Client::builder()

@@ -426,7 +426,12 @@ async fn device(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<St
         // The latest 50 events: find the newest seq, then read back from it.
         let all = s.hub.store.events(&id, 0, 10_000)?;
         let from = all.len().saturating_sub(50);
-        Ok::<_, AppError>(pages::device(&v, &detail, &all[from..], now))
+        let config = s.hub.device_config(id.clone()).await;
+        let config = match &config {
+            Ok(c) => Ok(c.apps.as_slice()),
+            Err(e) => Err(format!("configuration unavailable: {e}")),
+        };
+        Ok::<_, AppError>(pages::device(&v, &detail, config, &all[from..], now))
     }
     .await;
     match page {

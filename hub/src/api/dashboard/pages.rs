@@ -5,6 +5,7 @@
 use crate::api::human;
 use crate::api::{DeviceDetail, DeviceState, DeviceSummary};
 use crate::hub::rollouts::view::RolloutView;
+use crate::render::AppConfig;
 use crate::rollout::Phase;
 use crate::store::{DeploymentRecord, EventRecord};
 use std::fmt::Write as _;
@@ -160,8 +161,16 @@ pub fn overview(viewer: &Viewer, devices: &[DeviceSummary], now: u64) -> String 
     layout("Fleet", "overview", Some(viewer), &body)
 }
 
-/// One device: its facts, apps and latest events (newest first).
-pub fn device(viewer: &Viewer, d: &DeviceDetail, events: &[EventRecord], now: u64) -> String {
+/// One device: its facts, apps, each app's configuration with where every
+/// value comes from (or why it cannot be shown), and latest events (newest
+/// first).
+pub fn device(
+    viewer: &Viewer,
+    d: &DeviceDetail,
+    config: Result<&[AppConfig], String>,
+    events: &[EventRecord],
+    now: u64,
+) -> String {
     let s = &d.summary;
     let mut body = format!(
         "<h2>Device <span data-device-id>{}</span> <span class=\"state {}\">{}</span></h2>",
@@ -210,6 +219,34 @@ pub fn device(viewer: &Viewer, d: &DeviceDetail, events: &[EventRecord], now: u6
             body.push_str("</tbody></table>");
         }
         _ => body.push_str("<p>No apps reported.</p>"),
+    }
+    body.push_str("<h3>Configuration</h3>");
+    match config {
+        Err(e) => {
+            let _ = write!(body, "<p class=\"error\">{}</p>", esc(&e));
+        }
+        Ok(apps) if apps.iter().all(|a| a.vars.is_empty()) => {
+            body.push_str("<p>No app takes configuration.</p>");
+        }
+        Ok(apps) => {
+            body.push_str(
+                "<table class=\"config\"><thead><tr><th>App</th><th>Variable</th><th>Value</th>\
+                 <th>From</th></tr></thead><tbody>",
+            );
+            for a in apps {
+                for (k, r) in &a.vars {
+                    let _ = write!(
+                        body,
+                        "<tr data-var=\"{app}/{key}\"><td>{app}</td><td>{key}</td><td>{value}</td><td>{from}</td></tr>",
+                        app = esc(&a.app),
+                        key = esc(k),
+                        value = esc(&r.value),
+                        from = esc(&r.from),
+                    );
+                }
+            }
+            body.push_str("</tbody></table>");
+        }
     }
     body.push_str("<h3>Events</h3>");
     if events.is_empty() {
