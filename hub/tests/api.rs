@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::status_report;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -582,25 +584,13 @@ async fn a_silent_device_is_skipped_and_a_stuck_wave_times_out_on_the_hubs_clock
         let id: outpost_protocol::DeviceId = id.parse().unwrap();
         let meta = hub.store.manifest_meta(&id).unwrap().unwrap();
         let report = outpost_protocol::StatusReport {
-            device_id: id.clone(),
-            applied: Some((meta.epoch, meta.generation)),
-            boot: 1,
-            seq: at,
-            event_floor: 0,
             reported_at: at,
-            agent_version: "t".into(),
-            uptime_secs: at,
-            apps: vec![],
-            rejected: Default::default(),
-            last_rejection: None,
             release: Some(ReleaseStatus {
                 target: (meta.epoch, meta.generation),
                 phase: ReleasePhase::Downloading,
                 committed: None,
             }),
-            last_heartbeat: None,
-            hub_silent_secs: None,
-            time_floor: 0,
+            ..status_report(&id, at, Some((meta.epoch, meta.generation)))
         };
         hub.store
             .write(|tx| {

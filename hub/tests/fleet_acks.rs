@@ -15,14 +15,12 @@
 
 mod common;
 
-use common::{verifier, InProcessHub};
+use common::{status_report, verifier, InProcessHub};
 use outpost_hub::api::DeviceSummary;
 use outpost_hub::broker::MAX_PACKET_BYTES;
 use outpost_hub::client::ApiClient;
 use outpost_hub::deploy::DeploymentSpec;
-use outpost_protocol::{
-    topics, DeviceId, RejectCounters, SigningKey, StatusReport, Verdict, Verifier,
-};
+use outpost_protocol::{topics, DeviceId, SigningKey, Verdict, Verifier};
 use outpost_test_support::eventually_async;
 use reqwest::Method;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -106,23 +104,7 @@ fn spawn_device(
                 Err(e) => panic!("{id}: manifest refused: {e}"),
             };
             seq += 1;
-            let report = StatusReport {
-                device_id: id.clone(),
-                applied: Some((epoch, generation)),
-                boot: 1,
-                seq,
-                event_floor: 0,
-                reported_at: 0,
-                agent_version: "fleet-acks-test".into(),
-                uptime_secs: seq,
-                apps: vec![],
-                rejected: RejectCounters::default(),
-                last_rejection: None,
-                release: None,
-                last_heartbeat: None,
-                hub_silent_secs: None,
-                time_floor: 0,
-            };
+            let report = status_report(&id, seq, Some((epoch, generation)));
             if client
                 .publish(
                     topics::status(&id),

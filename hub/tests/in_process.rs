@@ -8,9 +8,7 @@ mod common;
 
 use common::*;
 use outpost_hub::store::EventRecord;
-use outpost_protocol::{
-    topics, DeviceId, Event, EventKind, RejectCounters, SigningKey, StatusReport, Verdict,
-};
+use outpost_protocol::{topics, DeviceId, Event, EventKind, SigningKey, StatusReport, Verdict};
 use outpost_test_support::eventually_async;
 use rumqttc::QoS;
 
@@ -77,23 +75,7 @@ async fn events_are_deduplicated_and_a_device_behind_gets_its_manifest_again() {
     assert_eq!(later.len(), 1);
 
     // The device says it has applied nothing: the hub sends the manifest again.
-    let behind = StatusReport {
-        device_id: id.clone(),
-        applied: None,
-        boot: 1,
-        seq: 1,
-        event_floor: 0,
-        reported_at: 0,
-        agent_version: "t".into(),
-        uptime_secs: 1,
-        apps: vec![],
-        rejected: RejectCounters::default(),
-        last_rejection: None,
-        release: None,
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
-    };
+    let behind = status_report(&id, 1, None);
     dev.client
         .publish(
             topics::status(&id),
@@ -246,21 +228,8 @@ async fn the_signed_event_watermark_covers_only_contiguous_stored_events_and_the
         .await
         .unwrap();
     let status = StatusReport {
-        device_id: id.clone(),
-        applied: None,
-        boot: 1,
-        seq: 1,
         event_floor: 7,
-        reported_at: 0,
-        agent_version: "t".into(),
-        uptime_secs: 1,
-        apps: vec![],
-        rejected: RejectCounters::default(),
-        last_rejection: None,
-        release: None,
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
+        ..status_report(&id, 1, None)
     };
     dev.client
         .publish(

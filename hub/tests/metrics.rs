@@ -27,15 +27,6 @@ struct Device {
 async fn commit(sub: &Subscriber, d: &mut Device, applied: (u64, u64)) {
     d.seq += 1;
     let st = StatusReport {
-        device_id: d.id.clone(),
-        applied: Some(applied),
-        boot: 1,
-        seq: d.seq,
-        event_floor: 0,
-        reported_at: 0,
-        agent_version: "metrics-test".into(),
-        uptime_secs: d.seq,
-        apps: vec![],
         rejected: RejectCounters {
             rollback: 1,
             ..Default::default()
@@ -46,9 +37,7 @@ async fn commit(sub: &Subscriber, d: &mut Device, applied: (u64, u64)) {
             phase: ReleasePhase::Committed,
             committed: Some(applied),
         }),
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
+        ..status_report(&d.id, d.seq, Some(applied))
     };
     sub.client
         .publish(

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use outpost_hub::api::DeviceDetail;
-use outpost_protocol::{topics, DeviceId, RejectCounters, SigningKey, StatusReport};
+use outpost_protocol::{topics, DeviceId, SigningKey};
 use outpost_test_support::eventually_async;
 use outpost_test_support::hub::HubServe;
 use outpost_test_support::mosquitto::{Mosquitto, MosquittoConfig};
@@ -65,23 +65,7 @@ async fn hub_with_external_mosquitto_delivers_manifests_and_ingests_status() {
     assert_eq!(m.apps[0].name, "app");
 
     // Status through Mosquitto reaches the hub and is stored.
-    let r = StatusReport {
-        device_id: id.clone(),
-        applied: Some((1, 1)),
-        boot: 1,
-        seq: 1,
-        event_floor: 0,
-        reported_at: 0,
-        agent_version: "t".into(),
-        uptime_secs: 1,
-        apps: vec![],
-        rejected: RejectCounters::default(),
-        last_rejection: None,
-        release: None,
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
-    };
+    let r = status_report(&id, 1, Some((1, 1)));
     sub.client
         .publish(topics::status(&id), QoS::AtLeastOnce, false, r.seal(&key))
         .await

@@ -10,9 +10,7 @@ mod common;
 
 use common::*;
 use outpost_hub::api::DeviceDetail;
-use outpost_protocol::{
-    topics, DeviceId, Manifest, RejectCounters, SigningKey, StatusReport, Verdict, Verifier,
-};
+use outpost_protocol::{topics, DeviceId, Manifest, SigningKey, StatusReport, Verdict, Verifier};
 use outpost_test_support::eventually_async;
 use outpost_test_support::mosquitto::{Mosquitto, MosquittoConfig, LEASED_PORT};
 use rumqttc::{Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -95,23 +93,7 @@ async fn manifest_where(
 }
 
 fn status(id: &DeviceId, seq: u64) -> StatusReport {
-    StatusReport {
-        device_id: id.clone(),
-        applied: Some((1, 1)),
-        boot: 1,
-        seq,
-        event_floor: 0,
-        reported_at: 0,
-        agent_version: "t".into(),
-        uptime_secs: 1,
-        apps: vec![],
-        rejected: RejectCounters::default(),
-        last_rejection: None,
-        release: None,
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
-    }
+    status_report(id, seq, Some((1, 1)))
 }
 
 fn broker_config(dir: &Path, out: &Path) -> String {

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use outpost_hub::api::{DeviceDetail, DeviceSummary, Stats};
-use outpost_protocol::{topics, DeviceId, RejectCounters, SigningKey, StatusReport, Verdict};
+use outpost_protocol::{topics, DeviceId, SigningKey, StatusReport, Verdict};
 use outpost_test_support::eventually_async;
 use rumqttc::QoS;
 
@@ -292,21 +292,9 @@ async fn rotating_the_signing_key_reissues_every_manifest_under_the_new_epoch() 
 
 fn report(id: &str, seq: u64, applied: Option<(u64, u64)>) -> StatusReport {
     StatusReport {
-        device_id: id.parse().unwrap(),
-        applied,
-        boot: 1,
-        seq,
-        event_floor: 0,
         reported_at: 1,
-        agent_version: "test".into(),
         uptime_secs: 100 + seq,
-        apps: vec![],
-        rejected: RejectCounters::default(),
-        last_rejection: None,
-        release: None,
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
+        ..status_report(&id.parse().unwrap(), seq, applied)
     }
 }
 

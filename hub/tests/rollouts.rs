@@ -15,9 +15,7 @@ use outpost_hub::hub::rollouts::view::RolloutView;
 use outpost_hub::rollout::{PauseReason, Phase};
 use outpost_hub::store::AuditEntry;
 use outpost_protocol::status::{ReleasePhase, ReleaseStatus};
-use outpost_protocol::{
-    topics, DeviceId, Manifest, RejectCounters, SigningKey, StatusReport, Verdict,
-};
+use outpost_protocol::{topics, DeviceId, Manifest, SigningKey, StatusReport, Verdict};
 use outpost_test_support::eventually_async;
 use reqwest::Method;
 use rumqttc::QoS;
@@ -106,21 +104,8 @@ impl Links {
 async fn report(links: &mut Links, d: &mut Device, applied: (u64, u64), release: ReleaseStatus) {
     d.seq += 1;
     let st = StatusReport {
-        device_id: d.id.clone(),
-        applied: Some(applied),
-        boot: 1,
-        seq: d.seq,
-        event_floor: 0,
-        reported_at: 0,
-        agent_version: "rollout-test".into(),
-        uptime_secs: d.seq,
-        apps: vec![],
-        rejected: RejectCounters::default(),
-        last_rejection: None,
         release: Some(release),
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
+        ..status_report(&d.id, d.seq, Some(applied))
     };
     links
         .of(d)

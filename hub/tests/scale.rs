@@ -87,7 +87,8 @@ async fn one_apply_over_a_large_fleet_renders_each_device_once() {
 /// and stored. Prints the time until the last one is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_from_every_device_is_ingested() {
-    use outpost_protocol::{topics, RejectCounters, StatusReport};
+    use crate::common::status_report;
+    use outpost_protocol::topics;
     use rumqttc::{AsyncClient, MqttOptions, QoS};
 
     let n: usize = std::env::var("OUTPOST_SCALE_DEVICES")
@@ -119,23 +120,7 @@ async fn status_from_every_device_is_ingested() {
     let payloads: Vec<(String, Vec<u8>)> = ids
         .iter()
         .map(|id| {
-            let r = StatusReport {
-                device_id: id.clone(),
-                applied: Some((1, 1)),
-                boot: 1,
-                seq: 1,
-                event_floor: 0,
-                reported_at: 0,
-                agent_version: "sim".into(),
-                uptime_secs: 1,
-                apps: vec![],
-                rejected: RejectCounters::default(),
-                last_rejection: None,
-                release: None,
-                last_heartbeat: None,
-                hub_silent_secs: None,
-                time_floor: 0,
-            };
+            let r = status_report(id, 1, Some((1, 1)));
             (topics::status(id), r.seal(&key))
         })
         .collect();

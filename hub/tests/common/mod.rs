@@ -233,6 +233,32 @@ impl Subscriber {
     }
 }
 
+/// A device's status report with what a test rarely cares about filled in:
+/// boot 1, uptime `seq`, no apps, events, rejections, release or heartbeat.
+pub fn status_report(
+    id: &DeviceId,
+    seq: u64,
+    applied: Option<(u64, u64)>,
+) -> outpost_protocol::StatusReport {
+    outpost_protocol::StatusReport {
+        device_id: id.clone(),
+        applied,
+        boot: 1,
+        seq,
+        event_floor: 0,
+        reported_at: 0,
+        agent_version: "test".into(),
+        uptime_secs: seq,
+        apps: vec![],
+        rejected: Default::default(),
+        last_rejection: None,
+        release: None,
+        last_heartbeat: None,
+        hub_silent_secs: None,
+        time_floor: 0,
+    }
+}
+
 /// An agent-side verifier built the way agents are provisioned: `root.pub` and
 /// `keyset.bin` from the hub's data directory.
 pub fn verifier(dir: &Path, device: &DeviceId) -> Verifier {
@@ -385,21 +411,10 @@ impl FakeDevice {
     ) {
         self.seq += 1;
         let st = outpost_protocol::StatusReport {
-            device_id: self.id.clone(),
-            applied: Some(applied),
-            boot: 1,
-            seq: self.seq,
-            event_floor: 0,
-            reported_at: 0,
-            agent_version: "0.1.0-test".into(),
             uptime_secs: 200,
             apps,
-            rejected: Default::default(),
-            last_rejection: None,
             release,
-            last_heartbeat: None,
-            hub_silent_secs: None,
-            time_floor: 0,
+            ..status_report(&self.id, self.seq, Some(applied))
         };
         self.link
             .client
