@@ -693,6 +693,9 @@ async fn remote(cmd: Command, c: &ApiClient, json: bool) -> Result<()> {
                     out.name
                 );
             }
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
         }
         Command::Devices { watch } => {
             watching(watch, || async {

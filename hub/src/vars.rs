@@ -400,6 +400,33 @@ impl Vars {
     }
 }
 
+/// The variables an app takes (`takes`, its `config` list) that no scope
+/// sets for it anywhere (no level that could reach this app of
+/// `deployment` on any device has the name, and its own `env` does not):
+/// what an apply warns about, since the app would start without them.
+pub fn never_set<'a>(
+    deployment: &str,
+    app: &str,
+    takes: &'a [String],
+    env: &Values,
+    sets: &[(Scope, Values)],
+) -> Vec<&'a str> {
+    let reaches = |s: &Scope| {
+        s.app.as_deref().is_none_or(|a| a == app)
+            && s.deployment.as_deref().is_none_or(|d| d == deployment)
+    };
+    takes
+        .iter()
+        .filter(|k| {
+            !env.contains_key(*k)
+                && !sets
+                    .iter()
+                    .any(|(s, values)| reaches(s) && values.contains_key(*k))
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,6 +701,38 @@ mod tests {
             let e = s.check().unwrap_err().to_string();
             assert!(e.contains(needle), "{s:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_taken_variable_set_nowhere_is_named() {
+        let takes = vec![
+            "A".to_string(),
+            "B".to_string(),
+            "C".to_string(),
+            "D".to_string(),
+        ];
+        let env = one("D", "file");
+        let sets = vec![
+            // A: for another app only; B: for this app on one device; C: for
+            // another deployment only.
+            (
+                Scope {
+                    app: Some("other".into()),
+                    ..Scope::default()
+                },
+                one("A", "x"),
+            ),
+            (scope_at(Level::DeviceApp), one("B", "x")),
+            (
+                Scope {
+                    deployment: Some("elsewhere".into()),
+                    ..Scope::default()
+                },
+                one("C", "x"),
+            ),
+        ];
+        assert_eq!(never_set("web", "api", &takes, &env, &sets), vec!["A", "C"]);
+        assert!(never_set("web", "api", &[], &env, &sets).is_empty());
     }
 
     #[test]

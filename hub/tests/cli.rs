@@ -268,3 +268,41 @@ async fn rotating_the_secret_key_keeps_every_value() {
         marker.as_slice()
     );
 }
+
+/// `apply` warns, without refusing, about a variable an app takes that no
+/// level sets; one set for the fleet is no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_warns_about_a_variable_set_nowhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    init(&dir);
+    let hub = HubProc::start(&dir, None).await;
+    hub.cli(&["config", "set", "SET_HERE=1"]);
+    let file = tmp.path().join("web.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"web\"\nselector = {{ site = \"x\" }}\n\n[[apps]]\nname = \"web\"\n\
+             image = \"{}\"\nconfig = [\"SET_HERE\", \"NOWHERE\"]\n",
+            pinned("reg/web", 1)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--url", &hub.addrs.url(), "apply", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: app \"web\" takes \"NOWHERE\", which no level sets"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SET_HERE"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&hub.cli(&["apply", "-f", file.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(json["warnings"].as_array().map(Vec::len), Some(1), "{json}");
+}

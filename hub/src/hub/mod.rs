@@ -108,6 +108,10 @@ pub struct ApplyOutcome {
     /// only its first wave; the others follow as devices commit.
     #[serde(default)]
     pub rollout_started: bool,
+    /// What the operator should know but does not refuse the apply: an app
+    /// takes a configuration variable no level sets (it starts without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -581,6 +585,28 @@ impl Hub {
                     // The first wave (canary) goes out with the apply.
                     updated.extend(rollouts::advance(op, &spec.name)?.admitted);
                 }
+                let sets: Vec<(crate::vars::Scope, crate::vars::Values)> = op
+                    .tx
+                    .config()?
+                    .iter()
+                    .map(|r| (r.scope.clone(), r.values()))
+                    .collect();
+                let warnings = spec
+                    .apps
+                    .iter()
+                    .flat_map(|a| {
+                        crate::vars::never_set(&spec.name, &a.name, &a.config, &a.env, &sets)
+                            .into_iter()
+                            .map(|k| {
+                                format!(
+                                    "app {:?} takes {k:?}, which no level sets: it starts \
+                                     without it until `outpost-hub config set {k}=...`",
+                                    a.name
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
                 Ok(ApplyOutcome {
                     name: spec.name.clone(),
                     revision,
@@ -588,6 +614,7 @@ impl Hub {
                     matched_devices: matched,
                     updated,
                     rollout_started,
+                    warnings,
                 })
             })
             .await?;
@@ -675,6 +702,7 @@ impl Hub {
                     matched_devices: matched,
                     updated,
                     rollout_started: false,
+                    warnings: vec![],
                 })
             })
             .await?;
