@@ -108,7 +108,7 @@ impl Bars {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_protocol::{AppStatus, RejectCounters};
+    use outpost_protocol::AppStatus;
 
     #[test]
     fn pulls_become_bars_and_other_apps_do_not() {
@@ -121,25 +121,12 @@ mod tests {
             ready: None,
         };
         let st = StatusReport {
-            device_id: "pi-1".parse().unwrap(),
-            applied: None,
-            boot: 1,
-            seq: 1,
-            event_floor: 0,
-            reported_at: 0,
-            agent_version: "t".into(),
-            uptime_secs: 1,
             apps: vec![
                 app("web", AppState::Pulling { done: 5, total: 10 }),
                 app("db", AppState::Running { pid: 3 }),
                 app("odd", AppState::Pulling { done: 9, total: 0 }),
             ],
-            rejected: RejectCounters::default(),
-            last_rejection: None,
-            release: None,
-            last_heartbeat: None,
-            hub_silent_secs: None,
-            time_floor: 0,
+            ..StatusReport::blank("pi-1".parse().unwrap(), 1, 1)
         };
         let bars = pull_bars(&st);
         assert_eq!(bars.len(), 2);

@@ -241,20 +241,22 @@ pub enum Settled {
     Completed,
 }
 
-fn rename_synced(from: &Path, to: &Path) -> Result<(), RotateError> {
-    std::fs::rename(from, to).map_err(|source| RotateError::Io {
-        action: "rename",
-        path: from.to_path_buf(),
+/// `action` on `path` failed.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RotateError {
+    let path = path.to_path_buf();
+    move |source| RotateError::Io {
+        action,
+        path,
         source,
-    })?;
+    }
+}
+
+fn rename_synced(from: &Path, to: &Path) -> Result<(), RotateError> {
+    std::fs::rename(from, to).map_err(io("rename", from))?;
     if let Some(dir) = to.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|source| RotateError::Io {
-                action: "sync",
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(io("sync", dir))?;
     }
     Ok(())
 }
@@ -269,19 +271,11 @@ pub fn settle(current: &Path, next: &Path, store: &Store) -> Result<Settled, Rot
     let old = SecretKey::load(current)?;
     let Some(sample) = store.secrets()?.into_iter().next() else {
         // Nothing stored: either key does; keep the one already in place.
-        std::fs::remove_file(next).map_err(|source| RotateError::Io {
-            action: "remove",
-            path: next.to_path_buf(),
-            source,
-        })?;
+        std::fs::remove_file(next).map_err(io("remove", next))?;
         return Ok(Settled::Discarded);
     };
     if old.as_ref().is_some_and(|k| k.decrypt(&sample).is_ok()) {
-        std::fs::remove_file(next).map_err(|source| RotateError::Io {
-            action: "remove",
-            path: next.to_path_buf(),
-            source,
-        })?;
+        std::fs::remove_file(next).map_err(io("remove", next))?;
         tracing::warn!(path = %next.display(), "discarded a secret key rotation that did not complete");
         return Ok(Settled::Discarded);
     }

@@ -317,19 +317,26 @@ fn root_public(dir: &DataDir) -> Result<PublicKey, KeyFileError> {
 /// manifest under the new epoch. Agents adopt a key set only if the root key
 /// signed it and it is newer than theirs, so no device is re-provisioned.
 ///
+/// The root key both rotations sign with: `root_key` (exported) or the data
+/// directory's, present and matching the data directory's `root.pub`.
+fn current_root_key(dir: &DataDir, root_key: Option<&Path>) -> Result<SigningKey, KeyFileError> {
+    let path = root_key.map_or_else(|| dir.root_key(), Path::to_path_buf);
+    if !path.exists() {
+        return Err(KeyFileError::RootKeyAbsent { path });
+    }
+    let key = load_key(&path)?;
+    if key.public_key() != root_public(dir)? {
+        return Err(KeyFileError::WrongRootKey { path });
+    }
+    Ok(key)
+}
+
 /// Crash-safe: both new files are written and synced as `*.next` before either
 /// replaces its original, and `Signer::load` finishes (or discards) a rotation
 /// that was cut short.
 pub fn rotate(dir: &DataDir, root_key: Option<&Path>, now: u64) -> Result<Rotated, KeyFileError> {
     let current = Signer::load(dir)?;
-    let root_path = root_key.map_or_else(|| dir.root_key(), Path::to_path_buf);
-    if !root_path.exists() {
-        return Err(KeyFileError::RootKeyAbsent { path: root_path });
-    }
-    let root = load_key(&root_path)?;
-    if root.public_key() != root_public(dir)? {
-        return Err(KeyFileError::WrongRootKey { path: root_path });
-    }
+    let root = current_root_key(dir, root_key)?;
     let version = current
         .keyset
         .version
@@ -388,14 +395,7 @@ pub fn rotate_root(
     now: u64,
 ) -> Result<RootRotated, KeyFileError> {
     let current = Signer::load(dir)?;
-    let old_path = root_key.map_or_else(|| dir.root_key(), Path::to_path_buf);
-    if !old_path.exists() {
-        return Err(KeyFileError::RootKeyAbsent { path: old_path });
-    }
-    let old = load_key(&old_path)?;
-    if old.public_key() != root_public(dir)? {
-        return Err(KeyFileError::WrongRootKey { path: old_path });
-    }
+    let old = current_root_key(dir, root_key)?;
     let new_root_path = match (root_key, new_root_out) {
         (_, Some(out)) => out.to_path_buf(),
         (None, None) => dir.root_key(),

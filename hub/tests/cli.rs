@@ -117,21 +117,7 @@ async fn root_and_signing_key_rotations_report_in_json_and_the_hub_starts_on_the
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
     init(&dir);
-    let run = |args: &[&str]| -> serde_json::Value {
-        let out = std::process::Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| local_json(&dir, args);
     let old_root = std::fs::read_to_string(dir.join("root.pub")).unwrap();
     let r = run(&["keys", "rotate-root"]);
     assert_eq!(
@@ -206,18 +192,7 @@ async fn rotating_the_secret_key_keeps_every_value() {
 
     let key_file = dir.join("secrets.key");
     let before = std::fs::read(&key_file).unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["--json", "keys", "rotate-secrets"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = local_json(&dir, &["keys", "rotate-secrets"]);
     assert_eq!(r["values"].as_u64(), Some(1), "{r}");
     let after = std::fs::read(&key_file).unwrap();
     assert_ne!(before, after, "the key file was not replaced");
@@ -288,13 +263,7 @@ async fn apply_warns_about_a_variable_set_nowhere() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["--url", &hub.addrs.url(), "apply", "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = hub.cli_output(&["apply", "-f", file.to_str().unwrap()]);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

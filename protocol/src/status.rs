@@ -331,6 +331,29 @@ pub(crate) fn open_device<'a, T: Deserialize<'a>>(
 }
 
 impl StatusReport {
+    /// A report of `device_id` at `(boot, seq)` that says nothing else: no
+    /// manifest applied, no app, no rejection, no release, no heartbeat.
+    /// Callers set what they know with struct update syntax.
+    pub fn blank(device_id: DeviceId, boot: u64, seq: u64) -> StatusReport {
+        StatusReport {
+            device_id,
+            applied: None,
+            boot,
+            seq,
+            event_floor: 0,
+            reported_at: 0,
+            agent_version: String::new(),
+            uptime_secs: 0,
+            apps: vec![],
+            rejected: RejectCounters::default(),
+            last_rejection: None,
+            release: None,
+            last_heartbeat: None,
+            hub_silent_secs: None,
+            time_floor: 0,
+        }
+    }
+
     pub fn seal(&self, device_key: &SigningKey) -> Vec<u8> {
         envelope::seal_value(Kind::Status, device_key, self)
             .expect("postcard encodes a StatusReport into a Vec infallibly")
@@ -514,21 +537,14 @@ mod tests {
 
     fn report(id: &str) -> StatusReport {
         StatusReport {
-            device_id: id.parse().unwrap(),
             applied: Some((1, 3)),
-            boot: 2,
-            seq: 7,
             event_floor: 1,
             reported_at: 1,
             agent_version: "0.1.0".into(),
             uptime_secs: 5,
-            apps: vec![],
-            rejected: RejectCounters::default(),
-            last_rejection: None,
-            release: None,
             last_heartbeat: Some(3),
-            hub_silent_secs: None,
             time_floor: 3,
+            ..StatusReport::blank(id.parse().unwrap(), 2, 7)
         }
     }
 

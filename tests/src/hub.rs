@@ -266,18 +266,7 @@ impl Hub {
     /// [`Hub::add_device`], writing the device's broker certificate to `cert_out`.
     pub fn add_device_with_cert(&self, id: &str, public_key: &str, cert_out: &Path) -> Result<()> {
         let out = cert_out.to_str().context("a UTF-8 path")?;
-        self.cli(&[
-            "device",
-            "add",
-            id,
-            "--public-key",
-            public_key,
-            "--label",
-            &format!("e2e={id}"),
-            "--cert-out",
-            out,
-        ])
-        .map(|_| ())
+        self.add_device_with(id, public_key, &["--cert-out", out])
     }
 
     /// [`Hub::add_device`] with the device's encryption key (`--encryption-key`),
@@ -288,18 +277,7 @@ impl Hub {
         public_key: &str,
         encryption_key: &str,
     ) -> Result<()> {
-        self.cli(&[
-            "device",
-            "add",
-            id,
-            "--public-key",
-            public_key,
-            "--encryption-key",
-            encryption_key,
-            "--label",
-            &format!("e2e={id}"),
-        ])
-        .map(|_| ())
+        self.add_device_with(id, public_key, &["--encryption-key", encryption_key])
     }
 
     /// `outpost-hub secret set NAME --from-file FILE` with `value`; the CLI's
@@ -323,16 +301,23 @@ impl Hub {
     }
 
     pub fn add_device(&self, id: &str, public_key: &str) -> Result<()> {
-        self.cli(&[
+        self.add_device_with(id, public_key, &[])
+    }
+
+    /// `device add ID --public-key KEY --label e2e=ID` and `extra` flags.
+    fn add_device_with(&self, id: &str, public_key: &str, extra: &[&str]) -> Result<()> {
+        let label = format!("e2e={id}");
+        let mut args = vec![
             "device",
             "add",
             id,
             "--public-key",
             public_key,
             "--label",
-            &format!("e2e={id}"),
-        ])
-        .map(|_| ())
+            &label,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args).map(|_| ())
     }
 
     /// Apply a deployment of the sample image to exactly one device. Its

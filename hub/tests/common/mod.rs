@@ -22,6 +22,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_outpost-hub");
 /// performance assertion.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Run a local command (`keys …`) on data directory `dir`, with `--json`;
+/// its answer, after asserting it succeeded.
+pub fn local_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Run `outpost-hub init` in `dir`.
 pub fn init(dir: &Path) {
     let out = Command::new(BIN)
@@ -111,7 +129,8 @@ impl HubProc {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    fn cli_output(&self, args: &[&str]) -> std::process::Output {
+    /// Run a CLI command against this hub, whatever its outcome.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
             .arg("--data-dir")
             .arg(&self.dir)
@@ -241,21 +260,10 @@ pub fn status_report(
     applied: Option<(u64, u64)>,
 ) -> outpost_protocol::StatusReport {
     outpost_protocol::StatusReport {
-        device_id: id.clone(),
         applied,
-        boot: 1,
-        seq,
-        event_floor: 0,
-        reported_at: 0,
         agent_version: "test".into(),
         uptime_secs: seq,
-        apps: vec![],
-        rejected: Default::default(),
-        last_rejection: None,
-        release: None,
-        last_heartbeat: None,
-        hub_silent_secs: None,
-        time_floor: 0,
+        ..outpost_protocol::StatusReport::blank(id.clone(), 1, seq)
     }
 }
 

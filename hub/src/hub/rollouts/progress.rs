@@ -69,25 +69,12 @@ pub fn fleet(
 mod tests {
     use super::*;
     use outpost_protocol::status::ReleaseStatus;
-    use outpost_protocol::RejectCounters;
 
     fn report(applied: Option<(u64, u64)>, release: Option<ReleaseStatus>) -> StatusReport {
         StatusReport {
-            device_id: "d1".parse().unwrap(),
             applied,
-            boot: 1,
-            seq: 1,
-            event_floor: 0,
-            reported_at: 0,
-            agent_version: "t".into(),
-            uptime_secs: 1,
-            apps: vec![],
-            rejected: RejectCounters::default(),
-            last_rejection: None,
             release,
-            last_heartbeat: None,
-            hub_silent_secs: None,
-            time_floor: 0,
+            ..StatusReport::blank("d1".parse().unwrap(), 1, 1)
         }
     }
 
